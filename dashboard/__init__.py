@@ -1,0 +1,1 @@
+"""tuneloop.dashboard — the Streamlit app; it only talks to the server over HTTP."""

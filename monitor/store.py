@@ -1,0 +1,580 @@
+"""The DuckDB store: the only code that opens the database file.
+
+One process owns the file (DuckDB allows one read-write opener). Inside it, one connection is
+shared and each thread gets its own cursor; writes are serialised by a lock so that each batch
+append is one transaction (commit before acknowledging). Numbered migrations run on open and
+are recorded in ``schema_migrations``, so re-opening is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROJECT = "default"
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE predictions (
+            project VARCHAR NOT NULL,
+            id VARCHAR NOT NULL,
+            ts TIMESTAMP NOT NULL,
+            model_version VARCHAR,
+            text VARCHAR NOT NULL,
+            label VARCHAR NOT NULL,
+            confidence DOUBLE,
+            margin DOUBLE,
+            probs JSON,
+            embedding FLOAT[],
+            latency_ms DOUBLE,
+            metadata JSON,
+            ingest_seq BIGINT NOT NULL,
+            PRIMARY KEY (project, id)
+        );
+        CREATE TABLE feedback (
+            project VARCHAR NOT NULL,
+            id VARCHAR NOT NULL,
+            prediction_id VARCHAR NOT NULL,
+            label VARCHAR NOT NULL,
+            ts TIMESTAMP NOT NULL,
+            source VARCHAR NOT NULL,
+            annotator VARCHAR,
+            prediction_ts TIMESTAMP,
+            predicted_label VARCHAR,
+            model_version VARCHAR,
+            PRIMARY KEY (project, id)
+        );
+        CREATE TABLE pending_feedback (
+            project VARCHAR NOT NULL,
+            id VARCHAR NOT NULL,
+            prediction_id VARCHAR NOT NULL,
+            label VARCHAR NOT NULL,
+            ts TIMESTAMP NOT NULL,
+            source VARCHAR NOT NULL,
+            annotator VARCHAR,
+            PRIMARY KEY (project, id)
+        );
+        CREATE TABLE prediction_hourly (
+            project VARCHAR NOT NULL,
+            hour TIMESTAMP NOT NULL,
+            model_version VARCHAR NOT NULL,
+            label VARCHAR NOT NULL,
+            n BIGINT NOT NULL,
+            confidence_sum DOUBLE NOT NULL,
+            PRIMARY KEY (project, hour, model_version, label)
+        );
+        CREATE TABLE projects (
+            project VARCHAR PRIMARY KEY,
+            labels JSON NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            settings JSON
+        );
+        CREATE TABLE reference_rows (
+            project VARCHAR NOT NULL,
+            reference VARCHAR NOT NULL,
+            text VARCHAR NOT NULL,
+            label VARCHAR,
+            true_label VARCHAR,
+            confidence DOUBLE,
+            probs JSON,
+            embedding FLOAT[]
+        );
+        CREATE TABLE model_versions (
+            project VARCHAR NOT NULL,
+            version VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            parent VARCHAR,
+            status VARCHAR NOT NULL,
+            path VARCHAR NOT NULL,
+            metrics JSON,
+            data_snapshot VARCHAR,
+            promoted_at TIMESTAMP,
+            reasons JSON,
+            PRIMARY KEY (project, version)
+        );
+        CREATE SEQUENCE drift_check_ids;
+        CREATE TABLE drift_checks (
+            id BIGINT NOT NULL,
+            project VARCHAR NOT NULL,
+            ts TIMESTAMP NOT NULL,
+            window_start TIMESTAMP,
+            window_end TIMESTAMP,
+            reference VARCHAR,
+            metric VARCHAR NOT NULL,
+            value DOUBLE,
+            threshold DOUBLE,
+            drifted BOOLEAN NOT NULL,
+            details JSON,
+            report_path VARCHAR
+        );
+        CREATE SEQUENCE alert_ids;
+        CREATE TABLE alerts (
+            id BIGINT PRIMARY KEY,
+            project VARCHAR NOT NULL,
+            ts TIMESTAMP NOT NULL,
+            kind VARCHAR NOT NULL,
+            severity VARCHAR NOT NULL,
+            message VARCHAR NOT NULL,
+            status VARCHAR NOT NULL,
+            closed_at TIMESTAMP,
+            acked_at TIMESTAMP,
+            acked_by VARCHAR,
+            details JSON
+        );
+        CREATE SEQUENCE retrain_run_ids;
+        CREATE TABLE retrain_runs (
+            id BIGINT PRIMARY KEY,
+            project VARCHAR NOT NULL,
+            started TIMESTAMP NOT NULL,
+            finished TIMESTAMP,
+            trigger VARCHAR NOT NULL,
+            status VARCHAR NOT NULL,
+            n_examples BIGINT,
+            version VARCHAR,
+            metrics JSON,
+            reasons JSON,
+            log_path VARCHAR,
+            snapshot_path VARCHAR
+        );
+        CREATE TABLE tokens (
+            token_hash VARCHAR PRIMARY KEY,
+            name VARCHAR NOT NULL,
+            role VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            revoked_at TIMESTAMP
+        );
+        """,
+    ),
+]
+
+
+class StoreError(Exception):
+    """A store failure worth a clear one-line message (not a DuckDB traceback)."""
+
+
+class StoreLockedError(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    accepted: int
+    duplicates: int
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    accepted: int
+    duplicates: int
+    pending: int
+    unknown_ids: list[str]
+
+
+PREDICTION_COLUMNS = [
+    "project", "id", "ts", "model_version", "text", "label", "confidence", "margin", "probs",
+    "embedding", "latency_ms", "metadata",
+]
+FEEDBACK_COLUMNS = ["project", "id", "prediction_id", "label", "ts", "source", "annotator"]
+FEEDBACK_SOURCES = ("human", "import", "rule")
+
+
+def utcnow() -> datetime:
+    """Naive UTC now: every TIMESTAMP column holds UTC."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _as_arrow(batch: pa.Table | pd.DataFrame | Sequence[dict[str, Any]]) -> pa.Table:
+    if isinstance(batch, pa.Table):
+        return batch
+    if isinstance(batch, pd.DataFrame):
+        return pa.Table.from_pandas(batch, preserve_index=False)
+    return pa.Table.from_pylist(list(batch))
+
+
+def _fill(table: pa.Table, columns: list[str], defaults: dict[str, Any]) -> pa.Table:
+    """Add missing optional columns so every append has the full column list, in order."""
+    n = table.num_rows
+    for col in columns:
+        if col not in table.column_names:
+            value = defaults.get(col)
+            value = value() if callable(value) else value
+            table = table.append_column(col, pa.array([value] * n) if value is not None else pa.nulls(n))
+    return table.select(columns)
+
+
+class Store:
+    """Owner of one tuneloop DuckDB file.
+
+    >>> store = Store(tmp / "t.duckdb")          # creates + migrates
+    >>> store.append_predictions([{"id": "a", "text": "hi", "label": "positive"}])
+    AppendResult(accepted=1, duplicates=0)
+    """
+
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+        self.path = Path(path)
+        self.read_only = read_only
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        elif not self.path.exists():
+            raise StoreError(f"no tuneloop database at {self.path} (run `tuneloop init`)")
+        try:
+            self._con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.IOException as e:
+            if "lock" in str(e).lower():
+                raise StoreLockedError(
+                    f"{self.path} is in use by another process (tuneloop serve is running on this file; "
+                    "use the API or stop the server)"
+                ) from None
+            raise StoreError(f"cannot open {self.path}: {e}") from None
+        self._local = threading.local()
+        self._write_lock = threading.RLock()
+        self._seq_lock = threading.Lock()
+        if not read_only:
+            self.migrate()
+        self._ingest_seq = self._scalar("SELECT coalesce(max(ingest_seq), 0) FROM predictions") or 0
+        self._has_pending = bool(self._scalar("SELECT count(*) FROM pending_feedback"))
+
+    # -- connection handling -------------------------------------------------------------------
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """This thread's cursor (DuckDB cursors are not shareable across threads)."""
+        cur = getattr(self._local, "cursor", None)
+        if cur is None:
+            cur = self._con.cursor()
+            self._local.cursor = cur
+        return cur
+
+    def close(self) -> None:
+        try:
+            if not self.read_only:
+                self._con.execute("CHECKPOINT").fetchall()
+        except duckdb.Error:
+            pass
+        self._con.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = self.cursor().execute(sql, list(params)).fetchall()
+        return rows[0][0] if rows else None
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+        """Run a read query on this thread's cursor and return a DataFrame."""
+        return self.cursor().execute(sql, list(params)).df()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run one write statement in its own transaction."""
+        with self.transaction() as cur:
+            cur.execute(sql, list(params)).fetchall()
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Serialised write transaction: commit on success, roll back on error."""
+        if self.read_only:
+            raise StoreError("the store is open read-only")
+        with self._write_lock:
+            cur = self.cursor()
+            cur.execute("BEGIN TRANSACTION").fetchall()
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK").fetchall()
+                raise
+            cur.execute("COMMIT").fetchall()
+
+    # -- migrations ---------------------------------------------------------------------------
+    def migrate(self) -> list[int]:
+        """Apply pending numbered migrations; returns the versions applied (empty when up to date)."""
+        cur = self.cursor()
+        cur.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMP)"
+        ).fetchall()
+        done = {r[0] for r in cur.execute("SELECT version FROM schema_migrations").fetchall()}
+        applied = []
+        for version, sql in MIGRATIONS:
+            if version in done:
+                continue
+            with self.transaction() as tx:
+                tx.execute(sql).fetchall()
+                tx.execute("INSERT INTO schema_migrations VALUES (?, ?)", [version, utcnow()]).fetchall()
+            applied.append(version)
+            log.info("applied migration %d", version)
+        return applied
+
+    def schema_version(self) -> int:
+        return int(self._scalar("SELECT coalesce(max(version), 0) FROM schema_migrations"))
+
+    # -- predictions --------------------------------------------------------------------------
+    def _next_seq(self) -> int:
+        with self._seq_lock:
+            self._ingest_seq += 1
+            return self._ingest_seq
+
+    def append_predictions(
+        self, batch: pa.Table | pd.DataFrame | Sequence[dict[str, Any]], project: str = DEFAULT_PROJECT
+    ) -> AppendResult:
+        """Append predictions in one transaction. Rows whose (project, id) exists are skipped.
+
+        ``batch`` needs ``text`` and ``label``; ``id`` (client-chosen, makes retries idempotent),
+        ``ts``, ``confidence``, ``margin``, ``probs`` (JSON text), ``embedding``, ``model_version``,
+        ``latency_ms``, ``metadata`` (JSON text) are optional. Hourly rollups are updated in the
+        same transaction from the rows actually inserted.
+        """
+        table = _as_arrow(batch)
+        if table.num_rows == 0:
+            return AppendResult(0, 0)
+        if "id" not in table.column_names:
+            table = table.append_column("id", pa.array([new_id() for _ in range(table.num_rows)]))
+        table = _fill(table, PREDICTION_COLUMNS, {"project": project, "ts": utcnow})
+        seq = self._next_seq()
+        table = table.append_column("ingest_seq", pa.array([seq] * table.num_rows, pa.int64()))
+        with self.transaction() as cur:
+            cur.register("incoming", table)
+            try:
+                cur.execute("INSERT OR IGNORE INTO predictions BY NAME SELECT * FROM incoming").fetchall()
+                inserted = cur.execute(
+                    "SELECT count(*) FROM predictions WHERE ingest_seq = ?", [seq]
+                ).fetchall()[0][0]
+                if inserted:
+                    self._roll_up(cur, seq)
+                    if self._has_pending:
+                        self._resolve_pending(cur, seq)
+            finally:
+                cur.unregister("incoming")
+        return AppendResult(accepted=int(inserted), duplicates=table.num_rows - int(inserted))
+
+    @staticmethod
+    def _roll_up(cur: duckdb.DuckDBPyConnection, seq: int) -> None:
+        cur.execute(
+            """
+            INSERT INTO prediction_hourly
+            SELECT project, date_trunc('hour', ts), coalesce(model_version, ''), label,
+                   count(*), coalesce(sum(confidence), 0)
+            FROM predictions WHERE ingest_seq = ?
+            GROUP BY ALL
+            ON CONFLICT DO UPDATE SET n = n + excluded.n,
+                                      confidence_sum = confidence_sum + excluded.confidence_sum
+            """,
+            [seq],
+        ).fetchall()
+
+    def _resolve_pending(self, cur: duckdb.DuckDBPyConnection, seq: int) -> None:
+        """Move pending feedback whose prediction just arrived into ``feedback``."""
+        cur.execute(
+            """
+            INSERT OR IGNORE INTO feedback
+            SELECT f.project, f.id, f.prediction_id, f.label, f.ts, f.source, f.annotator,
+                   p.ts, p.label, p.model_version
+            FROM pending_feedback f JOIN predictions p
+              ON p.project = f.project AND p.id = f.prediction_id
+            WHERE p.ingest_seq = ?
+            """,
+            [seq],
+        ).fetchall()
+        cur.execute(
+            """DELETE FROM pending_feedback WHERE (project, id) IN (SELECT project, id FROM feedback)"""
+        ).fetchall()
+        self._has_pending = bool(cur.execute("SELECT count(*) FROM pending_feedback").fetchall()[0][0])
+
+    def count_predictions(self, project: str | None = DEFAULT_PROJECT) -> int:
+        if project is None:
+            return int(self._scalar("SELECT count(*) FROM predictions"))
+        return int(self._scalar("SELECT count(*) FROM predictions WHERE project = ?", [project]))
+
+    def get_predictions(self, ids: Sequence[str], project: str = DEFAULT_PROJECT) -> pd.DataFrame:
+        return self.query(
+            "SELECT * FROM predictions WHERE project = ? AND list_contains(?, id)", [project, list(ids)]
+        )
+
+    # -- feedback -----------------------------------------------------------------------------
+    def append_feedback(
+        self,
+        batch: pa.Table | pd.DataFrame | Sequence[dict[str, Any]],
+        project: str = DEFAULT_PROJECT,
+        *,
+        keep_unknown: bool = True,
+    ) -> FeedbackResult:
+        """Append feedback (true labels) in one transaction; history is kept, latest wins on read.
+
+        Each row is denormalised with its prediction's ts, predicted label and model version so
+        that labelled accuracy over time needs no join. Feedback for an unknown prediction id is
+        parked in ``pending_feedback`` (``keep_unknown``) or left out and reported.
+        """
+        table = _as_arrow(batch)
+        if table.num_rows == 0:
+            return FeedbackResult(0, 0, 0, [])
+        if "id" not in table.column_names:
+            table = table.append_column("id", pa.array([new_id() for _ in range(table.num_rows)]))
+        table = _fill(table, FEEDBACK_COLUMNS, {"project": project, "ts": utcnow, "source": "human"})
+        with self.transaction() as cur:
+            cur.register("incoming_fb", table)
+            try:
+                before = cur.execute("SELECT count(*) FROM feedback WHERE project = ?", [project]).fetchall()[0][0]
+                cur.execute(
+                    """
+                    INSERT OR IGNORE INTO feedback
+                    SELECT f.project, f.id, f.prediction_id, f.label, f.ts, f.source, f.annotator,
+                           p.ts, p.label, p.model_version
+                    FROM incoming_fb f JOIN predictions p
+                      ON p.project = f.project AND p.id = f.prediction_id
+                    """
+                ).fetchall()
+                after = cur.execute("SELECT count(*) FROM feedback WHERE project = ?", [project]).fetchall()[0][0]
+                unknown = [
+                    r[0]
+                    for r in cur.execute(
+                        """SELECT DISTINCT f.prediction_id FROM incoming_fb f ANTI JOIN predictions p
+                           ON p.project = f.project AND p.id = f.prediction_id"""
+                    ).fetchall()
+                ]
+                pending = 0
+                if unknown and keep_unknown:
+                    b = cur.execute("SELECT count(*) FROM pending_feedback").fetchall()[0][0]
+                    cur.execute(
+                        """INSERT OR IGNORE INTO pending_feedback
+                           SELECT f.* FROM incoming_fb f ANTI JOIN predictions p
+                           ON p.project = f.project AND p.id = f.prediction_id"""
+                    ).fetchall()
+                    pending = cur.execute("SELECT count(*) FROM pending_feedback").fetchall()[0][0] - b
+                    self._has_pending = True
+            finally:
+                cur.unregister("incoming_fb")
+        accepted = int(after - before)
+        n_unknown_rows = sum(1 for pid in table.column("prediction_id").to_pylist() if pid in set(unknown))
+        duplicates = table.num_rows - accepted - n_unknown_rows
+        return FeedbackResult(accepted, max(duplicates, 0), int(pending), unknown)
+
+    def latest_feedback_sql(self) -> str:
+        """SQL (one parameter: project) for the latest label per prediction; human beats rule."""
+        return """
+            SELECT * FROM feedback WHERE project = ?
+            QUALIFY row_number() OVER (
+                PARTITION BY prediction_id
+                ORDER BY CASE source WHEN 'human' THEN 0 WHEN 'import' THEN 1 ELSE 2 END, ts DESC, id DESC
+            ) = 1
+        """
+
+    def labelled_predictions(
+        self,
+        project: str = DEFAULT_PROJECT,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        with_embedding: bool = False,
+    ) -> pd.DataFrame:
+        """Predictions joined with their latest feedback (``true_label``), labelled rows only."""
+        emb = ", p.embedding" if with_embedding else ""
+        return self.query(
+            f"""
+            WITH fb AS ({self.latest_feedback_sql()})
+            SELECT p.id, p.ts, p.model_version, p.text, p.label, p.confidence, p.probs{emb},
+                   fb.label AS true_label, fb.source, fb.ts AS feedback_ts
+            FROM predictions p JOIN fb ON p.id = fb.prediction_id
+            WHERE p.project = ? AND p.ts >= ? AND p.ts < ?
+            ORDER BY p.ts
+            """,
+            [project, project, since or datetime.min, until or datetime.max],
+        )
+
+    # -- windows and rollups ------------------------------------------------------------------
+    def window(
+        self,
+        project: str = DEFAULT_PROJECT,
+        *,
+        last: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        columns: str = "id, ts, model_version, text, label, confidence, probs, embedding",
+    ) -> pd.DataFrame:
+        """Current window: the last ``last`` rows by arrival, or rows with ``since <= ts < until``.
+
+        Latest feedback comes along as ``true_label`` (NULL when unlabelled).
+        """
+        fb = self.latest_feedback_sql()
+        if last is not None:
+            where, params = "p.project = ? ORDER BY p.ingest_seq DESC, p.ts DESC LIMIT ?", [project, last]
+        else:
+            where = "p.project = ? AND p.ts >= ? AND p.ts < ? ORDER BY p.ts"
+            params = [project, since or datetime.min, until or datetime.max]
+        cols = ", ".join(f"p.{c.strip()}" for c in columns.split(","))
+        df = self.query(
+            f"""WITH fb AS ({fb})
+                SELECT {cols}, fb.label AS true_label
+                FROM predictions p LEFT JOIN fb ON p.id = fb.prediction_id
+                WHERE {where}""",
+            [project, *params],
+        )
+        return df.iloc[::-1].reset_index(drop=True) if last is not None else df
+
+    def traffic(
+        self, project: str = DEFAULT_PROJECT, bucket: str = "hour", since: datetime | None = None
+    ) -> pd.DataFrame:
+        """Predictions per bucket (hour|day) and model version, from the hourly rollup (no scan)."""
+        if bucket not in ("hour", "day"):
+            raise ValueError("bucket must be 'hour' or 'day'")
+        return self.query(
+            f"""
+            SELECT date_trunc('{bucket}', hour) AS bucket, model_version,
+                   sum(n)::BIGINT AS n, sum(confidence_sum) / sum(n) AS mean_confidence
+            FROM prediction_hourly WHERE project = ? AND hour >= ?
+            GROUP BY ALL ORDER BY bucket, model_version
+            """,
+            [project, since or datetime.min],
+        )
+
+    def label_mix(self, project: str = DEFAULT_PROJECT, since: datetime | None = None) -> pd.DataFrame:
+        return self.query(
+            """SELECT label, sum(n)::BIGINT AS n FROM prediction_hourly
+               WHERE project = ? AND hour >= ? GROUP BY label ORDER BY label""",
+            [project, since or datetime.min],
+        )
+
+    def labelled_accuracy(
+        self, project: str = DEFAULT_PROJECT, bucket: str = "hour", since: datetime | None = None
+    ) -> pd.DataFrame:
+        """Labelled accuracy per bucket of prediction time (from denormalised feedback, no join)."""
+        if bucket not in ("hour", "day"):
+            raise ValueError("bucket must be 'hour' or 'day'")
+        return self.query(
+            f"""
+            WITH fb AS ({self.latest_feedback_sql()})
+            SELECT date_trunc('{bucket}', prediction_ts) AS bucket, count(*) AS n_labelled,
+                   avg((label = predicted_label)::INT) AS accuracy
+            FROM fb WHERE prediction_ts >= ? GROUP BY ALL ORDER BY bucket
+            """,
+            [project, since or datetime.min],
+        )
+
+    # -- small JSON helpers used by several tables ---------------------------------------------
+    @staticmethod
+    def to_json(value: Any) -> str | None:
+        return None if value is None else json.dumps(value, default=str)
+
+    def table_counts(self) -> dict[str, int]:
+        names = [
+            "predictions", "feedback", "pending_feedback", "model_versions", "drift_checks", "alerts",
+            "retrain_runs", "tokens",
+        ]
+        return {n: int(self._scalar(f"SELECT count(*) FROM {n}")) for n in names}

@@ -1,0 +1,77 @@
+"""The command line, run as a real subprocess."""
+
+import os
+import subprocess
+import sys
+
+import httpx
+
+
+def tuneloop(*args, cwd, env=None, check=True):
+    full_env = {**os.environ, **(env or {})}
+    r = subprocess.run(
+        [sys.executable, "-m", "tuneloop.monitor.cli", *args],
+        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=120,
+    )
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_help_lists_commands(tmp_path):
+    out = tuneloop("--help", cwd=tmp_path).stdout
+    for command in ("init", "serve", "status", "token"):
+        assert command in out
+
+
+def test_init_then_status_offline(tmp_path):
+    out = tuneloop("--data-dir", "d", "init", cwd=tmp_path).stdout
+    assert "schema version" in out
+    assert (tmp_path / "d" / "tuneloop.duckdb").exists()
+    status = tuneloop("--data-dir", "d", "status", cwd=tmp_path).stdout
+    assert '"predictions": 0' in status
+
+
+def test_bad_config_exits_2_with_one_line(tmp_path):
+    (tmp_path / "bad.toml").write_text("[server]\nport = 'x'\n")
+    r = tuneloop("--config", "bad.toml", "init", cwd=tmp_path, check=False)
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("config error: server.port")
+    assert "Traceback" not in r.stderr
+
+
+def test_token_create_rejects_unknown_role(tmp_path):
+    r = tuneloop("--data-dir", "d", "token", "create", "--role", "root", cwd=tmp_path, check=False)
+    assert r.returncode == 2 and "unknown role" in r.stderr
+
+
+def test_serve_prints_url_and_answers(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuneloop.monitor.cli", "--data-dir", "d", "serve", "--port", str(port)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+        assert any(f"http://127.0.0.1:{port}" in line for line in lines), lines
+        for _ in range(100):
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+                if r.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            import time
+
+            time.sleep(0.1)
+        assert r.json()["status"] == "ready"
+        # the file is owned by the server: a direct open fails with a clear message
+        locked = tuneloop("--data-dir", "d", "token", "create", "--role", "admin", cwd=tmp_path, check=False)
+        assert "Traceback" not in locked.stderr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -1,0 +1,151 @@
+"""The DuckDB store against real database files."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from tuneloop.monitor.store import MIGRATIONS, Store, StoreLockedError
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store(tmp_path / "t.duckdb") as s:
+        yield s
+
+
+def test_new_db_gets_every_migration(tmp_path):
+    s = Store(tmp_path / "new.duckdb")
+    assert s.schema_version() == max(v for v, _ in MIGRATIONS)
+    applied = s.query("SELECT version FROM schema_migrations ORDER BY version")["version"].tolist()
+    assert applied == [v for v, _ in MIGRATIONS]
+    s.close()
+
+
+def test_reopen_is_a_noop_and_keeps_rows(tmp_path):
+    path = tmp_path / "t.duckdb"
+    s = Store(path)
+    s.append_predictions([{"id": "a", "text": "hello", "label": "positive"}])
+    s.close()
+    s = Store(path)
+    assert s.migrate() == []
+    assert s.count_predictions() == 1
+    s.close()
+
+
+def test_existing_db_gets_only_new_migrations(tmp_path, monkeypatch):
+    path = tmp_path / "old.duckdb"
+    Store(path).close()
+    extra = (max(v for v, _ in MIGRATIONS) + 1, "CREATE TABLE extra_things (x INTEGER)")
+    monkeypatch.setattr("tuneloop.monitor.store.MIGRATIONS", [*MIGRATIONS, extra])
+    s = Store(path)
+    assert s.schema_version() == extra[0]
+    assert s.query("SELECT count(*) AS n FROM extra_things")["n"][0] == 0
+    assert s.migrate() == []
+    s.close()
+
+
+def test_batch_append_100k_rows_with_embeddings(store):
+    rng = np.random.default_rng(0)
+    n, dim, batch = 100_000, 384, 10_000
+    labels = np.array(["negative", "neutral", "positive"])
+    for start in range(0, n, batch):
+        emb = rng.standard_normal((batch, dim), dtype=np.float32)
+        table = pa.table(
+            {
+                "id": [f"p{start + i}" for i in range(batch)],
+                "text": [f"text {start + i}" for i in range(batch)],
+                "label": labels[rng.integers(0, 3, batch)],
+                "confidence": rng.uniform(0.3, 1.0, batch),
+                "embedding": pa.FixedSizeListArray.from_arrays(emb.ravel(), dim).cast(pa.list_(pa.float32())),
+            }
+        )
+        result = store.append_predictions(table)
+        assert result.accepted == batch and result.duplicates == 0
+    assert store.count_predictions() == n
+    dims = store.query("SELECT DISTINCT len(embedding) AS d FROM predictions")["d"].tolist()
+    assert dims == [dim]
+    # the hourly rollup counts exactly what was inserted
+    assert int(store.traffic()["n"].sum()) == n
+    # re-appending a batch is idempotent
+    again = store.append_predictions([{"id": "p5", "text": "x", "label": "neutral"}])
+    assert (again.accepted, again.duplicates) == (0, 1)
+    assert store.count_predictions() == n
+
+
+def test_duplicate_ids_inside_one_batch_count_once(store):
+    r = store.append_predictions(
+        [{"id": "same", "text": "a", "label": "positive"}, {"id": "same", "text": "a", "label": "positive"}]
+    )
+    assert (r.accepted, r.duplicates) == (1, 1)
+
+
+def test_join_with_latest_feedback_human_beats_rule(store):
+    store.append_predictions(
+        [
+            {"id": "a", "text": "good", "label": "positive", "confidence": 0.9},
+            {"id": "b", "text": "bad", "label": "positive", "confidence": 0.6},
+            {"id": "c", "text": "meh", "label": "neutral", "confidence": 0.5},
+        ]
+    )
+    store.append_feedback([{"prediction_id": "a", "label": "positive"}])
+    store.append_feedback([{"prediction_id": "b", "label": "neutral"}])
+    store.append_feedback([{"prediction_id": "b", "label": "negative"}])  # later human label wins
+    store.append_feedback([{"prediction_id": "a", "label": "negative", "source": "rule"}])  # rule loses
+    joined = store.labelled_predictions().set_index("id")
+    assert sorted(joined.index) == ["a", "b"]
+    assert joined.loc["a", "true_label"] == "positive"
+    assert joined.loc["b", "true_label"] == "negative"
+    window = store.window(last=3).set_index("id")
+    assert window.loc["c", "true_label"] is None
+    acc = store.labelled_accuracy()
+    assert acc["n_labelled"].sum() == 2 and acc["accuracy"].iloc[0] == pytest.approx(0.5)
+
+
+def test_feedback_for_unknown_prediction_waits_until_it_arrives(store):
+    r = store.append_feedback([{"prediction_id": "late", "label": "negative"}])
+    assert (r.accepted, r.pending, r.unknown_ids) == (0, 1, ["late"])
+    store.append_predictions([{"id": "late", "text": "x", "label": "positive"}])
+    assert store.labelled_predictions()["true_label"].tolist() == ["negative"]
+    assert store.table_counts()["pending_feedback"] == 0
+
+
+def test_window_by_count_is_newest_rows_in_arrival_order(store):
+    for i in range(5):
+        store.append_predictions([{"id": f"r{i}", "text": f"t{i}", "label": "neutral"}])
+    assert store.window(last=3)["id"].tolist() == ["r2", "r3", "r4"]
+
+
+def test_cursors_per_thread(store):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def write(k):
+        store.append_predictions([{"id": f"t{k}-{i}", "text": "x", "label": "neutral"} for i in range(50)])
+        return store.count_predictions()
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, range(16)))
+    assert store.count_predictions() == 800
+
+
+def test_locked_file_gives_clear_error(tmp_path):
+    path = tmp_path / "locked.duckdb"
+    Store(path).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time
+            from tuneloop.monitor.store import Store
+            s = Store({str(path)!r}); print("open", flush=True); time.sleep(60)
+        """)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(StoreLockedError, match="tuneloop serve is running on this file; use the API"):
+            Store(path)
+    finally:
+        holder.kill()
+        holder.wait()
