@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 
 from tuneloop.monitor.auth import AuthError, TokenRegistry
 from tuneloop.monitor.config import Settings
+from tuneloop.monitor.scheduler import Scheduler
 from tuneloop.monitor.store import Store
 
 log = logging.getLogger(__name__)
@@ -57,11 +58,15 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         st = store or Store(settings.db_path)
         ctx = Context(settings=settings, store=st, tokens=TokenRegistry(st))
         app.state.ctx = ctx
+        scheduler = Scheduler()
+        ctx.services["scheduler"] = scheduler
         shutdowns = []
         for hook in STARTUP_HOOKS:
             stop = hook(ctx)
             if stop is not None:
                 shutdowns.append(stop)
+        scheduler.start()
+        shutdowns.append(scheduler.stop)
         ctx.ready = True
         log.info("tuneloop serving %s", settings.db_path)
         try:

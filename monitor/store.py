@@ -161,6 +161,20 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        2,
+        """
+        ALTER TABLE reference_rows ADD COLUMN split VARCHAR;
+        CREATE TABLE alert_deliveries (
+            alert_id BIGINT NOT NULL,
+            url VARCHAR NOT NULL,
+            ts TIMESTAMP NOT NULL,
+            status VARCHAR NOT NULL,
+            attempts INTEGER NOT NULL,
+            error VARCHAR
+        );
+        """,
+    ),
 ]
 
 

@@ -1,0 +1,203 @@
+"""Running drift checks against the store: pick the windows, run the checks, record, alert.
+
+The statistics live in :mod:`tuneloop.monitor.drift`; this module only decides *which* rows are
+compared and records every result the same way (one ``drift_checks`` row per metric, sharing
+the run's id, plus an Evidently HTML report file for the dashboard).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tuneloop.monitor.alerts import AlertChange, WebhookNotifier, update_alerts
+from tuneloop.monitor.config import Settings
+from tuneloop.monitor.store import DEFAULT_PROJECT, Store, utcnow
+
+log = logging.getLogger(__name__)
+
+REFERENCE_COLUMNS = "text, label, true_label, confidence, probs, embedding"
+
+
+class NotEnoughData(Exception):
+    """A window or the reference is too small to compare."""
+
+
+@dataclass
+class CheckRun:
+    check_id: int
+    project: str
+    reference: str
+    window_start: datetime | None
+    window_end: datetime | None
+    results: list[dict[str, Any]]
+    report_path: str | None
+    alerts: list[AlertChange] = field(default_factory=list)
+    skipped_without_embedding: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "check_id": self.check_id, "project": self.project, "reference": self.reference,
+            "window_start": self.window_start, "window_end": self.window_end, "results": self.results,
+            "report_path": self.report_path, "skipped_without_embedding": self.skipped_without_embedding,
+            "alerts": [a.as_json() for a in self.alerts],
+        }
+
+
+def champion_version(store: Store, project: str) -> str | None:
+    df = store.query("SELECT version FROM model_versions WHERE project = ? AND status = 'champion'", [project])
+    return None if df.empty else str(df["version"][0])
+
+
+def reference_frame(store: Store, settings: Settings, project: str = DEFAULT_PROJECT) -> tuple[str, pd.DataFrame]:
+    """The reference window and its name.
+
+    ``training``: the rows logged when the champion was trained (or imported with
+    ``tuneloop reference import``); without them, the project's first ``window_size`` predictions.
+    ``pinned``: predictions between ``pinned_start`` and ``pinned_end``.
+    """
+    drift = settings.drift
+    if drift.reference == "pinned":
+        if not (drift.pinned_start and drift.pinned_end):
+            raise NotEnoughData("drift.reference = 'pinned' needs drift.pinned_start and drift.pinned_end")
+        start, end = datetime.fromisoformat(drift.pinned_start), datetime.fromisoformat(drift.pinned_end)
+        return f"pinned:{start.isoformat()}..{end.isoformat()}", store.window(project, since=start, until=end)
+    for name in filter(None, [champion_version(store, project), "imported"]):
+        df = store.query(
+            f"SELECT {REFERENCE_COLUMNS} FROM reference_rows WHERE project = ? AND reference = ?", [project, name]
+        )
+        if not df.empty:
+            return name, df
+    first = store.query(
+        """SELECT p.id, p.ts, p.text, p.label, p.confidence, p.probs, p.embedding FROM predictions p
+           WHERE p.project = ? ORDER BY p.ingest_seq LIMIT ?""",
+        [project, drift.window_size],
+    )
+    return "first-traffic", first
+
+
+def current_frame(store: Store, settings: Settings, project: str = DEFAULT_PROJECT,
+                  now: datetime | None = None) -> pd.DataFrame:
+    drift = settings.drift
+    if drift.window_kind == "time":
+        end = now or utcnow()
+        return store.window(project, since=end - timedelta(minutes=drift.window_minutes), until=end)
+    return store.window(project, last=drift.window_size)
+
+
+def _drop_missing_embeddings(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    if "embedding" not in df.columns:
+        return df, 0
+    has = df["embedding"].map(lambda e: e is not None and not (isinstance(e, float) and np.isnan(e)))
+    return df[has].reset_index(drop=True), int((~has).sum())
+
+
+def labels_for(store: Store, settings: Settings, project: str) -> list[str]:
+    df = store.query("SELECT labels FROM projects WHERE project = ?", [project])
+    return json.loads(df["labels"][0]) if not df.empty else list(settings.project.labels)
+
+
+def run_drift_checks(
+    store: Store,
+    settings: Settings,
+    project: str = DEFAULT_PROJECT,
+    notifier: WebhookNotifier | None = None,
+    render: bool = True,
+) -> CheckRun:
+    """Compare the current window with the reference, record the results, update alerts."""
+    from tuneloop.monitor import drift
+
+    reference_name, reference = reference_frame(store, settings, project)
+    current = current_frame(store, settings, project)
+    current, skipped = _drop_missing_embeddings(current)
+    reference, _ = _drop_missing_embeddings(reference)
+    minimum = 20
+    if len(reference) < minimum or len(current) < minimum:
+        raise NotEnoughData(
+            f"not enough rows to compare: reference {len(reference)}, current {len(current)} (need {minimum} each"
+            + (f"; {skipped} current rows still wait for their embedding" if skipped else "") + ")"
+        )
+    if "ts" in reference.columns and reference_name == "first-traffic" and "id" in current.columns:
+        current = current[~current["id"].isin(set(reference["id"]))].reset_index(drop=True)
+        if len(current) < minimum:
+            raise NotEnoughData("no traffic beyond the first-traffic reference yet")
+    results = drift.run_checks(reference, current, settings.drift, labels_for(store, settings, project))
+    window_start = current["ts"].min() if "ts" in current.columns else None
+    window_end = current["ts"].max() if "ts" in current.columns else None
+    now = utcnow()
+    with store.transaction() as cur:
+        check_id = int(cur.execute("SELECT nextval('drift_check_ids')").fetchall()[0][0])
+    report_path: Path | None = None
+    if render:
+        report_path = settings.reports_dir / project / f"check-{check_id}.html"
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            drift.render_report(reference, current, results, report_path)
+        except Exception:
+            log.exception("rendering the Evidently report failed; the check results are still recorded")
+            report_path = None
+    rows = [r.as_json() if hasattr(r, "as_json") else dict(r.__dict__) for r in results]
+    with store.transaction() as cur:
+        for r in rows:
+            cur.execute(
+                "INSERT INTO drift_checks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [check_id, project, now, _naive(window_start), _naive(window_end), reference_name, r["metric"],
+                 _finite(r["value"]), _finite(r["threshold"]), bool(r["drifted"]),
+                 json.dumps(r.get("details") or {}, default=str),
+                 str(report_path.relative_to(settings.reports_dir)) if report_path else None],
+            ).fetchall()
+    changes = update_alerts(store, project, [r["metric"] for r in rows], settings.drift)
+    if notifier is not None and changes:
+        notifier.notify(changes)
+    return CheckRun(check_id, project, reference_name, _naive(window_start), _naive(window_end), rows,
+                    str(report_path) if report_path else None, changes, skipped)
+
+
+def _finite(x: Any) -> float | None:
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if np.isfinite(f) else None
+
+
+def _naive(ts: Any) -> datetime | None:
+    if ts is None or (isinstance(ts, float) and np.isnan(ts)) or pd.isna(ts):
+        return None
+    return pd.Timestamp(ts).to_pydatetime()
+
+
+class DriftService:
+    """Scheduled checks for every project; a check never overlaps itself (one lock per service)."""
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.notifier = WebhookNotifier(store, settings.drift)
+        self._lock = threading.Lock()
+
+    def projects(self) -> list[str]:
+        df = self.store.query("SELECT DISTINCT project FROM predictions")
+        return sorted(set(df["project"]) | {DEFAULT_PROJECT})
+
+    def run(self, project: str = DEFAULT_PROJECT) -> CheckRun:
+        with self._lock:
+            return run_drift_checks(self.store, self.settings, project, self.notifier)
+
+    def run_all(self) -> None:
+        for project in self.projects():
+            try:
+                self.run(project)
+            except NotEnoughData as e:
+                log.info("drift check skipped for %s: %s", project, e)
+
+    def stop(self) -> None:
+        self.notifier.stop()

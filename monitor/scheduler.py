@@ -1,0 +1,57 @@
+"""Background jobs in the server process (APScheduler 3): drift checks, retrain policy, retention.
+
+Every job runs with ``max_instances=1`` and ``coalesce=True``: a job never overlaps itself, and
+missed runs collapse into one. Jobs are plain callables so tests can call them directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+log = logging.getLogger(__name__)
+
+
+class Scheduler:
+    """A thin wrapper that names jobs and logs their failures instead of losing them."""
+
+    def __init__(self) -> None:
+        self._scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"max_instances": 1, "coalesce": True})
+
+    def every(self, name: str, seconds: float, func: Callable[[], Any], *, start_now: bool = False) -> None:
+        from datetime import UTC, datetime
+
+        self._scheduler.add_job(
+            self._guard(name, func), IntervalTrigger(seconds=seconds), id=name, name=name, replace_existing=True,
+            **({"next_run_time": datetime.now(UTC)} if start_now else {}),
+        )
+
+    def cron(self, name: str, expression: str, func: Callable[[], Any]) -> None:
+        self._scheduler.add_job(
+            self._guard(name, func), CronTrigger.from_crontab(expression, timezone="UTC"), id=name, name=name,
+            replace_existing=True,
+        )
+
+    @staticmethod
+    def _guard(name: str, func: Callable[[], Any]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                func()
+            except Exception:
+                log.exception("scheduled job %s failed", name)
+
+        return run
+
+    def start(self) -> None:
+        self._scheduler.start()
+
+    def stop(self) -> None:
+        self._scheduler.shutdown(wait=False)
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return [{"id": j.id, "next_run": str(j.next_run_time)} for j in self._scheduler.get_jobs()]
