@@ -1,0 +1,92 @@
+"""Alert hysteresis, de-duplication and webhook delivery (real loopback receiver)."""
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tuneloop.monitor.alerts import WebhookNotifier, ack_alert, list_alerts, update_alerts
+from tuneloop.monitor.config import DriftSettings
+from tuneloop.monitor.store import Store, utcnow
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store(tmp_path / "a.duckdb") as s:
+        yield s
+
+
+def record(store, drifted, metric="embedding_drift", value=None):
+    check_id = store.query("SELECT nextval('drift_check_ids') AS i")["i"][0]
+    store.execute(
+        "INSERT INTO drift_checks VALUES (?, 'default', ?, NULL, NULL, 'v1', ?, ?, 0.5, ?, '{}', NULL)",
+        [int(check_id), utcnow(), metric, value if value is not None else (0.9 if drifted else 0.1), drifted],
+    )
+    time.sleep(0.002)  # distinct timestamps keep the history ordered
+
+
+def test_alert_opens_after_k_breaches_and_closes_after_k_clean(store):
+    settings = DriftSettings(open_after=3, close_after=2)
+    actions = []
+    for drifted in [True, True, False, True, True, True, True, False, True, False, False, False]:
+        record(store, drifted)
+        actions.append([c.action for c in update_alerts(store, "default", ["embedding_drift"], settings)])
+    assert actions == [[], [], [], [], [], ["opened"], [], [], [], [], ["closed"], []]
+    alerts = list_alerts(store, "default")
+    assert len(alerts) == 1 and alerts[0]["status"] == "closed"
+
+
+def test_sustained_breach_opens_one_alert_only(store):
+    settings = DriftSettings(open_after=1, close_after=1)
+    for _ in range(5):
+        record(store, True)
+        update_alerts(store, "default", ["embedding_drift"], settings)
+    assert len(list_alerts(store, "default", "open")) == 1
+
+
+def test_ack(store):
+    record(store, True)
+    (change,) = update_alerts(store, "default", ["embedding_drift"], DriftSettings(open_after=1))
+    acked = ack_alert(store, change.alert_id, "ops")
+    assert acked["acked_by"] == "ops" and acked["acked_at"] is not None
+    assert ack_alert(store, 999, "ops") is None
+
+
+class Receiver(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Receiver.received.append(json.loads(body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_webhook_receives_alert_and_dead_webhook_does_not_block(store):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    live = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    dead = "http://127.0.0.1:9/never"  # discard port: connection refused
+    settings = DriftSettings(open_after=1, webhooks=[dead, live], webhook_retries=2, webhook_timeout_seconds=1)
+    notifier = WebhookNotifier(store, settings)
+    try:
+        record(store, True)
+        changes = update_alerts(store, "default", ["embedding_drift"], settings)
+        started = time.perf_counter()
+        notifier.notify(changes)
+        assert time.perf_counter() - started < 0.05  # never blocks the check
+        notifier.join(timeout=20)
+        assert [m["action"] for m in Receiver.received] == ["opened"]
+        assert Receiver.received[0]["kind"] == "embedding_drift"
+        deliveries = store.query("SELECT url, status, attempts FROM alert_deliveries ORDER BY url")
+        rows = {r.url: (r.status, r.attempts) for r in deliveries.itertuples()}
+        assert rows[live] == ("delivered", 1)
+        assert rows[dead] == ("failed", 3)
+    finally:
+        notifier.stop()
+        server.shutdown()
