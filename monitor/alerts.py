@@ -57,7 +57,7 @@ def update_alerts(store: Store, project: str, metrics: list[str], settings: Drif
         if open_alert.empty and len(flags) >= settings.open_after and all(flags[: settings.open_after]):
             last = history.iloc[0]
             message = (f"{metric} breached its threshold for {settings.open_after} consecutive checks "
-                       f"(value {last['value']:.4g} > threshold {last['threshold']:.4g})")
+                       f"(latest value {last['value']:.4g}, threshold {last['threshold']:.4g})")
             with store.transaction() as cur:
                 alert_id = cur.execute("SELECT nextval('alert_ids')").fetchall()[0][0]
                 cur.execute(

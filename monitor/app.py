@@ -17,8 +17,9 @@ from fastapi.responses import JSONResponse
 
 from tuneloop.monitor.auth import AuthError, TokenRegistry
 from tuneloop.monitor.config import Settings
+from tuneloop.monitor.projects import UnknownProject
 from tuneloop.monitor.scheduler import Scheduler
-from tuneloop.monitor.store import Store
+from tuneloop.monitor.store import Store, StoreFull
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +89,23 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=headers)
 
+    @app.exception_handler(UnknownProject)
+    async def _unknown_project(request: Request, exc: UnknownProject) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(StoreFull)
+    async def _store_full(request: Request, exc: StoreFull) -> JSONResponse:
+        log.error("write refused: %s", exc)  # the operator must free space; the server keeps serving
+        return JSONResponse({"detail": f"insufficient storage: {exc}; free disk space and retry"}, status_code=507,
+                            headers={"Retry-After": "30"})
+
     from tuneloop.monitor import routes_health
 
     app.include_router(routes_health.router)
     for module in _optional_routers():
         app.include_router(module.router)
+        if hasattr(module, "install"):  # app-wide middleware/handlers a domain needs (routes_collect)
+            module.install(app, settings)
     return app
 
 
@@ -100,7 +113,8 @@ def _optional_routers() -> list[Any]:
     """Domain routers; each module exposes ``router``."""
     import importlib
 
-    names = ["routes_collect", "routes_serve", "routes_drift", "routes_retrain", "routes_admin"]
+    names = ["routes_collect", "routes_serve", "routes_drift", "routes_retrain", "routes_admin", "routes_projects",
+             "routes_models", "metrics", "operations"]
     mods = []
     for name in names:
         try:

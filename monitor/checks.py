@@ -20,6 +20,7 @@ import pandas as pd
 
 from tuneloop.monitor.alerts import AlertChange, WebhookNotifier, update_alerts
 from tuneloop.monitor.config import Settings
+from tuneloop.monitor.projects import labels_for, project_names, settings_for
 from tuneloop.monitor.store import DEFAULT_PROJECT, Store, utcnow
 
 log = logging.getLogger(__name__)
@@ -96,13 +97,9 @@ def current_frame(store: Store, settings: Settings, project: str = DEFAULT_PROJE
 def _drop_missing_embeddings(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     if "embedding" not in df.columns:
         return df, 0
-    has = df["embedding"].map(lambda e: e is not None and not (isinstance(e, float) and np.isnan(e)))
+    # A NULL list arrives as None, NaN or pd.NA depending on the pandas conversion.
+    has = df["embedding"].map(lambda e: e is not None and e is not pd.NA and not (isinstance(e, float) and np.isnan(e)))
     return df[has].reset_index(drop=True), int((~has).sum())
-
-
-def labels_for(store: Store, settings: Settings, project: str) -> list[str]:
-    df = store.query("SELECT labels FROM projects WHERE project = ?", [project])
-    return json.loads(df["labels"][0]) if not df.empty else list(settings.project.labels)
 
 
 def run_drift_checks(
@@ -115,6 +112,7 @@ def run_drift_checks(
     """Compare the current window with the reference, record the results, update alerts."""
     from tuneloop.monitor import drift
 
+    settings = settings_for(store, settings, project)  # the project's drift overrides; UnknownProject
     reference_name, reference = reference_frame(store, settings, project)
     current = current_frame(store, settings, project)
     current, skipped = _drop_missing_embeddings(current)
@@ -145,6 +143,8 @@ def run_drift_checks(
             log.exception("rendering the Evidently report failed; the check results are still recorded")
             report_path = None
     rows = [r.as_json() if hasattr(r, "as_json") else dict(r.__dict__) for r in results]
+    if skipped:  # say on every recorded result that some current rows were left out
+        rows = [{**r, "details": {**(r.get("details") or {}), "rows_without_embedding": skipped}} for r in rows]
     with store.transaction() as cur:
         for r in rows:
             cur.execute(
@@ -185,8 +185,7 @@ class DriftService:
         self._lock = threading.Lock()
 
     def projects(self) -> list[str]:
-        df = self.store.query("SELECT DISTINCT project FROM predictions")
-        return sorted(set(df["project"]) | {DEFAULT_PROJECT})
+        return project_names(self.store)
 
     def run(self, project: str = DEFAULT_PROJECT) -> CheckRun:
         with self._lock:

@@ -74,7 +74,10 @@ class ModelSettings(Section):
     lora_r: int = Field(8, ge=1)
     lora_alpha: int = Field(16, ge=1)
     lora_dropout: float = Field(0.1, ge=0, lt=1)
-    learning_rate: float = Field(5e-4, gt=0)
+    learning_rate: float = Field(1e-3, gt=0)
+    """AdamW step for the LoRA adapter (linear warm-up over the first 10% of steps, then linear decay)."""
+    head_learning_rate: float = Field(1e-2, gt=0)
+    """The linear head starts from random weights: it learns with a larger step than the LoRA adapter."""
     epochs: int = Field(4, ge=1)
     batch_size: int = Field(32, ge=1)
     val_fraction: float = Field(0.15, gt=0, lt=1)
@@ -100,7 +103,22 @@ class DriftSettings(Section):
     resamples: int = Field(50, ge=10)
     """Reference-vs-reference resamples that calibrate each threshold."""
     quantile: float = Field(0.99, gt=0.5, lt=1)
-    """A statistic above this quantile of its reference-vs-reference spread is drift."""
+    """A statistic above this quantile of its reference-vs-reference spread (widened by threshold_margin) is drift."""
+    threshold_margin: float = Field(0.5, ge=0)
+    """Widens each calibrated threshold by this fraction of (quantile - median) of the spread."""
+    accuracy_tolerance: float = Field(0.02, ge=0, lt=1)
+    """Accuracy (labelled or estimated) below reference accuracy minus this, and below its bootstrap bound, is drift."""
+    checks: list[str] = [
+        "embedding_drift",
+        "prediction_drift",
+        "confidence_drift",
+        "text_length_drift",
+        "oov_rate_drift",
+        "non_ascii_drift",
+        "labelled_accuracy",
+        "estimated_accuracy",
+    ]
+    """Which drift checks run (names of tuneloop.monitor.drift.DEFAULT_CHECKS)."""
     min_labels: int = Field(50, ge=1)
     open_after: int = Field(2, ge=1)
     """Consecutive breaching checks that open an alert (hysteresis)."""
@@ -135,8 +153,19 @@ class RetrainSettings(Section):
     epochs: int = Field(3, ge=1)
 
 
+class EmbedderSettings(Section):
+    enabled: bool = True
+    """Compute missing embeddings (predictions logged without one) in the background."""
+    batch_size: int = Field(256, ge=1, le=10_000)
+    """Rows per round: one select, one encode, one UPDATE."""
+    base: str = ""
+    """Encoder for those embeddings ("" = model.base, the packaged all-MiniLM-L6-v2)."""
+    poll_seconds: float = Field(1.0, gt=0)
+    """How often an idle embedder looks for rows without an embedding."""
+
+
 class LabelQueueSettings(Section):
-    strategy: Literal["uncertainty", "novelty", "mix", "random"] = "mix"
+    strategy: Literal["uncertainty", "novelty", "mix", "random"] = "uncertainty"
     page_size: int = Field(20, ge=1, le=500)
 
 
@@ -173,6 +202,7 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     drift: DriftSettings = DriftSettings()
     retrain: RetrainSettings = RetrainSettings()
+    embedder: EmbedderSettings = EmbedderSettings()
     label_queue: LabelQueueSettings = LabelQueueSettings()
     retention: RetentionSettings = RetentionSettings()
     dashboard: DashboardSettings = DashboardSettings()

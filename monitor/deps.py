@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Query, Request
+from fastapi import Depends, Header, HTTPException, Query, Request
 
 from tuneloop.monitor.app import Context
 from tuneloop.monitor.auth import ANONYMOUS_ADMIN, AuthError, Principal
+from tuneloop.monitor.projects import PROJECT_PATTERN, UnknownProject, require_project
 from tuneloop.monitor.store import DEFAULT_PROJECT, Store
-
-PROJECT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
 def get_ctx(request: Request) -> Context:
@@ -46,7 +45,21 @@ def check_role(ctx: Context, authorization: str | None, role: str) -> Principal:
 Ingest = Annotated[Principal, Depends(require_role("ingest"))]
 Labeller = Annotated[Principal, Depends(require_role("label"))]
 Admin = Annotated[Principal, Depends(require_role("admin"))]
-ProjectQuery = Annotated[
-    str, Query(pattern=PROJECT_PATTERN, description="Monitored project (model); default 'default'.")
-]
+
+
+def known_project(
+    ctx: Annotated[Context, Depends(get_ctx)],
+    project: Annotated[
+        str, Query(pattern=PROJECT_PATTERN, description="Monitored project (model); default 'default'.")
+    ] = DEFAULT_PROJECT,
+) -> str:
+    """The ``project`` query parameter, answered 404 when the project was never created."""
+    try:
+        require_project(ctx.store, ctx.settings, project)
+    except UnknownProject as e:
+        raise HTTPException(404, str(e)) from None
+    return project
+
+
+ProjectQuery = Annotated[str, Depends(known_project)]
 DEFAULT = DEFAULT_PROJECT

@@ -1,4 +1,4 @@
-"""Operational endpoints: status summary."""
+"""Operational endpoints: status summary, the caller's identity."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
-from tuneloop.monitor.deps import DEFAULT, Labeller, ProjectQuery, get_store
+from tuneloop.monitor.deps import DEFAULT, Ingest, Labeller, ProjectQuery, get_store
 from tuneloop.monitor.status import status_summary
 from tuneloop.monitor.store import Store
 
@@ -18,3 +18,9 @@ def get_status(
     _: Labeller, store: Annotated[Store, Depends(get_store)], project: ProjectQuery = DEFAULT
 ) -> dict[str, Any]:
     return status_summary(store, project)
+
+
+@router.get("/whoami", summary="The calling token's name and role (any valid token)")
+def whoami(principal: Ingest) -> dict[str, str]:
+    """Lets a client (the dashboard) name its annotator and disable what its role may not do."""
+    return {"name": principal.name, "role": principal.role}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
@@ -40,18 +41,22 @@ def run_checks_now(_: Admin, ctx: CtxDep, project: ProjectQuery = DEFAULT) -> di
 def recent_checks(
     _: Labeller, ctx: CtxDep, project: ProjectQuery = DEFAULT,
     metric: str | None = None, limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+    since: Annotated[datetime | None, Query(description="Only checks from this time on (UTC when no offset)")] = None,
 ) -> dict[str, Any]:
     sql = "SELECT * FROM drift_checks WHERE project = ?"
     params: list[Any] = [project]
     if metric:
         sql += " AND metric = ?"
         params.append(metric)
+    if since is not None:
+        sql += " AND ts >= ?"
+        params.append(since.astimezone(UTC).replace(tzinfo=None) if since.tzinfo else since)
     df = ctx.store.query(sql + " ORDER BY ts DESC, metric LIMIT ?", [*params, limit])
     items = []
     for r in df.to_dict("records"):
         r["details"] = json.loads(r["details"]) if r["details"] else {}
         r["has_report"] = bool(r.pop("report_path"))
-        items.append({k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()})
+        items.append({k: (None if v is None or v != v else v) for k, v in r.items()})  # NaN and NaT -> null
     return {"items": items}
 
 
@@ -81,4 +86,4 @@ def acknowledge(principal: Labeller, ctx: CtxDep, alert_id: Annotated[int, Path(
     alert = ack_alert(ctx.store, alert_id, principal.name)
     if alert is None:
         raise HTTPException(404, f"no alert {alert_id}")
-    return {k: (None if isinstance(v, float) and v != v else v) for k, v in alert.items()}
+    return {k: (None if v is None or v != v else v) for k, v in alert.items()}  # NaN and NaT -> null

@@ -25,9 +25,14 @@ def readyz(ctx: Annotated[Context, Depends(get_ctx)]) -> JSONResponse:
         ctx.store.query("SELECT 1")
     except Exception:
         checks["db"] = False
+    info = {}
     for name, service in ctx.services.items():
         ready = getattr(service, "ready", None)
         if ready is not None:
             checks[name] = bool(ready() if callable(ready) else ready)
+        describe = getattr(service, "readiness_info", None)  # e.g. serving: {"default": "no model"}
+        if callable(describe):
+            info[name] = describe()
     ok = all(checks.values())
-    return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
+    body = {"status": "ready" if ok else "not ready", "checks": checks, **({"info": info} if info else {})}
+    return JSONResponse(body, status_code=200 if ok else 503)

@@ -21,14 +21,23 @@ class Scheduler:
     """A thin wrapper that names jobs and logs their failures instead of losing them."""
 
     def __init__(self) -> None:
+        # A skipped overlapping run is the intended behaviour, not a warning worth printing.
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)
         self._scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"max_instances": 1, "coalesce": True})
 
-    def every(self, name: str, seconds: float, func: Callable[[], Any], *, start_now: bool = False) -> None:
-        from datetime import UTC, datetime
+    def every(self, name: str, seconds: float, func: Callable[[], Any], *, start_now: bool = False,
+              first_run_in: float | None = None) -> None:
+        """Run ``func`` every ``seconds``: first now (``start_now``), after ``first_run_in`` s, or in one interval."""
+        from datetime import UTC, datetime, timedelta
 
+        first = {}
+        if start_now:
+            first = {"next_run_time": datetime.now(UTC)}
+        elif first_run_in is not None:
+            first = {"next_run_time": datetime.now(UTC) + timedelta(seconds=first_run_in)}
         self._scheduler.add_job(
             self._guard(name, func), IntervalTrigger(seconds=seconds), id=name, name=name, replace_existing=True,
-            **({"next_run_time": datetime.now(UTC)} if start_now else {}),
+            **first,
         )
 
     def cron(self, name: str, expression: str, func: Callable[[], Any]) -> None:

@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -175,6 +177,38 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        3,
+        """
+        -- Promotion history (monitor/registry.py): every change of champion, so rollback can walk back.
+        CREATE SEQUENCE promotion_ids;
+        CREATE TABLE promotions (
+            id BIGINT NOT NULL,
+            project VARCHAR NOT NULL,
+            version VARCHAR NOT NULL,
+            ts TIMESTAMP NOT NULL,
+            actor VARCHAR,
+            reason VARCHAR,
+            kind VARCHAR NOT NULL,
+            previous VARCHAR
+        );
+        """,
+    ),
+    (
+        4,
+        """
+        -- Labelled accuracy of hours whose raw rows the retention job deleted (monitor/operations.py):
+        -- the latest label per prediction, frozen when its prediction ages out, so history survives.
+        CREATE TABLE feedback_hourly (
+            project VARCHAR NOT NULL,
+            hour TIMESTAMP NOT NULL,
+            model_version VARCHAR NOT NULL,
+            n_labelled BIGINT NOT NULL,
+            n_correct BIGINT NOT NULL,
+            PRIMARY KEY (project, hour, model_version)
+        );
+        """,
+    ),
 ]
 
 
@@ -184,6 +218,18 @@ class StoreError(Exception):
 
 class StoreLockedError(StoreError):
     pass
+
+
+class StoreFull(StoreError):
+    """A write failed because the disk (or the process's file size limit) is full; nothing of it was stored."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether a DuckDB or OS error means "no space left" (ENOSPC) or "file too large" (EFBIG)."""
+    if isinstance(error, OSError) and error.errno in (27, 28):
+        return True
+    text = str(error).lower()
+    return "no space left on device" in text or "file too large" in text
 
 
 @dataclass(frozen=True)
@@ -234,6 +280,13 @@ def _fill(table: pa.Table, columns: list[str], defaults: dict[str, Any]) -> pa.T
             value = value() if callable(value) else value
             table = table.append_column(col, pa.array([value] * n) if value is not None else pa.nulls(n))
     return table.select(columns)
+
+
+def _first_rows(table: pa.Table) -> pa.Table:
+    """Keep the first row of each (project, id): within one append, the earliest request wins."""
+    keys = pa.table({"project": table["project"], "id": table["id"], "row": pa.array(range(table.num_rows))})
+    first = keys.group_by(["project", "id"], use_threads=False).aggregate([("row", "min")])["row_min"]
+    return table.take(np.sort(first.to_numpy()))
 
 
 class Store:
@@ -314,10 +367,17 @@ class Store:
             cur.execute("BEGIN TRANSACTION").fetchall()
             try:
                 yield cur
-            except BaseException:
+            except BaseException as e:
                 cur.execute("ROLLBACK").fetchall()
+                if isinstance(e, duckdb.Error) and is_disk_full(e):
+                    raise StoreFull(f"{self.path.name}: the disk is full; the write was not stored ({e})") from e
                 raise
-            cur.execute("COMMIT").fetchall()
+            try:
+                cur.execute("COMMIT").fetchall()
+            except duckdb.Error as e:  # the transaction is gone: nothing of it was stored
+                if is_disk_full(e):
+                    raise StoreFull(f"{self.path.name}: the disk is full; the write was not stored ({e})") from e
+                raise
 
     # -- migrations ---------------------------------------------------------------------------
     def migrate(self) -> list[int]:
@@ -357,56 +417,110 @@ class Store:
         ``latency_ms``, ``metadata`` (JSON text) are optional. Hourly rollups are updated in the
         same transaction from the rows actually inserted.
         """
-        table = _as_arrow(batch)
-        if table.num_rows == 0:
-            return AppendResult(0, 0)
-        if "id" not in table.column_names:
-            table = table.append_column("id", pa.array([new_id() for _ in range(table.num_rows)]))
-        table = _fill(table, PREDICTION_COLUMNS, {"project": project, "ts": utcnow})
-        seq = self._next_seq()
-        table = table.append_column("ingest_seq", pa.array([seq] * table.num_rows, pa.int64()))
-        with self.transaction() as cur:
-            cur.register("incoming", table)
-            try:
-                cur.execute("INSERT OR IGNORE INTO predictions BY NAME SELECT * FROM incoming").fetchall()
-                inserted = cur.execute(
-                    "SELECT count(*) FROM predictions WHERE ingest_seq = ?", [seq]
-                ).fetchall()[0][0]
-                if inserted:
-                    self._roll_up(cur, seq)
-                    if self._has_pending:
-                        self._resolve_pending(cur, seq)
-            finally:
-                cur.unregister("incoming")
-        return AppendResult(accepted=int(inserted), duplicates=table.num_rows - int(inserted))
+        return self.append_prediction_batches([(batch, project)])[0]
+
+    def append_prediction_batches(
+        self, batches: Sequence[tuple[pa.Table | pd.DataFrame | Sequence[dict[str, Any]], str]]
+    ) -> list[AppendResult]:
+        """Append several ``(batch, project)`` pairs in ONE transaction (group commit).
+
+        Returns one :class:`AppendResult` per pair, in order: a row whose id already exists, or
+        repeats an earlier row of the same call, counts as a duplicate of its own pair. Each pair
+        gets its own ``ingest_seq``. The common case (no duplicates) is a plain ``INSERT``, as fast
+        as a raw Arrow append; only when the primary key rejects a row is the transaction redone
+        with ``INSERT OR IGNORE ... RETURNING`` to learn which rows went in.
+        """
+        parts: list[pa.Table] = []
+        seqs: list[int | None] = []  # per pair; None for an empty batch
+        for batch, project in batches:
+            table = _as_arrow(batch)
+            if not table.num_rows:
+                seqs.append(None)
+                continue
+            seq = self._next_seq()
+            parts.append(self._prepare_predictions(table, project, seq))
+            seqs.append(seq)
+        if not parts:
+            return [AppendResult(0, 0) for _ in batches]
+        combined = parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="permissive")
+        try:
+            with self.transaction() as cur:
+                inserted = Counter(self._insert_predictions(cur, combined, ignore_existing=False))
+        except duckdb.ConstraintException:
+            with self.transaction() as cur:
+                inserted = Counter(self._insert_predictions(cur, _first_rows(combined), ignore_existing=True))
+        sizes = iter(t.num_rows for t in parts)
+        results = []
+        for seq in seqs:
+            n = 0 if seq is None else next(sizes)
+            results.append(AppendResult(accepted=inserted[seq], duplicates=n - inserted[seq]))
+        return results
 
     @staticmethod
-    def _roll_up(cur: duckdb.DuckDBPyConnection, seq: int) -> None:
+    def _prepare_predictions(table: pa.Table, project: str, seq: int) -> pa.Table:
+        """Full column list in table order, missing ids made up, and the batch's ``ingest_seq``."""
+        if "id" not in table.column_names:
+            table = table.append_column("id", pa.array([new_id() for _ in range(table.num_rows)]))
+        elif table.column("id").null_count:
+            ids = [i if i is not None else new_id() for i in table.column("id").to_pylist()]
+            table = table.set_column(table.column_names.index("id"), "id", pa.array(ids, pa.string()))
+        table = _fill(table, PREDICTION_COLUMNS, {"project": project, "ts": utcnow})
+        return table.append_column("ingest_seq", pa.array([seq] * table.num_rows, pa.int64()))
+
+    _INSERTED_COLUMNS = "project, id, ts, model_version, label, confidence, ingest_seq"
+
+    def _insert_predictions(
+        self, cur: duckdb.DuckDBPyConnection, table: pa.Table, *, ignore_existing: bool
+    ) -> list[int]:
+        """Insert ``table`` and roll up what went in; returns the ``ingest_seq`` of each inserted row.
+
+        Views registered inside the transaction vanish with a rollback, so there is no cleanup on
+        error (unregistering in an aborted transaction would itself fail and hide the cause).
+        """
+        cur.register("incoming", table)
+        if ignore_existing:
+            # A DML relation runs once, here; its result is exactly the rows that went in.
+            inserted = cur.sql(
+                f"INSERT OR IGNORE INTO predictions BY NAME SELECT * FROM incoming RETURNING {self._INSERTED_COLUMNS}"
+            ).to_arrow_table()
+            cur.unregister("incoming")
+            cur.register("inserted", inserted)
+            source, seqs = "inserted", inserted.column("ingest_seq")
+        else:
+            cur.execute("INSERT INTO predictions BY NAME SELECT * FROM incoming").fetchall()
+            source, seqs = "incoming", table.column("ingest_seq")
+        if len(seqs):
+            self._roll_up(cur, source)
+            if self._has_pending:
+                self._resolve_pending(cur, source)
+        cur.unregister(source)
+        return seqs.to_pylist()
+
+    @staticmethod
+    def _roll_up(cur: duckdb.DuckDBPyConnection, source: str) -> None:
+        """Add the rows of the registered relation ``source`` (rows just inserted) to the hourly rollup."""
         cur.execute(
-            """
+            f"""
             INSERT INTO prediction_hourly
             SELECT project, date_trunc('hour', ts), coalesce(model_version, ''), label,
                    count(*), coalesce(sum(confidence), 0)
-            FROM predictions WHERE ingest_seq = ?
+            FROM {source}
             GROUP BY ALL
             ON CONFLICT DO UPDATE SET n = n + excluded.n,
                                       confidence_sum = confidence_sum + excluded.confidence_sum
-            """,
-            [seq],
+            """
         ).fetchall()
 
-    def _resolve_pending(self, cur: duckdb.DuckDBPyConnection, seq: int) -> None:
-        """Move pending feedback whose prediction just arrived into ``feedback``."""
+    def _resolve_pending(self, cur: duckdb.DuckDBPyConnection, source: str) -> None:
+        """Move pending feedback whose prediction just arrived (in ``source``) into ``feedback``."""
         cur.execute(
-            """
+            f"""
             INSERT OR IGNORE INTO feedback
             SELECT f.project, f.id, f.prediction_id, f.label, f.ts, f.source, f.annotator,
                    p.ts, p.label, p.model_version
-            FROM pending_feedback f JOIN predictions p
+            FROM pending_feedback f JOIN {source} p
               ON p.project = f.project AND p.id = f.prediction_id
-            WHERE p.ingest_seq = ?
-            """,
-            [seq],
+            """
         ).fetchall()
         cur.execute(
             """DELETE FROM pending_feedback WHERE (project, id) IN (SELECT project, id FROM feedback)"""
@@ -477,7 +591,8 @@ class Store:
             finally:
                 cur.unregister("incoming_fb")
         accepted = int(after - before)
-        n_unknown_rows = sum(1 for pid in table.column("prediction_id").to_pylist() if pid in set(unknown))
+        unknown_set = set(unknown)
+        n_unknown_rows = sum(1 for pid in table.column("prediction_id").to_pylist() if pid in unknown_set)
         duplicates = table.num_rows - accepted - n_unknown_rows
         return FeedbackResult(accepted, max(duplicates, 0), int(pending), unknown)
 
@@ -568,17 +683,28 @@ class Store:
     def labelled_accuracy(
         self, project: str = DEFAULT_PROJECT, bucket: str = "hour", since: datetime | None = None
     ) -> pd.DataFrame:
-        """Labelled accuracy per bucket of prediction time (from denormalised feedback, no join)."""
+        """Labelled accuracy per bucket of prediction time (from denormalised feedback, no join).
+
+        Hours whose raw rows the retention job removed come from the ``feedback_hourly`` rollup.
+        """
         if bucket not in ("hour", "day"):
             raise ValueError("bucket must be 'hour' or 'day'")
+        since = since or datetime.min
         return self.query(
             f"""
-            WITH fb AS ({self.latest_feedback_sql()})
-            SELECT date_trunc('{bucket}', prediction_ts) AS bucket, count(*) AS n_labelled,
-                   avg((label = predicted_label)::INT) AS accuracy
-            FROM fb WHERE prediction_ts >= ? GROUP BY ALL ORDER BY bucket
+            WITH fb AS ({self.latest_feedback_sql()}),
+            parts AS (
+                SELECT date_trunc('{bucket}', prediction_ts) AS bucket, count(*) AS n,
+                       sum((label = predicted_label)::BIGINT) AS correct
+                FROM fb WHERE prediction_ts >= ? GROUP BY ALL
+                UNION ALL
+                SELECT date_trunc('{bucket}', hour), sum(n_labelled), sum(n_correct)
+                FROM feedback_hourly WHERE project = ? AND hour >= ? GROUP BY ALL
+            )
+            SELECT bucket, sum(n)::BIGINT AS n_labelled, sum(correct) / sum(n) AS accuracy
+            FROM parts GROUP BY bucket ORDER BY bucket
             """,
-            [project, since or datetime.min],
+            [project, since, project, since],
         )
 
     # -- small JSON helpers used by several tables ---------------------------------------------

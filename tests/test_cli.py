@@ -56,7 +56,9 @@ def test_serve_prints_url_and_answers(tmp_path):
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        lines = [proc.stdout.readline() for _ in range(3)]
+        lines = []
+        while not any(f"http://127.0.0.1:{port}" in line for line in lines) and len(lines) < 50:
+            lines.append(proc.stdout.readline())
         assert any(f"http://127.0.0.1:{port}" in line for line in lines), lines
         for _ in range(100):
             try:

@@ -1,0 +1,106 @@
+"""Store.append_predictions vs a raw DuckDB Arrow append into the same schema.
+
+Both write the same 100k rows (384-d float embeddings, batches of 1000) into fresh files. The
+two are interleaved batch by batch (alternating which goes first) so that machine load hits
+both alike; the figure that matters is the ratio (goal >= 0.9). Besides wall-clock time the
+script reports CPU time of this process (DuckDB's threads included) for each side, which other
+processes' load does not inflate, and the median of the per-batch wall-clock ratios.
+
+    .venv/bin/python bench/store.py [--rows 100000] [--batch 1000] [--dim 384]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from tuneloop.monitor.store import MIGRATIONS, PREDICTION_COLUMNS, Store, utcnow
+
+LABELS = np.array(["negative", "neutral", "positive"])
+
+
+def make_batches(rows: int, batch: int, dim: int, seed: int = 0) -> list[pa.Table]:
+    """Prediction batches with every store column, in the store's column order."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for start in range(0, rows, batch):
+        n = min(batch, rows - start)
+        emb = rng.standard_normal((n, dim), dtype=np.float32)
+        conf = rng.uniform(0.34, 1.0, n)
+        out.append(pa.table({
+            "project": pa.array(["default"] * n),
+            "id": pa.array([f"{start + i:032x}" for i in range(n)]),
+            "ts": pa.array([utcnow()] * n, pa.timestamp("us")),
+            "model_version": pa.array(["v1"] * n),
+            "text": pa.array([f"review number {start + i} about a flight" for i in range(n)]),
+            "label": pa.array(LABELS[rng.integers(0, 3, n)]),
+            "confidence": pa.array(conf),
+            "margin": pa.array(conf / 2),
+            "probs": pa.nulls(n, pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(emb.ravel(), dim).cast(pa.list_(pa.float32())),
+            "latency_ms": pa.nulls(n, pa.float64()),
+            "metadata": pa.nulls(n, pa.string()),
+        }).select(PREDICTION_COLUMNS))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--dim", type=int, default=384)
+    args = ap.parse_args()
+
+    batches = make_batches(args.rows, args.batch, args.dim)
+    raw_batches = [
+        b.append_column("ingest_seq", pa.array([i + 1] * b.num_rows, pa.int64())) for i, b in enumerate(batches)
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(Path(tmp) / "store.duckdb")
+        raw = duckdb.connect(str(Path(tmp) / "raw.duckdb"))
+        for _, sql in MIGRATIONS:
+            raw.execute(sql)
+        wall = {"store": [], "raw": []}
+        cpu = {"store": 0.0, "raw": 0.0}
+
+        def timed(side: str, fn, i: int) -> None:  # type: ignore[no-untyped-def]
+            t, c = time.perf_counter(), time.process_time()
+            fn(i)
+            wall[side].append(time.perf_counter() - t)
+            cpu[side] += time.process_time() - c
+
+        def run_store(i: int) -> None:
+            r = store.append_predictions(batches[i])
+            assert r.accepted == batches[i].num_rows
+
+        def run_raw(i: int) -> None:
+            arrow_table = raw_batches[i]  # noqa: F841 (read by DuckDB's replacement scan)
+            raw.execute("INSERT INTO predictions SELECT * FROM arrow_table")
+
+        for i in range(len(batches)):
+            sides = [("store", run_store), ("raw", run_raw)]
+            for side, fn in sides[:: 1 if i % 2 else -1]:
+                timed(side, fn, i)
+        assert store.count_predictions() == args.rows
+        assert int(store.traffic()["n"].sum()) == args.rows
+        store.close()
+        raw.close()
+
+    store_rate, raw_rate = args.rows / sum(wall["store"]), args.rows / sum(wall["raw"])
+    per_batch = np.median(np.array(wall["raw"]) / np.array(wall["store"]))
+    print(f"rows={args.rows} batch={args.batch} dim={args.dim}")
+    print(f"Store.append_predictions : {store_rate:10,.0f} rows/s   (CPU {cpu['store']:.1f} s)")
+    print(f"raw DuckDB Arrow INSERT  : {raw_rate:10,.0f} rows/s   (CPU {cpu['raw']:.1f} s)")
+    print(f"ratio store/raw          : {store_rate / raw_rate:10.2f}   (goal >= 0.9)")
+    print(f"  by CPU time            : {cpu['raw'] / cpu['store']:10.2f}")
+    print(f"  median per batch       : {per_batch:10.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,440 @@
+"""Python SDK: log predictions and feedback from an application at almost no cost to the caller.
+
+>>> from tuneloop.monitor.client import Client
+>>> with Client("http://127.0.0.1:8765", token="tl_ingest_...") as tl:
+...     pid = tl.log_prediction("the flight was late", "negative", probs={"negative": 0.9, "positive": 0.1})
+...     tl.log_feedback(pid, "negative")
+
+``log_prediction`` only appends a tuple to an in-memory buffer and returns the prediction's id
+(a uuid4 hex made here, so a retried batch is a no-op on the server). A background thread sends
+the buffer in batches (``batch_size`` rows, or whatever is there every ``flush_interval`` s) as
+Arrow IPC, retrying with exponential backoff and jitter on connection errors, 429 and 5xx
+(honouring ``Retry-After``). Nothing is dropped silently: a full buffer blocks the caller
+(``on_full="block"``) or raises :class:`BufferFullError` (``on_full="raise"``); a batch the server
+refuses for good (4xx), or still fails after ``max_retries``, is logged and kept in
+``client.errors`` with its records. On a 422 only the records the server named are set aside;
+the rest of the batch is sent again. ``close()`` (also at exit, and on leaving ``with``) flushes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import io
+import json
+import logging
+import random
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import httpx
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+log = logging.getLogger(__name__)
+
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+PROBS_TYPE = pa.map_(pa.string(), pa.float64())
+
+# One buffered prediction: (id, text, label, confidence, probs, embedding, model_version, ts, metadata)
+_Pred = tuple[str, str, str, Any, Any, Any, Any, Any, Any]
+# One buffered feedback: (id, prediction_id, label, source, annotator)
+_Feedback = tuple[str, str, str, str, Any]
+
+
+class BufferFullError(RuntimeError):
+    """``on_full="raise"`` and ``max_buffer`` records are waiting to be sent."""
+
+
+class TuneloopError(RuntimeError):
+    """A synchronous call (``predict``) got an error answer."""
+
+    def __init__(self, status: int, detail: Any) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+@dataclass
+class ClientError:
+    """Records the server refused for good (``status`` 4xx) or that could not be delivered."""
+
+    kind: Literal["predictions", "feedback"]
+    status: int | None
+    detail: Any
+    ids: list[str]
+    records: list[dict[str, Any]] = field(repr=False)
+
+
+_PRED_FIELDS = ("id", "text", "label", "confidence", "probs", "embedding", "model_version", "ts", "metadata")
+_FEEDBACK_FIELDS = ("id", "prediction_id", "label", "source", "annotator")
+
+
+class Client:
+    """Buffered, retrying, idempotent client for ``POST /v1/predictions`` and ``/v1/feedback``."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        project: str = "default",
+        batch_size: int = 500,
+        flush_interval: float = 0.5,
+        max_buffer: int = 100_000,
+        on_full: Literal["block", "raise"] = "block",
+        max_retries: int = 10,
+        timeout: float = 30.0,
+        backoff: float = 0.2,
+        max_backoff: float = 30.0,
+        exit_timeout: float = 10.0,
+    ) -> None:
+        if on_full not in ("block", "raise"):
+            raise ValueError("on_full must be 'block' or 'raise'")
+        self.url = url.rstrip("/")
+        self.project = project
+        self.batch_size = max(1, int(batch_size))
+        self.flush_interval = flush_interval
+        self.max_buffer = max(1, int(max_buffer))
+        self.on_full = on_full
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.exit_timeout = exit_timeout
+        self.errors: list[ClientError] = []
+        self.sent = {"predictions": 0, "feedback": 0}
+        """Rows the server acknowledged (accepted or already stored)."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self._sync_http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self._preds: deque[_Pred] = deque()
+        self._feedback: deque[_Feedback] = deque()
+        self._lock = threading.Condition()
+        self._taken = 0  # records moved from the buffers to the sender (under _lock)
+        self._resolved = 0  # records delivered or set aside as errors (under _lock)
+        self._wake = threading.Event()
+        self._closing = False
+        self._closed = False
+        self._give_up_at: float | None = None  # close(timeout): stop retrying after this moment
+        self._thread = threading.Thread(target=self._run, name="tuneloop-client", daemon=True)
+        self._thread.start()
+        atexit.register(self._at_exit)
+
+    # -- the caller's side (cheap) --------------------------------------------------------------
+    def log_prediction(
+        self,
+        text: str,
+        label: str,
+        confidence: float | None = None,
+        probs: dict[str, float] | None = None,
+        embedding: Sequence[float] | np.ndarray | None = None,
+        model_version: str | None = None,
+        ts: float | datetime | None = None,
+        metadata: dict[str, Any] | None = None,
+        id: str | None = None,  # noqa: A002 - the API's field name
+    ) -> str:
+        """Buffer one prediction; returns its id (use it for :meth:`log_feedback`).
+
+        ``ts`` is Unix seconds or a datetime (naive = UTC); default: now. ``metadata`` must be
+        JSON-serialisable (checked here, so a mistake raises in the caller, not later).
+        """
+        if self._closing:
+            raise RuntimeError("the client is closed")
+        if not isinstance(text, str) or not isinstance(label, str):
+            raise TypeError("text and label must be str")
+        if metadata is not None:
+            metadata = json.dumps(metadata, allow_nan=False, separators=(",", ":"))
+        rid = id or uuid.uuid4().hex
+        if len(self._preds) + len(self._feedback) >= self.max_buffer:
+            self._wait_for_space()
+        self._preds.append((rid, text, label, confidence, probs, embedding, model_version,
+                            time.time() if ts is None else ts, metadata))
+        if len(self._preds) >= self.batch_size:
+            self._wake.set()
+        return rid
+
+    def log_feedback(
+        self, prediction_id: str, label: str, source: str = "human", annotator: str | None = None,
+        id: str | None = None,  # noqa: A002
+    ) -> str:
+        """Buffer the true label of a logged prediction; returns the feedback id."""
+        if self._closing:
+            raise RuntimeError("the client is closed")
+        if source not in ("human", "import", "rule"):
+            raise ValueError("source must be 'human', 'import' or 'rule'")
+        fid = id or uuid.uuid4().hex
+        if len(self._preds) + len(self._feedback) >= self.max_buffer:
+            self._wait_for_space()
+        self._feedback.append((fid, prediction_id, label, source, annotator))
+        if len(self._feedback) >= self.batch_size:
+            self._wake.set()
+        return fid
+
+    def _wait_for_space(self) -> None:
+        if self.on_full == "raise":
+            raise BufferFullError(f"{self.max_buffer} records are waiting to be sent (max_buffer)")
+        self._wake.set()
+        with self._lock:
+            while len(self._preds) + len(self._feedback) >= self.max_buffer and not self._closed:
+                self._lock.wait(0.1)
+
+    @property
+    def pending(self) -> int:
+        """Records logged but not yet acknowledged or set aside."""
+        with self._lock:
+            return self._taken - self._resolved + len(self._preds) + len(self._feedback)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Send everything logged so far; True when all of it was acknowledged or set aside."""
+        with self._lock:
+            target = self._taken + len(self._preds) + len(self._feedback)
+        self._wake.set()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while self._resolved < target:
+                if not self._thread.is_alive():
+                    return False
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._lock.wait(0.1 if remaining is None else min(remaining, 0.1))
+        return True
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Flush, stop the sender and release connections; True when ``errors`` is empty.
+
+        With ``timeout``, retries stop at that deadline and what is still unsent is reported in
+        ``errors`` (status None) and logged.
+        """
+        if self._closed:
+            return not self.errors
+        self._closing = True
+        if timeout is not None:
+            self._give_up_at = time.monotonic() + timeout
+        self._wake.set()
+        self._thread.join(None if timeout is None else timeout + 5)
+        self._closed = True
+        atexit.unregister(self._at_exit)
+        self._set_aside_unsent()
+        self._http.close()
+        self._sync_http.close()
+        with self._lock:
+            self._lock.notify_all()
+        return not self.errors
+
+    def _at_exit(self) -> None:
+        self.close(self.exit_timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- synchronous calls ----------------------------------------------------------------------
+    def predict(self, texts: Iterable[str], project: str | None = None) -> dict[str, Any]:
+        """``POST /v1/predict``: the served champion's answers (each prediction is logged by the server)."""
+        r = self._sync_http.post("/v1/predict", json={"texts": list(texts), "project": project or self.project})
+        if r.status_code >= 400:
+            raise TuneloopError(r.status_code, _detail(r))
+        return r.json()
+
+    # -- the sender thread ----------------------------------------------------------------------
+    def _take(self, buffer: deque, limit: int) -> list:
+        with self._lock:
+            n = min(len(buffer), limit)
+            batch = [buffer.popleft() for _ in range(n)]
+            self._taken += n
+            self._lock.notify_all()
+        return batch
+
+    def _resolve(self, n: int) -> None:
+        with self._lock:
+            self._resolved += n
+            self._lock.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            while True:
+                # Count feedback first: every prediction logged before a counted feedback row is then
+                # in the counted predictions, which go first. So feedback never overtakes its
+                # prediction, and neither kind can starve the other.
+                n_feedback, n_preds = len(self._feedback), len(self._preds)
+                if not n_feedback and not n_preds:
+                    break
+                for kind, buffer, n in (("predictions", self._preds, n_preds),
+                                        ("feedback", self._feedback, n_feedback)):
+                    while n > 0:
+                        batch = self._take(buffer, min(n, self.batch_size))
+                        n -= len(batch)
+                        self._deliver(kind, batch)
+            if self._closing:
+                return
+
+    def _deliver(self, kind: Literal["predictions", "feedback"], records: list) -> None:
+        """Send one batch until acknowledged, or set (some of) it aside; resolves every record."""
+        try:
+            body, content_type = self._encode(kind, records)
+        except Exception as e:  # a value the wire format cannot carry: find the culprits
+            if len(records) == 1:
+                self._set_aside(kind, records, None, f"cannot be encoded: {e}")
+                return
+            for rec in records:
+                self._deliver(kind, [rec])
+            return
+        try:
+            status, detail = self._post_with_retries(f"/v1/{kind}", body, content_type)
+        except Exception as e:  # e.g. the connection pool closed by close(timeout): never lose track
+            status, detail = None, f"{type(e).__name__}: {e}"
+        if status is not None and status < 300:
+            self.sent[kind] += len(records)
+            self._resolve(len(records))
+        elif status == 422 and len(records) > 1 and (bad := _bad_records(detail, len(records))):
+            good = [r for i, r in enumerate(records) if i not in bad]
+            self._set_aside(kind, [records[i] for i in sorted(bad)], 422,
+                            [d for d in detail if _record_index(d) in bad])
+            if good:
+                self._deliver(kind, good)
+        elif status == 413 and len(records) > 1:
+            half = len(records) // 2
+            self._deliver(kind, records[:half])
+            self._deliver(kind, records[half:])
+        else:
+            self._set_aside(kind, records, status, detail)
+
+    def _post_with_retries(self, path: str, body: bytes, content_type: str) -> tuple[int | None, Any]:
+        attempt = 0
+        while True:
+            retry_after = None
+            try:
+                r = self._http.post(path, content=body, headers={"Content-Type": content_type},
+                                    params={"project": self.project})
+                status, detail = r.status_code, (None if r.status_code < 300 else _detail(r))
+                if status < 300 or status not in RETRY_STATUSES:
+                    return status, detail
+                retry_after = _retry_after(r)
+            except httpx.HTTPError as e:  # refused, reset, timed out: the batch may or may not be stored
+                status, detail = None, f"{type(e).__name__}: {e}"
+            attempt += 1
+            delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+            if retry_after is not None:
+                delay = max(delay, retry_after)
+            give_up = self._give_up_at is not None and time.monotonic() + delay > self._give_up_at
+            if attempt > self.max_retries or give_up:
+                return status, f"gave up after {attempt} attempts: {detail}"
+            log.debug("POST %s failed (%s); retry %d in %.2f s", path, detail, attempt, delay)
+            time.sleep(delay)
+
+    def _encode(self, kind: str, records: list) -> tuple[bytes, str]:
+        if kind == "feedback":
+            rows = [dict(zip(_FEEDBACK_FIELDS, r, strict=True)) for r in records]
+            return json.dumps({"records": rows, "project": self.project}).encode(), "application/json"
+        return arrow_stream(predictions_table(records)), ARROW_STREAM
+
+    def _set_aside(self, kind: Literal["predictions", "feedback"], records: list, status: int | None,
+                   detail: Any) -> None:
+        fields = _PRED_FIELDS if kind == "predictions" else _FEEDBACK_FIELDS
+        err = ClientError(kind, status, detail, [r[0] for r in records],
+                          [dict(zip(fields, r, strict=True)) for r in records])
+        self.errors.append(err)
+        log.error("tuneloop: %d %s not stored (HTTP %s): %s", len(records), kind, status, detail)
+        self._resolve(len(records))
+
+    def _set_aside_unsent(self) -> None:
+        """After close: anything still buffered (the sender gave up or is stuck) goes to ``errors``."""
+        for kind, buffer in (("predictions", self._preds), ("feedback", self._feedback)):
+            records = self._take(buffer, len(buffer))
+            if records:
+                self._set_aside(kind, records, None, "client closed before these could be sent")
+
+
+# -- wire helpers -----------------------------------------------------------------------------------
+def _epoch_us(ts: Any) -> int:
+    if isinstance(ts, datetime):
+        if ts.tzinfo is None:
+            ts = ts.replace(tzinfo=UTC)
+        return int(ts.timestamp() * 1_000_000)
+    return int(float(ts) * 1_000_000)
+
+
+def _embedding_array(values: Sequence[Any]) -> pa.Array:
+    present = [v for v in values if v is not None]
+    if len(present) == len(values):
+        try:
+            matrix = np.asarray(values, dtype=np.float32)
+        except ValueError:  # ragged: the server will say which row is wrong
+            matrix = None
+        if matrix is not None and matrix.ndim == 2:
+            n, d = matrix.shape
+            offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32))
+            return pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1)))
+    return pa.array([None if v is None else np.asarray(v, dtype=np.float32) for v in values],
+                    pa.list_(pa.float32()))
+
+
+def predictions_table(records: Sequence[_Pred]) -> pa.Table:
+    """Buffered predictions -> the Arrow table ``POST /v1/predictions`` takes (absent columns left out)."""
+    ids, texts, labels, conf, probs, emb, versions, ts, meta = zip(*records, strict=True)
+    cols: dict[str, pa.Array] = {
+        "id": pa.array(ids, pa.string()),
+        "text": pa.array(texts, pa.string()),
+        "label": pa.array(labels, pa.string()),
+        "ts": pa.array([_epoch_us(t) for t in ts], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+    }
+    if any(c is not None for c in conf):
+        cols["confidence"] = pa.array(conf, pa.float64())
+    if any(p is not None for p in probs):
+        cols["probs"] = pa.array([None if p is None else list(p.items()) for p in probs], PROBS_TYPE)
+    if any(e is not None for e in emb):
+        cols["embedding"] = _embedding_array(emb)
+    if any(v is not None for v in versions):
+        cols["model_version"] = pa.array(versions, pa.string())
+    if any(m is not None for m in meta):
+        cols["metadata"] = pa.array(meta, pa.string())
+    return pa.table(cols)
+
+
+def arrow_stream(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    with ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def _detail(r: httpx.Response) -> Any:
+    try:
+        return r.json().get("detail", r.text)
+    except ValueError:
+        return r.text[:500]
+
+
+def _retry_after(r: httpx.Response) -> float | None:
+    try:
+        return float(r.headers["Retry-After"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _record_index(entry: Any) -> int | None:
+    loc = entry.get("loc") if isinstance(entry, dict) else None
+    if isinstance(loc, list) and len(loc) >= 3 and loc[:2] == ["body", "records"] and isinstance(loc[2], int):
+        return loc[2]
+    return None
+
+
+def _bad_records(detail: Any, n: int) -> set[int]:
+    """Indices a 422 names; empty when any problem is not about one record (then the batch fails whole)."""
+    if not isinstance(detail, list) or not detail:
+        return set()
+    indices = [_record_index(d) for d in detail]
+    if any(i is None or not 0 <= i < n for i in indices):
+        return set()
+    return set(indices)  # type: ignore[arg-type]

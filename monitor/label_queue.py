@@ -1,0 +1,389 @@
+"""The label queue: which unlabelled predictions a human should label next.
+
+Labels are the scarce input of the loop, so the queue puts first the rows that teach the model
+most. Candidates are a bounded pool of the most recent unlabelled predictions (``POOL_SIZE``), so
+a page costs the same at 1 000 or 1 000 000 rows. Strategies:
+
+* ``uncertainty`` — smallest margin between the two most likely classes first (entropy breaks ties);
+* ``novelty``     — farthest from the reference data first: 1 - the highest cosine similarity of
+  the row's embedding to a fixed-size sample of the reference embeddings;
+* ``mix``         — rank-normalised uncertainty blended with a little novelty
+  (``MIX_NOVELTY_WEIGHT``), picked greedily with a diversity penalty (maximal marginal relevance):
+  each pick's score is lowered by its highest similarity to what the page already holds, and
+  near-duplicates (cosine > ``DUPLICATE_COSINE``) never share a page;
+* ``random``      — a seeded shuffle (the baseline the others must beat).
+
+Every strategy drops exact duplicate texts from a page (retweets would otherwise fill it).
+:func:`rank_pool` is the pure ranking (used by the benchmark); :func:`label_queue` reads the pool
+from the store.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from tuneloop.monitor.store import DEFAULT_PROJECT, Store
+
+Strategy = Literal["uncertainty", "novelty", "mix", "random"]
+STRATEGIES: tuple[str, ...] = ("uncertainty", "novelty", "mix", "random")
+POOL_SIZE = 5000
+REFERENCE_SAMPLE = 1000
+DUPLICATE_COSINE = 0.95
+DIVERSITY_WEIGHT = 0.5
+"""How much a candidate's similarity to the page so far lowers its mix score."""
+MIX_NOVELTY_WEIGHT = 0.1
+"""Share of novelty in the mix score (the rest is uncertainty). Small on purpose: in
+``bench/active_learning.py`` novelty alone trails random (far-out rows are often odd ones), while
+uncertainty with a diverse page is the best ordering measured; novelty still breaks near-ties."""
+CANDIDATE_FACTOR = 5
+"""The mix page is picked from the best ``CANDIDATE_FACTOR x limit`` rows by blended score."""
+
+_NOT_WORD = re.compile(r"[^a-z0-9#@ ]+")
+_URL = re.compile(r"https?://\S*")
+
+
+def text_key(text: str) -> str:
+    """Lower-cased text without URLs and punctuation: equal keys are duplicates."""
+    key = " ".join(_NOT_WORD.sub(" ", _URL.sub(" ", str(text).lower())).split())
+    return key or str(text)
+
+
+def prob_matrix(values: Sequence[Any]) -> np.ndarray:
+    """Probabilities per row as a matrix [n, k] (NaN rows where missing or unreadable).
+
+    Rows come as JSON text (``{"label": p}`` or ``[p, ...]``), dicts, lists or arrays. JSON text is
+    parsed in one call for the whole page, not row by row: this is the hot path of the queue.
+    """
+    n = len(values)
+    parsed: list[Any] = [None] * n
+    texts = [(i, v) for i, v in enumerate(values) if isinstance(v, str)]
+    if texts:
+        try:
+            decoded = json.loads("[" + ",".join(v for _, v in texts) + "]")
+        except ValueError:  # one bad row: fall back to row by row
+            decoded = []
+            for _, v in texts:
+                try:
+                    decoded.append(json.loads(v))
+                except ValueError:
+                    decoded.append(None)
+        for (i, _), d in zip(texts, decoded, strict=True):
+            parsed[i] = d
+    for i, v in enumerate(values):
+        if not isinstance(v, str) and v is not None and not (isinstance(v, float) and np.isnan(v)):
+            parsed[i] = v
+    dict_rows = [i for i, v in enumerate(parsed) if isinstance(v, dict)]
+    other_rows = [i for i, v in enumerate(parsed) if v is not None and not isinstance(v, dict)]
+    width = 0
+    if dict_rows:
+        frame = pd.DataFrame.from_records([parsed[i] for i in dict_rows])
+        width = frame.shape[1]
+    lists = {}
+    for i in other_rows:
+        try:
+            arr = np.asarray(parsed[i], dtype=np.float64).ravel()
+        except (TypeError, ValueError):
+            continue
+        lists[i] = arr
+        width = max(width, arr.size)
+    out = np.full((n, max(width, 2)), np.nan)
+    if dict_rows:
+        block = frame.apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+        out[dict_rows, : block.shape[1]] = np.nan_to_num(block, nan=0.0)
+        out[np.array(dict_rows)[np.isnan(block).all(axis=1)]] = np.nan
+    for i, arr in lists.items():
+        out[i, : arr.size] = arr
+        out[i, arr.size:] = 0.0
+    bad = ~np.isfinite(out).all(axis=1) | ((~np.isnan(out)).sum(axis=1) < 2)
+    out[bad] = np.nan
+    return out
+
+
+def uncertainty(pool: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(margin, entropy) per row. Margin = top1 - top2 probability; without probabilities it falls
+    back to the stored ``margin`` column, then to ``2 * confidence - 1`` (exact for two classes)."""
+    n = len(pool)
+    margin = np.ones(n)
+    entropy = np.zeros(n)
+    if n == 0:
+        return margin, entropy
+    probs = prob_matrix(pool["probs"].tolist() if "probs" in pool.columns else [None] * n)
+    has = ~np.isnan(probs).any(axis=1)
+    if has.any():
+        p = probs[has]
+        top = -np.sort(-p, axis=1)
+        margin[has] = top[:, 0] - top[:, 1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            entropy[has] = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1)
+    stored = pd.to_numeric(pool["margin"], errors="coerce").to_numpy(np.float64) if "margin" in pool.columns \
+        else np.full(n, np.nan)
+    conf = pd.to_numeric(pool["confidence"], errors="coerce").to_numpy(np.float64) if "confidence" in pool.columns \
+        else np.full(n, np.nan)
+    use_stored = ~has & ~np.isnan(stored)
+    margin[use_stored] = stored[use_stored]
+    use_conf = ~has & np.isnan(stored) & ~np.isnan(conf)
+    margin[use_conf] = np.maximum(0.0, 2 * conf[use_conf] - 1)
+    return margin, entropy
+
+
+def _unit(matrix: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix / np.where(norms > 0, norms, 1.0)
+
+
+def embedding_matrix(values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(unit vectors [n, d] with zeros where missing, mask of rows that have one)."""
+    has = np.array([v is not None and not (isinstance(v, float) and np.isnan(v)) and len(v) > 0 for v in values],
+                   dtype=bool)
+    if not has.any():
+        return np.zeros((len(values), 1), np.float32), has
+    if has.all() and len({len(v) for v in values}) == 1:  # the usual case: one stack, no loop
+        return _unit(np.stack([np.asarray(v, np.float32) for v in values])), has
+    dim = len(next(v for v, h in zip(values, has, strict=True) if h))
+    out = np.zeros((len(values), dim), np.float32)
+    for i in np.flatnonzero(has):
+        if len(values[i]) == dim:
+            out[i] = np.asarray(values[i], np.float32)
+        else:
+            has[i] = False
+    return _unit(out), has
+
+
+def novelty(emb: np.ndarray, has: np.ndarray, reference: np.ndarray | None) -> np.ndarray:
+    """1 - max cosine similarity to the reference rows (0 for rows without an embedding)."""
+    out = np.zeros(len(emb))
+    if reference is None or len(reference) == 0 or not has.any() or reference.shape[1] != emb.shape[1]:
+        return out
+    ref = _unit(np.asarray(reference, np.float32))
+    sims = emb[has] @ ref.T
+    out[has] = 1.0 - sims.max(axis=1)
+    return out
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Rank-normalise to [0, 1] (ties share their mean rank): scales of both signals stop mattering."""
+    if len(x) <= 1:
+        return np.ones(len(x))
+    return (pd.Series(x).rank(method="average").to_numpy() - 1) / (len(x) - 1)
+
+
+def rank_pool(pool: pd.DataFrame, strategy: str, limit: int, reference: np.ndarray | None = None,
+              seed: int = 0) -> pd.DataFrame:
+    """The ``limit`` rows of ``pool`` to label first, best first, with a ``score`` column.
+
+    ``pool`` needs ``text`` and, per strategy, ``probs``/``margin``/``confidence`` (uncertainty, mix)
+    and ``embedding`` (novelty, mix). ``reference``: reference embeddings [m, d] for novelty.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    pool = pool.reset_index(drop=True)
+    n = len(pool)
+    if n == 0 or limit <= 0:
+        return pool.assign(score=pd.Series(dtype=float)).iloc[:0]
+    keys = pool["text"].map(text_key).to_numpy()
+
+    if strategy == "random":
+        rng = np.random.default_rng(seed)
+        score = rng.random(n)
+        order = np.argsort(-score, kind="stable")
+    elif strategy == "uncertainty":
+        margin, entropy = uncertainty(pool)
+        score = 1.0 - margin
+        # margin ascending, then entropy descending; rounding makes float noise (0.5-0.4 vs 0.4-0.3) a tie
+        order = np.lexsort((-np.round(entropy, 9), np.round(margin, 9)))
+    else:
+        emb, has = embedding_matrix(pool["embedding"].tolist() if "embedding" in pool.columns else [None] * n)
+        nov = novelty(emb, has, reference)
+        if strategy == "novelty":
+            score = nov
+            order = np.argsort(-nov, kind="stable")
+        else:
+            margin, entropy = uncertainty(pool)
+            w = MIX_NOVELTY_WEIGHT
+            score = (1 - w) * _ranks(-np.round(margin, 9) + 1e-6 * entropy) + w * _ranks(nov)
+            return _with_score(pool, _diverse(score, emb, has, keys, limit), score)
+    picked, seen = [], set()
+    for i in order:
+        if keys[i] in seen:
+            continue
+        seen.add(keys[i])
+        picked.append(int(i))
+        if len(picked) >= limit:
+            break
+    return _with_score(pool, picked, score)
+
+
+def _diverse(score: np.ndarray, emb: np.ndarray, has: np.ndarray, keys: np.ndarray, limit: int) -> list[int]:
+    """Greedy maximal marginal relevance over the best candidates (no near-duplicates on a page)."""
+    candidates = np.argsort(-score, kind="stable")[: max(limit * CANDIDATE_FACTOR, 2 * limit)]
+    max_sim = np.zeros(len(candidates))  # highest similarity of each candidate to the picks so far
+    alive = np.ones(len(candidates), dtype=bool)
+    cand_emb, cand_has = emb[candidates], has[candidates]
+    picked: list[int] = []
+    seen: set[str] = set()
+    while len(picked) < limit and alive.any():
+        adjusted = np.where(alive, score[candidates] - DIVERSITY_WEIGHT * max_sim, -np.inf)
+        j = int(np.argmax(adjusted))
+        alive[j] = False
+        i = int(candidates[j])
+        if keys[i] in seen:
+            continue
+        seen.add(keys[i])
+        picked.append(i)
+        if cand_has[j]:
+            sims = cand_emb @ cand_emb[j]
+            sims[~cand_has] = 0.0
+            max_sim = np.maximum(max_sim, sims)
+            alive &= ~(sims > DUPLICATE_COSINE)
+    return picked
+
+
+def _with_score(pool: pd.DataFrame, picked: list[int], score: np.ndarray) -> pd.DataFrame:
+    out = pool.iloc[picked].copy()
+    out["score"] = score[picked]
+    return out.reset_index(drop=True)
+
+
+# ---- from the store -------------------------------------------------------------------------
+
+
+def _frame_with_embeddings(store: Store, sql: str, params: Sequence[Any]) -> pd.DataFrame:
+    """Run ``sql`` through Arrow: the ``embedding`` list column becomes one float32 block whose rows are
+    handed out as views (converting 5 000 lists one by one through pandas costs far more)."""
+    table = store.cursor().sql(sql, params=list(params)).to_arrow_table()
+    if "embedding" not in table.column_names:
+        return table.to_pandas()
+    col = table.column("embedding").combine_chunks()
+    df = table.drop(["embedding"]).to_pandas()
+    lengths = col.value_lengths().to_numpy(zero_copy_only=False) if len(col) else np.zeros(0)
+    valid = ~col.is_null().to_numpy(zero_copy_only=False) if len(col) else np.zeros(0, bool)
+    if len(col) and valid.all() and len(set(lengths.tolist())) == 1:
+        block = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(col), -1)
+        df["embedding"] = list(block)
+    else:
+        df["embedding"] = [None if v is None else np.asarray(v, np.float32) for v in col.to_pylist()]
+    return df
+
+
+def candidate_pool(store: Store, project: str = DEFAULT_PROJECT, size: int = POOL_SIZE,
+                   with_embedding: bool = True) -> pd.DataFrame:
+    """The ``size`` most recent predictions that have no feedback (not even pending).
+
+    Reads only a window of the newest rows: the ``window``-th newest arrival sequence number is
+    found on one narrow column, and the filter ``ingest_seq >= it`` lets DuckDB skip every older
+    row group, so the cost does not grow with the table. The window doubles while labelled rows
+    leave fewer than ``size`` candidates in it.
+    """
+    emb = ", p.embedding" if with_embedding else ""
+    total = int(store.query("SELECT count(*) AS n FROM predictions WHERE project = ?", [project])["n"][0])
+    window = 2 * size
+    while True:
+        floor = 0
+        if window < total:
+            floor = int(store.query(
+                "SELECT ingest_seq FROM predictions WHERE project = ? ORDER BY ingest_seq DESC LIMIT 1 OFFSET ?",
+                [project, window - 1])["ingest_seq"][0])
+        pool = _frame_with_embeddings(
+            store,
+            f"""SELECT p.id, p.ts, p.model_version, p.text, p.label, p.confidence, p.margin, p.probs{emb}
+                FROM predictions p
+                WHERE p.project = ? AND p.ingest_seq >= ?
+                  AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.project = p.project AND f.prediction_id = p.id)
+                  AND NOT EXISTS (SELECT 1 FROM pending_feedback f
+                                  WHERE f.project = p.project AND f.prediction_id = p.id)
+                ORDER BY p.ingest_seq DESC, p.ts DESC
+                LIMIT ?""",
+            [project, floor, size],
+        )
+        if len(pool) >= size or floor == 0:
+            return pool
+        window *= 4
+
+
+_reference_cache: dict[tuple[str, str, str, int, int], tuple[float, np.ndarray | None]] = {}
+REFERENCE_CACHE_SECONDS = 300.0
+
+
+def reference_embeddings(store: Store, project: str = DEFAULT_PROJECT, size: int = REFERENCE_SAMPLE,
+                         seed: int = 0) -> np.ndarray | None:
+    """A fixed-size seeded sample of the reference embeddings: the champion's reference rows, else the
+    imported reference, else the project's first predictions. Cached briefly per champion."""
+    champion = store.query("SELECT version FROM model_versions WHERE project = ? AND status = 'champion'", [project])
+    key = (str(store.path), project, champion["version"][0] if len(champion) else "", size, seed)
+    hit = _reference_cache.get(key)
+    if hit is not None and time.monotonic() - hit[0] < REFERENCE_CACHE_SECONDS:
+        return hit[1]
+    found = None
+    for name in [*champion["version"].tolist(), "imported"]:
+        df = _frame_with_embeddings(
+            store,
+            """SELECT embedding FROM reference_rows WHERE project = ? AND reference = ? AND embedding IS NOT NULL
+               ORDER BY hash(text || ?) LIMIT ?""",
+            [project, name, str(seed), size],
+        )
+        if len(df):
+            found = np.stack([np.asarray(e, np.float32) for e in df["embedding"]])
+            break
+    if found is None:
+        df = _frame_with_embeddings(
+            store,
+            """SELECT embedding FROM predictions WHERE project = ? AND embedding IS NOT NULL
+               ORDER BY ingest_seq LIMIT ?""",
+            [project, size],
+        )
+        found = np.stack([np.asarray(e, np.float32) for e in df["embedding"]]) if len(df) else None
+        if found is None or len(found) < size:  # the first traffic is still arriving: do not cache it
+            return found
+    _reference_cache[key] = (time.monotonic(), found)
+    return found
+
+
+def queue_size(store: Store, project: str = DEFAULT_PROJECT) -> int:
+    """How many predictions of the project still have no label (two counts, no join)."""
+    row = store.cursor().execute(
+        """SELECT (SELECT count(*) FROM predictions WHERE project = $1),
+                  (SELECT count(DISTINCT prediction_id) FROM feedback WHERE project = $1)""",
+        [project],
+    ).fetchall()[0]
+    return max(0, int(row[0]) - int(row[1]))
+
+
+def _probs_dict(value: Any) -> dict[str, float] | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return {str(k): float(v) for k, v in value.items()} if isinstance(value, dict) else None
+
+
+def label_queue(store: Store, project: str = DEFAULT_PROJECT, strategy: str = "mix", limit: int = 20,
+                seed: int = 0, pool_size: int = POOL_SIZE) -> list[dict[str, Any]]:
+    """The next ``limit`` predictions to label, best first:
+    ``{prediction_id, text, label, confidence, probs, score, ts, model_version}``."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    needs_embedding = strategy in ("novelty", "mix")
+    pool = candidate_pool(store, project, pool_size, with_embedding=needs_embedding)
+    reference = reference_embeddings(store, project, seed=seed) if needs_embedding and len(pool) else None
+    ranked = rank_pool(pool, strategy, limit, reference, seed)
+    items = []
+    for r in ranked.to_dict("records"):
+        conf = r.get("confidence")
+        items.append({
+            "prediction_id": r["id"], "text": r["text"], "label": r["label"],
+            "confidence": None if conf is None or pd.isna(conf) else float(conf),
+            "probs": _probs_dict(r.get("probs")), "score": round(float(r["score"]), 6),
+            "ts": None if pd.isna(r.get("ts")) else pd.Timestamp(r["ts"]).isoformat(),
+            "model_version": r.get("model_version"),
+        })
+    return items

@@ -1,0 +1,466 @@
+"""Operations on the production record: consistent backups, offline restore, retention.
+
+* :func:`backup` exports the whole store while the server keeps serving: one read transaction
+  (DuckDB MVCC: a snapshot, writers are not blocked) runs ``EXPORT DATABASE`` to Parquet and
+  counts every table, so the copy holds exactly the transactions committed before it started —
+  an acknowledged row is in it or was acknowledged after it began, never half of a batch. The
+  complete model version directories the registry names are copied along (they are immutable),
+  and a ``tuneloop-backup.json`` manifest is written last; the directory is built under a temp
+  name and renamed, so a backup directory is always whole.
+* :func:`restore` rebuilds a DuckDB file from a backup, offline: into a temp file, verified
+  against the manifest's row counts, then renamed into place. It refuses a database file that
+  a process has open, and keeps a replaced file next to it instead of deleting it.
+* :func:`run_retention` deletes raw predictions and feedback older than
+  ``retention.raw_days`` (whole hours, by prediction time). The hourly traffic rollup
+  (``prediction_hourly``) is never touched, and the labelled accuracy of the hours being deleted
+  is frozen into ``feedback_hourly`` in the same transaction, so dashboards keep their history.
+
+HTTP (role admin): ``POST /v1/admin/backup``, ``GET /v1/admin/backups``,
+``POST /v1/admin/retention``. The scheduler runs retention every ``retention.interval_hours``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import duckdb
+from fastapi import APIRouter, Body, Depends, HTTPException
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field
+
+from tuneloop.monitor.app import STARTUP_HOOKS, Context
+from tuneloop.monitor.deps import Admin, get_ctx
+from tuneloop.monitor.store import Store, StoreError, StoreFull, StoreLockedError, is_disk_full, utcnow
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "tuneloop-backup.json"
+FORMAT = "tuneloop-backup"
+FORMAT_VERSION = 1
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+RETENTION_FIRST_RUN_SECONDS = 600
+"""The first scheduled retention runs this long after start-up (not at start: restarts stay cheap)."""
+
+
+class BackupError(StoreError):
+    """A backup or restore that cannot proceed (message says why)."""
+
+
+# -- backup ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class BackupResult:
+    path: str
+    name: str
+    created_at: str
+    schema_version: int
+    tables: dict[str, int]
+    models: list[str] = field(default_factory=list)
+    bytes: int = 0
+    seconds: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _sql_path(path: Path) -> str:
+    """A path as a SQL string literal."""
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def _tables(cur: duckdb.DuckDBPyConnection) -> list[str]:
+    rows = cur.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() AND schema_name = 'main' "
+        "ORDER BY table_name"
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def validate_backup_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise ValueError(f"invalid backup name {name!r}: use 1-64 of A-Z a-z 0-9 . _ - , starting with a letter "
+                         "or digit")
+    return name
+
+
+def default_backup_name(now: datetime | None = None) -> str:
+    return f"backup-{(now or utcnow()).strftime('%Y%m%d-%H%M%S')}"
+
+
+def _version_dirs(store: Store, models_dir: Path) -> list[Path]:
+    """Complete version directories the registry names, inside ``models_dir``."""
+    from tuneloop.retrain.versions import is_complete
+
+    root = models_dir.resolve()
+    out: dict[str, Path] = {}
+    for (path,) in store.cursor().execute("SELECT DISTINCT path FROM model_versions").fetchall():
+        p = Path(path).resolve()
+        if p.parent == root and is_complete(p):
+            out[p.name] = p
+    return [out[k] for k in sorted(out)]
+
+
+def backup(store: Store, dest: str | os.PathLike[str], *, models_dir: str | os.PathLike[str] | None = None
+           ) -> BackupResult:
+    """Write a consistent backup of ``store`` to the new directory ``dest`` (see the module docstring).
+
+    Safe while the store takes writes. ``models_dir`` (optional) adds the registered, complete
+    model version directories under ``dest/models``. FileExistsError if ``dest`` exists.
+    """
+    t0 = time.perf_counter()
+    dest = Path(dest).resolve()
+    if dest.exists():
+        raise FileExistsError(f"backup destination {dest} already exists")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".tmp-{dest.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        cur = store.cursor()
+        cur.execute("BEGIN TRANSACTION").fetchall()
+        try:
+            # One snapshot for the export and the counts: the manifest describes exactly what was copied.
+            cur.execute(f"EXPORT DATABASE {_sql_path(tmp / 'db')} (FORMAT PARQUET)").fetchall()
+            tables = {t: int(cur.execute(f'SELECT count(*) FROM "{t}"').fetchall()[0][0]) for t in _tables(cur)}
+            schema_version = int(cur.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
+                                 .fetchall()[0][0])
+        finally:
+            cur.execute("COMMIT").fetchall()
+        models: list[str] = []
+        if models_dir is not None:
+            for version_dir in _version_dirs(store, Path(models_dir)):
+                shutil.copytree(version_dir, tmp / "models" / version_dir.name)
+                models.append(version_dir.name)
+        created = utcnow().isoformat(timespec="seconds")
+        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "created_at": created,
+                    "schema_version": schema_version, "tables": tables, "models": models,
+                    "source_db": str(store.path), "duckdb_version": duckdb.__version__}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        os.rename(tmp, dest)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, duckdb.Error | OSError) and is_disk_full(e):
+            raise StoreFull(f"backup to {dest}: the disk is full ({e})") from e
+        raise
+    result = BackupResult(str(dest), dest.name, created, schema_version, tables, models, _dir_bytes(dest),
+                          round(time.perf_counter() - t0, 3))
+    log.info("backup %s: %d tables, %d rows, %d model versions, %.1f MB in %.2f s", dest, len(tables),
+             sum(tables.values()), len(models), result.bytes / 1e6, result.seconds)
+    return result
+
+
+def read_manifest(src: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest of a backup directory; BackupError when ``src`` is not a tuneloop backup."""
+    path = Path(src) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BackupError(f"{src} is not a tuneloop backup (no {MANIFEST})") from None
+    except ValueError as e:
+        raise BackupError(f"{path} is not valid JSON ({e})") from None
+    if manifest.get("format") != FORMAT or not (Path(src) / "db").is_dir():
+        raise BackupError(f"{src} is not a tuneloop backup (unknown format)")
+    if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
+        raise BackupError(f"{src} was written by a newer tuneloop (format {manifest['format_version']})")
+    return manifest
+
+
+def list_backups(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Backups in ``directory`` (newest first): name, created_at, schema_version, tables, models."""
+    root = Path(directory)
+    out = []
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(".") or not (p / MANIFEST).is_file():
+                continue
+            try:
+                m = read_manifest(p)
+            except BackupError:
+                continue
+            out.append({"name": p.name, "path": str(p), "created_at": m["created_at"],
+                        "schema_version": m["schema_version"], "tables": m["tables"], "models": m.get("models", [])})
+    return sorted(out, key=lambda b: (b["created_at"], b["name"]), reverse=True)
+
+
+# -- restore ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RestoreResult:
+    db_path: str
+    tables: dict[str, int]
+    models: list[str]
+    replaced: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _in_use(db_path: Path) -> bool:
+    """True when another process holds the DuckDB file open (DuckDB's file lock)."""
+    try:
+        con = duckdb.connect(str(db_path))
+    except duckdb.IOException as e:
+        if "lock" in str(e).lower():
+            return True
+        raise BackupError(f"cannot open {db_path}: {e}") from None
+    con.close()
+    return False
+
+
+def restore(src: str | os.PathLike[str], db_path: str | os.PathLike[str], *,
+            models_dir: str | os.PathLike[str] | None = None, overwrite: bool = False) -> RestoreResult:
+    """Rebuild ``db_path`` from the backup directory ``src`` (offline: no process may hold ``db_path``).
+
+    Refuses an existing ``db_path`` unless ``overwrite``; even then a file in use is refused
+    (:class:`StoreLockedError`) and the replaced file is kept as ``<db>.replaced-<time>``. The new
+    file is verified against the manifest's row counts before it is renamed into place. With
+    ``models_dir``, the backup's model versions are copied there (existing ones are kept) and the
+    registry's paths are pointed at them.
+    """
+    src = Path(src).resolve()
+    manifest = read_manifest(src)
+    db_path = Path(db_path).resolve()
+    wal = db_path.with_name(db_path.name + ".wal")
+    if db_path.exists():
+        if _in_use(db_path):
+            raise StoreLockedError(f"{db_path} is in use by another process (stop tuneloop serve first); "
+                                   "restore never overwrites a database in use")
+        if not overwrite:
+            raise FileExistsError(f"{db_path} exists; restore into a new path or pass overwrite (--force)")
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = db_path.with_name(f".{db_path.name}.restore-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        con = duckdb.connect(str(tmp))
+        try:
+            con.execute(f"IMPORT DATABASE {_sql_path(src / 'db')}").fetchall()
+            got = {t: int(con.execute(f'SELECT count(*) FROM "{t}"').fetchall()[0][0]) for t in _tables(con)}
+            if got != manifest["tables"]:
+                diff = {t: (manifest["tables"].get(t), got.get(t)) for t in set(got) | set(manifest["tables"])
+                        if manifest["tables"].get(t) != got.get(t)}
+                raise BackupError(f"restored row counts differ from the backup's manifest: {diff}")
+            con.execute("CHECKPOINT").fetchall()
+        finally:
+            con.close()
+        replaced = None
+        if db_path.exists():
+            stamp = utcnow().strftime("%Y%m%d-%H%M%S")
+            replaced_path = db_path.with_name(f"{db_path.name}.replaced-{stamp}")
+            os.rename(db_path, replaced_path)
+            if wal.exists():  # never let an old WAL be replayed onto the restored file
+                os.rename(wal, replaced_path.with_name(replaced_path.name + ".wal"))
+            replaced = str(replaced_path)
+        os.rename(tmp, db_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        tmp.with_name(tmp.name + ".wal").unlink(missing_ok=True)
+        raise
+    models = _restore_models(src, db_path, Path(models_dir)) if models_dir is not None else []
+    log.info("restored %s from %s (%d rows)", db_path, src, sum(got.values()))
+    return RestoreResult(str(db_path), got, models, replaced)
+
+
+def _restore_models(src: Path, db_path: Path, models_dir: Path) -> list[str]:
+    """Copy the backup's version directories into ``models_dir`` and point the registry at them."""
+    from tuneloop.retrain.versions import is_complete
+
+    copied = []
+    models_dir.mkdir(parents=True, exist_ok=True)
+    root = models_dir.resolve()
+    if (src / "models").is_dir():
+        for version_dir in sorted((src / "models").iterdir()):
+            target = root / version_dir.name
+            if not is_complete(version_dir) or target.exists():
+                continue
+            tmp = root / f".tmp-{version_dir.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            shutil.copytree(version_dir, tmp)
+            os.rename(tmp, target)
+            copied.append(version_dir.name)
+    with Store(db_path) as store, store.transaction() as cur:
+        for project, version, path in cur.execute("SELECT project, version, path FROM model_versions").fetchall():
+            candidate = root / Path(path).name  # the restored data dir's own copy, when it has one
+            if Path(path).resolve() != candidate and is_complete(candidate):
+                cur.execute("UPDATE model_versions SET path = ? WHERE project = ? AND version = ?",
+                            [str(candidate), project, version]).fetchall()
+    return copied
+
+
+# -- retention -------------------------------------------------------------------------------------
+
+
+@dataclass
+class RetentionResult:
+    cutoff: datetime
+    predictions: int
+    feedback: int
+    pending_feedback: int
+    hours_rolled_up: int
+    seconds: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def retention_cutoff(raw_days: int, now: datetime | None = None) -> datetime:
+    """Raw rows of predictions made before this instant (an hour boundary) are deleted."""
+    try:
+        t = (now or utcnow()) - timedelta(days=raw_days)
+    except OverflowError:  # further back than datetime can go: nothing is that old
+        return datetime.min
+    return t.replace(minute=0, second=0, microsecond=0)
+
+
+def run_retention(store: Store, raw_days: int, now: datetime | None = None) -> RetentionResult:
+    """Delete raw rows older than ``raw_days`` (by prediction time), keeping the hourly history.
+
+    One transaction: the labelled accuracy of the hours going away is added to ``feedback_hourly``
+    (latest label per prediction, as :meth:`Store.labelled_accuracy` counts it), then feedback of
+    those predictions, the predictions, and pending feedback older than the cutoff are deleted.
+    ``prediction_hourly`` is kept as is. A crash mid-way changes nothing.
+    """
+    if raw_days < 1:
+        raise ValueError("raw_days must be at least 1")
+    t0 = time.perf_counter()
+    cutoff = retention_cutoff(raw_days, now)
+    with store.transaction() as cur:
+        projects = [r[0] for r in cur.execute(
+            "SELECT DISTINCT project FROM feedback WHERE prediction_ts < ?", [cutoff]).fetchall()]
+        hours = 0
+        for project in projects:
+            rows = cur.execute(
+                f"""
+                INSERT INTO feedback_hourly
+                SELECT project, date_trunc('hour', prediction_ts), coalesce(model_version, ''),
+                       count(*), sum((label = predicted_label)::BIGINT)
+                FROM ({store.latest_feedback_sql()}) WHERE prediction_ts < ?
+                GROUP BY ALL
+                ON CONFLICT DO UPDATE SET n_labelled = n_labelled + excluded.n_labelled,
+                                          n_correct = n_correct + excluded.n_correct
+                RETURNING hour
+                """,
+                [project, cutoff],
+            ).fetchall()
+            hours += len({r[0] for r in rows})
+        n_feedback = cur.execute("DELETE FROM feedback WHERE prediction_ts < ?", [cutoff]).fetchall()[0][0]
+        n_predictions = cur.execute("DELETE FROM predictions WHERE ts < ?", [cutoff]).fetchall()[0][0]
+        n_pending = cur.execute("DELETE FROM pending_feedback WHERE ts < ?", [cutoff]).fetchall()[0][0]
+    result = RetentionResult(cutoff, int(n_predictions), int(n_feedback), int(n_pending), hours,
+                             round(time.perf_counter() - t0, 3))
+    if n_predictions or n_feedback or n_pending:
+        log.info("retention (raw_days=%d, cutoff %s): deleted %d predictions, %d feedback, %d pending feedback; "
+                 "%d hours of labelled accuracy rolled up", raw_days, cutoff, n_predictions, n_feedback, n_pending,
+                 hours)
+    return result
+
+
+# -- HTTP and scheduling ---------------------------------------------------------------------------
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"])
+CtxDep = Annotated[Context, Depends(get_ctx)]
+
+
+class BackupRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, pattern=NAME_PATTERN,
+                             description="Directory name under <data_dir>/backups (default backup-<UTC time>).")
+    include_models: bool = Field(True, description="Copy the registered model version directories too.")
+
+
+class BackupInfo(BaseModel):
+    path: str
+    name: str
+    created_at: str
+    schema_version: int
+    tables: dict[str, int]
+    models: list[str]
+    bytes: int
+    seconds: float
+
+
+class BackupListItem(BaseModel):
+    name: str
+    path: str
+    created_at: str
+    schema_version: int
+    tables: dict[str, int]
+    models: list[str]
+
+
+class RetentionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    raw_days: int | None = Field(None, ge=1, le=1_000_000, description="Default retention.raw_days.")
+
+
+class RetentionInfo(BaseModel):
+    cutoff: datetime
+    predictions: int
+    feedback: int
+    pending_feedback: int
+    hours_rolled_up: int
+    seconds: float
+
+
+def backups_dir(ctx: Context) -> Path:
+    return ctx.settings.data_dir / "backups"
+
+
+@router.post("/backup", response_model=BackupInfo, summary="Back up the store (consistent, while serving)",
+             responses={409: {"description": "A backup with this name exists"},
+                        507: {"description": "The disk is full (nothing half-written is left behind)"}})
+async def post_backup(_: Admin, ctx: CtxDep, body: Annotated[BackupRequest | None, Body()] = None) -> Any:
+    """Export every table (Parquet, one snapshot) and the model versions to ``<data_dir>/backups/<name>``.
+
+    Writes keep flowing meanwhile; the backup holds every row acknowledged before it started.
+    Restore it offline with ``tuneloop restore``.
+    """
+    body = body or BackupRequest()
+    name = body.name or default_backup_name()
+    dest = backups_dir(ctx) / name
+    try:
+        result = await run_in_threadpool(backup, ctx.store, dest,
+                                         models_dir=ctx.settings.models_dir if body.include_models else None)
+    except FileExistsError as e:
+        raise HTTPException(409, str(e)) from None
+    return result.as_json()
+
+
+@router.get("/backups", response_model=list[BackupListItem], summary="Backups under <data_dir>/backups")
+def get_backups(_: Admin, ctx: CtxDep) -> Any:
+    return list_backups(backups_dir(ctx))
+
+
+@router.post("/retention", response_model=RetentionInfo, summary="Delete raw rows older than retention.raw_days")
+async def post_retention(_: Admin, ctx: CtxDep, body: Annotated[RetentionRequest | None, Body()] = None) -> Any:
+    """Run the retention job now (it also runs every ``retention.interval_hours``): hourly rollups stay."""
+    raw_days = (body.raw_days if body else None) or ctx.settings.retention.raw_days
+    result = await run_in_threadpool(run_retention, ctx.store, raw_days)
+    return {**result.as_json(), "cutoff": result.cutoff.replace(tzinfo=UTC)}  # the store's naive UTC, made explicit
+
+
+def start(ctx: Context) -> None:
+    """Start-up hook: schedule the retention job."""
+    scheduler = ctx.services.get("scheduler")
+    if scheduler is None:
+        return None
+    r = ctx.settings.retention
+    scheduler.every("retention", r.interval_hours * 3600, lambda: run_retention(ctx.store, r.raw_days),
+                    first_run_in=RETENTION_FIRST_RUN_SECONDS)
+    return None
+
+
+STARTUP_HOOKS.append(start)

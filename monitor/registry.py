@@ -1,0 +1,403 @@
+"""The model registry: the one place that changes ``model_versions`` (and its ``promotions`` history).
+
+A version is a directory under ``models_dir`` (see :mod:`tuneloop.retrain.versions`); the registry
+records it per project with a status — ``challenger`` (registered, not serving), ``champion``
+(serving; at most one per project), ``archived`` (a former champion) or ``rejected`` (failed the
+gate; promotable only with ``force``). Every change of champion is one transaction that also
+appends a ``promotions`` row, so :func:`rollback` can walk back through earlier champions like an
+undo stack. Serving is swapped by :func:`tuneloop.monitor.serving.activate`, which calls this module.
+
+This module also writes a version's *reference rows* (its training data as the model saw it:
+predicted label, confidence, probabilities, embedding), the default reference of the drift checks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from tuneloop.monitor.store import Store, utcnow
+from tuneloop.retrain.versions import METRICS_FILE, is_complete, validate_version_name
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from tuneloop.monitor.config import Settings
+    from tuneloop.retrain.model import TextClassifier
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("champion", "challenger", "archived", "rejected")
+REFERENCE_FILE = "reference.parquet"
+REFERENCE_MAX_ROWS = 5000
+"""Reference rows kept per version: the drift checks sample 2 000 per side, more only costs time."""
+
+_VERSION_COLUMNS = "project, version, created_at, parent, status, path, metrics, data_snapshot, promoted_at, reasons"
+
+
+class VersionNotFound(LookupError):
+    """No such version registered for the project."""
+
+
+class NothingToRollBack(LookupError):
+    """The promotion history holds no earlier champion to go back to."""
+
+
+class VersionConflict(ValueError):
+    """The version name is already registered with another directory."""
+
+
+class PromotionRefused(ValueError):
+    """A transition the registry does not allow (promote a rejected version, reject the champion)."""
+
+
+# -- reading -----------------------------------------------------------------------------------------
+
+
+def _records(cur: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+    cur.execute(sql, list(params))
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def _decode(row: dict[str, Any]) -> dict[str, Any]:
+    for key in ("metrics", "reasons"):
+        if isinstance(row.get(key), str):
+            row[key] = json.loads(row[key])
+    return row
+
+
+def _get(cur: duckdb.DuckDBPyConnection, project: str, version: str) -> dict[str, Any] | None:
+    rows = _records(cur, f"SELECT {_VERSION_COLUMNS} FROM model_versions WHERE project = ? AND version = ?",
+                    [project, version])
+    return _decode(rows[0]) if rows else None
+
+
+def _require(cur: duckdb.DuckDBPyConnection, project: str, version: str) -> dict[str, Any]:
+    row = _get(cur, project, version)
+    if row is None:
+        raise VersionNotFound(f"no version {version!r} registered for project {project!r}")
+    return row
+
+
+def list_versions(store: Store, project: str) -> list[dict[str, Any]]:
+    """Every registered version of ``project``, oldest first, with status, metrics and reasons."""
+    rows = _records(store.cursor(), f"SELECT {_VERSION_COLUMNS} FROM model_versions WHERE project = ? "
+                                    "ORDER BY created_at, version", [project])
+    return [_decode(r) for r in rows]
+
+
+def get_version(store: Store, project: str, version: str) -> dict[str, Any]:
+    """One version's row; :class:`VersionNotFound` (a LookupError) when it is not registered."""
+    validate_version_name(version)
+    return _require(store.cursor(), project, version)
+
+
+def champion(store: Store, project: str) -> dict[str, Any] | None:
+    """The serving version of ``project``, or None before the first promotion."""
+    rows = _records(store.cursor(), f"SELECT {_VERSION_COLUMNS} FROM model_versions "
+                                    "WHERE project = ? AND status = 'champion'", [project])
+    return _decode(rows[0]) if rows else None
+
+
+def promotions(store: Store, project: str, version: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    """Champion changes of ``project`` (those to or from ``version`` if given), newest first:
+    version, ts, actor, reason, kind (promote | rollback), previous."""
+    where, params = "project = ?", [project]
+    if version is not None:
+        where, params = where + " AND (version = ? OR previous = ?)", [*params, version, version]
+    return _records(store.cursor(), "SELECT version, ts, actor, reason, kind, previous FROM promotions "
+                                    f"WHERE {where} ORDER BY id DESC LIMIT ?", [*params, limit])
+
+
+# -- transitions -------------------------------------------------------------------------------------
+
+
+def register_version(store: Store, project: str, version: str, path: str | Path, status: str = "challenger",
+                     metrics: dict[str, Any] | None = None, parent: str | None = None,
+                     data_snapshot: str | None = None) -> dict[str, Any]:
+    """Record a written version directory. Registering the same name and path again is a no-op.
+
+    A new version cannot start as champion: promote it (one transaction, with history).
+    """
+    validate_version_name(version)
+    if parent is not None:
+        validate_version_name(parent)
+    if status not in STATUSES or status == "champion":
+        raise ValueError(f"status {status!r}: register as challenger, archived or rejected, then promote")
+    path = str(Path(path).resolve())
+    with store.transaction() as cur:
+        existing = _get(cur, project, version)
+        if existing is not None:
+            if existing["path"] == path:
+                return existing
+            raise VersionConflict(f"version {version!r} of project {project!r} is already registered "
+                                  f"at {existing['path']}")
+        cur.execute(
+            "INSERT INTO model_versions (project, version, created_at, parent, status, path, metrics, data_snapshot) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [project, version, utcnow(), parent, status, path, Store.to_json(metrics), data_snapshot],
+        ).fetchall()
+        return _require(cur, project, version)
+
+
+def _promote_in(cur: duckdb.DuckDBPyConnection, project: str, version: str, actor: str, reason: str | None,
+                kind: str, force: bool) -> dict[str, Any]:
+    row = _require(cur, project, version)
+    if row["status"] == "champion":
+        return {**row, "previous": None, "changed": False}
+    check_promotable(row, force)
+    old = _records(cur, "SELECT version FROM model_versions WHERE project = ? AND status = 'champion'", [project])
+    previous = old[0]["version"] if old else None
+    now = utcnow()
+    cur.execute("UPDATE model_versions SET status = 'archived' WHERE project = ? AND status = 'champion'",
+                [project]).fetchall()
+    cur.execute("UPDATE model_versions SET status = 'champion', promoted_at = ? WHERE project = ? AND version = ?",
+                [now, project, version]).fetchall()
+    cur.execute("INSERT INTO promotions VALUES (nextval('promotion_ids'), ?, ?, ?, ?, ?, ?, ?)",
+                [project, version, now, actor, reason, kind, previous]).fetchall()
+    return {**_require(cur, project, version), "previous": previous, "changed": True}
+
+
+def check_promotable(row: dict[str, Any], force: bool = False) -> None:
+    """Raise :class:`PromotionRefused` for a rejected version unless ``force``."""
+    if row["status"] == "rejected" and not force:
+        reasons = "; ".join(map(str, row.get("reasons") or [])) or "no reasons recorded"
+        raise PromotionRefused(f"version {row['version']!r} was rejected ({reasons}); promote it with force "
+                               "to override")
+
+
+def promote(store: Store, project: str, version: str, actor: str, reason: str | None = None,
+            force: bool = False) -> dict[str, Any]:
+    """Make ``version`` the champion: the old champion becomes archived, a promotions row is added.
+
+    Returns the new champion's row plus ``previous`` (the former champion) and ``changed``
+    (False when it already was the champion: nothing is written). Unknown version:
+    :class:`VersionNotFound`; a rejected one without ``force``: :class:`PromotionRefused`.
+    """
+    validate_version_name(version)
+    with store.transaction() as cur:
+        return _promote_in(cur, project, version, actor, reason, "promote", force)
+
+
+def _champion_stack(cur: duckdb.DuckDBPyConnection, project: str) -> list[str]:
+    """Replay the history: a promotion pushes, a rollback to V truncates after V's last entry."""
+    stack: list[str] = []
+    for r in _records(cur, "SELECT version, kind FROM promotions WHERE project = ? ORDER BY id", [project]):
+        v = r["version"]
+        if r["kind"] == "rollback" and v in stack:
+            del stack[len(stack) - stack[::-1].index(v):]
+        elif not stack or stack[-1] != v:
+            stack.append(v)
+    return stack
+
+
+def _rollback_target(cur: duckdb.DuckDBPyConnection, project: str) -> str:
+    status = {r["version"]: r["status"] for r in _records(
+        cur, "SELECT version, status FROM model_versions WHERE project = ?", [project])}
+    current = next((v for v, s in status.items() if s == "champion"), None)
+    stack = _champion_stack(cur, project)
+    while stack and (stack[-1] == current or status.get(stack[-1]) in (None, "rejected")):
+        stack.pop()
+    if not stack:
+        now = f"the champion is {current!r}" if current else "there is no champion"
+        raise NothingToRollBack(f"nothing to roll back to for project {project!r}: {now} and the promotion "
+                                "history holds no earlier champion")
+    return stack[-1]
+
+
+def rollback_target(store: Store, project: str) -> str:
+    """The version :func:`rollback` would promote now (no write); :class:`NothingToRollBack` if none."""
+    return _rollback_target(store.cursor(), project)
+
+
+def rollback(store: Store, project: str, actor: str, reason: str | None = None) -> dict[str, Any]:
+    """Re-promote the champion that preceded the current one (an undo of the last promotion).
+
+    Repeated rollbacks keep walking back; rejected or unregistered versions are skipped.
+    """
+    with store.transaction() as cur:
+        target = _rollback_target(cur, project)
+        current = _records(cur, "SELECT version FROM model_versions WHERE project = ? AND status = 'champion'",
+                           [project])
+        why = reason or (f"rollback from {current[0]['version']}" if current else "rollback")
+        return _promote_in(cur, project, target, actor, why, "rollback", force=False)
+
+
+def reject(store: Store, project: str, version: str, reasons: Sequence[str] | str) -> dict[str, Any]:
+    """Mark a version rejected with the gate's reasons (the champion cannot be rejected)."""
+    validate_version_name(version)
+    reasons = [reasons] if isinstance(reasons, str) else [str(r) for r in reasons]
+    with store.transaction() as cur:
+        row = _require(cur, project, version)
+        if row["status"] == "champion":
+            raise PromotionRefused(f"version {version!r} is the champion of project {project!r}; promote another "
+                                   "version or roll back before rejecting it")
+        cur.execute("UPDATE model_versions SET status = 'rejected', reasons = ? WHERE project = ? AND version = ?",
+                    [json.dumps(reasons), project, version]).fetchall()
+        return _require(cur, project, version)
+
+
+# -- reference rows ----------------------------------------------------------------------------------
+
+
+def _json_cell(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    return json.dumps(value)
+
+
+def load_reference(store: Store, project: str, version: str, frame: pd.DataFrame) -> int:
+    """Replace the reference rows of ``version`` (``reference_rows.reference = version``) with ``frame``.
+
+    ``frame`` has ``text`` and optionally ``label`` (predicted), ``true_label``, ``confidence``,
+    ``probs`` (dict or JSON text), ``embedding`` (array-like) and ``split``. Returns the rows written.
+    """
+    validate_version_name(version)
+    if "text" not in frame.columns:
+        raise ValueError(f"reference frame lacks column 'text' (found {list(frame.columns)})")
+    n = len(frame)
+
+    def col(name: str) -> pd.Series:
+        return frame[name] if name in frame.columns else pd.Series([None] * n, index=frame.index, dtype=object)
+
+    def strings(name: str) -> pa.Array:
+        return pa.array([None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in col(name)],
+                        pa.string())
+
+    embeddings = [None if v is None or (isinstance(v, float) and np.isnan(v)) else np.asarray(v, np.float32)
+                  for v in col("embedding")]
+    table = pa.table({
+        "project": pa.array([project] * n, pa.string()),
+        "reference": pa.array([version] * n, pa.string()),
+        "text": pa.array(frame["text"].astype(str).tolist(), pa.string()),
+        "label": strings("label"),
+        "true_label": strings("true_label"),
+        "confidence": pa.array(pd.to_numeric(col("confidence"), errors="coerce").astype("float64"), pa.float64()),
+        "probs": pa.array([_json_cell(v) for v in col("probs")], pa.string()),
+        "embedding": pa.array(embeddings, pa.list_(pa.float32())),
+        "split": strings("split"),
+    })
+    with store.transaction() as cur:
+        cur.execute("DELETE FROM reference_rows WHERE project = ? AND reference = ?", [project, version]).fetchall()
+        cur.register("incoming_reference", table)
+        try:
+            cur.execute("INSERT INTO reference_rows BY NAME SELECT * FROM incoming_reference").fetchall()
+        finally:
+            cur.unregister("incoming_reference")
+    return n
+
+
+def build_reference(classifier: TextClassifier, data: pd.DataFrame, split: Sequence[str] | None = None,
+                    max_rows: int = REFERENCE_MAX_ROWS, seed: int = 0) -> pd.DataFrame:
+    """Run ``classifier`` over labelled ``data`` (text, label): the rows :func:`load_reference` takes.
+
+    At most ``max_rows`` rows (a seeded sample) are kept, so the cost stays bounded for big data sets.
+    """
+    data = data.reset_index(drop=True)
+    split_col = pd.Series(list(split) if split is not None else [None] * len(data), dtype=object)
+    if len(data) > max_rows:
+        keep = np.sort(np.random.default_rng(seed).choice(len(data), max_rows, replace=False))
+        data, split_col = data.iloc[keep].reset_index(drop=True), split_col.iloc[keep].reset_index(drop=True)
+    pred = classifier.predict(data["text"].astype(str).tolist())
+    labels = classifier.labels
+    return pd.DataFrame({
+        "text": data["text"].astype(str),
+        "label": pred.labels,
+        "true_label": data["label"].astype(str),
+        "confidence": pred.confidence.astype("float64"),
+        "probs": [json.dumps({k: round(float(p), 6) for k, p in zip(labels, row, strict=True)}) for row in pred.probs],
+        "embedding": list(pred.embeddings),
+        "split": split_col,
+    })
+
+
+def register_dir(store: Store, project: str, models_dir: str | Path, version: str, status: str = "challenger",
+                 parent: str | None = None, data_snapshot: str | None = None) -> dict[str, Any]:
+    """Register the complete version directory ``models_dir/version`` and load its reference rows.
+
+    Metrics come from its ``metrics.json``, the parent (unless given) from ``training_config.json``,
+    the reference rows from ``reference.parquet`` when present. The path must stay inside
+    ``models_dir``. Returns the registry row plus ``reference_rows`` (rows loaded).
+    """
+    validate_version_name(version)
+    root = Path(models_dir).resolve()
+    path = (root / version).resolve()
+    if not path.is_relative_to(root) or path.parent != root:
+        raise ValueError(f"version {version!r} resolves outside {root}")
+    if not is_complete(path):
+        raise FileNotFoundError(f"no complete model version {version!r} in {root}")
+    metrics = json.loads((path / METRICS_FILE).read_text(encoding="utf-8"))
+    if parent is None:
+        config = path / "training_config.json"
+        if config.is_file():
+            parent = json.loads(config.read_text(encoding="utf-8")).get("parent")
+    row = register_version(store, project, version, path, status=status, metrics=metrics, parent=parent,
+                           data_snapshot=data_snapshot)
+    n = 0
+    if (path / REFERENCE_FILE).is_file():
+        n = load_reference(store, project, version, pd.read_parquet(path / REFERENCE_FILE))
+    return {**row, "reference_rows": n}
+
+
+# -- training a version from labelled data (no DB) ----------------------------------------------------
+
+
+@dataclass
+class TrainedVersion:
+    version: str
+    path: Path
+    parent: str | None
+    metrics: dict[str, Any]
+    reference_rows: int
+
+
+def train_version(settings: Settings, data: pd.DataFrame, labels: list[str] | None = None,
+                  version: str | None = None, from_version: str | None = None, progress: bool = False,
+                  log: Callable[[str], None] | None = None) -> TrainedVersion:
+    """Train on labelled ``data`` and write ``models_dir/<version>`` with its ``reference.parquet``.
+
+    From the base with ``labels`` (default ``settings.project.labels``), or continuing ``from_version``.
+    The reference is the new model's predictions and embeddings on its own train and validation rows,
+    written inside the version directory before the atomic rename. Registering is the caller's step
+    (:func:`register_dir`, or ``POST /v1/models/{version}/register`` when a server owns the DB).
+    """
+    from tuneloop.retrain.trainer import _split, check_labelled, train
+    from tuneloop.retrain.versions import new_version_name, write_version
+
+    say = log or (lambda _msg: None)
+    models_dir = settings.models_dir
+    init_from = None
+    if from_version is not None:
+        validate_version_name(from_version)
+        init_from = models_dir / from_version
+        if not is_complete(init_from):
+            raise FileNotFoundError(f"--from {from_version}: no complete version in {models_dir}")
+    elif not labels:
+        labels = list(settings.project.labels)
+    version = validate_version_name(version) if version else new_version_name(models_dir)
+    if (models_dir / version).exists():
+        raise FileExistsError(f"version {version} already exists in {models_dir}")
+    data = check_labelled(data)
+    result = train(data, labels, settings.model, init_from=init_from, progress=progress, log=say)
+    tr, va = _split(data, settings.model.val_fraction, settings.model.seed)  # the trainer's own split
+    both = pd.concat([tr, va], ignore_index=True)
+    say(f"computing reference rows ({min(len(both), REFERENCE_MAX_ROWS)} of {len(both)})")
+    reference = build_reference(result.classifier, both, ["train"] * len(tr) + ["val"] * len(va),
+                                seed=settings.model.seed)
+    path = write_version(models_dir, version, result.classifier, result.metrics, result.manifest,
+                         parent=from_version, extra_files={REFERENCE_FILE: reference})
+    say(f"wrote {path}")
+    return TrainedVersion(version, path, from_version, result.metrics, len(reference))

@@ -1,0 +1,542 @@
+"""The retrain loop on the server side: policy -> snapshot -> child job -> register -> gate -> promote.
+
+:class:`RetrainService` (``ctx.services["retrain"]``) runs at most one retrain at a time per
+server. A run is a ``retrain_runs`` row that moves ``queued -> running`` and ends in one of
+
+* ``promoted``  — the gate passed and the challenger now serves (``retrain.auto_promote``);
+* ``passed``    — the gate passed; the challenger waits for an admin's promote;
+* ``rejected``  — the gate failed; the version is registered as rejected with the gate's reasons;
+* ``failed``    — the job failed, timed out or the server restarted mid-run (nothing else changed);
+* ``cancelled`` — an admin cancelled it.
+
+Training happens in a child process (``python -m tuneloop.retrain.job``) that reads a Parquet
+snapshot exported here and writes a version directory; it never opens the database, so a crash
+or kill of the job cannot damage it, and serving keeps answering from the champion throughout.
+
+Policies (checked every ``retrain.check_interval_seconds``): a drift alert is open and at least
+``on_drift_min_labels`` new labels exist; or at least ``min_new_labels`` new labels exist; or the
+``retrain.cron`` schedule fires. "New" means feedback given after the champion's training data
+was exported. Policy runs respect ``cooldown_seconds`` after the last run; a manual run may skip it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tuneloop.monitor import registry
+from tuneloop.monitor.alerts import open_alert_count
+from tuneloop.monitor.store import DEFAULT_PROJECT, Store, utcnow
+from tuneloop.retrain import gate
+
+log = logging.getLogger(__name__)
+
+ACTIVE = ("queued", "running")
+FINAL = ("promoted", "passed", "rejected", "failed", "cancelled")
+MIN_NEW_LABELS = 2
+"""Fewer new labels than this: there is nothing to train on, a trigger is refused."""
+OLDER_CAP_FACTOR = 10
+"""At most this many times ``replay_max`` older rows are read for the replay sample."""
+KILL_GRACE_SECONDS = 20.0
+
+
+class RetrainError(Exception):
+    """A trigger that cannot start a run; ``status`` is the HTTP status the API answers with."""
+
+    status = 409
+
+
+class RetrainBusy(RetrainError):
+    def __init__(self, run_id: int, project: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"retrain run {run_id} (project {project}) is already running; one run at a time")
+
+
+class NothingToTrain(RetrainError):
+    pass
+
+
+class CoolingDown(RetrainError):
+    def __init__(self, seconds_left: float) -> None:
+        self.seconds_left = seconds_left
+        super().__init__(f"the last retrain finished recently: cooling down for {seconds_left:.0f} more "
+                         "seconds (a manual trigger with now=true skips the cooldown)")
+
+
+class RunNotFound(LookupError):
+    pass
+
+
+@dataclass
+class _Active:
+    run_id: int
+    project: str
+    proc: subprocess.Popen[bytes] | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    why: str = "cancelled"
+    thread: threading.Thread | None = None
+
+
+def run_dir(runs_dir: Path, run_id: int) -> Path:
+    return runs_dir / f"run-{run_id}"
+
+
+def tail_lines(path: Path, n: int) -> list[str]:
+    """The last ``n`` lines of a text file (empty when it does not exist)."""
+    if n <= 0 or not path.is_file():
+        return []
+    with path.open("r", encoding="utf-8", errors="replace") as f:
+        return [line.rstrip("\n") for line in deque(f, maxlen=n)]
+
+
+def last_progress(path: Path) -> dict[str, Any] | None:
+    for line in reversed(tail_lines(path, 20)):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        return {**event, "stage": event.get("phase")}
+    return None
+
+
+# ---- what "new" and "older" labelled data are -------------------------------------------------
+
+
+def feedback_cutoff(store: Store, project: str) -> datetime | None:
+    """When the champion's training data was exported (feedback after it is new); None: no champion."""
+    row = registry.champion(store, project)
+    if row is None:
+        return None
+    meta = ((row.get("metrics") or {}).get("snapshot") or {}).get("meta") or {}
+    if meta.get("feedback_until"):
+        return datetime.fromisoformat(str(meta["feedback_until"]))
+    return row["created_at"]
+
+
+def count_new_labels(store: Store, project: str, cutoff: datetime | None = None,
+                     labels: list[str] | None = None) -> int:
+    """Predictions whose latest label was given after ``cutoff`` (default: the champion's)."""
+    cutoff = cutoff if cutoff is not None else feedback_cutoff(store, project)
+    sql = f"SELECT count(*) AS n FROM ({store.latest_feedback_sql()}) fb WHERE fb.ts > ?"
+    params: list[Any] = [project, cutoff or datetime.min]
+    if labels:
+        sql += " AND list_contains(?, fb.label)"
+        params.append(labels)
+    return int(store.query(sql, params)["n"][0])
+
+
+def export_frames(store: Store, project: str, cutoff: datetime | None, labels: list[str],
+                  older_cap: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(new, older) labelled frames for :func:`tuneloop.retrain.dataset.assemble_snapshot`.
+
+    new: one row per prediction whose latest label (human beats rule) came after ``cutoff``.
+    older: the other labelled predictions plus the champion's own training rows (its reference
+    rows with a true label), at most ``older_cap`` of them (a seeded, stable sample).
+    """
+    fb = store.latest_feedback_sql()
+    since = cutoff or datetime.min
+    new = store.query(
+        f"""WITH fb AS ({fb})
+            SELECT p.id, p.text, fb.label, p.label AS predicted_label, p.ts
+            FROM fb JOIN predictions p ON p.project = fb.project AND p.id = fb.prediction_id
+            WHERE fb.ts > ? AND list_contains(?, fb.label)
+            ORDER BY p.ts""",
+        [project, since, labels],
+    )
+    champion = registry.champion(store, project)
+    older = store.query(
+        f"""WITH fb AS ({fb}),
+            older AS (
+                SELECT p.id, p.text, fb.label FROM fb JOIN predictions p
+                  ON p.project = fb.project AND p.id = fb.prediction_id
+                WHERE fb.ts <= ? AND list_contains(?, fb.label)
+                UNION ALL
+                SELECT 'ref-' || CAST(row_number() OVER () AS VARCHAR) AS id, text, true_label AS label
+                FROM reference_rows
+                WHERE project = ? AND reference = ? AND true_label IS NOT NULL AND list_contains(?, true_label)
+            )
+            SELECT * FROM older ORDER BY hash(id || ?) LIMIT ?""",
+        [project, since, labels, project, champion["version"] if champion else "", labels, str(seed), older_cap],
+    )
+    return new, older
+
+
+# ---- the service -------------------------------------------------------------------------------
+
+
+class RetrainService:
+    """Triggers, runs, watches and finishes retrains for one server (see the module docstring)."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.store: Store = ctx.store
+        self.settings = ctx.settings
+        self._lock = threading.Lock()
+        self._active: _Active | None = None
+        self._closing = False
+
+    # -- queries ---------------------------------------------------------------------------------
+    def _labels(self, project: str) -> list[str]:
+        from tuneloop.monitor.projects import labels_for
+
+        return labels_for(self.store, self.settings, project)
+
+    def active_run(self) -> int | None:
+        a = self._active
+        return None if a is None else a.run_id
+
+    def list_runs(self, project: str | None = DEFAULT_PROJECT, limit: int = 50) -> list[dict[str, Any]]:
+        sql, params = "SELECT * FROM retrain_runs", []
+        if project is not None:
+            sql += " WHERE project = ?"
+            params.append(project)
+        df = self.store.query(sql + " ORDER BY id DESC LIMIT ?", [*params, limit])
+        return [self._decode(r) for r in df.to_dict("records")]
+
+    def get_run(self, run_id: int, log_lines: int = 50) -> dict[str, Any]:
+        """The run row plus its latest progress event and the last ``log_lines`` lines of its log."""
+        df = self.store.query("SELECT * FROM retrain_runs WHERE id = ?", [run_id])
+        if df.empty:
+            raise RunNotFound(f"no retrain run {run_id}")
+        run = self._decode(df.to_dict("records")[0])
+        root = self.settings.runs_dir.resolve()
+        directory = run_dir(root, run_id).resolve()
+        inside = directory.is_relative_to(root)
+        run["progress"] = last_progress(directory / "progress.jsonl") if inside else None
+        run["log_tail"] = tail_lines(directory / "job.log", log_lines) if inside else []
+        active = self._active
+        run["pid"] = active.proc.pid if active and active.run_id == run_id and active.proc else None
+        return run
+
+    @staticmethod
+    def _decode(row: dict[str, Any]) -> dict[str, Any]:
+        """A JSON-ready run: JSON columns parsed, NaN/NaT as None, numpy scalars as Python values."""
+        out: dict[str, Any] = {}
+        for key, value in row.items():
+            if key in ("log_path", "snapshot_path"):
+                continue
+            if key in ("metrics", "reasons") and isinstance(value, str):
+                value = json.loads(value)
+            elif value is not None and not isinstance(value, list | dict) and pd.isna(value):
+                value = None
+            elif isinstance(value, pd.Timestamp):
+                value = value.to_pydatetime()
+            elif hasattr(value, "item"):
+                value = value.item()
+            out[key] = value
+        return out
+
+    def cooldown_left(self, project: str) -> float:
+        last = self.store.query("SELECT max(finished) AS t FROM retrain_runs WHERE project = ?", [project])["t"][0]
+        if last is None or pd.isna(last):
+            return 0.0
+        left = self.settings.retrain.cooldown_seconds - (utcnow() - pd.Timestamp(last).to_pydatetime()).total_seconds()
+        return max(0.0, left)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def recover(self) -> int:
+        """Mark runs a previous server process left queued/running as failed; return how many."""
+        df = self.store.query("SELECT id FROM retrain_runs WHERE list_contains(?, status)", [list(ACTIVE)])
+        for run_id in df["id"].tolist():
+            self._finish(int(run_id), "failed", ["server restarted while the run was in progress"])
+        if len(df):
+            log.warning("marked %d interrupted retrain run(s) failed", len(df))
+        return len(df)
+
+    def stop(self) -> None:
+        """Server shutdown: cancel a running job and wait for it briefly."""
+        self._closing = True
+        active = self._active
+        if active is not None:
+            self._cancel_active(active, "server shutting down")
+            if active.thread is not None:
+                active.thread.join(timeout=KILL_GRACE_SECONDS + 5)
+
+    # -- trigger ---------------------------------------------------------------------------------
+    def trigger(self, project: str = DEFAULT_PROJECT, reason: str = "manual", actor: str = "",
+                *, respect_cooldown: bool = False) -> int:
+        """Start a run and return its id. :class:`RetrainBusy` while one runs (any project),
+        :class:`CoolingDown` (only with ``respect_cooldown``), :class:`NothingToTrain` without new labels.
+        """
+        labels = self._labels(project)
+        with self._lock:
+            if self._closing:
+                raise RetrainError("the server is shutting down")
+            if self._active is not None:
+                raise RetrainBusy(self._active.run_id, self._active.project)
+            if respect_cooldown and (left := self.cooldown_left(project)) > 0:
+                raise CoolingDown(left)
+            n_new = count_new_labels(self.store, project, labels=labels)
+            if n_new < MIN_NEW_LABELS:
+                raise NothingToTrain(f"project {project} has {n_new} new label(s) since the champion was trained; "
+                                     f"a retrain needs at least {MIN_NEW_LABELS}")
+            trigger = f"{reason}" + (f" (by {actor})" if actor else "")
+            with self.store.transaction() as cur:
+                run_id = int(cur.execute("SELECT nextval('retrain_run_ids')").fetchall()[0][0])
+                directory = run_dir(self.settings.runs_dir, run_id)
+                cur.execute(
+                    "INSERT INTO retrain_runs (id, project, started, trigger, status, log_path, snapshot_path) "
+                    "VALUES (?, ?, ?, ?, 'queued', ?, ?)",
+                    [run_id, project, utcnow(), trigger[:500], str(directory / "job.log"),
+                     str(directory / "snapshot")],
+                ).fetchall()
+            active = _Active(run_id, project)
+            active.thread = threading.Thread(target=self._run, args=(active,), name=f"retrain-{run_id}", daemon=True)
+            self._active = active
+        log.info("retrain run %d started for project %s: %s", run_id, project, trigger)
+        active.thread.start()
+        return run_id
+
+    def cancel(self, run_id: int, actor: str = "") -> dict[str, Any]:
+        """Cancel a queued or running run (SIGTERM to the job, kill after a grace period)."""
+        run = self.get_run(run_id, log_lines=0)
+        active = self._active
+        if run["status"] not in ACTIVE or active is None or active.run_id != run_id:
+            raise RetrainError(f"retrain run {run_id} is {run['status']}; only a queued or running run can be "
+                               "cancelled")
+        self._cancel_active(active, f"cancelled by {actor}" if actor else "cancelled")
+        return self.get_run(run_id, log_lines=0)
+
+    def _cancel_active(self, active: _Active, why: str) -> None:
+        active.why = why
+        active.cancel.set()
+        proc = active.proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+
+    def wait(self, run_id: int, timeout: float = 300.0, poll: float = 0.2) -> dict[str, Any]:
+        """Block until the run reaches a final status (tests, the offline CLI)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.get_run(run_id, log_lines=0)
+            if run["status"] in FINAL or time.monotonic() > deadline:
+                return run
+            time.sleep(poll)
+
+    # -- the run ---------------------------------------------------------------------------------
+    def _set(self, run_id: int, **values: Any) -> None:
+        cols = ", ".join(f"{k} = ?" for k in values)
+        vals = [json.dumps(v, default=str) if k in ("metrics", "reasons") and v is not None else v
+                for k, v in values.items()]
+        self.store.execute(f"UPDATE retrain_runs SET {cols} WHERE id = ?", [*vals, run_id])
+
+    def _finish(self, run_id: int, status: str, reasons: list[str], **values: Any) -> None:
+        self._set(run_id, status=status, finished=utcnow(), reasons=reasons, **values)
+
+    def _run(self, active: _Active) -> None:
+        run_id, project = active.run_id, active.project
+        try:
+            self._execute(active)
+        except Exception as e:  # never leave a run 'running' behind
+            log.exception("retrain run %d failed", run_id)
+            self._finish(run_id, "failed", [f"{type(e).__name__}: {e}"])
+        finally:
+            with self._lock:
+                self._active = None
+            log.info("retrain run %d for project %s finished", run_id, project)
+
+    def _execute(self, active: _Active) -> None:
+        # Imported here: the dataset module pulls in torch and scikit-learn, which the server does not
+        # need until a run starts (start-up, and so recovery after a crash, stays fast).
+        from tuneloop.retrain import dataset
+
+        run_id, project = active.run_id, active.project
+        s = self.settings
+        directory = run_dir(s.runs_dir, run_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        labels = self._labels(project)
+
+        # 1. snapshot: exported now, so feedback arriving later counts as new for the next run
+        exported_at = utcnow()
+        cutoff = feedback_cutoff(self.store, project)
+        new, older = export_frames(self.store, project, cutoff, labels,
+                                   max(OLDER_CAP_FACTOR * s.retrain.replay_max, 10_000), seed=run_id)
+        snap = dataset.assemble_snapshot(
+            new, older, s.retrain, seed=run_id,
+            meta={"project": project, "run_id": run_id, "feedback_until": exported_at.isoformat(),
+                  "previous_cutoff": cutoff.isoformat() if cutoff else None})
+        dataset.write_snapshot(snap, directory / "snapshot")
+        champion = registry.champion(self.store, project)
+        (directory / "settings.json").write_text(json.dumps({
+            "model": s.model.model_dump(mode="json"), "retrain": s.retrain.model_dump(mode="json"),
+            "labels": labels, "project": project,
+        }, indent=2), encoding="utf-8")
+        version = self._new_version_name()
+        self._set(run_id, status="running", n_examples=len(snap.train), version=version,
+                  metrics={"n_new": snap.n_new, "n_train": len(snap.train), "n_replay": snap.n_replay,
+                           "n_holdout": len(snap.holdout)})
+        if active.cancel.is_set():
+            self._finish(run_id, "cancelled", [active.why], version=None)
+            return
+
+        # 2. the child job
+        cmd = [sys.executable, "-m", "tuneloop.retrain.job", "--snapshot", str(directory / "snapshot"),
+               "--champion", str(champion["path"]) if champion else "", "--models-dir", str(s.models_dir),
+               "--version", version, "--settings", str(directory / "settings.json"),
+               "--progress", str(directory / "progress.jsonl")]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        with (directory / "job.log").open("ab") as out:
+            active.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                           env=env)
+        if active.cancel.is_set():  # cancelled between the check above and the spawn
+            active.proc.send_signal(signal.SIGTERM)
+        timed_out = False
+        try:
+            rc = active.proc.wait(timeout=s.retrain.timeout_seconds)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            active.proc.send_signal(signal.SIGTERM)
+            try:
+                rc = active.proc.wait(timeout=KILL_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                active.proc.kill()
+                rc = active.proc.wait()
+        if timed_out or rc != 0:
+            self._cleanup_partial(version, active.proc.pid)
+            if timed_out:
+                self._finish(run_id, "failed", [f"timeout: the job ran longer than {s.retrain.timeout_seconds} s "
+                                                "and was stopped"], version=None)
+            elif active.cancel.is_set():
+                self._finish(run_id, "cancelled", [active.why], version=None)
+            else:
+                self._finish(run_id, "failed", [self._failure_reason(directory, rc)], version=None)
+            return
+
+        # 3. register, gate, promote
+        row = registry.register_dir(self.store, project, s.models_dir, version, status="challenger",
+                                    data_snapshot=str(directory / "snapshot"))
+        metrics = row.get("metrics") or {}
+        reference = metrics.get("champion") or metrics.get("baseline")
+        decision = gate.decide(metrics, reference, s.retrain)
+        summary = {
+            "n_new": snap.n_new, "n_train": len(snap.train), "n_replay": snap.n_replay,
+            "n_holdout": len(snap.holdout), "n_golden": 0 if snap.golden is None else len(snap.golden),
+            "challenger": _headline(metrics), "champion": _headline(reference) if reference else None,
+            "champion_version": champion["version"] if champion else None,
+            "val_accuracy": metrics.get("val_accuracy"), "train_seconds": metrics.get("train_seconds"),
+            "gate": decision.as_json(),
+        }
+        if not decision.promote:
+            registry.reject(self.store, project, version, decision.reasons)
+            self._finish(run_id, "rejected", decision.reasons, metrics=summary)
+        elif s.retrain.auto_promote:
+            from tuneloop.monitor.serving import activate
+
+            activate(self.ctx, project, version, actor=f"retrain run {run_id}", reason=decision.summary)
+            self._finish(run_id, "promoted", decision.reasons, metrics=summary)
+        else:
+            self._finish(run_id, "passed", decision.reasons, metrics=summary)
+
+    def _new_version_name(self) -> str:
+        from tuneloop.retrain.versions import new_version_name
+
+        taken = set(self.store.query("SELECT version FROM model_versions")["version"])
+        name = new_version_name(self.settings.models_dir)
+        while name in taken:
+            name = f"v{int(name[1:]) + 1}"
+        return name
+
+    def _cleanup_partial(self, version: str, pid: int) -> None:
+        """A killed job may leave its temp dir behind; remove only that one."""
+        import shutil
+
+        for p in self.settings.models_dir.glob(f".tmp-{version}-{pid}-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+    @staticmethod
+    def _failure_reason(directory: Path, rc: int) -> str:
+        event = last_progress(directory / "progress.jsonl")
+        if event and event.get("phase") == "failed" and event.get("message"):
+            return str(event["message"])
+        lines = [ln for ln in tail_lines(directory / "job.log", 20) if ln.strip()]
+        if rc < 0:
+            try:
+                name = signal.Signals(-rc).name
+            except ValueError:
+                name = str(-rc)
+            return f"the job was killed by {name} (exit {rc})" + (f"; last log line: {lines[-1]}" if lines else "")
+        return lines[-1] if lines else f"the job exited with code {rc} and wrote no log"
+
+    # -- policy ----------------------------------------------------------------------------------
+    def policy_reason(self, project: str) -> str | None:
+        """Why the policy wants a retrain of ``project`` now (None: it does not)."""
+        r = self.settings.retrain
+        n_new = count_new_labels(self.store, project, labels=self._labels(project))
+        if n_new >= r.min_new_labels:
+            return f"policy: {n_new} new labels (>= {r.min_new_labels})"
+        if n_new >= r.on_drift_min_labels:
+            alerts = open_alert_count(self.store, project)
+            if alerts:
+                return f"policy: {alerts} open drift alert(s) and {n_new} new labels (>= {r.on_drift_min_labels})"
+        return None
+
+    def check_policies(self) -> int | None:
+        """Scheduler job: start at most one run for the first project whose policy fires."""
+        if not self.settings.retrain.enabled or self._active is not None:
+            return None
+        from tuneloop.monitor.projects import project_names
+
+        for project in project_names(self.store):
+            if self.cooldown_left(project) > 0:
+                continue
+            why = self.policy_reason(project)
+            if why:
+                try:
+                    return self.trigger(project, why, "scheduler", respect_cooldown=True)
+                except RetrainError as e:
+                    log.info("policy retrain of %s not started: %s", project, e)
+                    return None
+        return None
+
+    def run_scheduled(self) -> list[int]:
+        """Cron job: retrain every project with enough new labels for a meaningful holdout."""
+        started = []
+        from tuneloop.monitor.projects import project_names
+
+        for project in project_names(self.store):
+            n_new = count_new_labels(self.store, project, labels=self._labels(project))
+            need = max(MIN_NEW_LABELS, int(self.settings.retrain.min_holdout / self.settings.retrain.holdout_fraction))
+            if n_new < need:
+                log.info("scheduled retrain of %s skipped: %d new labels (< %d)", project, n_new, need)
+                continue
+            try:
+                started.append(self.trigger(project, f"schedule: cron {self.settings.retrain.cron}", "scheduler"))
+            except RetrainError as e:
+                log.info("scheduled retrain of %s not started: %s", project, e)
+            break  # one at a time; the next project waits for the next tick
+        return started
+
+
+def _headline(metrics: dict[str, Any] | None) -> dict[str, Any]:
+    m = metrics or {}
+    hold, gold = m.get("holdout") or {}, m.get("golden") or {}
+    return {"holdout_accuracy": hold.get("accuracy"), "holdout_macro_f1": hold.get("macro_f1"),
+            "holdout_recall": hold.get("per_class_recall"), "golden_accuracy": gold.get("accuracy") if gold else None}
+
+
+def start(ctx: Any) -> Any:
+    """Start-up hook: recover interrupted runs, schedule the policy check and the cron schedule."""
+    service = RetrainService(ctx)
+    ctx.services["retrain"] = service
+    service.recover()
+    r = ctx.settings.retrain
+    scheduler = ctx.services.get("scheduler")
+    if scheduler is not None and r.enabled:
+        scheduler.every("retrain-policy", r.check_interval_seconds, service.check_policies)
+        if r.cron:
+            scheduler.cron("retrain-cron", r.cron, service.run_scheduled)
+    return service.stop
+

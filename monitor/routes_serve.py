@@ -1,0 +1,189 @@
+"""``POST /v1/predict``: the champion answers, every prediction is logged before the response.
+
+The forward pass runs in the project's batch worker (:mod:`tuneloop.monitor.serving`), never on
+the event loop; the rows (text, label, probabilities, embedding, version, latency) go through
+the collector's group-commit writer, and the answer is sent only after they are committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Annotated, Any
+
+import numpy as np
+import pyarrow as pa
+from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tuneloop.monitor.app import STARTUP_HOOKS, Context
+from tuneloop.monitor.deps import PROJECT_PATTERN, Ingest, Labeller, get_ctx
+from tuneloop.monitor.serving import NoModelLoaded, ServeResult, ServerStopping, Serving, no_model_message
+from tuneloop.monitor.store import DEFAULT_PROJECT, utcnow
+
+router = APIRouter(prefix="/v1", tags=["serve"])
+CtxDep = Annotated[Context, Depends(get_ctx)]
+
+
+def _start(ctx: Context):  # type: ignore[no-untyped-def]
+    serving = Serving(ctx.store, ctx.settings)
+    ctx.services["serving"] = serving
+    serving.server(DEFAULT_PROJECT)  # loads the champion now when one is registered
+    return serving.stop
+
+
+STARTUP_HOOKS.append(_start)
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    texts: list[str] = Field(description="Texts to classify (1 to server.max_batch, each at most "
+                                         "server.max_text_chars characters).",
+                             json_schema_extra={"minItems": 1, "items": {"type": "string", "minLength": 1,
+                                                                         "pattern": r"\S"}})
+    project: str | None = Field(None, pattern=PROJECT_PATTERN, description="Project; default 'default'.")
+    metadata: dict[str, Any] | None = Field(None, description="Stored with every prediction of this request.")
+
+    @field_validator("texts")
+    @classmethod
+    def _texts(cls, texts: list[str]) -> list[str]:
+        if not texts:
+            raise ValueError("texts is empty: send at least one text")
+        empty = [i for i, t in enumerate(texts) if not t.strip()]
+        if empty:
+            raise ValueError(f"texts {empty[:10]} are empty or blank; every text needs content")
+        for i, t in enumerate(texts):
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"text {i} is not valid Unicode (lone surrogate escape)") from None
+        return texts
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+        if metadata is not None:
+            try:
+                json.dumps(metadata, allow_nan=False)
+            except ValueError as e:
+                raise ValueError(f"metadata must be plain JSON: {e}") from None
+        return metadata
+
+
+class Prediction(BaseModel):
+    id: str = Field(description="Prediction id: send feedback for it with POST /v1/feedback.")
+    label: str
+    probs: dict[str, float]
+    confidence: float
+
+
+class PredictResponse(BaseModel):
+    model_version: str
+    predictions: list[Prediction]
+
+
+def _invalid(loc: tuple[Any, ...], message: str, kind: str = "value_error") -> RequestValidationError:
+    return RequestValidationError([{"type": kind, "loc": loc, "msg": message, "input": None}])
+
+
+def _check_limits(texts: list[str], ctx: Context) -> None:
+    server = ctx.settings.server
+    if len(texts) > server.max_batch:
+        raise _invalid(("body", "texts"), f"{len(texts)} texts in one request; the limit is "
+                                          f"server.max_batch = {server.max_batch}")
+    for i, t in enumerate(texts):
+        if len(t) > server.max_text_chars:
+            raise _invalid(("body", "texts", i), f"text {i} has {len(t)} characters; the limit is "
+                                                 f"server.max_text_chars = {server.max_text_chars}")
+
+
+def prediction_table(texts: list[str], result: ServeResult, latency_ms: float, model_version: str,
+                     metadata: dict[str, Any] | None = None) -> tuple[pa.Table, list[dict[str, float]]]:
+    """The rows to log for one request (Arrow, ready for the writer) and each row's ``{label: p}``."""
+    n = len(texts)
+    probs = np.round(result.probs.astype(np.float64), 6)
+    prob_dicts = [dict(zip(result.label_names, row.tolist(), strict=True)) for row in probs]
+    top2 = np.sort(probs, axis=1)[:, -2:] if probs.shape[1] >= 2 else np.zeros((n, 2))
+    emb = np.ascontiguousarray(result.embeddings, dtype=np.float32)
+    dim = emb.shape[1] if emb.ndim == 2 else 0
+    embedding = pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int32)),
+                                         pa.array(emb.reshape(-1)))
+    meta = json.dumps(metadata, separators=(",", ":")) if metadata else None
+    table = pa.table({
+        "id": pa.array([uuid.uuid4().hex for _ in range(n)], pa.string()),
+        "ts": pa.array([utcnow()] * n, pa.timestamp("us")),
+        "model_version": pa.array([model_version] * n, pa.string()),
+        "text": pa.array(texts, pa.string()),
+        "label": pa.array(result.labels, pa.string()),
+        "confidence": pa.array(probs.max(axis=1), pa.float64()),
+        "margin": pa.array(top2[:, 1] - top2[:, 0], pa.float64()),
+        "probs": pa.array([json.dumps(d) for d in prob_dicts], pa.string()),
+        "embedding": embedding,
+        "latency_ms": pa.array([latency_ms] * n, pa.float64()),
+        "metadata": pa.array([meta] * n, pa.string()),
+    })
+    return table, prob_dicts
+
+
+async def log_predictions(ctx: Context, table: pa.Table, project: str) -> None:
+    """Append through the group-commit writer (returns after the commit); direct append without one."""
+    writer = ctx.services.get("writer")
+    if writer is not None:
+        await writer.append_predictions(table, project)
+    else:
+        await run_in_threadpool(ctx.store.append_predictions, table, project)
+
+
+@router.post(
+    "/predict", response_model=PredictResponse, summary="Classify texts with the champion (every prediction logged)",
+    responses={503: {"description": "No champion model is loaded for the project"}},
+)
+async def predict(
+    body: PredictRequest, _: Ingest, ctx: CtxDep,
+    project: Annotated[str | None, Query(pattern=PROJECT_PATTERN, description="Project (or in the body).")] = None,
+) -> PredictResponse:
+    t0 = time.perf_counter()
+    if project and body.project and project != body.project:
+        raise _invalid(("body", "project"), f"project {body.project!r} in the body differs from {project!r} "
+                                            "in the query")
+    project = body.project or project or DEFAULT_PROJECT
+    _check_limits(body.texts, ctx)
+    serving: Serving | None = ctx.services.get("serving")
+    if serving is None:
+        raise HTTPException(503, "model serving is not running in this server")
+    if project != DEFAULT_PROJECT:
+        from tuneloop.monitor.projects import UnknownProject, require_project
+
+        try:
+            require_project(ctx.store, ctx.settings, project)
+        except UnknownProject as e:
+            raise HTTPException(404, str(e)) from None
+    srv = serving.get(project) or await run_in_threadpool(serving.server, project)
+    if srv.model is None:
+        raise HTTPException(503, srv.load_error or no_model_message(project))
+    try:
+        result = await asyncio.wrap_future(srv.submit(body.texts))
+    except (NoModelLoaded, ServerStopping) as e:
+        raise HTTPException(503, str(e)) from None
+    latency_ms = (time.perf_counter() - t0) * 1000
+    table, prob_dicts = prediction_table(body.texts, result, latency_ms, result.version, body.metadata)
+    await log_predictions(ctx, table, project)
+    ids = table.column("id").to_pylist()
+    confidence = table.column("confidence").to_pylist()
+    return PredictResponse(model_version=result.version, predictions=[
+        Prediction(id=ids[i], label=result.labels[i], probs=prob_dicts[i], confidence=confidence[i])
+        for i in range(len(ids))
+    ])
+
+
+@router.get("/serving", summary="Served model and dynamic-batching counters per project")
+def serving_stats(_: Labeller, ctx: CtxDep) -> dict[str, Any]:
+    serving: Serving | None = ctx.services.get("serving")
+    if serving is None:
+        return {"projects": {}}
+    return {"projects": serving.stats()}

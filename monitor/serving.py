@@ -1,0 +1,401 @@
+"""Model serving: the champion in memory, dynamic batching, hot-swap without dropped requests.
+
+:class:`ModelServer` serves one project. Callers :meth:`~ModelServer.submit` texts and get a
+future; one worker thread takes what is queued, waits up to ``serve_max_wait_ms`` to fill up to
+``serve_max_batch`` texts, runs ONE forward pass (:meth:`TextClassifier.predict`) and hands each
+caller its slice. The wait is skipped while traffic is sequential (the previous batch served a
+single request): waiting can only help when callers overlap, and then the queue shows it.
+
+Hot-swap: the served model is one immutable :class:`LoadedModel` reference. A swap loads the new
+classifier in the calling thread (never in the batch worker), then replaces the reference in
+one assignment. Each batch reads the reference once, so a batch already taken finishes on the
+old model and the next one runs on the new; no request waits for a load or fails because of it.
+
+:func:`activate` / :func:`activate_rollback` are how the API and the retrain loop change the
+champion: registry transaction (:mod:`tuneloop.monitor.registry`) plus the serving swap.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tuneloop.monitor import registry
+from tuneloop.monitor.store import DEFAULT_PROJECT, Store
+
+if TYPE_CHECKING:
+    from tuneloop.monitor.app import Context
+    from tuneloop.monitor.config import Settings
+    from tuneloop.retrain.model import TextClassifier
+
+log = logging.getLogger(__name__)
+
+
+class NoModelLoaded(RuntimeError):
+    """The project has no champion in memory: nothing can answer /v1/predict."""
+
+
+class ServerStopping(RuntimeError):
+    """The process is shutting down and takes no new requests."""
+
+
+def no_model_message(project: str) -> str:
+    return f"no champion model for project {project}; train one with tuneloop train"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    version: str
+    path: Path
+    classifier: TextClassifier
+    loaded_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class ServeResult:
+    """One caller's slice of a batch, row-aligned with the texts it submitted."""
+
+    version: str
+    label_names: list[str]  # the classifier's label order (columns of probs)
+    labels: list[str]
+    probs: np.ndarray
+    confidence: np.ndarray
+    embeddings: np.ndarray
+    batch_texts: int  # texts in the forward pass this slice came from
+    queue_ms: float
+    forward_ms: float
+
+
+@dataclass
+class _Request:
+    texts: list[str]
+    future: Future[ServeResult]
+    t0: float = field(default_factory=time.perf_counter)
+
+
+class _Metrics:
+    """Prometheus series of the serving path, registered once per process."""
+
+    _instance: _Metrics | None = None
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter as PCounter
+        from prometheus_client import Histogram
+
+        reg = _registry()
+        self.batch_texts = Histogram("tuneloop_serve_batch_texts", "Texts per forward pass (dynamic batching)",
+                                     ["project"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=reg)
+        self.forward = Histogram("tuneloop_serve_forward_seconds", "Model forward pass duration per batch",
+                                 ["project"], registry=reg)
+        self.swaps = PCounter("tuneloop_model_swaps", "Hot-swaps of the served model", ["project"], registry=reg)
+
+    @classmethod
+    def get(cls) -> _Metrics:
+        with cls._lock:
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
+
+
+def _registry() -> Any:
+    """The service's metrics registry when the collector defines one, else prometheus' default."""
+    try:
+        from tuneloop.monitor import metrics
+    except ImportError:
+        from prometheus_client import REGISTRY
+
+        return REGISTRY
+    return getattr(metrics, "REGISTRY", None) or getattr(metrics, "registry", None)
+
+
+class ModelServer:
+    """Dynamic-batching, hot-swappable model server for one project.
+
+    >>> server = ModelServer("default", max_batch=64, max_wait_ms=3).start()
+    >>> server.swap("v3", models_dir / "v3")           # loads here, then one atomic swap
+    >>> server.predict(["great flight"]).labels
+    ['positive']
+    """
+
+    def __init__(self, project: str = DEFAULT_PROJECT, max_batch: int = 64, max_wait_ms: float = 3.0,
+                 threads: int = 0) -> None:
+        self.project = project
+        self.max_batch = max(1, int(max_batch))
+        self.max_wait = max(0.0, float(max_wait_ms)) / 1000.0
+        self.threads = threads
+        self._current: LoadedModel | None = None
+        self._previous: LoadedModel | None = None  # kept warm: rolling back to it needs no load
+        self._queue: deque[_Request] = deque()
+        self._queued_texts = 0
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._last_batch_requests = 0
+        self.swap_lock = threading.RLock()
+        """Held by :func:`activate` around registry change + install, so swaps apply in order."""
+        self.load_error: str | None = None
+        self.batch_sizes: Counter[int] = Counter()  # texts per batch taken -> number of batches
+        self.requests_served = 0
+        self._metrics = _Metrics.get()
+
+    # -- model ---------------------------------------------------------------------------------------
+    @property
+    def model(self) -> LoadedModel | None:
+        return self._current
+
+    @property
+    def version(self) -> str | None:
+        current = self._current
+        return current.version if current else None
+
+    def load(self, version: str, path: str | Path) -> LoadedModel:
+        """Load a version into memory without serving it yet (slow: call off the request path)."""
+        from tuneloop.retrain.versions import load_version
+
+        for warm in (self._current, self._previous):
+            if warm is not None and warm.version == version and warm.path == Path(path):
+                return warm
+        t = time.perf_counter()
+        classifier = load_version(path, threads=self.threads)
+        classifier.predict(["warm up"])  # first forward allocates; do it before traffic sees the model
+        log.info("loaded %s/%s in %.2fs", self.project, version, time.perf_counter() - t)
+        return LoadedModel(version, Path(path), classifier)
+
+    def install(self, loaded: LoadedModel) -> LoadedModel | None:
+        """Serve ``loaded`` from the next batch on (one reference assignment); return the old model."""
+        old, self._current = self._current, loaded
+        if old is not None and old.version != loaded.version:
+            self._previous = old
+            self._metrics.swaps.labels(self.project).inc()
+        self.load_error = None
+        return old
+
+    def swap(self, version: str, path: str | Path) -> LoadedModel:
+        """Load ``version`` in this thread, then install it; requests keep flowing meanwhile."""
+        loaded = self.load(version, path)
+        self.install(loaded)
+        return loaded
+
+    # -- requests ------------------------------------------------------------------------------------
+    def start(self) -> ModelServer:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"serve-{self.project}", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish what is queued, then end the worker."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def submit(self, texts: list[str]) -> Future[ServeResult]:
+        """Queue ``texts`` for the next batch; the future resolves to their :class:`ServeResult`."""
+        request = _Request(list(texts), Future())
+        if not request.texts:
+            request.future.set_exception(ValueError("no texts to predict"))
+            return request.future
+        with self._cond:
+            if self._stopping:
+                raise ServerStopping("the server is shutting down; retry against the restarted server")
+            self._queue.append(request)
+            self._queued_texts += len(request.texts)
+            self._cond.notify()
+        return request.future
+
+    def predict(self, texts: list[str], timeout: float | None = None) -> ServeResult:
+        """Blocking :meth:`submit`."""
+        return self.submit(texts).result(timeout)
+
+    # -- the batch worker ----------------------------------------------------------------------------
+    def _take_batch(self) -> list[_Request] | None:
+        with self._cond:
+            while not self._queue:
+                if self._stopping:
+                    return None
+                self._cond.wait()
+            if self.max_wait > 0 and (self._last_batch_requests > 1 or len(self._queue) > 1):
+                deadline = self._queue[0].t0 + self.max_wait
+                while self._queued_texts < self.max_batch and not self._stopping:
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+            batch, n = [], 0
+            while self._queue and (not batch or n + len(self._queue[0].texts) <= self.max_batch):
+                request = self._queue.popleft()
+                self._queued_texts -= len(request.texts)
+                if request.future.set_running_or_notify_cancel():
+                    batch.append(request)
+                    n += len(request.texts)
+            self._last_batch_requests = len(batch)
+            return batch
+
+    def _run(self) -> None:
+        if self.threads > 0:  # OpenMP thread counts are per calling thread: apply model.threads here too
+            from tuneloop.retrain.model import set_threads
+
+            set_threads(self.threads)
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            if batch:
+                self._process(batch)
+
+    def _process(self, batch: list[_Request]) -> None:
+        loaded = self._current  # read once: the whole batch runs on this model, even if a swap lands now
+        if loaded is None:
+            error = NoModelLoaded(no_model_message(self.project))
+            for r in batch:
+                r.future.set_exception(error)
+            return
+        texts = [t for r in batch for t in r.texts]
+        start = time.perf_counter()
+        try:
+            # one forward for the batch; only a single request larger than max_batch is cut into chunks
+            pred = loaded.classifier.predict(texts, batch_size=self.max_batch)
+        except Exception as e:  # the callers get the error; the worker keeps serving
+            log.exception("forward pass failed for %d texts", len(texts))
+            for r in batch:
+                r.future.set_exception(e)
+            return
+        done = time.perf_counter()
+        forward_ms = (done - start) * 1000
+        self.batch_sizes[len(texts)] += 1
+        self.requests_served += len(batch)
+        self._metrics.batch_texts.labels(self.project).observe(len(texts))
+        self._metrics.forward.labels(self.project).observe(done - start)
+        offset = 0
+        for r in batch:
+            sl = slice(offset, offset + len(r.texts))
+            offset += len(r.texts)
+            r.future.set_result(ServeResult(
+                version=loaded.version, label_names=loaded.classifier.labels, labels=pred.labels[sl],
+                probs=pred.probs[sl], confidence=pred.confidence[sl], embeddings=pred.embeddings[sl],
+                batch_texts=len(texts), queue_ms=(start - r.t0) * 1000, forward_ms=forward_ms,
+            ))
+
+    def stats(self) -> dict[str, Any]:
+        batches = sum(self.batch_sizes.values())
+        texts = sum(k * v for k, v in self.batch_sizes.items())
+        return {"version": self.version, "batches": batches, "texts": texts, "requests": self.requests_served,
+                "mean_batch_texts": texts / batches if batches else 0.0,
+                "max_batch_texts": max(self.batch_sizes, default=0)}
+
+
+class Serving:
+    """The model servers of one process, one per project (``ctx.services["serving"]``).
+
+    A project's champion is loaded when its server is first asked for (the default project's at
+    start-up). Readiness never fails for a project without a champion; it only reports it.
+    """
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self._servers: dict[str, ModelServer] = {}
+        self._initialised: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def get(self, project: str = DEFAULT_PROJECT) -> ModelServer | None:
+        """The project's server once its champion is loaded, else None (never blocks: safe on the event loop)."""
+        srv = self._servers.get(project)
+        return srv if srv is not None and self._initialised[project].is_set() else None
+
+    def server(self, project: str = DEFAULT_PROJECT) -> ModelServer:
+        """The project's server, started, with its champion loaded if one is registered (may block to load)."""
+        with self._lock:
+            srv = self._servers.get(project)
+            fresh = srv is None
+            if srv is None:
+                m = self.settings.model
+                srv = ModelServer(project, m.serve_max_batch, m.serve_max_wait_ms, m.threads).start()
+                self._servers[project] = srv
+                self._initialised[project] = threading.Event()
+        if fresh:
+            try:
+                with srv.swap_lock:
+                    self._load_champion(srv)
+            finally:
+                self._initialised[project].set()
+        else:  # a concurrent first caller is loading the champion: wait for it, never answer "no model"
+            self._initialised[project].wait()
+        return srv
+
+    def _load_champion(self, srv: ModelServer) -> None:
+        row = registry.champion(self.store, srv.project)
+        if row is None:
+            return
+        try:
+            srv.swap(row["version"], row["path"])
+        except Exception as e:  # a broken champion must not take the whole service down
+            srv.load_error = f"cannot load champion {row['version']} from {row['path']}: {e}"
+            log.exception("champion of project %s failed to load", srv.project)
+
+    def ready(self) -> bool:
+        return not any(srv.load_error for srv in list(self._servers.values()))
+
+    def readiness_info(self) -> dict[str, str]:
+        """Per project: the version served, or 'no model' (or the load error)."""
+        return {p: srv.load_error or (f"model {srv.version} loaded" if srv.version else "no model")
+                for p, srv in list(self._servers.items())}
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        return {p: {**srv.stats(), "status": self.readiness_info()[p]} for p, srv in list(self._servers.items())}
+
+    def stop(self) -> None:
+        for srv in list(self._servers.values()):
+            srv.stop()
+
+
+def _serving(ctx: Context) -> Serving | None:
+    return ctx.services.get("serving")
+
+
+def activate(ctx: Context, project: str, version: str, actor: str = "api", reason: str | None = None,
+             force: bool = False) -> dict[str, Any]:
+    """Promote ``version`` in the registry and serve it (the only way to change the champion in a server).
+
+    The new model is loaded first (off the request path, requests keep flowing on the old one); then
+    the registry transaction and the swap happen under the project's swap lock. A load failure
+    leaves both the registry and serving unchanged.
+    """
+    row = registry.get_version(ctx.store, project, version)
+    registry.check_promotable(row, force)
+    serving = _serving(ctx)
+    if serving is None:
+        return registry.promote(ctx.store, project, version, actor, reason, force)
+    srv = serving.server(project)
+    with srv.swap_lock:
+        loaded = srv.load(version, row["path"])
+        result = registry.promote(ctx.store, project, version, actor, reason, force)
+        srv.install(loaded)
+    return result
+
+
+def activate_rollback(ctx: Context, project: str, actor: str = "api", reason: str | None = None) -> dict[str, Any]:
+    """Roll the registry back to the previous champion and serve it (see :func:`registry.rollback`)."""
+    serving = _serving(ctx)
+    if serving is None:
+        return registry.rollback(ctx.store, project, actor, reason)
+    srv = serving.server(project)
+    with srv.swap_lock:
+        target = registry.get_version(ctx.store, project, registry.rollback_target(ctx.store, project))
+        loaded = srv.load(target["version"], target["path"])
+        result = registry.rollback(ctx.store, project, actor, reason)
+        if result["version"] != loaded.version:  # cannot happen under the lock; never serve a stale pick
+            loaded = srv.load(result["version"], result["path"])
+        srv.install(loaded)
+    return result

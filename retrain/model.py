@@ -1,0 +1,205 @@
+"""tuneloop's own classifier: base encoder + LoRA adapter + linear head.
+
+One forward pass yields the label, the class probabilities and the pooled sentence embedding, so
+serving gets what drift detection needs without a second model call. The embedding is defined
+exactly as in :class:`tuneloop.retrain.encoder.Encoder` (L2-normalised mean pooling of the last
+hidden state), so embeddings logged by either are comparable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# OpenMP workers that spin while waiting burn the CPU that other threads and processes (the server,
+# a retrain job) need: on a busy 2-core machine, 2 spinning threads made training 15x slower.
+# Only effective before torch is first imported; an explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from tuneloop.monitor.config import ModelSettings  # noqa: E402
+from tuneloop.retrain.encoder import mean_pool, resolve_base  # noqa: E402
+
+LORA_TARGETS = ["query", "key", "value"]
+ADAPTER_DIR = "adapter"
+HEAD_FILE = "head.safetensors"
+LABELS_FILE = "labels.json"
+
+
+@dataclass
+class Predictions:
+    """What one forward pass over a list of texts gives, row-aligned with the input."""
+
+    labels: list[str]
+    probs: np.ndarray  # float32 [n, k], columns in the classifier's label order
+    embeddings: np.ndarray  # float32 [n, hidden], L2-normalised
+    confidence: np.ndarray  # float32 [n], the max probability
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def set_threads(threads: int) -> None:
+    """Apply the ``model.threads`` setting (0 leaves torch's default: all cores)."""
+    if threads > 0 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """peft still calls a transformers method that transformers 5 marks deprecated: not our users' concern."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
+def _load_base(base: str | os.PathLike[str], lora: bool):  # type: ignore[no-untyped-def]
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-load bars are noise in service and job logs
+    path = resolve_base(base)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    encoder = AutoModel.from_pretrained(path)
+    if lora:
+        encoder.requires_grad_(False)
+    return path, tokenizer, encoder
+
+
+class TextClassifier(nn.Module):
+    """Sequence classifier over a BERT-like encoder; build with :meth:`from_base` or load a version.
+
+    Attributes: ``labels`` (index -> label), ``settings`` (the ModelSettings it was built with),
+    ``base`` (the base as configured, a package name or a directory), ``dim`` (embedding size).
+    """
+
+    def __init__(self, encoder: nn.Module, tokenizer, labels: list[str], settings: ModelSettings,  # type: ignore[no-untyped-def]
+                 base: str, lora: bool = True) -> None:
+        super().__init__()
+        if len(labels) < 2 or len(set(labels)) != len(labels):
+            raise ValueError(f"a classifier needs at least two distinct labels, got {labels!r}")
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.labels = list(labels)
+        self.settings = settings
+        self.base = str(base)
+        self.lora = lora
+        self.dim = int(encoder.config.hidden_size)
+        self.dropout = nn.Dropout(float(getattr(encoder.config, "hidden_dropout_prob", 0.1)))
+        self.head = nn.Linear(self.dim, len(labels))
+
+    # ---- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_base(cls, base: str | os.PathLike[str], labels: list[str], settings: ModelSettings,
+                  lora: bool = True) -> TextClassifier:
+        """A fresh classifier: LoRA (r/alpha/dropout from settings) on query/key/value, new head.
+
+        ``lora=False`` trains every encoder weight instead (full fine-tuning, for comparison only:
+        such a model cannot be written as a version).
+        """
+        from peft import LoraConfig, get_peft_model
+
+        set_threads(settings.threads)
+        torch.manual_seed(settings.seed)
+        _, tokenizer, encoder = _load_base(base, lora)
+        if lora:
+            config = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha,
+                                lora_dropout=settings.lora_dropout, target_modules=LORA_TARGETS, bias="none")
+            with _quiet_peft():
+                encoder = get_peft_model(encoder, config)
+        return cls(encoder, tokenizer, labels, settings, str(base), lora=lora).eval()
+
+    @classmethod
+    def from_dir(cls, path: str | os.PathLike[str], base: str | os.PathLike[str], settings: ModelSettings,
+                 trainable: bool = False) -> TextClassifier:
+        """Load the adapter, head and label map saved by :meth:`save` on top of ``base``.
+
+        Unless ``trainable``, the adapter is merged into the base weights (same outputs, ~10% faster
+        inference); such a model can still be saved, but must not be trained further.
+        """
+        from peft import PeftModel
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        set_threads(settings.threads)
+        labels = json.loads((path / LABELS_FILE).read_text(encoding="utf-8"))["labels"]
+        _, tokenizer, encoder = _load_base(base, lora=True)
+        with _quiet_peft():
+            encoder = PeftModel.from_pretrained(encoder, path / ADAPTER_DIR, is_trainable=trainable)
+            if not trainable:
+                encoder.merge_adapter()
+        clf = cls(encoder, tokenizer, labels, settings, str(base))
+        clf.head.load_state_dict(load_file(path / HEAD_FILE))
+        return clf.eval()
+
+    @classmethod
+    def from_version(cls, path: str | os.PathLike[str], threads: int = 0) -> TextClassifier:
+        """Load a version directory (see :func:`tuneloop.retrain.versions.load_version`)."""
+        from tuneloop.retrain.versions import load_version
+
+        return load_version(path, threads=threads)
+
+    def save(self, path: str | os.PathLike[str]) -> list[Path]:
+        """Write adapter, head and label map into ``path``; return the files written."""
+        from safetensors.torch import save_file
+
+        if not self.lora:
+            raise ValueError("only LoRA classifiers can be saved (full fine-tuning is for comparison only)")
+        path = Path(path)
+        self.encoder.save_pretrained(path / ADAPTER_DIR)
+        head = {k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}
+        save_file(head, path / HEAD_FILE)
+        (path / LABELS_FILE).write_text(json.dumps({"labels": self.labels}, indent=2), encoding="utf-8")
+        return [p for p in path.rglob("*") if p.is_file()]
+
+    # ---- forward ------------------------------------------------------------------------------
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Pad to the longest text in this batch (not to max_length): short texts stay cheap."""
+        return dict(self.tokenizer(list(texts), padding=True, truncation=True,
+                                   max_length=self.settings.max_length, return_tensors="pt"))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (logits [n,k], L2-normalised mean-pooled embedding [n,hidden])."""
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+        pooled = mean_pool(hidden, attention_mask)
+        embedding = nn.functional.normalize(pooled, dim=-1)
+        return self.head(self.dropout(pooled)), embedding
+
+    def predict(self, texts: list[str], batch_size: int | None = None) -> Predictions:
+        """Labels, probabilities, confidence and embeddings for ``texts`` (any number; batched by length)."""
+        n = len(texts)
+        batch_size = batch_size or self.settings.serve_max_batch
+        probs = np.empty((n, len(self.labels)), dtype=np.float32)
+        emb = np.empty((n, self.dim), dtype=np.float32)
+        order = sorted(range(n), key=lambda i: len(texts[i]))  # similar lengths share a batch: less padding
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                for start in range(0, n, batch_size):
+                    idx = order[start : start + batch_size]
+                    logits, e = self(**self.tokenize([texts[i] for i in idx]))
+                    probs[idx] = torch.softmax(logits.float(), dim=-1).numpy()
+                    emb[idx] = e.float().numpy()
+        finally:
+            self.train(was_training)
+        top = probs.argmax(axis=1) if n else np.empty(0, dtype=np.int64)
+        return Predictions(
+            labels=[self.labels[i] for i in top],
+            probs=probs,
+            embeddings=emb,
+            confidence=probs.max(axis=1) if n else np.empty(0, dtype=np.float32),
+        )

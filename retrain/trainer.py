@@ -1,0 +1,240 @@
+"""The training loop: data -> split -> model -> optimiser -> epochs with validation -> best state.
+
+Read top to bottom like nanoGPT's train.py; configuration is the typed ``ModelSettings`` passed in.
+Starts from the base (new LoRA adapter + head) or continues a version's adapter + head
+(incremental retraining keeps that version's label map).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # why: see tuneloop.retrain.model; must precede torch
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from sklearn.model_selection import train_test_split  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from tuneloop.monitor.config import ModelSettings  # noqa: E402
+from tuneloop.retrain.evaluate import check_labels, classification_metrics  # noqa: E402
+from tuneloop.retrain.model import TextClassifier, set_threads  # noqa: E402
+from tuneloop.retrain.versions import data_manifest, load_version  # noqa: E402
+
+LENGTH_CHUNK_BATCHES = 50  # batches per length-sorted chunk: less padding, order still random
+
+
+@dataclass
+class TrainResult:
+    classifier: TextClassifier
+    metrics: dict[str, Any]  # best epoch's validation metrics + run facts (n_train, samples/s, ...)
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
+    manifest: dict[str, Any] = field(default_factory=dict)  # the data it saw, for the version dir
+
+
+def read_labelled(path: str | Path) -> pd.DataFrame:
+    """Read a labelled CSV or Parquet file with columns ``text`` and ``label`` (others are kept)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"labelled data {path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix in {".parquet", ".pq"}:
+        df = pd.read_parquet(path)
+    elif suffix in {".csv", ".tsv", ".txt"}:
+        try:
+            df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype={"text": str, "label": str})
+        except (pd.errors.ParserError, UnicodeDecodeError) as e:
+            raise ValueError(f"labelled data {path}: cannot parse as {suffix[1:]} ({e})") from None
+    else:
+        raise ValueError(f"labelled data {path}: expected .csv, .tsv or .parquet, got {suffix or 'no suffix'!r}")
+    return check_labelled(df, source=str(path))
+
+
+def check_labelled(df: pd.DataFrame, source: str = "data") -> pd.DataFrame:
+    """Validate columns text/label and non-empty values; return a copy with both as str."""
+    missing = {"text", "label"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{source}: missing column(s) {sorted(missing)} (found {list(df.columns)})")
+    empty = df["text"].isna() | df["label"].isna() | (df["label"].astype(str).str.strip() == "")
+    if empty.any():
+        rows = [int(i) for i in np.flatnonzero(empty.to_numpy())[:5]]
+        raise ValueError(f"{source}: {int(empty.sum())} row(s) with an empty text or label (rows {rows} ...)")
+    out = df.copy()
+    out["text"], out["label"] = out["text"].astype(str), out["label"].astype(str).str.strip()
+    return out.reset_index(drop=True)
+
+
+def _split(df: pd.DataFrame, val_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Seeded train/validation split, stratified when every class can appear on both sides."""
+    n_val = max(1, round(len(df) * val_fraction))
+    counts = df["label"].value_counts()
+    k = len(counts)
+    stratify = df["label"] if counts.min() >= 2 and n_val >= k and len(df) - n_val >= k else None
+    tr, va = train_test_split(df, test_size=n_val, random_state=seed, stratify=stratify)
+    return tr.reset_index(drop=True), va.reset_index(drop=True)
+
+
+def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffle, sort by length within chunks, cut into batches, shuffle the batches."""
+    idx = rng.permutation(len(lengths))
+    chunk = batch_size * LENGTH_CHUNK_BATCHES
+    batches: list[np.ndarray] = []
+    for s in range(0, len(idx), chunk):
+        part = idx[s : s + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+@torch.inference_mode()
+def _validate(clf: TextClassifier, va: pd.DataFrame, weights: torch.Tensor, batch_size: int) -> dict[str, Any]:
+    clf.eval()
+    texts, y = va["text"].tolist(), torch.tensor([clf.labels.index(v) for v in va["label"]])
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    loss_sum, pred = 0.0, np.empty(len(texts), dtype=np.int64)
+    for s in range(0, len(texts), batch_size):
+        b = order[s : s + batch_size]
+        logits, _ = clf(**clf.tokenize([texts[i] for i in b]))
+        loss_sum += torch.nn.functional.cross_entropy(logits, y[b], weight=weights, reduction="sum").item()
+        pred[b] = logits.argmax(-1).numpy()
+    m = classification_metrics(va["label"].tolist(), [clf.labels[i] for i in pred], clf.labels)
+    return {"val_loss": loss_sum / len(texts), **{f"val_{k}": v for k, v in m.items()}}
+
+
+def train(
+    data: pd.DataFrame,
+    labels: list[str] | None,
+    settings: ModelSettings,
+    base: str | Path | None = None,
+    init_from: Path | None = None,
+    epochs: int | None = None,
+    progress: bool = True,
+    stop_event: threading.Event | None = None,
+    log: Callable[[str], None] | None = None,
+    full_finetune: bool = False,
+) -> TrainResult:
+    """Train a classifier on ``data`` (columns text, label) and return it with its validation metrics.
+
+    From ``base`` (default ``settings.base``) with ``labels``, or, with ``init_from``, continuing that
+    version's adapter and head: its label map is kept and ``labels`` (if given) must be the same set.
+    Early stopping keeps the epoch with the best validation macro-F1 (ties: lower loss). Setting
+    ``stop_event`` ends training after the current step; the best state so far is returned with
+    ``metrics["stopped"] == "stop_event"``.
+    """
+    say = log or (lambda _msg: None)
+    epochs = epochs or settings.epochs
+    set_threads(settings.threads)
+    data = check_labelled(data)
+    if len(data) < 2:
+        raise ValueError(f"need at least 2 labelled rows to train, got {len(data)}")
+
+    # ---- model: fresh from the base, or continue a version ----------------------------------------
+    if init_from is not None:
+        clf = load_version(init_from, threads=settings.threads, trainable=True)
+        if labels is not None and set(labels) != set(clf.labels):
+            raise ValueError(f"version {Path(init_from).name} has labels {clf.labels}, not {list(labels)}: "
+                             "incremental training keeps a version's label map; train from the base instead")
+        clf.settings = settings
+        say(f"continuing version {Path(init_from).name} (labels {clf.labels})")
+    else:
+        if not labels:
+            raise ValueError("labels are required when training from the base")
+        check_labels(data["label"].unique().tolist(), labels)  # fail before loading anything
+        clf = TextClassifier.from_base(base or settings.base, list(labels), settings, lora=not full_finetune)
+        say(f"training from base {clf.base} (labels {clf.labels})")
+    check_labels(data["label"].unique().tolist(), clf.labels)
+
+    # ---- data: split, class weights, batches --------------------------------------------------------
+    tr, va = _split(data, settings.val_fraction, settings.seed)
+    texts, lengths = tr["text"].tolist(), tr["text"].str.len().to_numpy()
+    y = torch.tensor([clf.labels.index(v) for v in tr["label"]])
+    counts = np.bincount(y.numpy(), minlength=len(clf.labels))
+    present = int((counts > 0).sum())
+    weights = torch.tensor(np.where(counts > 0, len(y) / (present * np.maximum(counts, 1)), 1.0),
+                           dtype=torch.float32)  # inverse frequency: rare classes count as much as common ones
+    say(f"{len(tr)} training rows, {len(va)} validation rows, class counts "
+        f"{dict(zip(clf.labels, counts.tolist(), strict=True))}")
+
+    # ---- optimiser: AdamW with linear warm-up and decay --------------------------------------------
+    params = [p for p in clf.parameters() if p.requires_grad]
+    head = [p for p in clf.head.parameters() if p.requires_grad]
+    body = [p for n, p in clf.named_parameters() if p.requires_grad and not n.startswith("head.")]
+    opt = torch.optim.AdamW([{"params": body, "lr": settings.learning_rate},
+                             {"params": head, "lr": settings.head_learning_rate}], weight_decay=0.01)
+    total = epochs * math.ceil(len(tr) / settings.batch_size)
+    warmup = max(1, total // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warmup, max(0.05, (total - s) / max(1, total - warmup))))
+
+    # ---- loop ---------------------------------------------------------------------------------------
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    best_state: dict[str, torch.Tensor] = {}
+    stopped, bad_epochs, train_seconds, train_cpu_seconds, seen_total = None, 0, 0.0, 0.0, 0
+    for epoch in range(1, epochs + 1):
+        clf.train()
+        t0, c0, seen, loss_sum = time.perf_counter(), time.process_time(), 0, 0.0
+        bar = tqdm(_batches(lengths, settings.batch_size, rng), desc=f"epoch {epoch}/{epochs}",
+                   unit="batch", disable=not progress, leave=False)
+        for b in bar:
+            if stop_event is not None and stop_event.is_set():
+                stopped = "stop_event"
+                break
+            logits, _ = clf(**clf.tokenize([texts[i] for i in b]))
+            loss = torch.nn.functional.cross_entropy(logits, y[b], weight=weights)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            seen, loss_sum = seen + len(b), loss_sum + loss.item() * len(b)
+            bar.set_postfix(loss=f"{loss.item():.3f}", samples_s=f"{seen / (time.perf_counter() - t0):.1f}")
+        bar.close()
+        train_seconds += time.perf_counter() - t0
+        train_cpu_seconds += time.process_time() - c0  # CPU time: comparable on a busy machine
+        seen_total += seen
+        row = {"epoch": epoch, "train_loss": loss_sum / seen if seen else None,
+               "samples_per_s": seen / max(time.perf_counter() - t0, 1e-9),
+               **_validate(clf, va, weights, settings.serve_max_batch)}
+        history.append(row)
+        train_loss = f"{row['train_loss']:.4f}" if seen else "-"
+        say(f"epoch {epoch}/{epochs}: train_loss {train_loss} val_loss {row['val_loss']:.4f} "
+            f"val_accuracy {row['val_accuracy']:.3f} val_macro_f1 {row['val_macro_f1']:.3f} "
+            f"({row['samples_per_s']:.1f} samples/s)")
+        if best is None or (row["val_macro_f1"], -row["val_loss"]) > (best["val_macro_f1"], -best["val_loss"]):
+            best, bad_epochs = row, 0
+            best_state = {n: p.detach().clone() for n, p in clf.named_parameters() if p.requires_grad}
+        else:
+            bad_epochs += 1
+        if stopped:
+            break
+        if bad_epochs >= max(1, settings.patience):  # patience 0: stop at the first non-improving epoch
+            stopped = "early_stopping"
+            say(f"early stopping: no validation improvement for {bad_epochs} epoch(s)")
+            break
+
+    # ---- keep the best epoch ------------------------------------------------------------------------
+    with torch.no_grad():
+        for n, p in clf.named_parameters():
+            if n in best_state:
+                p.copy_(best_state[n])
+    clf.eval()
+    assert best is not None
+    metrics = {k: v for k, v in best.items() if k.startswith("val_")}
+    metrics.update(best_epoch=best["epoch"], epochs_run=len(history), stopped=stopped,
+                   n_train=len(tr), n_val=len(va), train_seconds=round(train_seconds, 3),
+                   train_cpu_seconds=round(train_cpu_seconds, 3),
+                   train_samples_per_s=seen_total / max(train_seconds, 1e-9))
+    say(f"best epoch {best['epoch']}: val_accuracy {metrics['val_accuracy']:.3f} "
+        f"val_macro_f1 {metrics['val_macro_f1']:.3f}")
+    return TrainResult(clf, metrics, history, data_manifest(data))

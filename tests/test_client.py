@@ -1,0 +1,132 @@
+"""The Python SDK against a real server: batching, flush on close, retries, idempotency, errors."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from tuneloop.monitor.client import BufferFullError, Client, predictions_table
+
+
+def ids_in(store, ids):  # type: ignore[no-untyped-def]
+    return set(store.get_predictions(list(ids))["id"])
+
+
+def test_close_flushes_every_logged_row(module_server):
+    srv = module_server
+    with Client(srv.url, srv.tokens["ingest"], batch_size=300, flush_interval=5) as tl:
+        ids = [tl.log_prediction(f"text {i}", "positive", probs={"positive": 0.7, "negative": 0.3},
+                                 embedding=np.full(384, 0.1, np.float32), model_version="v9",
+                                 ts=datetime(2025, 2, 3, 4, 5, 6, tzinfo=UTC), metadata={"i": i})
+               for i in range(1234)]
+        assert tl.pending > 0  # still buffered: flush_interval is long and close() must send them
+    assert tl.errors == [] and tl.sent["predictions"] == 1234
+    assert ids_in(srv.store, ids) == set(ids)
+    row = srv.store.get_predictions([ids[5]]).iloc[0]
+    assert row["ts"] == datetime(2025, 2, 3, 4, 5, 6) and row["confidence"] == pytest.approx(0.7)
+    assert row["metadata"] == '{"i":5}' and len(row["embedding"]) == 384
+
+
+def test_feedback_follows_its_prediction_and_retries_are_noops(module_server):
+    srv = module_server
+    with Client(srv.url, srv.tokens["label"], batch_size=50, flush_interval=0.05) as tl:
+        pid = tl.log_prediction("late again", "negative", id="fixed-id-" + str(time.time_ns()))
+        fid = tl.log_feedback(pid, "neutral", annotator="ana")
+        assert tl.flush(30)
+        again = tl.log_prediction("late again", "negative", id=pid)  # same id: stored once
+        assert again == pid and tl.flush(30)
+    assert tl.errors == []
+    fb = srv.store.query("SELECT id, label, annotator FROM feedback WHERE prediction_id = ?", [pid])
+    assert fb.to_dict("records") == [{"id": fid, "label": "neutral", "annotator": "ana"}]
+    assert len(srv.store.get_predictions([pid])) == 1
+
+
+def test_only_the_records_the_server_refuses_are_set_aside(module_server):
+    srv = module_server
+    with Client(srv.url, srv.tokens["ingest"], batch_size=100) as tl:
+        good = [tl.log_prediction(f"fine {i}", "neutral") for i in range(8)]
+        bad_label = tl.log_prediction("odd", "furious")
+        bad_dim = tl.log_prediction("odd", "neutral", embedding=[0.0] * 3)
+        assert tl.flush(30)
+    refused = {i for e in tl.errors for i in e.ids}
+    assert refused == {bad_label, bad_dim} and all(e.status == 422 for e in tl.errors)
+    assert ids_in(srv.store, good) == set(good) and not ids_in(srv.store, refused)
+    assert tl.errors[0].records[0]["text"] == "odd"  # kept, so the caller can fix and resend
+
+
+def test_permanent_4xx_is_recorded_not_retried(module_server):
+    srv = module_server
+    tl = Client(srv.url, srv.tokens["ingest"], max_retries=5, backoff=5)
+    tl.log_feedback("some-id", "neutral")  # feedback needs role label
+    start = time.monotonic()
+    assert tl.flush(30)
+    assert time.monotonic() - start < 4  # no backoff sleeps
+    assert [(e.kind, e.status) for e in tl.errors] == [("feedback", 403)]
+    tl.close()
+
+
+def test_caller_errors_raise_immediately(module_server):
+    with Client(module_server.url, module_server.tokens["ingest"]) as tl:
+        with pytest.raises(TypeError):
+            tl.log_prediction(None, "neutral")  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            tl.log_prediction("x", "neutral", metadata={"bad": float("nan")})
+        with pytest.raises(ValueError):
+            tl.log_feedback("x", "neutral", source="oracle")
+    with pytest.raises(RuntimeError):
+        tl.log_prediction("x", "neutral")
+
+
+def test_full_buffer_raises_or_blocks(module_server):
+    from conftest import free_port
+
+    down = Client(f"http://127.0.0.1:{free_port()}", "t", max_buffer=10, on_full="raise", max_retries=100,
+                  flush_interval=60)
+    for i in range(10):
+        down.log_prediction(f"t{i}", "neutral")
+    with pytest.raises(BufferFullError):
+        down.log_prediction("one too many", "neutral")
+    assert not down.close(timeout=0.5)  # nothing could be sent: all of it is reported, none dropped silently
+    assert sum(len(e.ids) for e in down.errors) == 10
+
+    srv = module_server
+    with Client(srv.url, srv.tokens["ingest"], max_buffer=20, batch_size=10, flush_interval=0.01) as tl:
+        ids = [tl.log_prediction(f"b{i}", "neutral") for i in range(100)]  # blocks while the buffer is full
+    assert tl.errors == [] and ids_in(srv.store, ids) == set(ids)
+
+
+def test_rows_logged_while_the_server_is_down_arrive_exactly_once(tmp_path, running_server):
+    srv = running_server(tmp_path, subprocess=True)
+    tl = Client(srv.url, srv.tokens["ingest"], batch_size=100, flush_interval=0.05, max_retries=60,
+                backoff=0.05, max_backoff=0.5)
+    first = [tl.log_prediction(f"before {i}", "positive") for i in range(200)]
+    assert tl.flush(60) and tl.sent["predictions"] == 200  # acknowledged = committed
+    srv.kill()  # SIGKILL: nothing gets to clean up
+    second = [tl.log_prediction(f"during {i}", "negative") for i in range(300)]
+    time.sleep(1.0)  # the sender is now retrying against a dead port
+    assert not tl.flush(0.1)
+    srv.start()  # same port, same database
+    assert tl.flush(60)
+    assert tl.close() and tl.errors == []
+    srv.stop()
+    from tuneloop.monitor.store import Store
+
+    with Store(srv.settings.db_path) as store:
+        assert store.count_predictions() == 500  # each row once: the acknowledged ones survived the kill
+        assert ids_in(store, first + second) == set(first + second)
+
+
+def test_predictions_table_is_what_the_server_expects():
+    table = predictions_table([
+        ("a", "t", "neutral", None, None, None, None, 1_700_000_000.5, None),
+        ("b", "u", "positive", 0.9, {"positive": 0.9, "neutral": 0.1}, [0.5, 0.5], "v1",
+         datetime(2024, 1, 1), '{"k":1}'),
+    ])
+    assert table.column_names == ["id", "text", "label", "ts", "confidence", "probs", "embedding", "model_version",
+                                  "metadata"]
+    assert table["ts"][0].as_py() == datetime.fromtimestamp(1_700_000_000.5, UTC)
+    assert table["ts"][1].as_py() == datetime(2024, 1, 1, tzinfo=UTC)
+    assert table["embedding"].to_pylist() == [None, [0.5, 0.5]]

@@ -1,0 +1,136 @@
+"""Poisoned feedback never reaches production: 20 seeded challengers trained on bad labels, 0 promotions.
+
+Each challenger continues the champion's adapter (as a retrain does) on feedback an attacker
+controls: labels flipped to the next class, positive/negative swapped, uniformly random, all one
+class, or half of them flipped. Real (tiny) training, then the promotion gate on the same rows for
+both models, then the registry, where every rejection is recorded with its reasons.
+
+Two threat models: the attacker controls the training feedback but the holdout is the operator's
+trusted recent labels (the holdout check rejects), or the whole stream including the holdout is
+poisoned (the pinned golden set rejects). Clean challengers trained the same way are promoted, so
+the gate is not simply refusing everything.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pandas as pd
+import pytest
+
+from tuneloop.monitor import registry
+from tuneloop.monitor.config import RetrainSettings
+from tuneloop.monitor.store import Store
+from tuneloop.retrain import gate
+from tuneloop.retrain.evaluate import evaluate
+from tuneloop.retrain.tiny import keyword_sentiment
+from tuneloop.retrain.trainer import train
+from tuneloop.retrain.versions import load_version, write_version
+
+LABELS = ["negative", "neutral", "positive"]
+GATE = RetrainSettings(min_holdout=30, gate_margin=0.02, golden_tolerance=0.02, recall_tolerance=0.10)
+N_TRAIN, N_HOLDOUT, EPOCHS = 72, 120, 3
+POISONS = ["flip", "swap", "random", "constant", "half-flip"]
+
+
+def poison(labels: list[str], kind: str, rng: random.Random) -> list[str]:
+    if kind == "flip":
+        return [LABELS[(LABELS.index(y) + 1) % 3] for y in labels]
+    if kind == "swap":
+        return [{"negative": "positive", "positive": "negative"}.get(y, y) for y in labels]
+    if kind == "random":
+        return [rng.choice(LABELS) for _ in labels]
+    if kind == "constant":
+        return ["positive"] * len(labels)
+    if kind == "half-flip":
+        return [LABELS[(LABELS.index(y) + 1) % 3] if rng.random() < 0.5 else y for y in labels]
+    raise ValueError(kind)
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory, sentiment_version, sentiment_settings):
+    root = tmp_path_factory.mktemp("poison")
+    store = Store(root / "t.duckdb")
+    models = root / "models"
+    champion_dir = write_version(models, "v0", load_version(sentiment_version), {}, {"n_rows": 240})
+    registry.register_dir(store, "default", models, "v0")
+    registry.promote(store, "default", "v0", "test")
+    champion = load_version(champion_dir)
+    golden = keyword_sentiment(60, seed=999)
+    yield {"store": store, "models": models, "champion_dir": champion_dir, "settings": sentiment_settings,
+           "golden": golden, "champion_golden": evaluate(champion, golden), "champion": champion}
+    store.close()
+
+
+def challenge(s: dict, seed: int, kind: str | None, poisoned_holdout: bool) -> tuple[str, gate.Decision]:
+    """Train a challenger on (possibly poisoned) feedback, gate it against the champion, record the verdict."""
+    rng = random.Random(seed)
+    data = keyword_sentiment(N_TRAIN + N_HOLDOUT, seed=1000 + seed)
+    fit, holdout = data.iloc[:N_TRAIN].reset_index(drop=True), data.iloc[N_TRAIN:].reset_index(drop=True)
+    if kind is not None:
+        fit = fit.assign(label=poison(fit["label"].tolist(), kind, rng))
+        if poisoned_holdout:
+            holdout = holdout.assign(label=poison(holdout["label"].tolist(), kind, rng))
+    result = train(fit, None, s["settings"], init_from=s["champion_dir"], epochs=EPOCHS, progress=False)
+    challenger = {"holdout": evaluate(result.classifier, holdout), "golden": evaluate(result.classifier, s["golden"])}
+    champion = {"holdout": evaluate(s["champion"], holdout), "golden": s["champion_golden"]}
+    decision = gate.decide(challenger, champion, GATE)
+    version = f"c{seed}-{kind or 'clean'}"
+    write_version(s["models"], version, result.classifier, {**result.metrics, **challenger, "champion": champion},
+                  {"n_rows": len(fit), "poison": kind}, parent="v0")
+    registry.register_dir(s["store"], "default", s["models"], version)
+    if decision.promote:
+        registry.promote(s["store"], "default", version, "gate", decision.summary)
+    else:
+        registry.reject(s["store"], "default", version, decision.reasons)
+    return version, decision
+
+
+@pytest.mark.slow
+def test_poisoned_challengers_are_never_promoted(setting, figure):
+    verdicts = []
+    for seed in range(20):
+        kind = POISONS[seed % len(POISONS)]
+        poisoned_holdout = seed >= 15  # the last five: the whole stream is poisoned, only the golden set is clean
+        version, decision = challenge(setting, seed, kind, poisoned_holdout)
+        verdicts.append((version, decision))
+        failed = {c.name for c in decision.checks if not c.passed}
+        assert not decision.promote, (version, decision.summary, decision.reasons)
+        # a trusted holdout catches the poison itself; a poisoned one is caught by the pinned golden set
+        assert failed & ({"golden_accuracy"} if poisoned_holdout else {"holdout_accuracy", "class_recall"}), \
+            (version, decision.reasons)
+    store = setting["store"]
+    assert registry.champion(store, "default")["version"] == "v0"
+    rows = {r["version"]: r for r in registry.list_versions(store, "default")}
+    for version, decision in verdicts:
+        assert rows[version]["status"] == "rejected" and rows[version]["reasons"] == decision.reasons
+        assert rows[version]["reasons"], version
+    with pytest.raises(registry.PromotionRefused, match="was rejected"):
+        registry.promote(store, "default", verdicts[0][0], "someone")
+    by_check: dict[str, int] = {}
+    for _, d in verdicts:
+        for c in d.checks:
+            if not c.passed:
+                by_check[c.name] = by_check.get(c.name, 0) + 1
+    figure("poisoning: promotions of poisoned challengers", f"0 of {len(verdicts)} (failed checks: {by_check})")
+
+
+@pytest.mark.slow
+def test_clean_challengers_trained_the_same_way_are_promoted(setting):
+    """The control: the same recipe on honest feedback beats the champion, so rejections above mean something."""
+    promoted = []
+    for seed in (100, 101):
+        version, decision = challenge(setting, seed, None, False)
+        promoted.append(decision.promote)
+        assert decision.promote, (version, decision.reasons)
+        assert registry.champion(setting["store"], "default")["version"] == version
+    assert all(promoted)
+
+
+def test_poison_kinds_change_the_labels():
+    rng = random.Random(0)
+    labels = keyword_sentiment(30)["label"].tolist()
+    for kind in POISONS:
+        changed = sum(a != b for a, b in zip(labels, poison(labels, kind, rng), strict=True))
+        assert changed >= (5 if kind in ("random", "half-flip") else 10), kind
+    assert pd.Series(poison(labels, "constant", rng)).nunique() == 1

