@@ -931,6 +931,68 @@ def retention_run(
                f"{out['hours_rolled_up']} hours of labelled accuracy kept in the rollup")
 
 
+# -- drift checks and alerts ------------------------------------------------------------------------
+
+alerts_app = typer.Typer(help="List and acknowledge drift alerts.", no_args_is_help=True)
+app.add_typer(alerts_app, name="alerts")
+
+
+@app.command()
+def check(project: ProjectOpt = "default") -> None:
+    """Run the drift checks now (through the server when one runs) and print the results."""
+    s = settings()
+    client = api_client(s)
+    if client is not None:
+        print_json(api_call(client, "POST", "/v1/checks", params={"project": project}))
+        return
+    from tuneloop.monitor.checks import NotEnoughData, run_drift_checks
+
+    store = open_store(s)
+    try:
+        print_json(run_drift_checks(store, s, project).as_json())
+    except NotEnoughData as e:
+        fail(str(e))
+    finally:
+        store.close()
+
+
+@alerts_app.command("list")
+def alerts_list(
+    project: ProjectOpt = "default",
+    status: Annotated[str | None, typer.Option(help="open | closed")] = None,
+) -> None:
+    """Alerts, newest first."""
+    s = settings()
+    client = api_client(s)
+    params = {"project": project, **({"status": status} if status else {})}
+    if client is not None:
+        print_json(api_call(client, "GET", "/v1/alerts", params=params))
+        return
+    from tuneloop.monitor.alerts import list_alerts
+
+    store = open_store(s, read_only=True)
+    print_json({"items": list_alerts(store, project, status)})
+    store.close()
+
+
+@alerts_app.command("ack")
+def alerts_ack(alert_id: int) -> None:
+    """Acknowledge an alert."""
+    s = settings()
+    client = api_client(s)
+    if client is not None:
+        print_json(api_call(client, "POST", f"/v1/alerts/{alert_id}/ack"))
+        return
+    from tuneloop.monitor.alerts import ack_alert
+
+    store = open_store(s)
+    alert = ack_alert(store, alert_id, "cli")
+    store.close()
+    if alert is None:
+        fail(f"no alert {alert_id}")
+    print_json(alert)
+
+
 def run() -> None:  # pragma: no cover - console entry for `python -m`
     app(prog_name="tuneloop")
 

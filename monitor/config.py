@@ -162,6 +162,8 @@ class EmbedderSettings(Section):
     """Encoder for those embeddings ("" = model.base, the packaged all-MiniLM-L6-v2)."""
     poll_seconds: float = Field(1.0, gt=0)
     """How often an idle embedder looks for rows without an embedding."""
+    nice: int = Field(10, ge=0, le=19)
+    """OS priority of the embedding thread (Linux nice): it yields the CPU to ingestion and serving."""
 
 
 class LabelQueueSettings(Section):

@@ -21,6 +21,7 @@ appends are serialised with it by the store's write lock.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -252,6 +253,7 @@ class BackgroundEmbedder:
             self._thread = None
 
     def _loop(self) -> None:
+        lower_priority(self.settings.embedder.nice)
         poll = self.settings.embedder.poll_seconds
         backoff = poll
         while not self._stop.is_set():
@@ -278,6 +280,21 @@ class BackgroundEmbedder:
     def _wait(self, seconds: float) -> None:
         self._wake.wait(seconds)
         self._wake.clear()
+
+
+def lower_priority(nice: int) -> None:
+    """Give the calling thread (and the torch worker threads it starts) a lower OS priority.
+
+    Linux schedules threads individually and a thread inherits its creator's nice value, so the
+    encoder's OpenMP pool, created on this thread's first forward pass, runs at the same priority:
+    under contention the CPU goes to request handling first. Best effort elsewhere.
+    """
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except OSError as e:
+        log.info("could not lower the embedder's priority: %s", e)
 
 
 class _Gauges:

@@ -77,3 +77,30 @@ def test_serve_prints_url_and_answers(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_check_and_alerts_commands_offline(tmp_path):
+    import numpy as np
+
+    from tuneloop.monitor.store import Store
+
+    rng = np.random.default_rng(0)
+    store = Store(tmp_path / "d" / "tuneloop.duckdb")
+    rows = [{"id": f"r{i}", "text": f"text number {i}", "label": ["negative", "positive"][i % 2],
+             "confidence": 0.9, "embedding": (rng.standard_normal(8) + (3 if i >= 300 else 0)).tolist()}
+            for i in range(600)]
+    store.append_predictions(rows[:300])  # first traffic: the reference
+    store.append_predictions(rows[300:])  # shifted traffic
+    store.close()
+    env = {"TUNELOOP_DRIFT__WINDOW_SIZE": "300", "TUNELOOP_DRIFT__OPEN_AFTER": "1"}
+    out = tuneloop("--data-dir", "d", "check", cwd=tmp_path, env=env).stdout
+    import json
+
+    run = json.loads(out)
+    embedding = next(r for r in run["results"] if r["metric"] == "embedding_drift")
+    assert embedding["drifted"] is True
+    alerts = json.loads(tuneloop("--data-dir", "d", "alerts", "list", "--status", "open", cwd=tmp_path).stdout)
+    assert any(a["kind"] == "embedding_drift" for a in alerts["items"])
+    alert_id = alerts["items"][0]["id"]
+    acked = json.loads(tuneloop("--data-dir", "d", "alerts", "ack", str(alert_id), cwd=tmp_path).stdout)
+    assert acked["acked_by"] == "cli"

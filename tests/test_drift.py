@@ -55,20 +55,21 @@ def topic_of(text: str) -> str:
     return next((name for name, rule in TOPIC_RULES if re.search(rule, low)), "other")
 
 
-def embed(texts: list[str], cache: pytest.Cache) -> np.ndarray:
+def embed(texts: list[str], cache: pytest.Cache | None) -> np.ndarray:
     """Packaged-encoder embeddings, kept in pytest's cache directory between runs (keyed by texts and model)."""
     from tuneloop.retrain.encoder import BASE_PACKAGE, Encoder, resolve_base
 
     model_dir = resolve_base(BASE_PACKAGE)
     weights = sorted((p.name, p.stat().st_size) for p in model_dir.iterdir() if p.is_file())
     key = hashlib.sha256(json.dumps([texts, str(model_dir), weights]).encode()).hexdigest()[:16]
-    path = cache.mkdir("tuneloop-drift-embeddings") / f"{key}.npy"
-    if path.exists():
+    path = cache.mkdir("tuneloop-drift-embeddings") / f"{key}.npy" if cache is not None else None
+    if path is not None and path.exists():
         return np.load(path)
     order = np.argsort([len(t) for t in texts])  # similar lengths per batch: less padding
     emb = np.empty((len(texts), 384), dtype=np.float32)
     emb[order] = Encoder().encode([texts[i] for i in order], batch_size=128)
-    np.save(path, emb)
+    if path is not None:
+        np.save(path, emb)
     return emb
 
 
@@ -90,7 +91,7 @@ def corpus(request: pytest.FixtureRequest) -> pd.DataFrame:
         parts.append(rows.iloc[rng.permutation(len(rows))[:n]])
     df = pd.concat(parts, ignore_index=True)
 
-    emb = embed(df["text"].tolist(), request.config.cache)
+    emb = embed(df["text"].tolist(), getattr(request.config, "cache", None))
 
     df["train"] = False
     df.loc[np.flatnonzero(df["topic"] == "airline")[:N_TRAIN], "train"] = True

@@ -2,8 +2,9 @@
 
 Each challenger continues the champion's adapter (as a retrain does) on feedback an attacker
 controls: labels flipped to the next class, positive/negative swapped, uniformly random, all one
-class, or half of them flipped. Real (tiny) training, then the promotion gate on the same rows for
-both models, then the registry, where every rejection is recorded with its reasons.
+class, or one class relabelled as another (a targeted attack). Real (tiny, single-threaded, so
+deterministic) training, then the promotion gate on the same rows for both models, then the
+registry, where every rejection is recorded with its reasons.
 
 Two threat models: the attacker controls the training feedback but the holdout is the operator's
 trusted recent labels (the holdout check rejects), or the whole stream including the holdout is
@@ -25,12 +26,12 @@ from tuneloop.retrain import gate
 from tuneloop.retrain.evaluate import evaluate
 from tuneloop.retrain.tiny import keyword_sentiment
 from tuneloop.retrain.trainer import train
-from tuneloop.retrain.versions import load_version, write_version
+from tuneloop.retrain.versions import write_version
 
 LABELS = ["negative", "neutral", "positive"]
 GATE = RetrainSettings(min_holdout=30, gate_margin=0.02, golden_tolerance=0.02, recall_tolerance=0.10)
 N_TRAIN, N_HOLDOUT, EPOCHS = 72, 120, 3
-POISONS = ["flip", "swap", "random", "constant", "half-flip"]
+POISONS = ["flip", "swap", "random", "constant", "targeted"]
 
 
 def poison(labels: list[str], kind: str, rng: random.Random) -> list[str]:
@@ -42,23 +43,25 @@ def poison(labels: list[str], kind: str, rng: random.Random) -> list[str]:
         return [rng.choice(LABELS) for _ in labels]
     if kind == "constant":
         return ["positive"] * len(labels)
-    if kind == "half-flip":
-        return [LABELS[(LABELS.index(y) + 1) % 3] if rng.random() < 0.5 else y for y in labels]
+    if kind == "targeted":  # every negative text taught as positive
+        return ["positive" if y == "negative" else y for y in labels]
     raise ValueError(kind)
 
 
 @pytest.fixture(scope="module")
-def setting(tmp_path_factory, sentiment_version, sentiment_settings):
+def setting(tmp_path_factory, sentiment_base, sentiment_settings):
+    """A champion that is good but not perfect (so honest feedback can improve it), trained here, one thread."""
     root = tmp_path_factory.mktemp("poison")
     store = Store(root / "t.duckdb")
     models = root / "models"
-    champion_dir = write_version(models, "v0", load_version(sentiment_version), {}, {"n_rows": 240})
+    model_settings = sentiment_settings.model_copy(update={"threads": 1})
+    first = train(keyword_sentiment(90, seed=42), LABELS, model_settings, epochs=4, progress=False)
+    champion_dir = write_version(models, "v0", first.classifier, first.metrics, first.manifest)
     registry.register_dir(store, "default", models, "v0")
     registry.promote(store, "default", "v0", "test")
-    champion = load_version(champion_dir)
     golden = keyword_sentiment(60, seed=999)
-    yield {"store": store, "models": models, "champion_dir": champion_dir, "settings": sentiment_settings,
-           "golden": golden, "champion_golden": evaluate(champion, golden), "champion": champion}
+    yield {"store": store, "models": models, "champion_dir": champion_dir, "settings": model_settings,
+           "golden": golden, "champion_golden": evaluate(first.classifier, golden), "champion": first.classifier}
     store.close()
 
 
@@ -132,5 +135,5 @@ def test_poison_kinds_change_the_labels():
     labels = keyword_sentiment(30)["label"].tolist()
     for kind in POISONS:
         changed = sum(a != b for a, b in zip(labels, poison(labels, kind, rng), strict=True))
-        assert changed >= (5 if kind in ("random", "half-flip") else 10), kind
+        assert changed >= (5 if kind in ("random", "targeted") else 10), kind
     assert pd.Series(poison(labels, "constant", rng)).nunique() == 1
