@@ -155,7 +155,7 @@ class BackgroundEmbedder:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._rounds: deque[tuple[float, int]] = deque()  # (finished at, rows) over the last RATE_WINDOW s
+        self._rounds: deque[tuple[float, float, int]] = deque()  # (started, finished, rows), last RATE_WINDOW s
         self.embedded_total = 0
         self.pending = 0
         self.pending_projects: dict[str, int] = {}
@@ -178,6 +178,7 @@ class BackgroundEmbedder:
 
     def run_once(self, limit: int | None = None) -> int:
         """Embed up to ``limit`` (default ``batch_size``) of the oldest rows without one; returns rows written."""
+        started = time.monotonic()
         rows = self.store.cursor().execute(
             """SELECT project, id, text, ingest_seq FROM predictions WHERE embedding IS NULL
                ORDER BY ingest_seq, project, id LIMIT ?""",
@@ -189,7 +190,7 @@ class BackgroundEmbedder:
         vectors = self.encode(texts)
         written = write_embeddings(self.store, projects, ids, seqs, vectors)
         self.embedded_total += written
-        self._rounds.append((time.monotonic(), written))
+        self._rounds.append((started, time.monotonic(), written))
         self._metrics.embedded.inc(written)
         return written
 
@@ -208,12 +209,11 @@ class BackgroundEmbedder:
     # -- progress --------------------------------------------------------------------------------
     def rows_per_second(self) -> float:
         now = time.monotonic()
-        while self._rounds and now - self._rounds[0][0] > self.RATE_WINDOW:
+        while self._rounds and now - self._rounds[0][1] > self.RATE_WINDOW:
             self._rounds.popleft()
         if not self._rounds:
             return 0.0
-        span = max(now - self._rounds[0][0], 1.0)
-        return sum(n for _, n in self._rounds) / span
+        return sum(n for _, _, n in self._rounds) / max(now - self._rounds[0][0], 1e-3)
 
     def refresh_pending(self, force: bool = False) -> None:
         """Recount pending rows (at most once a second unless ``force``) and publish the gauges."""

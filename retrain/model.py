@@ -171,7 +171,10 @@ class TextClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (logits [n,k], L2-normalised mean-pooled embedding [n,hidden])."""
+        """Return (logits [n,k], L2-normalised mean-pooled embedding [n,hidden]).
+
+        The head reads the pooled vector before normalisation (its norm carries signal too).
+        """
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                               token_type_ids=token_type_ids).last_hidden_state
         pooled = mean_pool(hidden, attention_mask)

@@ -9,6 +9,7 @@ Layout of ``<models_dir>/<version>/``::
     metrics.json           validation / evaluation metrics
     manifest.json          the data it saw: rows, counts per class, sha256 of the sorted (text, label) pairs
     ids.txt                optional: ids of the rows it saw, one per line
+    *.parquet              optional extra files written with it (e.g. reference.parquet, the drift reference)
     COMPLETE               written last
 
 Everything is first written to ``<models_dir>/.tmp-<version>-...`` and fsynced, then renamed into

@@ -108,10 +108,13 @@ def test_every_operation_survives_fuzzing(fuzz_server, figure):
 
     for op in operations:
         key = (op.method.upper(), op.path)
-        for mode, n in EXAMPLES.items():
-            n = EXPENSIVE.get(key, n)
+        plans = [(mode, EXPENSIVE.get(key, n), {}) for mode, n in EXAMPLES.items()]
+        if any(p.get("name") == "project" and p.get("in") == "query" for p in op.definition.raw.get("parameters", [])):
+            # random project names mostly meet "unknown project": also fuzz the project that holds the data
+            plans.append((GenerationMode.POSITIVE, EXPENSIVE.get(key, 8), {"query": {"project": "default"}}))
+        for mode, n, fixed in plans:
 
-            @given(case=op.as_strategy(generation_mode=mode))
+            @given(case=op.as_strategy(generation_mode=mode, **fixed))
             @settings(max_examples=n, deadline=None, database=None, derandomize=True, print_blob=False,
                       phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
             def fuzz(case: Any) -> None:

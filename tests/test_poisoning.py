@@ -29,8 +29,10 @@ from tuneloop.retrain.trainer import train
 from tuneloop.retrain.versions import write_version
 
 LABELS = ["negative", "neutral", "positive"]
-GATE = RetrainSettings(min_holdout=30, gate_margin=0.02, golden_tolerance=0.02, recall_tolerance=0.10)
-N_TRAIN, N_HOLDOUT, EPOCHS = 72, 120, 3
+GATE = RetrainSettings()
+"""The shipped gate: margin 0.02 on the holdout, golden tolerance 0.02, recall tolerance 0.10."""
+N_TRAIN, N_HOLDOUT, EPOCHS = 150, 120, 4
+CHAMPION_ROWS, CHAMPION_EPOCHS = 240, 7
 POISONS = ["flip", "swap", "random", "constant", "targeted"]
 
 
@@ -54,8 +56,9 @@ def setting(tmp_path_factory, sentiment_base, sentiment_settings):
     root = tmp_path_factory.mktemp("poison")
     store = Store(root / "t.duckdb")
     models = root / "models"
-    model_settings = sentiment_settings.model_copy(update={"threads": 1})
-    first = train(keyword_sentiment(90, seed=42), LABELS, model_settings, epochs=4, progress=False)
+    model_settings = sentiment_settings.model_copy(update={"threads": 1, "patience": 8})
+    first = train(keyword_sentiment(CHAMPION_ROWS, seed=42), LABELS, model_settings, epochs=CHAMPION_EPOCHS,
+                  progress=False)
     champion_dir = write_version(models, "v0", first.classifier, first.metrics, first.manifest)
     registry.register_dir(store, "default", models, "v0")
     registry.promote(store, "default", "v0", "test")
