@@ -175,7 +175,9 @@ def ingest_latency(args: argparse.Namespace, directory: Path) -> float:
         state = "on " if enabled else "off"
         print(f"embedder {state}: {len(lat)} requests of 10 records at {args.rate}/s: "
               f"p50 {np.percentile(lat, 50):6.1f} ms  p99 {np.percentile(lat, 99):6.1f} ms  max {lat.max():6.1f} ms; "
-              f"pending embeddings {p_before} -> {p_after}")
+              f"pending embeddings {p_before} -> {p_after}"
+              + (f" (embedded {(p_before + 10 * len(lat) - p_after) / args.seconds:.1f} rows/s meanwhile)"
+                 if enabled else ""))
     on, off = np.concatenate(results[True]), np.concatenate(results[False])
     print(f"pooled: p99 off {np.percentile(off, 99):.1f} ms, on {np.percentile(on, 99):.1f} ms "
           f"(p50 off {np.percentile(off, 50):.1f} ms, on {np.percentile(on, 50):.1f} ms)")

@@ -40,7 +40,7 @@ def main() -> int:
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="tuneloop-soak-") as tmp:
         version = tiny_champion(Path(tmp) / "champion")
-        report = run_soak(Path(tmp) / "soak", version, args.seconds, warmup=args.warmup)
+        report = run_soak(Path(tmp) / "soak", version, args.seconds, warmup=args.warmup, retrain_every=20)
     print(f"requests after warm-up: {report.requests} in {report.seconds:.0f} s; errors {len(report.errors)}; "
           f"drift checks {report.drift_checks}; retrains {report.retrains}")
     for e in report.errors[:10]:

@@ -212,9 +212,9 @@ class RestoreResult:
 
 
 def _in_use(db_path: Path) -> bool:
-    """True when another process holds the DuckDB file open (DuckDB's file lock)."""
+    """True when another process holds the DuckDB file open for writing (DuckDB's file lock)."""
     try:
-        con = duckdb.connect(str(db_path))
+        con = duckdb.connect(str(db_path), read_only=True)  # read-only: checking must not change the file
     except duckdb.IOException as e:
         if "lock" in str(e).lower():
             return True

@@ -134,8 +134,10 @@ def test_backup_while_writing_then_restore(running_server, tmp_path, figure):
     operations.restore(dest, quiet)
     assert _ids(quiet) == acked_all == {r[0] for r in server.store.cursor().execute(
         "SELECT id FROM predictions").fetchall()}
+    columns = "SELECT table_name, column_name, data_type FROM duckdb_columns() ORDER BY ALL"
     with Store(quiet) as s:
         assert s.table_counts() == server.store.table_counts()
+        assert s.query(columns).equals(server.store.query(columns))  # same tables, columns and types
     figure("backup: acknowledged rows checked after restore", f"{len(acked_all)} predictions "
            f"({len(acked_before)} in the backup taken under load, {live_backup['seconds']:.2f} s)")
 

@@ -1,7 +1,8 @@
 """A bounded soak: predict + ingest + feedback + dashboard reads, while drift checks and a retrain run.
 
 Loopback only, a real ``tuneloop serve`` process with a (tiny) champion, stops by itself. After a
-warm-up (first drift check, first retrain run, allocator and caches settled) the server's RSS and
+warm-up (first drift check, a first retrain run cancelled once its job starts, allocator and caches
+settled) the server's RSS and
 the request latencies are measured over the first and the last window of the run: no errors,
 RSS growth under 10 %, p99 latency at the start and the end reported. ``bench/soak.py`` runs the
 same harness for longer.
@@ -91,8 +92,12 @@ def _loop(stop: threading.Event, pause: float, fn: Any) -> threading.Thread:
 
 
 def run_soak(directory: Path, version_dir: Path, seconds: float, warmup: float = 8.0, seed: int = 3,
-             say: Any = print) -> SoakReport:
-    """Start a server with ``version_dir`` as champion, warm it up, load it for ``seconds``, measure."""
+             retrain_every: float | None = None, say: Any = print) -> SoakReport:
+    """Start a server with ``version_dir`` as champion, warm it up, load it for ``seconds``, measure.
+
+    One retrain runs in the measured window (starting after a fifth of it), or, with ``retrain_every``,
+    one after another with that pause between them.
+    """
     server: RunningServer = start_server(
         directory, subprocess=True, model={"threads": 1, "batch_size": 16},
         drift={"window_size": 200, "sample_size": 200, "resamples": 10, "interval_seconds": 3600},
@@ -142,7 +147,9 @@ def run_soak(directory: Path, version_dir: Path, seconds: float, warmup: float =
             if r is not None and r.status_code == 200:
                 checks[0] += 1
 
-        def retrain_and_wait() -> None:
+        def retrain_and_wait(warm_up: bool = False) -> None:
+            """A retrain run, watched to its end; ``warm_up``: cancelled once its job is spawned (the server
+            side has exported the snapshot and imported what a run needs, without paying for training)."""
             r = rec.call(clients["admin"], "POST", "/v1/retrain", json={"reason": "soak"})
             if r is None or r.status_code != 200:
                 return
@@ -150,26 +157,33 @@ def run_soak(directory: Path, version_dir: Path, seconds: float, warmup: float =
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline:  # even past the stop: a run that started is seen to its end
                 run = clients["admin"].get(f"/v1/retrain/runs/{run_id}").json()
+                if warm_up and run.get("pid"):
+                    rec.call(clients["admin"], "POST", f"/v1/retrain/runs/{run_id}/cancel")
+                    warm_up = False
+                    continue
                 if run["status"] not in ("queued", "running"):
+                    if run["reasons"] and run["reasons"][0].startswith("cancelled"):
+                        return  # the warm-up run
                     retrains.append(run["status"])
                     if run["status"] in ("failed", "cancelled"):
                         rec.errors.append(f"retrain run {run_id} {run['status']}: {run['reasons']}")
                     return
-                time.sleep(0.2)
+                time.sleep(0.1)
 
         threads += [_loop(stop, 0.0, predict), _loop(stop, 0.0, predict), _loop(stop, 0.02, ingest),
                     _loop(stop, 0.1, feedback), _loop(stop, 0.5, dashboard)]
-        # warm-up: traffic, a first drift check and a first retrain run (imports and caches settle)
+        # warm-up: traffic, a first drift check and a first (cancelled) retrain run: imports and caches settle
         time.sleep(warmup / 2)
         drift_check()
-        retrain_and_wait()
+        retrain_and_wait(warm_up=True)
         time.sleep(warmup / 2)
         t_start = time.monotonic() - rec.start
         rss_start = proc.memory_info().rss
         say(f"warm-up done at {t_start:.0f} s: RSS {rss_start / 1e6:.0f} MB, {len(rec.samples)} requests so far")
         threads.append(_loop(stop, 4.0, drift_check))
-        threads.append(_loop(stop, seconds, lambda: (time.sleep(seconds * 0.2), retrain_and_wait())))
-        time.sleep(seconds)
+        time.sleep(seconds * 0.2)
+        threads.append(_loop(stop, retrain_every if retrain_every is not None else seconds, retrain_and_wait))
+        time.sleep(seconds * 0.8)
         t_end = time.monotonic() - rec.start
         rss_end = proc.memory_info().rss
         stop.set()
@@ -206,6 +220,6 @@ def test_soak_no_errors_and_bounded_memory(tmp_path, sentiment_version, figure):
     figure("soak: p99 latency at the start", _fmt(report.p99_start_ms))
     figure("soak: p99 latency at the end", _fmt(report.p99_end_ms))
     assert not report.errors, report.errors[:10]
-    assert report.requests > 200 and report.drift_checks >= 2 and len(report.retrains) >= 2, report
+    assert report.requests > 200 and report.drift_checks >= 2 and len(report.retrains) >= 1, report
     assert report.rss_growth < 0.10, (report.rss_start_mb, report.rss_end_mb)
     assert statistics.mean(report.p99_end_ms.values()) < 10_000
