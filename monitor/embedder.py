@@ -15,7 +15,9 @@ the vectors back, one ``UPDATE ... FROM`` a registered Arrow table per batch.
 
 DuckDB implements an UPDATE of a list column as delete + insert of the row; with the
 ``(project, id)`` primary key this is fine because the key is unchanged, and the writer's
-appends are serialised with it by the store's write lock.
+appends are serialised with it by the store's write lock. Because the UPDATE holds that lock,
+it is kept short (rows addressed by rowid) and infrequent (``batch_size`` rows at a time), and
+the thread runs at a lower OS priority (``[embedder] nice``) so request handling comes first.
 """
 
 from __future__ import annotations
@@ -113,26 +115,26 @@ def pending_by_project(store: Store) -> dict[str, int]:
     return {str(p): int(n) for p, n in zip(df["project"], df["n"], strict=True)}
 
 
-def write_embeddings(store: Store, projects: Sequence[str], ids: Sequence[str], seqs: Sequence[int],
+def write_embeddings(store: Store, rowids: Sequence[int], projects: Sequence[str], ids: Sequence[str],
                      vectors: np.ndarray) -> int:
     """Set ``embedding`` of the given rows where it is still NULL, in one transaction; returns rows updated.
 
-    ``seqs`` (the rows' ``ingest_seq``) bound the scan: ingest_seq grows with arrival, so DuckDB
-    skips every row group outside [min, max] by its zone maps.
+    Rows are addressed by the ``rowid`` read when they were selected, so the UPDATE fetches them
+    directly instead of scanning for them (its cost, and so the time the write lock is held, stays
+    flat as the table grows). ``project`` and ``id`` must match too: a row whose rowid changed
+    meanwhile (a checkpoint may compact the table) is simply left NULL for the next round.
     """
     if len(ids) == 0:
         return 0
-    table = pa.table({"project": pa.array(list(projects), pa.string()), "id": pa.array(list(ids), pa.string()),
-                      "embedding": embedding_array(vectors)})
-    lo, hi = int(min(seqs)), int(max(seqs))
+    table = pa.table({"rid": pa.array(list(rowids), pa.int64()), "project": pa.array(list(projects), pa.string()),
+                      "id": pa.array(list(ids), pa.string()), "embedding": embedding_array(vectors)})
     with store.transaction() as cur:
         cur.register("computed_embeddings", table)
         try:
             updated = cur.execute(
                 """UPDATE predictions SET embedding = e.embedding FROM computed_embeddings e
-                   WHERE predictions.project = e.project AND predictions.id = e.id
-                     AND predictions.embedding IS NULL AND predictions.ingest_seq BETWEEN ? AND ?""",
-                [lo, hi],
+                   WHERE predictions.rowid = e.rid AND predictions.project = e.project AND predictions.id = e.id
+                     AND predictions.embedding IS NULL"""
             ).fetchall()[0][0]
         finally:
             cur.unregister("computed_embeddings")
@@ -180,15 +182,15 @@ class BackgroundEmbedder:
         """Embed up to ``limit`` (default ``batch_size``) of the oldest rows without one; returns rows written."""
         started = time.monotonic()
         rows = self.store.cursor().execute(
-            """SELECT project, id, text, ingest_seq FROM predictions WHERE embedding IS NULL
+            """SELECT rowid, project, id, text FROM predictions WHERE embedding IS NULL
                ORDER BY ingest_seq, project, id LIMIT ?""",
             [limit or self.batch_size],
         ).fetchall()
         if not rows:
             return 0
-        projects, ids, texts, seqs = (list(col) for col in zip(*rows, strict=True))
+        rowids, projects, ids, texts = (list(col) for col in zip(*rows, strict=True))
         vectors = self.encode(texts)
-        written = write_embeddings(self.store, projects, ids, seqs, vectors)
+        written = write_embeddings(self.store, rowids, projects, ids, vectors)
         self.embedded_total += written
         self._rounds.append((started, time.monotonic(), written))
         self._metrics.embedded.inc(written)

@@ -81,10 +81,12 @@ def test_resumes_after_restart_and_embeds_each_row_once(settings):
 def test_write_skips_rows_that_already_have_an_embedding(settings):
     with Store(settings.db_path) as store:
         store.append_predictions(rows(3))
-        seqs = store.query("SELECT ingest_seq FROM predictions")["ingest_seq"].tolist()
+        rowids = [r[0] for r in store.cursor().execute("SELECT rowid FROM predictions ORDER BY id").fetchall()]
         vectors = np.ones((3, 4), dtype=np.float32)
-        assert write_embeddings(store, ["default"] * 3, ["r0", "r1", "r2"], seqs, vectors) == 3
-        assert write_embeddings(store, ["default"] * 3, ["r0", "r1", "r2"], seqs, 2 * vectors) == 0
+        ids = ["r0", "r1", "r2"]
+        assert write_embeddings(store, rowids[1:] + rowids[:1], ["default"] * 3, ids, vectors) == 0  # both must agree
+        assert write_embeddings(store, rowids, ["default"] * 3, ids, vectors) == 3
+        assert write_embeddings(store, rowids, ["default"] * 3, ids, 2 * vectors) == 0
         assert embeddings(store)["r0"][1] == [1.0] * 4
 
 
