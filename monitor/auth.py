@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from tuneloop.monitor.store import Store, utcnow
@@ -28,6 +30,8 @@ class AuthError(Exception):
 class Principal:
     name: str
     role: str
+    token_id: str = ""
+    """Identifies the token (names are not unique): what feedback records as its writer."""
 
     def allows(self, role: str) -> bool:
         return ROLE_RANK[self.role] >= ROLE_RANK[role]
@@ -38,6 +42,11 @@ ANONYMOUS_ADMIN = Principal("auth-disabled", "admin")
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def token_id(token_hash: str) -> str:
+    """A token's public id: a prefix of its hash (reveals nothing about the token)."""
+    return token_hash[:16]
 
 
 def create_token(store: Store, role: str, name: str = "") -> str:
@@ -65,25 +74,52 @@ def revoke_token(store: Store, name: str) -> int:
 
 
 class TokenRegistry:
-    """In-memory view of the tokens table, refreshed on miss (a new token works at once)."""
+    """In-memory view of the tokens table.
 
-    def __init__(self, store: Store) -> None:
+    A miss reloads the table once (a token created since works at once), and a token still
+    unknown after that is remembered (the last ``max_unknown`` of them, until the next reload),
+    so a client repeating a wrong or revoked token costs no table read per request.
+    """
+
+    def __init__(self, store: Store, *, max_unknown: int = 10_000) -> None:
         self.store = store
+        self.max_unknown = max_unknown
         self._by_hash: dict[str, Principal] = {}
+        self._unknown: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+        self.reloads = 0
         self.refresh()
 
     def refresh(self) -> None:
         rows = self.store.query("SELECT token_hash, name, role FROM tokens WHERE revoked_at IS NULL")
-        self._by_hash = {r.token_hash: Principal(r.name, r.role) for r in rows.itertuples()}
+        by_hash = {r.token_hash: Principal(r.name, r.role, token_id(r.token_hash)) for r in rows.itertuples()}
+        with self._lock:
+            self._by_hash = by_hash
+            self._unknown.clear()
+            self.reloads += 1
+
+    def _find(self, digest: str) -> Principal | None:
+        for known, principal in self._by_hash.items():
+            if hmac.compare_digest(known, digest):
+                return principal
+        return None
 
     def lookup(self, token: str) -> Principal | None:
         digest = hash_token(token)
-        for _ in range(2):
-            for known, principal in self._by_hash.items():
-                if hmac.compare_digest(known, digest):
-                    return principal
-            self.refresh()
-        return None
+        principal = self._find(digest)
+        if principal is not None:
+            return principal
+        with self._lock:
+            if digest in self._unknown:
+                return None
+        self.refresh()
+        principal = self._find(digest)
+        if principal is None:
+            with self._lock:
+                self._unknown[digest] = None
+                while len(self._unknown) > self.max_unknown:
+                    self._unknown.popitem(last=False)
+        return principal
 
     def authenticate(self, authorization: str | None, required: str) -> Principal:
         """Return the caller for an ``Authorization`` header value, or raise AuthError(401|403)."""

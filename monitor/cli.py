@@ -128,7 +128,7 @@ def serve(
     typer.echo(f"  API docs: http://{s.server.host}:{s.server.port}/docs")
     first_token = _first_admin_token(store) if s.auth.enabled else None
     if first_token:
-        typer.echo(f"  no API token existed, so one was created (role admin), shown only now:\n  {first_token}")
+        typer.echo(announce_first_token(first_token, s.data_dir, sys.stdout))
     try:
         uvicorn.run(create_app(s, store=store), host=s.server.host, port=s.server.port,
                     log_level=s.logging.level.lower(), access_log=False)
@@ -154,6 +154,25 @@ def status(project: ProjectOpt = "default") -> None:
     store = open_store(s, read_only=True)
     print_json(status_summary(store, project))
     store.close()
+
+
+FIRST_TOKEN_FILE = "admin-token"
+
+
+def announce_first_token(token: str, data_dir: Path, stream: Any) -> str:
+    """The message announcing a new first admin token. On a terminal it shows the token; otherwise
+    (stdout is a log file or a pipe) the token goes to a file only its owner can read, and the
+    message says where, so it never ends up in logs."""
+    if stream.isatty():
+        return f"  no API token existed, so one was created (role admin), shown only now:\n  {token}"
+    path = data_dir / FIRST_TOKEN_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(token + "\n")
+    return (f"  no API token existed, so one was created (role admin); it is in {path} (mode 0600, "
+            "readable by this user only): read it, then delete the file")
 
 
 def _first_admin_token(store) -> str | None:  # type: ignore[no-untyped-def]
@@ -923,7 +942,7 @@ def retention_run(
             fail(f"no database at {s.db_path}; run `tuneloop init` first")
         store = open_store(s)
         try:
-            out = operations.run_retention(store, days).as_json()
+            out = operations.run_retention(store, days, pending_hours=s.retention.pending_feedback_hours).as_json()
         finally:
             store.close()
     typer.echo(f"retention ({days} days, cutoff {out['cutoff']}): deleted {out['predictions']} predictions, "

@@ -174,6 +174,8 @@ class LabelQueueSettings(Section):
 class RetentionSettings(Section):
     raw_days: int = Field(90, ge=1)
     interval_hours: int = Field(24, ge=1)
+    pending_feedback_hours: int = Field(168, ge=1)
+    """Feedback for a prediction that never arrives is dropped after this long (its TTL)."""
 
 
 class DashboardSettings(Section):

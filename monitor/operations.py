@@ -21,6 +21,7 @@ HTTP (role admin): ``POST /v1/admin/backup``, ``GET /v1/admin/backups``,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -139,8 +140,12 @@ def backup(store: Store, dest: str | os.PathLike[str], *, models_dir: str | os.P
             tables = {t: int(cur.execute(f'SELECT count(*) FROM "{t}"').fetchall()[0][0]) for t in _tables(cur)}
             schema_version = int(cur.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
                                  .fetchall()[0][0])
-        finally:
-            cur.execute("COMMIT").fetchall()
+        except BaseException:
+            # A read-only snapshot: roll it back, and never let that hide the cause (a full disk is 507).
+            with contextlib.suppress(duckdb.Error):
+                cur.execute("ROLLBACK").fetchall()
+            raise
+        cur.execute("COMMIT").fetchall()
         models: list[str] = []
         if models_dir is not None:
             for version_dir in _version_dirs(store, Path(models_dir)):
@@ -325,18 +330,25 @@ def retention_cutoff(raw_days: int, now: datetime | None = None) -> datetime:
     return t.replace(minute=0, second=0, microsecond=0)
 
 
-def run_retention(store: Store, raw_days: int, now: datetime | None = None) -> RetentionResult:
+def run_retention(
+    store: Store, raw_days: int, now: datetime | None = None, pending_hours: int | None = None
+) -> RetentionResult:
     """Delete raw rows older than ``raw_days`` (by prediction time), keeping the hourly history.
 
     One transaction: the labelled accuracy of the hours going away is added to ``feedback_hourly``
     (latest label per prediction, as :meth:`Store.labelled_accuracy` counts it), then feedback of
     those predictions, the predictions, and pending feedback older than the cutoff are deleted.
+    Pending feedback whose prediction never came goes sooner, after ``pending_hours`` (its TTL):
+    while any is pending, every ingest commit joins against it.
     ``prediction_hourly`` is kept as is. A crash mid-way changes nothing.
     """
     if raw_days < 1:
         raise ValueError("raw_days must be at least 1")
     t0 = time.perf_counter()
     cutoff = retention_cutoff(raw_days, now)
+    pending_cutoff = cutoff
+    if pending_hours is not None:
+        pending_cutoff = max(cutoff, (now or utcnow()) - timedelta(hours=pending_hours))
     with store.transaction() as cur:
         projects = [r[0] for r in cur.execute(
             "SELECT DISTINCT project FROM feedback WHERE prediction_ts < ?", [cutoff]).fetchall()]
@@ -358,7 +370,7 @@ def run_retention(store: Store, raw_days: int, now: datetime | None = None) -> R
             hours += len({r[0] for r in rows})
         n_feedback = cur.execute("DELETE FROM feedback WHERE prediction_ts < ?", [cutoff]).fetchall()[0][0]
         n_predictions = cur.execute("DELETE FROM predictions WHERE ts < ?", [cutoff]).fetchall()[0][0]
-        n_pending = cur.execute("DELETE FROM pending_feedback WHERE ts < ?", [cutoff]).fetchall()[0][0]
+        n_pending = cur.execute("DELETE FROM pending_feedback WHERE ts < ?", [pending_cutoff]).fetchall()[0][0]
     result = RetentionResult(cutoff, int(n_predictions), int(n_feedback), int(n_pending), hours,
                              round(time.perf_counter() - t0, 3))
     if n_predictions or n_feedback or n_pending:
@@ -448,7 +460,8 @@ def get_backups(_: Admin, ctx: CtxDep) -> Any:
 async def post_retention(_: Admin, ctx: CtxDep, body: Annotated[RetentionRequest | None, Body()] = None) -> Any:
     """Run the retention job now (it also runs every ``retention.interval_hours``): hourly rollups stay."""
     raw_days = (body.raw_days if body else None) or ctx.settings.retention.raw_days
-    result = await run_in_threadpool(run_retention, ctx.store, raw_days)
+    result = await run_in_threadpool(run_retention, ctx.store, raw_days,
+                                     pending_hours=ctx.settings.retention.pending_feedback_hours)
     return {**result.as_json(), "cutoff": result.cutoff.replace(tzinfo=UTC)}  # the store's naive UTC, made explicit
 
 
@@ -458,7 +471,8 @@ def start(ctx: Context) -> None:
     if scheduler is None:
         return None
     r = ctx.settings.retention
-    scheduler.every("retention", r.interval_hours * 3600, lambda: run_retention(ctx.store, r.raw_days),
+    scheduler.every("retention", r.interval_hours * 3600,
+                    lambda: run_retention(ctx.store, r.raw_days, pending_hours=r.pending_feedback_hours),
                     first_run_in=RETENTION_FIRST_RUN_SECONDS)
     return None
 

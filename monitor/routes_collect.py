@@ -190,14 +190,14 @@ async def post_feedback(
         raise HTTPException(415, "unsupported Content-Type; send application/json")
     body = _parse_json(FeedbackBatch, await request.body())
     project = _pick_project(body.project, project)
-    rules = collect.rules_for(ctx.store, ctx.settings, project)
+    rules = await run_in_threadpool(collect.rules_for, ctx.store, ctx.settings, project)  # a DB read: off the loop
     table, errors = collect.feedback_table(body, rules, default_annotator=principal.name)
     if errors:
         metrics.REJECTED.labels("validation").inc()
         raise RequestValidationError(errors)
     policy = ctx.settings.server.unknown_feedback
     try:
-        r = await _writer(ctx).append_feedback(table, project, policy)
+        r = await _writer(ctx).append_feedback(table, project, policy, principal.token_id or None)
     except UnknownPredictions as e:
         raise HTTPException(404, {"msg": str(e), "unknown_prediction_ids": e.ids}) from None
     return FeedbackResult(accepted=r.accepted, duplicates=r.duplicates, pending=r.pending, unknown=r.unknown_ids)
@@ -212,16 +212,21 @@ def retract_feedback(
 ) -> dict[str, Any]:
     """Remove the feedback row with this client-chosen ``id`` (stored or still pending), so the
     prediction's earlier label, if any, applies again and it re-enters the label queue. A labeller
-    may retract rows they wrote (annotator = their token's name); an admin any row."""
+    may retract rows sent with the same token (not merely one with the same name); an admin any row."""
     with ctx.store.transaction() as cur:
         for table in ("feedback", "pending_feedback"):
-            rows = cur.execute(f"SELECT annotator FROM {table} WHERE project = ? AND id = ?",
-                               [project, feedback_id]).fetchall()
+            rows = cur.execute(
+                f"""SELECT f.annotator, w.token_id FROM {table} f LEFT JOIN feedback_writers w
+                    ON w.project = f.project AND w.id = f.id WHERE f.project = ? AND f.id = ?""",
+                [project, feedback_id]).fetchall()
             if rows:
-                if rows[0][0] != principal.name and not principal.allows("admin"):
-                    raise HTTPException(403, f"feedback {feedback_id} was given by {rows[0][0]!r}; only they or "
-                                             "an admin may retract it")
+                annotator, writer = rows[0]
+                if not principal.allows("admin") and (not writer or writer != principal.token_id):
+                    raise HTTPException(403, f"feedback {feedback_id} (annotator {annotator!r}) was sent with "
+                                             "another token; only that token or an admin may retract it")
                 cur.execute(f"DELETE FROM {table} WHERE project = ? AND id = ?", [project, feedback_id]).fetchall()
+                cur.execute("DELETE FROM feedback_writers WHERE project = ? AND id = ?",
+                            [project, feedback_id]).fetchall()
                 return {"retracted": feedback_id, "project": project}
     raise HTTPException(404, f"no feedback {feedback_id} in project {project}")
 
@@ -272,6 +277,7 @@ def get_stats(
              summary="Create an API token (shown once)")
 def create_token(body: TokenCreate, _: Admin, ctx: CtxDep) -> TokenCreated:
     token = auth.create_token(ctx.store, body.role, body.name)
+    ctx.tokens.refresh()
     return TokenCreated(token=token, name=body.name or body.role, role=body.role)
 
 

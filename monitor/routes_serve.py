@@ -160,7 +160,7 @@ async def predict(
         from tuneloop.monitor.projects import UnknownProject, require_project
 
         try:
-            require_project(ctx.store, ctx.settings, project)
+            await run_in_threadpool(require_project, ctx.store, ctx.settings, project)  # a DB read: off the loop
         except UnknownProject as e:
             raise HTTPException(404, str(e)) from None
     srv = serving.get(project) or await run_in_threadpool(serving.server, project)

@@ -209,6 +209,19 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        5,
+        """
+        -- Which API token wrote each feedback row (stored or pending; same (project, id) in both):
+        -- retracting a row is allowed to that token, not to whoever reuses its name or annotator.
+        CREATE TABLE feedback_writers (
+            project VARCHAR NOT NULL,
+            id VARCHAR NOT NULL,
+            token_id VARCHAR NOT NULL,
+            PRIMARY KEY (project, id)
+        );
+        """,
+    ),
 ]
 
 
@@ -522,10 +535,13 @@ class Store:
               ON p.project = f.project AND p.id = f.prediction_id
             """
         ).fetchall()
-        cur.execute(
-            """DELETE FROM pending_feedback WHERE (project, id) IN (SELECT project, id FROM feedback)"""
-        ).fetchall()
-        self._has_pending = bool(cur.execute("SELECT count(*) FROM pending_feedback").fetchall()[0][0])
+        # Only the rows just joined: never a scan of the whole feedback table on each commit.
+        moved = cur.execute(
+            f"""DELETE FROM pending_feedback f USING {source} p
+                WHERE p.project = f.project AND p.id = f.prediction_id"""
+        ).fetchall()[0][0]
+        if moved:
+            self._has_pending = bool(cur.execute("SELECT count(*) FROM pending_feedback").fetchall()[0][0])
 
     def count_predictions(self, project: str | None = DEFAULT_PROJECT) -> int:
         if project is None:
@@ -544,12 +560,14 @@ class Store:
         project: str = DEFAULT_PROJECT,
         *,
         keep_unknown: bool = True,
+        token_id: str | None = None,
     ) -> FeedbackResult:
         """Append feedback (true labels) in one transaction; history is kept, latest wins on read.
 
         Each row is denormalised with its prediction's ts, predicted label and model version so
         that labelled accuracy over time needs no join. Feedback for an unknown prediction id is
-        parked in ``pending_feedback`` (``keep_unknown``) or left out and reported.
+        parked in ``pending_feedback`` (``keep_unknown``) or left out and reported. ``token_id``
+        (the API token that sent it) is recorded for the rows that went in, to authorise retraction.
         """
         table = _as_arrow(batch)
         if table.num_rows == 0:
@@ -557,20 +575,21 @@ class Store:
         if "id" not in table.column_names:
             table = table.append_column("id", pa.array([new_id() for _ in range(table.num_rows)]))
         table = _fill(table, FEEDBACK_COLUMNS, {"project": project, "ts": utcnow, "source": "human"})
+        sent = table.num_rows
+        table = _first_rows(table)  # an id repeated within the request: the first row wins, like a retry
         with self.transaction() as cur:
             cur.register("incoming_fb", table)
             try:
-                before = cur.execute("SELECT count(*) FROM feedback WHERE project = ?", [project]).fetchall()[0][0]
-                cur.execute(
+                inserted = cur.execute(
                     """
                     INSERT OR IGNORE INTO feedback
                     SELECT f.project, f.id, f.prediction_id, f.label, f.ts, f.source, f.annotator,
                            p.ts, p.label, p.model_version
                     FROM incoming_fb f JOIN predictions p
                       ON p.project = f.project AND p.id = f.prediction_id
+                    RETURNING project, id
                     """
                 ).fetchall()
-                after = cur.execute("SELECT count(*) FROM feedback WHERE project = ?", [project]).fetchall()[0][0]
                 unknown = [
                     r[0]
                     for r in cur.execute(
@@ -578,22 +597,26 @@ class Store:
                            ON p.project = f.project AND p.id = f.prediction_id"""
                     ).fetchall()
                 ]
-                pending = 0
+                parked: list[tuple[str, str]] = []
                 if unknown and keep_unknown:
-                    b = cur.execute("SELECT count(*) FROM pending_feedback").fetchall()[0][0]
-                    cur.execute(
+                    parked = cur.execute(
                         """INSERT OR IGNORE INTO pending_feedback
                            SELECT f.* FROM incoming_fb f ANTI JOIN predictions p
-                           ON p.project = f.project AND p.id = f.prediction_id"""
+                           ON p.project = f.project AND p.id = f.prediction_id
+                           RETURNING project, id"""
                     ).fetchall()
-                    pending = cur.execute("SELECT count(*) FROM pending_feedback").fetchall()[0][0] - b
                     self._has_pending = True
+                pending = len(parked)
+                if token_id and (inserted or parked):
+                    written = inserted + parked
+                    cur.execute("INSERT OR IGNORE INTO feedback_writers SELECT unnest(?), unnest(?), ?",
+                                [[r[0] for r in written], [r[1] for r in written], token_id]).fetchall()
             finally:
                 cur.unregister("incoming_fb")
-        accepted = int(after - before)
+        accepted = len(inserted)
         unknown_set = set(unknown)
         n_unknown_rows = sum(1 for pid in table.column("prediction_id").to_pylist() if pid in unknown_set)
-        duplicates = table.num_rows - accepted - n_unknown_rows
+        duplicates = sent - accepted - n_unknown_rows
         return FeedbackResult(accepted, max(duplicates, 0), int(pending), unknown)
 
     def latest_feedback_sql(self) -> str:

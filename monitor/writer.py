@@ -57,13 +57,16 @@ class UnknownPredictions(LookupError):
         self.ids = ids
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
     kind: Literal["predictions", "feedback"]
     table: pa.Table
     project: str
     unknown: UnknownPolicy = "pending"
+    token_id: str | None = None
     future: Future = field(default_factory=Future)
+    counted: bool = True
+    """Its rows still count in the writer's queued rows."""
 
     @property
     def rows(self) -> int:
@@ -118,11 +121,11 @@ class Writer:
 
     def stop(self, timeout: float | None = 60.0) -> None:
         """Refuse new work, write everything already queued, then end the thread."""
-        with self._lock:
+        with self._lock:  # the sentinel goes in under the lock: no job can land behind it
             if self._stopping:
                 return
             self._stopping = True
-        self._queue.put(None)
+            self._queue.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
@@ -145,7 +148,7 @@ class Writer:
                 metrics.REJECTED.labels("queue_full").inc()
                 raise WriteQueueFull(self._queued_rows, self.max_queued_rows, self.retry_after_seconds)
             self._queued_rows += job.rows
-        self._queue.put(job)
+            self._queue.put(job)  # under the lock, so it is always ahead of stop()'s sentinel
         return job.future
 
     def submit_predictions(self, table: pa.Table, project: str = DEFAULT_PROJECT) -> Future:
@@ -153,19 +156,22 @@ class Writer:
         return self._submit(_Job("predictions", table, project))
 
     def submit_feedback(
-        self, table: pa.Table, project: str = DEFAULT_PROJECT, unknown: UnknownPolicy = "pending"
+        self, table: pa.Table, project: str = DEFAULT_PROJECT, unknown: UnknownPolicy = "pending",
+        token_id: str | None = None,
     ) -> Future:
         """Queue feedback; with ``unknown="reject"`` a batch naming any unknown prediction id is
-        refused whole (:class:`UnknownPredictions`), otherwise those rows are parked as pending."""
-        return self._submit(_Job("feedback", table, project, unknown))
+        refused whole (:class:`UnknownPredictions`), otherwise those rows are parked as pending.
+        ``token_id``: the sending token, recorded so that it (or an admin) may retract the rows."""
+        return self._submit(_Job("feedback", table, project, unknown, token_id))
 
     async def append_predictions(self, table: pa.Table, project: str = DEFAULT_PROJECT) -> AppendResult:
         return await asyncio.wrap_future(self.submit_predictions(table, project))
 
     async def append_feedback(
-        self, table: pa.Table, project: str = DEFAULT_PROJECT, unknown: UnknownPolicy = "pending"
+        self, table: pa.Table, project: str = DEFAULT_PROJECT, unknown: UnknownPolicy = "pending",
+        token_id: str | None = None,
     ) -> FeedbackResult:
-        return await asyncio.wrap_future(self.submit_feedback(table, project, unknown))
+        return await asyncio.wrap_future(self.submit_feedback(table, project, unknown, token_id))
 
     # -- the writer thread ----------------------------------------------------------------------
     def _run(self) -> None:
@@ -192,13 +198,31 @@ class Writer:
                     break
                 group.append(job)
                 rows += job.rows
+            live = self._claim(group)
             try:
-                self._process(group)
+                if live:
+                    self._process(live)
             except BaseException as e:  # never leave a caller waiting on a future nobody resolves
-                log.exception("writer failed on a group of %d requests", len(group))
-                for job in group:
+                log.exception("writer failed on a group of %d requests", len(live))
+                self._release(live)
+                for job in live:
                     if not job.future.done():
                         job.future.set_exception(e)
+
+    def _release(self, jobs: list[_Job]) -> None:
+        """Stop counting ``jobs`` as queued (once each)."""
+        with self._lock:
+            for job in jobs:
+                if job.counted:
+                    job.counted = False
+                    self._queued_rows -= job.rows
+
+    def _claim(self, group: list[_Job]) -> list[_Job]:
+        """The jobs whose caller still waits; a cancelled one is dropped, a claimed one can no
+        longer be cancelled, so resolving it after COMMIT cannot fail."""
+        claimed = [job.future.set_running_or_notify_cancel() for job in group]
+        self._release([job for job, ok in zip(group, claimed, strict=True) if not ok])
+        return [job for job, ok in zip(group, claimed, strict=True) if ok]
 
     def _process(self, group: list[_Job]) -> None:
         """Write a group in arrival order: runs of prediction batches as one transaction each."""
@@ -219,8 +243,7 @@ class Writer:
         metrics.GROUP_COMMIT_SECONDS.observe(time.perf_counter() - started)
         metrics.GROUP_COMMIT_ROWS.observe(sum(job.rows for job in group))
         metrics.GROUP_COMMIT_REQUESTS.observe(len(group))
-        with self._lock:
-            self._queued_rows -= sum(job.rows for job in group)
+        self._release(group)
         for job, result, exc in outcomes:
             if exc is not None:
                 job.future.set_exception(exc)
@@ -254,7 +277,8 @@ class Writer:
             missing = missing_prediction_ids(self.store, job.project, job.table.column("prediction_id").to_pylist())
             if missing:
                 raise UnknownPredictions(missing)
-        return self.store.append_feedback(job.table, job.project, keep_unknown=job.unknown == "pending")
+        return self.store.append_feedback(job.table, job.project, keep_unknown=job.unknown == "pending",
+                                          token_id=job.token_id)
 
 
 def missing_prediction_ids(store: Store, project: str, ids: list[str]) -> list[str]:
