@@ -161,6 +161,26 @@ def run_drift_checks(
                     str(report_path) if report_path else None, changes, skipped)
 
 
+def check_failure_alert(store: Store, project: str, error: Exception | None) -> AlertChange | None:
+    """Open the project's ``check_failed`` alert for ``error`` or, with ``None``, close it."""
+    open_alert = store.query("SELECT id FROM alerts WHERE project = ? AND kind = 'check_failed' AND status = 'open'",
+                             [project])
+    if error is None:
+        if open_alert.empty:
+            return None
+        alert_id = int(open_alert["id"][0])
+        store.execute("UPDATE alerts SET status = 'closed', closed_at = ? WHERE id = ?", [utcnow(), alert_id])
+        return AlertChange(alert_id, project, "check_failed", "closed", "drift checks run again")
+    if not open_alert.empty:
+        return None
+    message = f"the drift check failed: {type(error).__name__}: {error}"[:1000]
+    with store.transaction() as cur:
+        alert_id = int(cur.execute("SELECT nextval('alert_ids')").fetchall()[0][0])
+        cur.execute("INSERT INTO alerts VALUES (?, ?, ?, 'check_failed', 'critical', ?, 'open', NULL, NULL, NULL, ?)",
+                    [alert_id, project, utcnow(), message, json.dumps({"error": type(error).__name__})]).fetchall()
+    return AlertChange(alert_id, project, "check_failed", "opened", message)
+
+
 def _finite(x: Any) -> float | None:
     try:
         f = float(x)
@@ -192,11 +212,27 @@ class DriftService:
             return run_drift_checks(self.store, self.settings, project, self.notifier)
 
     def run_all(self) -> None:
+        """Check every project; one project's failure is logged and alerted, the rest still run."""
         for project in self.projects():
             try:
                 self.run(project)
             except NotEnoughData as e:
                 log.info("drift check skipped for %s: %s", project, e)
+            except Exception as e:
+                log.exception("drift check failed for project %s", project)
+                self._record_failure(project, e)
+                continue
+            self._record_failure(project, None)
+
+    def _record_failure(self, project: str, error: Exception | None) -> None:
+        """Open a ``check_failed`` alert for ``project`` (one at a time), or close it once a check works."""
+        try:
+            change = check_failure_alert(self.store, project, error)
+        except Exception:  # the store itself may be what failed; the log above has the cause
+            log.exception("could not record the failed drift check of %s", project)
+            return
+        if change is not None:
+            self.notifier.notify([change])
 
     def stop(self) -> None:
         self.notifier.stop()

@@ -12,7 +12,9 @@ Arrow IPC, retrying with exponential backoff and jitter on connection errors, 42
 (honouring ``Retry-After``). Nothing is dropped silently: a full buffer blocks the caller
 (``on_full="block"``) or raises :class:`BufferFullError` (``on_full="raise"``); a batch the server
 refuses for good (4xx), or still fails after ``max_retries``, is logged and kept in
-``client.errors`` with its records. On a 422 only the records the server named are set aside;
+``client.errors`` with its records (the latest ``max_errors`` failed requests; older ones are
+counted in ``errors_dropped``, so a long-lived client cannot grow without bound). On a 422 only
+the records the server named are set aside;
 the rest of the batch is sent again. ``close()`` (also at exit, and on leaving ``with``) flushes.
 """
 
@@ -94,6 +96,7 @@ class Client:
         backoff: float = 0.2,
         max_backoff: float = 30.0,
         exit_timeout: float = 10.0,
+        max_errors: int = 1000,
     ) -> None:
         if on_full not in ("block", "raise"):
             raise ValueError("on_full must be 'block' or 'raise'")
@@ -108,6 +111,9 @@ class Client:
         self.max_backoff = max_backoff
         self.exit_timeout = exit_timeout
         self.errors: list[ClientError] = []
+        self.max_errors = max(1, int(max_errors))
+        self.errors_dropped = 0
+        """Failed requests no longer kept in ``errors`` (only the latest ``max_errors`` are)."""
         self.sent = {"predictions": 0, "feedback": 0}
         """Rows the server acknowledged (accepted or already stored)."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -213,7 +219,7 @@ class Client:
         ``errors`` (status None) and logged.
         """
         if self._closed:
-            return not self.errors
+            return not (self.errors or self.errors_dropped)
         self._closing = True
         if timeout is not None:
             self._give_up_at = time.monotonic() + timeout
@@ -226,7 +232,7 @@ class Client:
         self._sync_http.close()
         with self._lock:
             self._lock.notify_all()
-        return not self.errors
+        return not (self.errors or self.errors_dropped)
 
     def _at_exit(self) -> None:
         self.close(self.exit_timeout)
@@ -345,6 +351,10 @@ class Client:
         err = ClientError(kind, status, detail, [r[0] for r in records],
                           [dict(zip(fields, r, strict=True)) for r in records])
         self.errors.append(err)
+        if len(self.errors) > self.max_errors:
+            extra = len(self.errors) - self.max_errors
+            del self.errors[:extra]
+            self.errors_dropped += extra
         log.error("tuneloop: %d %s not stored (HTTP %s): %s", len(records), kind, status, detail)
         self._resolve(len(records))
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -309,6 +310,21 @@ def candidate_pool(store: Store, project: str = DEFAULT_PROJECT, size: int = POO
 
 _reference_cache: dict[tuple[str, str, str, int, int], tuple[float, np.ndarray | None]] = {}
 REFERENCE_CACHE_SECONDS = 300.0
+_reference_lock = threading.Lock()
+REFERENCE_CACHE_MAX = 32
+"""Entries kept at most (one per store, project, champion, size, seed): the oldest go first."""
+
+
+def _cache_reference(key: tuple[str, str, str, int, int], found: np.ndarray | None) -> None:
+    """Store an entry, dropping expired ones and then the oldest beyond ``REFERENCE_CACHE_MAX``."""
+    now = time.monotonic()
+    with _reference_lock:
+        for old in [k for k, (t, _) in _reference_cache.items() if now - t >= REFERENCE_CACHE_SECONDS]:
+            del _reference_cache[old]
+        _reference_cache.pop(key, None)
+        _reference_cache[key] = (now, found)
+        while len(_reference_cache) > REFERENCE_CACHE_MAX:
+            del _reference_cache[next(iter(_reference_cache))]
 
 
 def reference_embeddings(store: Store, project: str = DEFAULT_PROJECT, size: int = REFERENCE_SAMPLE,
@@ -341,7 +357,7 @@ def reference_embeddings(store: Store, project: str = DEFAULT_PROJECT, size: int
         found = np.stack([np.asarray(e, np.float32) for e in df["embedding"]]) if len(df) else None
         if found is None or len(found) < size:  # the first traffic is still arriving: do not cache it
             return found
-    _reference_cache[key] = (time.monotonic(), found)
+    _cache_reference(key, found)
     return found
 
 

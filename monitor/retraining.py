@@ -139,22 +139,25 @@ def count_new_labels(store: Store, project: str, cutoff: datetime | None = None,
 
 
 def export_frames(store: Store, project: str, cutoff: datetime | None, labels: list[str],
-                  older_cap: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  older_cap: int, seed: int = 0, until: datetime | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(new, older) labelled frames for :func:`tuneloop.retrain.dataset.assemble_snapshot`.
 
-    new: one row per prediction whose latest label (human beats rule) came after ``cutoff``.
+    new: one row per prediction whose latest label (human beats rule) came after ``cutoff`` and
+    at most at ``until`` (the export's time, the next run's cutoff: a label written while the
+    export runs is new for the next run, not for both).
     older: the other labelled predictions plus the champion's own training rows (its reference
     rows with a true label), at most ``older_cap`` of them (a seeded, stable sample).
     """
     fb = store.latest_feedback_sql()
     since = cutoff or datetime.min
+    until = until or datetime.max
     new = store.query(
         f"""WITH fb AS ({fb})
             SELECT p.id, p.text, fb.label, p.label AS predicted_label, p.ts
             FROM fb JOIN predictions p ON p.project = fb.project AND p.id = fb.prediction_id
-            WHERE fb.ts > ? AND list_contains(?, fb.label)
-            ORDER BY p.ts""",
-        [project, since, labels],
+            WHERE fb.ts > ? AND fb.ts <= ? AND list_contains(?, fb.label)
+            ORDER BY p.ts, p.id""",
+        [project, since, until, labels],
     )
     champion = registry.champion(store, project)
     older = store.query(
@@ -164,11 +167,12 @@ def export_frames(store: Store, project: str, cutoff: datetime | None, labels: l
                   ON p.project = fb.project AND p.id = fb.prediction_id
                 WHERE fb.ts <= ? AND list_contains(?, fb.label)
                 UNION ALL
-                SELECT 'ref-' || CAST(row_number() OVER () AS VARCHAR) AS id, text, true_label AS label
+                SELECT 'ref-' || CAST(row_number() OVER (ORDER BY text, true_label) AS VARCHAR) AS id, text,
+                       true_label AS label
                 FROM reference_rows
                 WHERE project = ? AND reference = ? AND true_label IS NOT NULL AND list_contains(?, true_label)
             )
-            SELECT * FROM older ORDER BY hash(id || ?) LIMIT ?""",
+            SELECT * FROM older ORDER BY hash(id || ?), id LIMIT ?""",
         [project, since, labels, project, champion["version"] if champion else "", labels, str(seed), older_cap],
     )
     return new, older
@@ -363,7 +367,8 @@ class RetrainService:
         exported_at = utcnow()
         cutoff = feedback_cutoff(self.store, project)
         new, older = export_frames(self.store, project, cutoff, labels,
-                                   max(OLDER_CAP_FACTOR * s.retrain.replay_max, 10_000), seed=run_id)
+                                   max(OLDER_CAP_FACTOR * s.retrain.replay_max, 10_000), seed=run_id,
+                                   until=exported_at)
         snap = dataset.assemble_snapshot(
             new, older, s.retrain, seed=run_id,
             meta={"project": project, "run_id": run_id, "feedback_until": exported_at.isoformat(),

@@ -1,7 +1,9 @@
 """Background jobs in the server process (APScheduler 3): drift checks, retrain policy, retention.
 
 Every job runs with ``max_instances=1`` and ``coalesce=True``: a job never overlaps itself, and
-missed runs collapse into one. Jobs are plain callables so tests can call them directly.
+missed runs collapse into one. A run skipped because the previous one still runs is logged as a
+warning (APScheduler's own) and counted in :attr:`Scheduler.skipped`: a job that keeps outlasting
+its interval should be seen. Jobs are plain callables so tests can call them directly.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -21,9 +24,13 @@ class Scheduler:
     """A thin wrapper that names jobs and logs their failures instead of losing them."""
 
     def __init__(self) -> None:
-        # A skipped overlapping run is the intended behaviour, not a warning worth printing.
-        logging.getLogger("apscheduler").setLevel(logging.ERROR)
         self._scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"max_instances": 1, "coalesce": True})
+        self.skipped: dict[str, int] = {}
+        """Runs skipped per job: the previous run was still going, or the run came too late."""
+        self._scheduler.add_listener(self._count_skip, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
+
+    def _count_skip(self, event: JobEvent) -> None:
+        self.skipped[event.job_id] = self.skipped.get(event.job_id, 0) + 1
 
     def every(self, name: str, seconds: float, func: Callable[[], Any], *, start_now: bool = False,
               first_run_in: float | None = None) -> None:
@@ -60,7 +67,10 @@ class Scheduler:
         self._scheduler.start()
 
     def stop(self) -> None:
-        self._scheduler.shutdown(wait=False)
+        """Stop scheduling and wait for running jobs: they use the store, which closes next."""
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=True)
 
     def jobs(self) -> list[dict[str, Any]]:
-        return [{"id": j.id, "next_run": str(j.next_run_time)} for j in self._scheduler.get_jobs()]
+        return [{"id": j.id, "next_run": str(j.next_run_time), "skipped": self.skipped.get(j.id, 0)}
+                for j in self._scheduler.get_jobs()]

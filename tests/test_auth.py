@@ -151,10 +151,10 @@ def test_cli_token_commands_go_through_the_running_server(tmp_path, running_serv
     assert revoked.stdout.strip() == "revoked 1 token(s)"
 
 
-def test_first_serve_creates_and_prints_an_admin_token_once(tmp_path):
+def test_first_serve_writes_its_admin_token_to_a_private_file_when_stdout_is_not_a_terminal(tmp_path):
     from conftest import free_port
 
-    from tuneloop.monitor.cli import _first_admin_token
+    from tuneloop.monitor.cli import FIRST_TOKEN_FILE, _first_admin_token
     from tuneloop.monitor.store import Store
 
     port = free_port()
@@ -163,16 +163,22 @@ def test_first_serve_creates_and_prints_an_admin_token_once(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         env={**os.environ, "TUNELOOP_EMBEDDER__ENABLED": "false"},
     )
+    token_file = tmp_path / "d" / FIRST_TOKEN_FILE
     try:
-        token = None
+        said, token = "", None
         deadline = time.monotonic() + 60
         while token is None and time.monotonic() < deadline:
             line = proc.stdout.readline()  # type: ignore[union-attr]
             if not line and proc.poll() is not None:
                 break
-            if line.strip().startswith("tl_admin_"):
-                token = line.strip()
-        assert token, "serve printed no admin token"
+            said += line
+            if "tl_admin_" in line:
+                break
+            if str(token_file) in line:
+                token = token_file.read_text().strip()
+        assert "tl_admin_" not in said, "the admin token went to a log, not a terminal"
+        assert token and token.startswith("tl_admin_"), said
+        assert token_file.stat().st_mode & 0o777 == 0o600
         while time.monotonic() < deadline:
             try:
                 r = httpx.get(f"http://127.0.0.1:{port}/v1/whoami", headers={"Authorization": f"Bearer {token}"})
@@ -185,3 +191,19 @@ def test_first_serve_creates_and_prints_an_admin_token_once(tmp_path):
         proc.wait(30)
     with Store(tmp_path / "d" / "tuneloop.duckdb") as store:
         assert _first_admin_token(store) is None  # a token exists now: the next start prints none
+
+
+def test_on_a_terminal_the_first_admin_token_is_shown_and_no_file_is_written(tmp_path):
+    import pty
+
+    from tuneloop.monitor.cli import FIRST_TOKEN_FILE, announce_first_token
+
+    leader, follower = pty.openpty()
+    try:
+        with open(follower, "w", closefd=False) as terminal:
+            message = announce_first_token("tl_admin_secret", tmp_path, terminal)
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert "tl_admin_secret" in message
+    assert not (tmp_path / FIRST_TOKEN_FILE).exists()

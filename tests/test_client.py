@@ -130,3 +130,13 @@ def test_predictions_table_is_what_the_server_expects():
     assert table["ts"][0].as_py() == datetime.fromtimestamp(1_700_000_000.5, UTC)
     assert table["ts"][1].as_py() == datetime(2024, 1, 1, tzinfo=UTC)
     assert table["embedding"].to_pylist() == [None, [0.5, 0.5]]
+
+
+def test_errors_keep_only_the_latest_failed_requests(module_server):
+    srv = module_server
+    tl = Client(srv.url, srv.tokens["ingest"], max_errors=2)
+    for i in range(5):
+        tl.log_feedback(f"some-id-{i}", "neutral", id=f"fb-{i}")  # feedback needs role label: refused for good
+        assert tl.flush(30)
+    assert [e.ids for e in tl.errors] == [["fb-3"], ["fb-4"]] and tl.errors_dropped == 3
+    assert not tl.close()  # dropped errors still count as errors

@@ -190,3 +190,15 @@ def test_prob_matrix_reads_every_shape_and_survives_bad_rows():
     margin, _ = uncertainty(pd.DataFrame({"text": list("abcdef"), "probs": [probs(0.2, 0.5, 0.3), "[0.1, 0.9]",
                                                                           None, None, "{not json", None]}))
     np.testing.assert_allclose(margin, [0.2, 0.8, 1, 1, 1, 1])
+
+
+def test_the_reference_embedding_cache_stays_bounded(tmp_path):
+    from tuneloop.monitor import label_queue
+
+    with Store(tmp_path / "cache.duckdb") as store:
+        for i in range(4):
+            store.execute("INSERT INTO reference_rows (project, reference, text, embedding) "
+                          "VALUES ('default', 'imported', ?, ?)", [f"r{i}", [float(i), 1.0]])
+        for seed in range(3 * label_queue.REFERENCE_CACHE_MAX):
+            assert label_queue.reference_embeddings(store, size=2, seed=seed).shape == (2, 2)
+    assert len(label_queue._reference_cache) <= label_queue.REFERENCE_CACHE_MAX
