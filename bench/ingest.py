@@ -11,9 +11,13 @@ One run measures, on this machine:
    processes hit both alike. Goal: HTTP/raw >= 0.3;
 3. the SDK's caller-side cost per ``log_prediction`` (p50/p99; goal p99 < 50 us) while its
    sender thread ships the rows to the server;
-4. the server's peak RSS (VmHWM).
+4. the server's peak RSS (VmHWM);
+5. the cost of pending feedback (feedback whose prediction has not arrived): the store's append
+   rate (the writer thread's path) with 0, 1 and 10,000 pending rows next to a large feedback
+   table, median of ``--repeats`` runs. Pending rows must cost close to nothing per commit.
 
     .venv/bin/python bench/ingest.py [--batches 40] [--json-batches 6] [--sdk-rows 100000]
+    .venv/bin/python bench/ingest.py --pending-only [--feedback-rows 200000] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -164,6 +168,44 @@ def sdk_cost(url: str, token: str, rows: int, rng: np.random.Generator) -> tuple
     return costs, rows / elapsed
 
 
+def pending_append_rate(path: Path, pending: int, feedback_rows: int, batches: list[pa.Table]) -> float:
+    """Rows/s of prediction appends into a store holding ``feedback_rows`` feedback rows and
+    ``pending`` feedback rows for predictions that never arrive."""
+    labels = pa.array(np.resize(LABELS, feedback_rows))
+    with Store(path) as store:
+        old_ids = pa.array([f"old{i}" for i in range(feedback_rows)])
+        store.append_predictions(pa.table({"id": old_ids, "text": pa.array(["old"] * feedback_rows), "label": labels}))
+        store.append_feedback(pa.table({"prediction_id": old_ids, "label": labels}))
+        if pending:
+            store.append_feedback(pa.table({"prediction_id": pa.array([f"never{i}" for i in range(pending)]),
+                                            "label": pa.array(np.resize(LABELS, pending))}))
+        t = time.perf_counter()
+        for table in batches:
+            store.append_predictions(table)
+        return sum(b.num_rows for b in batches) / (time.perf_counter() - t)
+
+
+def pending_cost(tmp: Path, feedback_rows: int, repeats: int, rng: np.random.Generator) -> dict[int, list[float]]:
+    """Append rates (rows/s) per pending count, ``repeats`` runs each, the counts interleaved."""
+    rates: dict[int, list[float]] = {0: [], 1: [], 10_000: []}
+    for r in range(repeats):
+        for pending in rates:
+            batches = [to_store_table(make_batch(500_000 + r * 1000 + k, rng)) for k in range(20)]
+            rates[pending].append(pending_append_rate(tmp / f"pending-{pending}-{r}.duckdb", pending, feedback_rows,
+                                                      batches))
+    return rates
+
+
+def print_pending(rates: dict[int, list[float]], feedback_rows: int) -> None:
+    print(f"store appends (20 x {BATCH} rows, {feedback_rows:,} feedback rows stored), median of "
+          f"{len(rates[0])} runs:")
+    base = float(np.median(rates[0]))
+    for pending, values in rates.items():
+        med = float(np.median(values))
+        print(f"  {pending:>6,} pending feedback rows : {med:10,.0f} rows/s   ratio to none {med / base:.2f}   "
+              "runs: " + ", ".join(f"{x:,.0f}" for x in values))
+
+
 def rss_mb(pid: int, field: str = "VmHWM") -> float:
     """Peak (VmHWM) or current (VmRSS) resident memory of a process, in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -177,8 +219,15 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=40, help="1000-row batches per HTTP/raw round")
     ap.add_argument("--json-batches", type=int, default=6)
     ap.add_argument("--sdk-rows", type=int, default=100_000)
+    ap.add_argument("--feedback-rows", type=int, default=200_000, help="feedback table size for the pending case")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per pending count")
+    ap.add_argument("--pending-only", action="store_true", help="only measure the cost of pending feedback")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
+    if args.pending_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            print_pending(pending_cost(Path(tmp), args.feedback_rows, args.repeats, rng), args.feedback_rows)
+        return
 
     rounds = [[make_batch(r * 10_000 + k, rng) for k in range(args.batches)] for r in range(2)]
     json_tables = [make_batch(90_000 + k, rng) for k in range(args.json_batches)]
@@ -218,6 +267,8 @@ def main() -> None:
     print(f"SDK end-to-end ({args.sdk_rows} rows incl. close) : {sdk_rate:10,.0f} rows/s")
     print(f"server peak RSS                      : {rss:10.0f} MB   ("
           + ", ".join(f"{k}: {v:.0f}" for k, v in rss_steps.items()) + "; idle is current RSS)")
+    with tempfile.TemporaryDirectory() as tmp:
+        print_pending(pending_cost(Path(tmp), args.feedback_rows, args.repeats, rng), args.feedback_rows)
 
 
 if __name__ == "__main__":

@@ -2,14 +2,14 @@
 
 import json
 import threading
-import time
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from tuneloop.monitor.alerts import WebhookNotifier, ack_alert, list_alerts, update_alerts
 from tuneloop.monitor.config import DriftSettings
-from tuneloop.monitor.store import Store, utcnow
+from tuneloop.monitor.store import Store
 
 
 @pytest.fixture
@@ -19,12 +19,12 @@ def store(tmp_path):
 
 
 def record(store, drifted, metric="embedding_drift", value=None):
-    check_id = store.query("SELECT nextval('drift_check_ids') AS i")["i"][0]
+    check_id = int(store.query("SELECT nextval('drift_check_ids') AS i")["i"][0])
+    ts = datetime(2026, 1, 1) + timedelta(minutes=check_id)  # one check a minute: the history order is exact
     store.execute(
         "INSERT INTO drift_checks VALUES (?, 'default', ?, NULL, NULL, 'v1', ?, ?, 0.5, ?, '{}', NULL)",
-        [int(check_id), utcnow(), metric, value if value is not None else (0.9 if drifted else 0.1), drifted],
+        [check_id, ts, metric, value if value is not None else (0.9 if drifted else 0.1), drifted],
     )
-    time.sleep(0.002)  # distinct timestamps keep the history ordered
 
 
 def test_alert_opens_after_k_breaches_and_closes_after_k_clean(store):
@@ -56,9 +56,12 @@ def test_ack(store):
 
 class Receiver(BaseHTTPRequestHandler):
     received: list = []
+    gate = threading.Event()
+    """Held closed, the receiver does not answer: a delivery in progress, for as long as the test wants."""
 
     def do_POST(self):  # noqa: N802
         body = self.rfile.read(int(self.headers["Content-Length"]))
+        Receiver.gate.wait(60)
         Receiver.received.append(json.loads(body))
         self.send_response(204)
         self.end_headers()
@@ -72,15 +75,19 @@ def test_webhook_receives_alert_and_dead_webhook_does_not_block(store):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     live = f"http://127.0.0.1:{server.server_address[1]}/hook"
     dead = "http://127.0.0.1:9/never"  # discard port: connection refused
-    settings = DriftSettings(open_after=1, webhooks=[dead, live], webhook_retries=2, webhook_timeout_seconds=1)
+    settings = DriftSettings(open_after=1, webhooks=[live, dead], webhook_retries=2, webhook_timeout_seconds=120)
     notifier = WebhookNotifier(store, settings)
+    Receiver.gate.clear()
+    safety = threading.Timer(30, Receiver.gate.set)  # if notify() did block, it returns late, after delivering
+    safety.start()
     try:
         record(store, True)
         changes = update_alerts(store, "default", ["embedding_drift"], settings)
-        started = time.perf_counter()
         notifier.notify(changes)
-        assert time.perf_counter() - started < 0.05  # never blocks the check
-        notifier.join(timeout=20)
+        # the receiver has not answered yet, and notify() has returned: it never waits for a delivery
+        assert Receiver.received == [] and store.query("SELECT count(*) AS n FROM alert_deliveries")["n"][0] == 0
+        Receiver.gate.set()
+        notifier.join(timeout=60)
         assert [m["action"] for m in Receiver.received] == ["opened"]
         assert Receiver.received[0]["kind"] == "embedding_drift"
         deliveries = store.query("SELECT url, status, attempts FROM alert_deliveries ORDER BY url")
@@ -88,5 +95,7 @@ def test_webhook_receives_alert_and_dead_webhook_does_not_block(store):
         assert rows[live] == ("delivered", 1)
         assert rows[dead] == ("failed", 3)
     finally:
+        safety.cancel()
+        Receiver.gate.set()
         notifier.stop()
         server.shutdown()

@@ -73,7 +73,8 @@ def test_serve_prints_url_and_answers(tmp_path):
         assert r.json()["status"] == "ready"
         # the file is owned by the server: a direct open fails with a clear message
         locked = tuneloop("--data-dir", "d", "token", "create", "--role", "admin", cwd=tmp_path, check=False)
-        assert "Traceback" not in locked.stderr
+        assert locked.returncode != 0 and "tl_admin_" not in locked.stdout, locked.stdout
+        assert "in use by another process" in locked.stderr and "Traceback" not in locked.stderr, locked.stderr
     finally:
         proc.terminate()
         proc.wait(timeout=20)

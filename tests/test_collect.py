@@ -76,7 +76,8 @@ def test_group_resolves_pending_feedback(store):
 
 # -- the writer thread ---------------------------------------------------------------------------
 def test_writer_coalesces_concurrent_batches_into_one_transaction(store):
-    writer = Writer(store, group_commit_rows=10_000, group_commit_ms=300).start()
+    # The group closes when it holds 200 rows (the four batches), not on a clock: no race with the submits.
+    writer = Writer(store, group_commit_rows=200, group_commit_ms=600_000).start()
     futures = [writer.submit_predictions(pa.Table.from_pylist(rows([f"w{k}-{i}" for i in range(50)])))
                for k in range(4)]
     results = [f.result(10) for f in futures]

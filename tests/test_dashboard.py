@@ -19,6 +19,7 @@ import httpx
 import pytest
 from conftest import free_port
 from dashboard_env import shared_env
+from job_control import held, running_job
 from streamlit.testing.v1 import AppTest
 
 from tuneloop.monitor.auth import list_tokens
@@ -218,11 +219,13 @@ def test_retrain_now_starts_a_run_that_shows_live_and_can_be_cancelled(dashboard
     at.button(key="confirm_yes").click().run()
     no_exceptions(at)
     (run_id,) = {r["id"] for r in api(env).get("/v1/retrain/runs").json()["items"]} - before
-    assert at.selectbox(key="models_run_pick").value == run_id
-    assert f"Run {run_id}" in texts(at)
-    at.button(key=f"cancel_{run_id}").click().run()
-    at.button(key="confirm_yes").click().run()
-    no_exceptions(at)
+    with held(running_job(api(env), run_id)["pid"]):  # the tiny job cannot finish before the cancel lands
+        at.run()
+        assert at.selectbox(key="models_run_pick").value == run_id
+        assert f"Run {run_id}" in texts(at)
+        at.button(key=f"cancel_{run_id}").click().run()
+        at.button(key="confirm_yes").click().run()
+        no_exceptions(at)
     deadline = time.monotonic() + 60
     while (status := api(env).get(f"/v1/retrain/runs/{run_id}").json()["status"]) not in ("cancelled", "failed"):
         assert time.monotonic() < deadline, status

@@ -29,7 +29,7 @@ def test_demo_catches_the_shift_retrains_and_recovers(tmp_path):
     served = report["served_accuracy"]
     print("loop-quality figures:", json.dumps({k: report[k] for k in (
         "served_accuracy", "labels_spent", "seconds_from_shift", "test_split", "ratio_to_oracle")}))
-    assert report["seconds_from_shift"]["to_alert"] is not None, "the shift raised no alert"
+    assert (report["seconds_from_shift"]["to_alert"] or -1) > 0, "no alert was raised after the shift"
     assert report["promoted_version"], "no retrained version was promoted"
     assert served["after_promotion"] > served["after_shift"] + 0.05, served
     assert report["labels_spent"] <= 300

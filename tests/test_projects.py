@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 
 from tuneloop.monitor import checks, imports, projects
+from tuneloop.monitor import demo_data as dd
 from tuneloop.monitor.config import load_settings
 from tuneloop.monitor.embedder import BackgroundEmbedder
 from tuneloop.monitor.store import Store
@@ -215,8 +216,6 @@ def test_feedback_key_matching_the_same_key_twice_labels_the_latest(lib):
 
 
 # ---- a real server: two external models logged at once, drift, labels, adoption -----------------------
-
-dd = pytest.importorskip("tuneloop.monitor.demo_data")
 
 TOPICS = ["airline", "apple", "coachella"]
 TOPIC_WORDS = ["united", "usairways", "americanair", "southwestair", "jetblue", "virginamerica", "delta", "flight",

@@ -24,12 +24,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from job_control import held, running_job
 
+from tuneloop.monitor import demo_data as dd
 from tuneloop.monitor import registry
 from tuneloop.monitor.config import load_settings
 from tuneloop.monitor.store import Store, utcnow
-
-dd = pytest.importorskip("tuneloop.monitor.demo_data")
 
 LABELS = ["negative", "neutral", "positive"]
 POLICY = {"airline": "negative", "coachella": "positive", "apple": "neutral"}
@@ -223,21 +223,24 @@ def test_two_triggers_start_one_run_and_a_killed_job_changes_nothing(loop, tweet
     assert busy["run_id"] == ok["run_id"] and "already running" in busy["detail"]
 
     run_id = ok["run_id"]
+    pid = running_job(admin, run_id)["pid"]
     deadline = time.time() + 90
-    while True:  # wait until the job is training
-        run = admin.get(f"/v1/retrain/runs/{run_id}").json()
-        progress = run.get("progress") or {}
-        if progress.get("phase") == "train" and run.get("pid"):
-            break
+    while True:  # look at the job only while it is stopped: it cannot leave the training phase unseen
+        with held(pid):
+            run = admin.get(f"/v1/retrain/runs/{run_id}").json()
+            if (run.get("progress") or {}).get("phase") == "train":
+                os.kill(pid, signal.SIGKILL)
+                break
         assert run["status"] in ("queued", "running") and time.time() < deadline, run
-        time.sleep(0.2)
-    os.kill(run["pid"], signal.SIGKILL)
+        time.sleep(0.01)
+    planned = run["version"]  # named when the run started; a failed run reports none
+    assert planned, run
     run = wait_run(admin, run_id, timeout=30)
     assert run["status"] == "failed" and "SIGKILL" in run["reasons"][0], run
     assert champion(loop) == before
     assert {v["version"] for v in registry.list_versions(loop["store"], "default")} == versions_before
     models = loop["settings"].models_dir
-    assert not (models / run["version"]).exists() if run.get("version") else True
+    assert not (models / planned).exists()
     assert predict(admin, ["my iphone screen"])["model_version"] == before
 
 
@@ -250,8 +253,9 @@ def test_cancel_stops_the_job(loop, tweets):
     assert r.status_code == 200, r.text
     run_id = r.json()["run_id"]
     assert loop["clients"]["label"].post(f"/v1/retrain/runs/{run_id}/cancel").status_code == 403
-    c = admin.post(f"/v1/retrain/runs/{run_id}/cancel")
-    assert c.status_code in (200, 409), c.text
+    with held(running_job(admin, run_id)["pid"]):  # the tiny job cannot finish before the cancel lands
+        c = admin.post(f"/v1/retrain/runs/{run_id}/cancel")
+        assert c.status_code == 200, c.text
     run = wait_run(admin, run_id, timeout=60)
     assert run["status"] == "cancelled", run
     assert admin.post(f"/v1/retrain/runs/{run_id}/cancel").status_code == 409
