@@ -371,6 +371,12 @@ def run_retention(
         n_feedback = cur.execute("DELETE FROM feedback WHERE prediction_ts < ?", [cutoff]).fetchall()[0][0]
         n_predictions = cur.execute("DELETE FROM predictions WHERE ts < ?", [cutoff]).fetchall()[0][0]
         n_pending = cur.execute("DELETE FROM pending_feedback WHERE ts < ?", [pending_cutoff]).fetchall()[0][0]
+        if n_feedback or n_pending:  # who wrote the rows that are gone no longer matters
+            cur.execute("""DELETE FROM feedback_writers w WHERE NOT EXISTS (
+                               SELECT 1 FROM feedback f WHERE f.project = w.project AND f.id = w.id)
+                           AND NOT EXISTS (
+                               SELECT 1 FROM pending_feedback f WHERE f.project = w.project AND f.id = w.id)"""
+                        ).fetchall()
     result = RetentionResult(cutoff, int(n_predictions), int(n_feedback), int(n_pending), hours,
                              round(time.perf_counter() - t0, 3))
     if n_predictions or n_feedback or n_pending:

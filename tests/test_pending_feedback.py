@@ -47,7 +47,8 @@ def test_pending_feedback_expires_after_its_ttl_long_before_raw_retention(store)
     store.append_feedback([
         {"id": "old", "prediction_id": "never", "label": "positive", "ts": now - timedelta(hours=200)},
         {"id": "new", "prediction_id": "soon", "label": "positive", "ts": now - timedelta(hours=1)},
-    ])
+    ], token_id="t1")
     result = run_retention(store, raw_days=90, now=now, pending_hours=168)
     assert result.pending_feedback == 1
     assert store.query("SELECT id FROM pending_feedback")["id"].tolist() == ["new"]
+    assert store.query("SELECT id FROM feedback_writers")["id"].tolist() == ["new"]  # no orphan left
