@@ -265,7 +265,7 @@ def test_a_full_disk_refuses_writes_cleanly_and_serving_goes_on(tmp_path, figure
 
             for k in range(5):
                 ids, r = batch(k)
-                assert r.status_code == 200 and r.json() == {"accepted": 40, "duplicates": 0}, r.text
+                assert r.status_code == 200 and (r.json()["accepted"], r.json()["duplicates"]) == (40, 0), r.text
                 acked += ids
             if mode == "tmpfs":  # leave ~300 kB free
                 free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
@@ -285,7 +285,7 @@ def test_a_full_disk_refuses_writes_cleanly_and_serving_goes_on(tmp_path, figure
                     assert r.status_code == 507 and "disk is full" in r.json()["detail"], r.text
                     assert r.headers.get("retry-after")
                     break
-                assert r.json() == {"accepted": 40, "duplicates": 0}, r.text  # each row stored once, as told
+                assert (r.json()["accepted"], r.json()["duplicates"]) == (40, 0), r.text  # stored once, as told
                 acked += ids
             assert status == 507, "the disk never filled up"
             # reads and the rest of the service keep working while the disk is full
@@ -302,7 +302,7 @@ def test_a_full_disk_refuses_writes_cleanly_and_serving_goes_on(tmp_path, figure
                 psutil.Process(server._proc.pid).rlimit(psutil.RLIMIT_FSIZE,
                                                         (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
             ids, r = batch(999)
-            assert r.status_code == 200 and r.json() == {"accepted": 40, "duplicates": 0}, r.text
+            assert r.status_code == 200 and (r.json()["accepted"], r.json()["duplicates"]) == (40, 0), r.text
             acked += ids
             server.kill()  # and a crash afterwards loses nothing acknowledged
             server.preexec = None
