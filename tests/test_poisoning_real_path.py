@@ -1,0 +1,112 @@
+"""Partly poisoned feedback through the real retrain path, with the shipped gate: no promotion.
+
+Each case is its own server whose champion is a good tiny model trained on a keyword policy over
+real tweets. Feedback is logged through ``/v1/predict`` and ``/v1/feedback``, partly poisoned
+(30 % or 50 % of the labels moved to the next class, or every label of one class taught as
+another), and ``POST /v1/retrain`` runs the real snapshot -> job -> gate path with the shipped
+``[retrain]`` defaults (only the training length is shortened). The run must not promote.
+
+The targeted case is promoted today: with no golden set configured, nothing the gate sees is
+free of the attacker's labels. It is marked as an expected failure (strict, so it fails once the
+gate catches it and the mark must go).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import start_server
+from test_retrain_loop import LABELS, POLICY, TOPIC_WORDS, policy_frame, wait_run
+
+from tuneloop.monitor import demo_data as dd
+from tuneloop.monitor import registry
+from tuneloop.monitor.config import load_settings
+
+N_FEEDBACK = 150
+"""Rows of feedback per run: the shipped holdout_fraction (0.25) leaves >= min_holdout (30) for the gate."""
+MODEL = {"epochs": 6, "batch_size": 16, "patience": 4, "learning_rate": 0.03, "max_length": 48, "threads": 1}
+RETRAIN = {"epochs": 2, "cooldown_seconds": 0, "check_interval_seconds": 3600, "timeout_seconds": 300}
+"""Training length and scheduling only: the gate, holdout and replay settings are the shipped ones."""
+
+
+@pytest.fixture(scope="module")
+def streams():
+    try:
+        tw = dd.load_tweets()
+    except dd.DemoDataUnavailable as e:
+        pytest.skip(str(e))
+    tw = tw[tw["topic"].isin(list(POLICY))].copy()
+    tw["key"] = tw["text"].map(dd.text_key)
+    tw = tw.drop_duplicates("key")
+    rng = np.random.default_rng(5)
+    tw = tw.iloc[rng.permutation(len(tw))]
+    per_topic = {t: g for t, g in tw.groupby("topic")}
+    sizes = {"train": 110, "feedback": N_FEEDBACK // 3}
+    parts, start = {}, 0
+    for name, n in sizes.items():
+        part = pd.concat([g.iloc[start:start + n] for g in per_topic.values()])
+        parts[name] = part.iloc[rng.permutation(len(part))].reset_index(drop=True)
+        start += n
+    return parts
+
+
+@pytest.fixture(scope="module")
+def champion_dir(tmp_path_factory, streams):
+    """A good champion (it learned the policy), trained once and copied into each case's server."""
+    from tuneloop.retrain.tiny import make_tiny_base
+
+    root = tmp_path_factory.mktemp("poison-real")
+    base = make_tiny_base(root / "base", vocab_words=TOPIC_WORDS)
+    settings = load_settings(paths={"data_dir": str(root / "seed")}, model={"base": str(base), **MODEL})
+    trained = registry.train_version(settings, policy_frame(streams["train"]), LABELS, version="v1")
+    return base, trained.path
+
+
+def poisoned(truth: list[str], case: str, rng: np.random.Generator) -> list[str]:
+    if case == "targeted":  # every airline complaint (negative) taught as positive
+        return ["positive" if y == "negative" else y for y in truth]
+    share = {"flip-30": 0.3, "flip-50": 0.5}[case]
+    flip = rng.permutation(len(truth)) < round(share * len(truth))
+    return [LABELS[(LABELS.index(y) + 1) % 3] if f else y for y, f in zip(truth, flip, strict=True)]
+
+
+TARGETED_GAP = pytest.mark.xfail(strict=True, reason=(
+    "with the shipped [retrain] defaults (no golden set) a holdout drawn from the same relabelled stream "
+    "rewards the relabelling: the challenger is promoted"))
+
+
+@pytest.mark.parametrize("case", ["flip-30", "flip-50", pytest.param("targeted", marks=TARGETED_GAP)])
+def test_partly_poisoned_feedback_is_not_promoted_through_the_real_path(case, tmp_path, streams, champion_dir,
+                                                                         figure):
+    base, version_dir = champion_dir
+    sections = {"paths": {"data_dir": str(tmp_path / "data")}, "model": {"base": str(base), **MODEL},
+                "retrain": RETRAIN}
+    models_dir = load_settings(**sections).models_dir
+    models_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(version_dir, models_dir / "v1")
+    server = start_server(tmp_path, **sections)
+    try:
+        with server.client("admin", timeout=120) as admin, server.client("label") as label:
+            assert admin.post("/v1/models/v1/register").status_code == 200
+            assert admin.post("/v1/models/v1/promote").status_code == 200
+            frame = streams["feedback"]
+            r = admin.post("/v1/predict", json={"texts": frame["text"].tolist()})
+            assert r.status_code == 200, r.text
+            ids = [p["id"] for p in r.json()["predictions"]]
+            labels = poisoned(frame["topic"].map(POLICY).tolist(), case, np.random.default_rng(11))
+            r = label.post("/v1/feedback", json={"records": [
+                {"prediction_id": i, "label": y} for i, y in zip(ids, labels, strict=True)]})
+            assert r.status_code == 200 and r.json()["accepted"] == len(ids), r.text
+            r = admin.post("/v1/retrain", json={"reason": f"poisoned feedback ({case})"})
+            assert r.status_code == 200, r.text
+            run = wait_run(admin, r.json()["run_id"])
+            assert run["status"] == "rejected", run
+            assert run["reasons"], run
+            assert admin.get("/v1/models").json()["serving"] == "v1"
+    finally:
+        server.close()
+    figure(f"poisoning (real path, shipped gate): {case}",
+           f"{N_FEEDBACK} feedback rows, run {run['status']}: {run['reasons'][0]}")
