@@ -117,6 +117,16 @@ def _registry() -> Any:
     return getattr(metrics, "REGISTRY", None) or getattr(metrics, "registry", None)
 
 
+def _depth_bucket(texts: int) -> str:
+    """Power-of-two bucket of a queue depth: '1', '2-3', '4-7', ..."""
+    low = 1 << (max(texts, 1).bit_length() - 1)
+    return "1" if low == 1 else f"{low}-{2 * low - 1}"
+
+
+def _bucket_order(item: tuple[str, Any]) -> int:
+    return int(item[0].split("-")[0])
+
+
 class ModelServer:
     """Dynamic-batching, hot-swappable model server for one project.
 
@@ -144,6 +154,7 @@ class ModelServer:
         """Held by :func:`activate` around registry change + install, so swaps apply in order."""
         self.load_error: str | None = None
         self.batch_sizes: Counter[int] = Counter()  # texts per batch taken -> number of batches
+        self.by_queue_depth: dict[str, list[int]] = {}  # texts queued when a batch was taken -> [batches, texts]
         self.requests_served = 0
         self._metrics = _Metrics.get()
 
@@ -232,6 +243,7 @@ class ModelServer:
                     if remaining <= 0:
                         break
                     self._cond.wait(remaining)
+            depth = self._queued_texts
             batch, n = [], 0
             while self._queue and (not batch or n + len(self._queue[0].texts) <= self.max_batch):
                 request = self._queue.popleft()
@@ -240,6 +252,9 @@ class ModelServer:
                     batch.append(request)
                     n += len(request.texts)
             self._last_batch_requests = len(batch)
+            counts = self.by_queue_depth.setdefault(_depth_bucket(depth), [0, 0])
+            counts[0] += 1
+            counts[1] += n
             return batch
 
     def _run(self) -> None:
@@ -292,7 +307,9 @@ class ModelServer:
         texts = sum(k * v for k, v in self.batch_sizes.items())
         return {"version": self.version, "batches": batches, "texts": texts, "requests": self.requests_served,
                 "mean_batch_texts": texts / batches if batches else 0.0,
-                "max_batch_texts": max(self.batch_sizes, default=0)}
+                "max_batch_texts": max(self.batch_sizes, default=0),
+                "by_queue_depth": {depth: {"batches": b, "texts": t}
+                                   for depth, (b, t) in sorted(self.by_queue_depth.items(), key=_bucket_order)}}
 
 
 class Serving:
