@@ -124,7 +124,7 @@ def prediction_table(texts: list[str], result: ServeResult, latency_ms: float, m
     dim = emb.shape[1] if emb.ndim == 2 else 0
     embedding = pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int32)),
                                          pa.array(emb.reshape(-1)))
-    meta = orjson.dumps(metadata).decode() if metadata else None
+    meta = json.dumps(metadata, separators=(",", ":")) if metadata else None  # orjson refuses ints past 64 bits
     table = pa.table({
         "id": pa.array([uuid.uuid4().hex for _ in range(n)], pa.string()),
         "ts": pa.array([utcnow()] * n, pa.timestamp("us")),
