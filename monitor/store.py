@@ -496,7 +496,10 @@ class Store:
             with self.transaction() as cur:
                 inserted = Counter(self._insert_predictions(cur, _first_rows(combined), ignore_existing=True))
         if self._rollup_parts >= ROLLUP_COMPACT_ROWS:
-            self.compact_rollup()
+            try:  # upkeep after the commit: the batches are stored whatever happens here
+                self.compact_rollup()
+            except Exception:
+                log.exception("folding the hourly rollup failed; it is retried after the next appends")
         sizes = iter(t.num_rows for t in parts)
         results = []
         for seq in seqs:
