@@ -6,10 +6,18 @@
 2. 16 concurrent single-text clients against dynamic batching (``serve_max_batch = 64``) and
    against batch-1 serving (``serve_max_batch = 1``). Goal: dynamic batching >= 3x throughput.
 
-Both servers are real ``tuneloop serve`` processes on loopback, each with its own data dir and
-the same version. Phases alternate in rounds so that machine noise hits both sides alike.
+   Also printed: concurrent single-text throughput against the offline batch-32 throughput of
+   phase 1 (goal >= 0.8x), and the mean batch against the queue depth it was taken from.
 
-    .venv/bin/python bench/serve.py [--rounds 3] [--batches 6] [--seconds 8] [--train-rows 300]
+Both servers are real ``tuneloop serve`` processes on loopback, each with its own data dir and
+the same version. Every figure is a ratio measured within one round; rounds alternate which side
+goes first so that machine noise hits both sides alike, and the summary gives the median round
+with the range over rounds. Thread counts are pinned (``--threads``, default: the CPU count) for
+torch, OpenMP and MKL in this process and in both servers (one uvicorn worker each), so both sides
+compete for the cores the same way in every run.
+
+    .venv/bin/python bench/serve.py [--rounds 7] [--batches 6] [--seconds 5] [--threads N]
+                                    [--profile DIR]   # py-spy on the dynamic server (flame graphs)
 """
 
 from __future__ import annotations
@@ -32,6 +40,13 @@ import httpx
 import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+THREADS = int(os.environ.get("TUNELOOP_BENCH_THREADS") or os.cpu_count() or 1)
+
+
+def pin_threads(threads: int) -> None:
+    """Fix the OpenMP/MKL pool sizes (read once, when torch loads) for this process and its children."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -97,6 +112,28 @@ def start_server(data_dir: Path, version_dir: Path, max_batch: int, threads: int
     raise RuntimeError("server did not become ready")
 
 
+def spread(values: list[float], fmt: str = "{:.3f}") -> str:
+    """Median with the range over rounds: ``median [min..max]``."""
+    return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}..{fmt.format(max(values))}]"
+
+
+def start_profile(pid: int, out: Path) -> subprocess.Popen | None:
+    """py-spy on a server process (all threads, native frames off), written as a flame graph on stop."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(exe).exists():
+        print("py-spy is not installed: pip install py-spy", flush=True)
+        return None
+    return subprocess.Popen([exe, "record", "-p", str(pid), "-r", "200", "-o", str(out), "-f", "raw"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_profile(proc: subprocess.Popen | None) -> None:
+    if proc is not None:
+        proc.send_signal(2)  # SIGINT: py-spy writes its output and exits
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(60)
+
+
 def bare_round(clf, batches: list[list[str]], worker: ThreadPoolExecutor) -> list[float]:  # type: ignore[no-untyped-def]
     """The forward alone, run on a long-lived worker thread exactly as the server's batch worker runs it
     (torch's CPU parallelism can behave differently on the main thread, notably when cores are busy)."""
@@ -138,24 +175,45 @@ async def concurrent_round(url: str, texts: list[str], clients: int, seconds: fl
     return len(latencies), latencies, errors
 
 
+def by_depth(before: dict, after: dict) -> list[tuple[str, int, float]]:
+    """(queue depth bucket, forwards, mean texts per forward) between two /v1/serving snapshots."""
+    rows = []
+    for depth, now in after.get("by_queue_depth", {}).items():
+        then = before.get("by_queue_depth", {}).get(depth, {"batches": 0, "texts": 0})
+        n = now["batches"] - then["batches"]
+        if n:
+            rows.append((depth, n, (now["texts"] - then["texts"]) / n))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--batches", type=int, default=6, help="batches of 32 per side per round")
-    ap.add_argument("--seconds", type=float, default=8.0, help="seconds per concurrency phase per round")
+    ap.add_argument("--seconds", type=float, default=5.0, help="seconds per concurrency phase per side per round")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--train-rows", type=int, default=300, help="0 = untrained head (forward cost is the same)")
-    ap.add_argument("--threads", type=int, default=0, help="model.threads for both servers and the bare forward")
+    ap.add_argument("--threads", type=int, default=THREADS,
+                    help="torch/OpenMP threads for both servers and the bare forward (default: CPU count)")
+    ap.add_argument("--profile", type=Path, help="write py-spy flame graphs of the dynamic server here")
     args = ap.parse_args()
+    pin_threads(args.threads)
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
 
     from tuneloop.monitor.demo_data import load_tweets
     from tuneloop.retrain.model import set_threads
     from tuneloop.retrain.versions import load_version
 
+    set_threads(args.threads)
     tweets = load_tweets().sample(frac=1.0, random_state=0)
     texts = tweets["text"].tolist()
     root = Path(tempfile.mkdtemp(prefix="tuneloop-bench-serve-"))
     procs = []
+    load = [os.getloadavg()[0]]
+    overheads, p50_ratios, bare_rates, http_rates = [], [], [], []
+    speedups, vs_offline, dyn_rates, one_rates = [], [], [], []
+    dyn_lat, one_lat, errors = [], [], 0
     try:
         version_dir = make_version(root / "train", args.train_rows, tweets)
         dyn, dyn_url = start_server(root / "dynamic", version_dir, 64, args.threads)
@@ -164,11 +222,11 @@ def main() -> None:
         procs.append(one)
         clf = load_version(version_dir, threads=args.threads)
         pool = texts[1000:]
-        print(f"servers up; torch threads {__import__('torch').get_num_threads()}, load average "
-              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
+        print(f"servers up; torch threads {__import__('torch').get_num_threads()} (pinned {args.threads}), "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
 
         # -- 1. logging + HTTP overhead at batch 32 ---------------------------------------------------
-        bare, http = [], []
+        profile = start_profile(dyn.pid, args.profile / "serve-batch32.txt") if args.profile else None
         worker = ThreadPoolExecutor(1, initializer=set_threads, initargs=(args.threads,))
         with httpx.Client(base_url=dyn_url, timeout=120) as client, worker:
             warm = [pool[i : i + 32] for i in range(0, 64, 32)]
@@ -177,24 +235,42 @@ def main() -> None:
             for r in range(args.rounds):
                 batches = [pool[(r * args.batches + i) * 32 : (r * args.batches + i + 1) * 32]
                            for i in range(args.batches)]
-                bare += bare_round(clf, batches, worker)
-                http += http_round(client, batches)
+                if r % 2:
+                    http, bare = http_round(client, batches), bare_round(clf, batches, worker)
+                else:
+                    bare, http = bare_round(clf, batches, worker), http_round(client, batches)
+                overheads.append(sum(http) / sum(bare) - 1)
+                p50_ratios.append(statistics.median(http) / statistics.median(bare))
+                bare_rates.append(32 * len(bare) / sum(bare))
+                http_rates.append(32 * len(http) / sum(http))
+        stop_profile(profile)
         logged = httpx.get(f"{dyn_url}/v1/status").json().get("project_predictions")
         del clf
+        load.append(os.getloadavg()[0])
 
         # -- 2. dynamic batching vs batch-1 under concurrent single-text clients ----------------------
-        dyn_n, one_n, dyn_lat, one_lat, errors = 0, 0, [], [], 0
         asyncio.run(concurrent_round(dyn_url, pool, 4, 2))  # warm both
         asyncio.run(concurrent_round(one_url, pool, 4, 2))
         before = httpx.get(f"{dyn_url}/v1/serving").json()["projects"]["default"]
-        for _ in range(args.rounds):
-            n, lat, e = asyncio.run(concurrent_round(dyn_url, pool, args.clients, args.seconds))
-            dyn_n, dyn_lat, errors = dyn_n + n, dyn_lat + lat, errors + e
-            n, lat, e = asyncio.run(concurrent_round(one_url, pool, args.clients, args.seconds))
-            one_n, one_lat, errors = one_n + n, one_lat + lat, errors + e
+        profile = start_profile(dyn.pid, args.profile / "serve-concurrent.txt") if args.profile else None
+        for r in range(args.rounds):
+            sides = [(dyn_url, dyn_lat), (one_url, one_lat)]
+            rates = {}
+            for url, lat in sides[:: -1 if r % 2 else 1]:
+                n, got, e = asyncio.run(concurrent_round(url, pool, args.clients, args.seconds))
+                rates[url] = n / args.seconds
+                lat += got
+                errors += e
+            dyn_rates.append(rates[dyn_url])
+            one_rates.append(rates[one_url])
+            speedups.append(rates[dyn_url] / max(rates[one_url], 1e-9))
+            vs_offline.append(rates[dyn_url] / bare_rates[r])
+        stop_profile(profile)
         after = httpx.get(f"{dyn_url}/v1/serving").json()["projects"]["default"]
         batches_run = after["batches"] - before["batches"]
         mean_batch = (after["texts"] - before["texts"]) / max(batches_run, 1)
+        depths = by_depth(before, after)
+        load.append(os.getloadavg()[0])
     finally:
         for p in procs:
             p.terminate()
@@ -203,28 +279,27 @@ def main() -> None:
                 p.wait(30)
         shutil.rmtree(root, ignore_errors=True)
 
-    texts_per_side = len(bare) * 32
-    bare_tput, http_tput = texts_per_side / sum(bare), texts_per_side / sum(http)
-    overhead = sum(http) / sum(bare) - 1
-    total = args.rounds * args.seconds
-    dyn_tput, one_tput = dyn_n / total, one_n / total
-
-    def row(name: str, rate: float, lat: list[float]) -> str:
-        return f"   {name:28}{rate:>10.1f}{pct(lat, 50) * 1e3:>10.1f}{pct(lat, 99) * 1e3:>10.1f}"
+    def row(name: str, rates: list[float], lat: list[float]) -> str:
+        return f"   {name:30}{spread(rates, '{:.1f}'):>24}{pct(lat, 50) * 1e3:>9.1f}{pct(lat, 99) * 1e3:>9.1f}"
 
     print()
-    print(f"1. batch 32, {len(bare)} batches per side ({args.rounds} alternating rounds)")
-    print(f"   {'':28}{'texts/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
-    print(row("bare forward (worker thread)", bare_tput, bare))
-    print(row("POST /v1/predict + logging", http_tput, http))
-    print(f"   HTTP + logging overhead: {overhead:+.1%} of the forward (goal <= +10%); "
-          f"p50 ratio {statistics.median(http) / statistics.median(bare):.3f}; rows logged {logged}")
-    print(f"2. {args.clients} concurrent single-text clients, {total:.0f}s per side")
-    print(f"   {'':28}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
-    print(row("dynamic batching (max 64)", dyn_tput, dyn_lat))
-    print(row("batch-1 serving", one_tput, one_lat))
-    print(f"   dynamic batching speed-up: {dyn_tput / max(one_tput, 1e-9):.2f}x (goal >= 3x); mean batch "
-          f"{mean_batch:.1f} texts over {batches_run} forwards; failed requests {errors}")
+    print(f"load average (1 min) at start / after phase 1 / at end: {' / '.join(f'{x:.1f}' for x in load)}; "
+          f"threads pinned to {args.threads}; figures: median [min..max] over {args.rounds} rounds")
+    print(f"1. batch 32, {args.batches} batches per side per round")
+    print(f"   {'':30}{'texts/s':>24}")
+    print(f"   {'bare forward (worker thread)':30}{spread(bare_rates, '{:.1f}'):>24}")
+    print(f"   {'POST /v1/predict + logging':30}{spread(http_rates, '{:.1f}'):>24}")
+    print(f"   HTTP + logging overhead: {spread(overheads, '{:+.1%}')} of the forward (goal <= +10%); "
+          f"p50 ratio {spread(p50_ratios)}; rows logged {logged}")
+    print(f"2. {args.clients} concurrent single-text clients, {args.seconds:.0f}s per side per round")
+    print(f"   {'':30}{'req/s':>24}{'p50 ms':>9}{'p99 ms':>9}")
+    print(row("dynamic batching (max 64)", dyn_rates, dyn_lat))
+    print(row("batch-1 serving", one_rates, one_lat))
+    print(f"   dynamic batching speed-up: {spread(speedups, '{:.2f}x')} (goal >= 3x); failed requests {errors}")
+    print(f"   concurrent single-text vs offline batch-32 throughput: {spread(vs_offline, '{:.2f}x')} (goal >= 0.8x)")
+    print(f"   mean batch {mean_batch:.1f} texts over {batches_run} forwards; by queue depth when taken:")
+    for depth, n, mean in depths:
+        print(f"     {depth:>8} texts queued: {n:6} forwards, mean batch {mean:5.1f}")
 
 
 if __name__ == "__main__":

@@ -86,7 +86,11 @@ class ModelSettings(Section):
     threads: int = Field(0, ge=0)
     """torch CPU threads; 0 = all cores."""
     serve_max_batch: int = Field(64, ge=1)
-    serve_max_wait_ms: float = Field(3.0, ge=0)
+    serve_max_wait_ms: float = Field(0.0, ge=0)
+    """Extra wait for a batch to fill when the model is idle; 0 = continuous batching (each forward
+    takes whatever queued while the previous one ran)."""
+    serve_max_queue: int = Field(1024, ge=1)
+    """Texts waiting for a forward pass; beyond this /v1/predict answers 503 + Retry-After."""
 
 
 class DriftSettings(Section):

@@ -1,8 +1,10 @@
 """``POST /v1/predict``: the champion answers, every prediction is logged before the response.
 
-The forward pass runs in the project's batch worker (:mod:`tuneloop.monitor.serving`), never on
-the event loop; the rows (text, label, probabilities, embedding, version, latency) go through
-the collector's group-commit writer, and the answer is sent only after they are committed.
+The forward pass (tokenisation included) runs in the project's batch worker
+(:mod:`tuneloop.monitor.serving`), never on the event loop; the rows (text, label, probabilities,
+embedding as an Arrow list over the model's float32 output, version, latency) go through the
+collector's group-commit writer, and the answer is sent only after they are committed. Answers
+are serialised with orjson. A full model queue answers 503 + ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -14,15 +16,23 @@ import uuid
 from typing import Annotated, Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tuneloop.monitor.app import STARTUP_HOOKS, Context
 from tuneloop.monitor.deps import PROJECT_PATTERN, Ingest, Labeller, get_ctx
-from tuneloop.monitor.serving import NoModelLoaded, ServeResult, ServerStopping, Serving, no_model_message
+from tuneloop.monitor.serving import (
+    NoModelLoaded,
+    ServeQueueFull,
+    ServeResult,
+    ServerStopping,
+    Serving,
+    no_model_message,
+)
 from tuneloop.monitor.store import DEFAULT_PROJECT, utcnow
 
 router = APIRouter(prefix="/v1", tags=["serve"])
@@ -107,13 +117,14 @@ def prediction_table(texts: list[str], result: ServeResult, latency_ms: float, m
     """The rows to log for one request (Arrow, ready for the writer) and each row's ``{label: p}``."""
     n = len(texts)
     probs = np.round(result.probs.astype(np.float64), 6)
-    prob_dicts = [dict(zip(result.label_names, row.tolist(), strict=True)) for row in probs]
+    names = result.label_names
+    prob_dicts = [dict(zip(names, row, strict=True)) for row in probs.tolist()]
     top2 = np.sort(probs, axis=1)[:, -2:] if probs.shape[1] >= 2 else np.zeros((n, 2))
     emb = np.ascontiguousarray(result.embeddings, dtype=np.float32)
     dim = emb.shape[1] if emb.ndim == 2 else 0
     embedding = pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int32)),
                                          pa.array(emb.reshape(-1)))
-    meta = json.dumps(metadata, separators=(",", ":")) if metadata else None
+    meta = json.dumps(metadata, separators=(",", ":")) if metadata else None  # orjson refuses ints past 64 bits
     table = pa.table({
         "id": pa.array([uuid.uuid4().hex for _ in range(n)], pa.string()),
         "ts": pa.array([utcnow()] * n, pa.timestamp("us")),
@@ -122,7 +133,7 @@ def prediction_table(texts: list[str], result: ServeResult, latency_ms: float, m
         "label": pa.array(result.labels, pa.string()),
         "confidence": pa.array(probs.max(axis=1), pa.float64()),
         "margin": pa.array(top2[:, 1] - top2[:, 0], pa.float64()),
-        "probs": pa.array([json.dumps(d) for d in prob_dicts], pa.string()),
+        "probs": pa.array([orjson.dumps(d).decode() for d in prob_dicts], pa.string()),
         "embedding": embedding,
         "latency_ms": pa.array([latency_ms] * n, pa.float64()),
         "metadata": pa.array([meta] * n, pa.string()),
@@ -141,12 +152,13 @@ async def log_predictions(ctx: Context, table: pa.Table, project: str) -> None:
 
 @router.post(
     "/predict", response_model=PredictResponse, summary="Classify texts with the champion (every prediction logged)",
-    responses={503: {"description": "No champion model is loaded for the project"}},
+    responses={503: {"description": "No champion model is loaded for the project, or the model's queue is "
+                                    "full (see Retry-After)"}},
 )
 async def predict(
     body: PredictRequest, _: Ingest, ctx: CtxDep,
     project: Annotated[str | None, Query(pattern=PROJECT_PATTERN, description="Project (or in the body).")] = None,
-) -> PredictResponse:
+) -> Response:
     t0 = time.perf_counter()
     if project and body.project and project != body.project:
         raise _invalid(("body", "project"), f"project {body.project!r} in the body differs from {project!r} "
@@ -168,17 +180,21 @@ async def predict(
         raise HTTPException(503, srv.load_error or no_model_message(project))
     try:
         result = await asyncio.wrap_future(srv.submit(body.texts))
+    except ServeQueueFull as e:
+        retry_after = str(ctx.settings.server.retry_after_seconds)
+        raise HTTPException(503, str(e), headers={"Retry-After": retry_after}) from None
     except (NoModelLoaded, ServerStopping) as e:
         raise HTTPException(503, str(e)) from None
     latency_ms = (time.perf_counter() - t0) * 1000
     table, prob_dicts = prediction_table(body.texts, result, latency_ms, result.version, body.metadata)
     await log_predictions(ctx, table, project)
+    # built by hand and serialised by orjson: the shape is PredictResponse (declared for the schema)
     ids = table.column("id").to_pylist()
     confidence = table.column("confidence").to_pylist()
-    return PredictResponse(model_version=result.version, predictions=[
-        Prediction(id=ids[i], label=result.labels[i], probs=prob_dicts[i], confidence=confidence[i])
-        for i in range(len(ids))
-    ])
+    return Response(orjson.dumps({"model_version": result.version, "predictions": [
+        {"id": i, "label": label, "probs": p, "confidence": c}
+        for i, label, p, c in zip(ids, result.labels, prob_dicts, confidence, strict=True)
+    ]}), media_type="application/json")
 
 
 @router.get("/serving", summary="Served model and dynamic-batching counters per project")

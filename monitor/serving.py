@@ -1,10 +1,14 @@
 """Model serving: the champion in memory, dynamic batching, hot-swap without dropped requests.
 
 :class:`ModelServer` serves one project. Callers :meth:`~ModelServer.submit` texts and get a
-future; one worker thread takes what is queued, waits up to ``serve_max_wait_ms`` to fill up to
-``serve_max_batch`` texts, runs ONE forward pass (:meth:`TextClassifier.predict`) and hands each
-caller its slice. The wait is skipped while traffic is sequential (the previous batch served a
-single request): waiting can only help when callers overlap, and then the queue shows it.
+future; one worker thread runs ONE forward pass (:meth:`TextClassifier.predict`, tokenisation
+included) over everything queued, up to ``serve_max_batch`` texts, and hands each caller its
+slice. Batching is continuous: the next forward starts as soon as the previous one ends, with
+whatever queued meanwhile, so a queue of N requests is served by one forward, not by the few
+that arrived in a fixed window (``serve_max_wait_ms`` > 0 adds such a window to fill batches
+while the model would otherwise be idle). The queue is bounded: past ``serve_max_queue``
+waiting texts, :meth:`~ModelServer.submit` raises :class:`ServeQueueFull` (the API answers 503
++ ``Retry-After``) rather than letting latency grow without limit.
 
 Hot-swap: the served model is one immutable :class:`LoadedModel` reference. A swap loads the new
 classifier in the calling thread (never in the batch worker), then replaces the reference in
@@ -45,6 +49,14 @@ class NoModelLoaded(RuntimeError):
 
 class ServerStopping(RuntimeError):
     """The process is shutting down and takes no new requests."""
+
+
+class ServeQueueFull(RuntimeError):
+    """Too many texts wait for the model already; the caller should retry later (HTTP 503)."""
+
+    def __init__(self, queued: int, limit: int) -> None:
+        super().__init__(f"{queued} texts are waiting for the model (limit model.serve_max_queue = {limit}); "
+                         "retry shortly")
 
 
 def no_model_message(project: str) -> str:
@@ -117,20 +129,31 @@ def _registry() -> Any:
     return getattr(metrics, "REGISTRY", None) or getattr(metrics, "registry", None)
 
 
+def _depth_bucket(texts: int) -> str:
+    """Power-of-two bucket of a queue depth: '1', '2-3', '4-7', ..."""
+    low = 1 << (max(texts, 1).bit_length() - 1)
+    return "1" if low == 1 else f"{low}-{2 * low - 1}"
+
+
+def _bucket_order(item: tuple[str, Any]) -> int:
+    return int(item[0].split("-")[0])
+
+
 class ModelServer:
     """Dynamic-batching, hot-swappable model server for one project.
 
-    >>> server = ModelServer("default", max_batch=64, max_wait_ms=3).start()
+    >>> server = ModelServer("default", max_batch=64, max_queue=1024).start()
     >>> server.swap("v3", models_dir / "v3")           # loads here, then one atomic swap
     >>> server.predict(["great flight"]).labels
     ['positive']
     """
 
-    def __init__(self, project: str = DEFAULT_PROJECT, max_batch: int = 64, max_wait_ms: float = 3.0,
-                 threads: int = 0) -> None:
+    def __init__(self, project: str = DEFAULT_PROJECT, max_batch: int = 64, max_wait_ms: float = 0.0,
+                 threads: int = 0, max_queue: int = 1024) -> None:
         self.project = project
         self.max_batch = max(1, int(max_batch))
         self.max_wait = max(0.0, float(max_wait_ms)) / 1000.0
+        self.max_queue = max(1, int(max_queue))
         self.threads = threads
         self._current: LoadedModel | None = None
         self._previous: LoadedModel | None = None  # kept warm: rolling back to it needs no load
@@ -144,10 +167,15 @@ class ModelServer:
         """Held by :func:`activate` around registry change + install, so swaps apply in order."""
         self.load_error: str | None = None
         self.batch_sizes: Counter[int] = Counter()  # texts per batch taken -> number of batches
+        self.by_queue_depth: dict[str, list[int]] = {}  # texts queued when a batch was taken -> [batches, texts]
         self.requests_served = 0
         self._metrics = _Metrics.get()
 
     # -- model ---------------------------------------------------------------------------------------
+    @property
+    def queued_texts(self) -> int:
+        return self._queued_texts
+
     @property
     def model(self) -> LoadedModel | None:
         return self._current
@@ -201,7 +229,11 @@ class ModelServer:
             self._thread.join(timeout)
 
     def submit(self, texts: list[str]) -> Future[ServeResult]:
-        """Queue ``texts`` for the next batch; the future resolves to their :class:`ServeResult`."""
+        """Queue ``texts`` for the next batch; the future resolves to their :class:`ServeResult`.
+
+        Raises :class:`ServeQueueFull` when they would take the queue past ``max_queue`` texts (a
+        single request larger than that is still taken when nothing else waits).
+        """
         request = _Request(list(texts), Future())
         if not request.texts:
             request.future.set_exception(ValueError("no texts to predict"))
@@ -209,6 +241,8 @@ class ModelServer:
         with self._cond:
             if self._stopping:
                 raise ServerStopping("the server is shutting down; retry against the restarted server")
+            if self._queued_texts and self._queued_texts + len(request.texts) > self.max_queue:
+                raise ServeQueueFull(self._queued_texts, self.max_queue)
             self._queue.append(request)
             self._queued_texts += len(request.texts)
             self._cond.notify()
@@ -225,6 +259,7 @@ class ModelServer:
                 if self._stopping:
                     return None
                 self._cond.wait()
+            # continuous batching takes what is queued now; the optional window only helps overlapping callers
             if self.max_wait > 0 and (self._last_batch_requests > 1 or len(self._queue) > 1):
                 deadline = self._queue[0].t0 + self.max_wait
                 while self._queued_texts < self.max_batch and not self._stopping:
@@ -232,6 +267,7 @@ class ModelServer:
                     if remaining <= 0:
                         break
                     self._cond.wait(remaining)
+            depth = self._queued_texts
             batch, n = [], 0
             while self._queue and (not batch or n + len(self._queue[0].texts) <= self.max_batch):
                 request = self._queue.popleft()
@@ -240,6 +276,9 @@ class ModelServer:
                     batch.append(request)
                     n += len(request.texts)
             self._last_batch_requests = len(batch)
+            counts = self.by_queue_depth.setdefault(_depth_bucket(depth), [0, 0])
+            counts[0] += 1
+            counts[1] += n
             return batch
 
     def _run(self) -> None:
@@ -292,7 +331,9 @@ class ModelServer:
         texts = sum(k * v for k, v in self.batch_sizes.items())
         return {"version": self.version, "batches": batches, "texts": texts, "requests": self.requests_served,
                 "mean_batch_texts": texts / batches if batches else 0.0,
-                "max_batch_texts": max(self.batch_sizes, default=0)}
+                "max_batch_texts": max(self.batch_sizes, default=0),
+                "by_queue_depth": {depth: {"batches": b, "texts": t}
+                                   for depth, (b, t) in sorted(self.by_queue_depth.items(), key=_bucket_order)}}
 
 
 class Serving:
@@ -321,7 +362,8 @@ class Serving:
             fresh = srv is None
             if srv is None:
                 m = self.settings.model
-                srv = ModelServer(project, m.serve_max_batch, m.serve_max_wait_ms, m.threads).start()
+                srv = ModelServer(project, m.serve_max_batch, m.serve_max_wait_ms, m.threads,
+                                  m.serve_max_queue).start()
                 self._servers[project] = srv
                 self._initialised[project] = threading.Event()
         if fresh:

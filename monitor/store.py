@@ -24,6 +24,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +223,29 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        6,
+        """
+        -- prediction_hourly holds partial rollups: an append adds its own small aggregate (no upsert on
+        -- the write path), readers sum per key, and Store.compact_rollup folds the partial rows.
+        CREATE TABLE prediction_hourly_parts (
+            project VARCHAR NOT NULL,
+            hour TIMESTAMP NOT NULL,
+            model_version VARCHAR NOT NULL,
+            label VARCHAR NOT NULL,
+            n BIGINT NOT NULL,
+            confidence_sum DOUBLE NOT NULL
+        );
+        INSERT INTO prediction_hourly_parts SELECT * FROM prediction_hourly;
+        DROP TABLE prediction_hourly;
+        ALTER TABLE prediction_hourly_parts RENAME TO prediction_hourly;
+        """,
+    ),
 ]
+
+ROLLUP_KEY = ["project", "hour", "model_version", "label"]
+ROLLUP_COMPACT_ROWS = 4096
+"""Partial rollup rows appended since the last compaction that trigger the next one."""
 
 
 class StoreError(Exception):
@@ -295,6 +318,28 @@ def _fill(table: pa.Table, columns: list[str], defaults: dict[str, Any]) -> pa.T
     return table.select(columns)
 
 
+def hourly_part(rows: pa.Table) -> pa.Table | None:
+    """Rows of ``prediction_hourly`` for ``rows`` (n and confidence sum per project, hour, version, label).
+
+    None when ``ts`` is not a naive timestamp column (the caller then aggregates in SQL, which casts).
+    """
+    ts_type = rows.schema.field("ts").type
+    if not pa.types.is_timestamp(ts_type) or ts_type.tz is not None:
+        return None
+    confidence = rows["confidence"]
+    if not pa.types.is_floating(confidence.type) and not pa.types.is_integer(confidence.type):
+        return None
+    keyed = pa.table({
+        "project": rows["project"],
+        "hour": pc.cast(pc.floor_temporal(rows["ts"], unit="hour"), pa.timestamp("us")),
+        "model_version": pc.fill_null(pc.cast(rows["model_version"], pa.string()), ""),
+        "label": rows["label"],
+        "confidence": pc.fill_null(pc.cast(confidence, pa.float64()), 0.0),
+    })
+    part = keyed.group_by(ROLLUP_KEY, use_threads=False).aggregate([([], "count_all"), ("confidence", "sum")])
+    return part.rename_columns({"count_all": "n"}).select([*ROLLUP_KEY, "n", "confidence_sum"])
+
+
 def _first_rows(table: pa.Table) -> pa.Table:
     """Keep the first row of each (project, id): within one append, the earliest request wins."""
     keys = pa.table({"project": table["project"], "id": table["id"], "row": pa.array(range(table.num_rows))})
@@ -333,6 +378,7 @@ class Store:
             self.migrate()
         self._ingest_seq = self._scalar("SELECT coalesce(max(ingest_seq), 0) FROM predictions") or 0
         self._has_pending = bool(self._scalar("SELECT count(*) FROM pending_feedback"))
+        self._rollup_parts = 0  # partial rollup rows appended since the last compaction
 
     # -- connection handling -------------------------------------------------------------------
     def cursor(self) -> duckdb.DuckDBPyConnection:
@@ -462,6 +508,11 @@ class Store:
         except duckdb.ConstraintException:
             with self.transaction() as cur:
                 inserted = Counter(self._insert_predictions(cur, _first_rows(combined), ignore_existing=True))
+        if self._rollup_parts >= ROLLUP_COMPACT_ROWS:
+            try:  # upkeep after the commit: the batches are stored whatever happens here
+                self.compact_rollup()
+            except Exception:
+                log.exception("folding the hourly rollup failed; it is retried after the next appends")
         sizes = iter(t.num_rows for t in parts)
         results = []
         for seq in seqs:
@@ -498,31 +549,61 @@ class Store:
             ).to_arrow_table()
             cur.unregister("incoming")
             cur.register("inserted", inserted)
-            source, seqs = "inserted", inserted.column("ingest_seq")
+            source, rows = "inserted", inserted
         else:
             cur.execute("INSERT INTO predictions BY NAME SELECT * FROM incoming").fetchall()
-            source, seqs = "incoming", table.column("ingest_seq")
+            source, rows = "incoming", table
+        seqs = rows.column("ingest_seq")
         if len(seqs):
-            self._roll_up(cur, source)
+            self._roll_up(cur, rows)
             if self._has_pending:
                 self._resolve_pending(cur, source)
         cur.unregister(source)
         return seqs.to_pylist()
 
-    @staticmethod
-    def _roll_up(cur: duckdb.DuckDBPyConnection, source: str) -> None:
-        """Add the rows of the registered relation ``source`` (rows just inserted) to the hourly rollup."""
-        cur.execute(
-            f"""
-            INSERT INTO prediction_hourly
-            SELECT project, date_trunc('hour', ts), coalesce(model_version, ''), label,
-                   count(*), coalesce(sum(confidence), 0)
-            FROM {source}
-            GROUP BY ALL
-            ON CONFLICT DO UPDATE SET n = n + excluded.n,
-                                      confidence_sum = confidence_sum + excluded.confidence_sum
-            """
-        ).fetchall()
+    def _roll_up(self, cur: duckdb.DuckDBPyConnection, rows: pa.Table) -> None:
+        """Append the hourly aggregate of ``rows`` (rows just inserted) as partial rollup rows.
+
+        The aggregate is computed here in Arrow (a few rows per batch) and appended without an
+        upsert: the rollup costs the write path one small INSERT. Readers sum per key.
+        """
+        part = hourly_part(rows)
+        if part is None:  # ts is not a naive timestamp column: let DuckDB cast and aggregate
+            cur.register("rollup_rows", rows)
+            cur.execute(
+                """
+                INSERT INTO prediction_hourly
+                SELECT project, date_trunc('hour', ts::TIMESTAMP), coalesce(model_version, ''), label,
+                       count(*), coalesce(sum(confidence), 0)
+                FROM rollup_rows GROUP BY ALL
+                """
+            ).fetchall()
+            cur.unregister("rollup_rows")
+            self._rollup_parts += 1
+            return
+        cur.register("rollup_part", part)
+        cur.execute("INSERT INTO prediction_hourly SELECT * FROM rollup_part").fetchall()
+        cur.unregister("rollup_part")
+        self._rollup_parts += part.num_rows
+
+    def compact_rollup(self) -> int:
+        """Fold the partial rows of ``prediction_hourly`` into one row per key; returns the rows removed.
+
+        One transaction: readers see the same sums before, during and after.
+        """
+        key = ", ".join(ROLLUP_KEY)
+        with self.transaction() as cur:
+            folded = cur.sql(
+                f"""SELECT {key}, sum(n)::BIGINT AS n, sum(confidence_sum) AS confidence_sum, count(*) AS parts
+                    FROM prediction_hourly GROUP BY ALL HAVING count(*) > 1"""
+            ).to_arrow_table()
+            if folded.num_rows:
+                cur.register("folded", folded)
+                cur.execute(f"DELETE FROM prediction_hourly WHERE ({key}) IN (SELECT {key} FROM folded)").fetchall()
+                cur.execute(f"INSERT INTO prediction_hourly SELECT {key}, n, confidence_sum FROM folded").fetchall()
+                cur.unregister("folded")
+        self._rollup_parts = 0
+        return int(pc.sum(folded["parts"]).as_py() or 0) - folded.num_rows
 
     def _resolve_pending(self, cur: duckdb.DuckDBPyConnection, source: str) -> None:
         """Move pending feedback whose prediction just arrived (in ``source``) into ``feedback``."""

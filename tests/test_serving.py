@@ -19,7 +19,7 @@ from conftest import free_port, start_server
 
 from tuneloop.monitor import registry
 from tuneloop.monitor.config import load_settings
-from tuneloop.monitor.serving import ModelServer, NoModelLoaded
+from tuneloop.monitor.serving import LoadedModel, ModelServer, NoModelLoaded, ServeQueueFull
 
 LABELS = ["negative", "neutral", "positive"]
 WORDS = {"negative": ["terrible", "awful", "hate"], "neutral": ["fine", "okay", "day"],
@@ -120,6 +120,95 @@ def test_swap_loads_off_the_worker_and_keeps_the_previous_model_warm(trained):
         assert server.predict(["still serving"]).version == "v2"
     finally:
         server.stop()
+
+
+def test_continuous_batching_takes_the_whole_queue_in_one_forward(trained):
+    models_dir = trained[1].models_dir
+    server = ModelServer("default", max_batch=64)  # the worker starts once the queue is there
+    try:
+        server.swap("v1", models_dir / "v1")
+        futures = [server.submit([f"a great film {i}"]) for i in range(10)]
+        futures.append(server.submit([f"an awful film {i}" for i in range(60)]))  # would pass max_batch
+        server.start()
+        results = [f.result(30) for f in futures]
+        assert [r.batch_texts for r in results] == [10] * 10 + [60]
+        stats = server.stats()
+        assert (stats["batches"], stats["texts"]) == (2, 70)
+        assert stats["by_queue_depth"] == {"32-63": {"batches": 1, "texts": 60}, "64-127": {"batches": 1, "texts": 10}}
+    finally:
+        server.stop()
+
+
+def test_model_queue_is_bounded_and_refuses_instead_of_growing(trained):
+    models_dir = trained[1].models_dir
+    server = ModelServer("default", max_batch=8, max_queue=4)  # no worker yet: everything waits
+    try:
+        server.swap("v1", models_dir / "v1")
+        first = server.submit(["a", "b", "c"])
+        with pytest.raises(ServeQueueFull, match="model.serve_max_queue = 4"):
+            server.submit(["d", "e"])
+        last = server.submit(["d"])  # fits exactly
+        assert server.queued_texts == 4
+        server.start()
+        assert len(first.result(30).labels) == 3 and len(last.result(30).labels) == 1
+        assert server.submit(["e", "f", "g", "h", "i"]).result(30).labels  # alone, a larger request is served
+    finally:
+        server.stop()
+
+
+class Gated:
+    """The real classifier behind a gate: a forward starts only once the test opens it."""
+
+    def __init__(self, classifier):
+        self.classifier = classifier
+        self.labels = classifier.labels
+        self.entered = threading.Event()
+        self.open = threading.Event()
+
+    def predict(self, texts, batch_size=None):
+        self.entered.set()
+        assert self.open.wait(60)
+        return self.classifier.predict(texts, batch_size)
+
+
+def test_full_model_queue_answers_503_with_retry_after_and_serves_what_it_took(live):
+    with live.client("admin") as admin:
+        promote(admin, "v1")
+    srv = live._server.config.app.state.ctx.services["serving"].get("default")
+    assert srv.max_queue == live.settings.model.serve_max_queue == 1024
+    served = srv.model
+    gated = Gated(served.classifier)
+    answers = {}
+
+    def post(name, texts):
+        with live.client("ingest") as c:
+            answers[name] = c.post("/v1/predict", json={"texts": texts})
+
+    srv.max_queue = 2
+    srv.install(LoadedModel(served.version, served.path, gated))
+    threads = [threading.Thread(target=post, args=("running", ["a great film"])),
+               threading.Thread(target=post, args=("queued", ["an awful film", "an okay film"]))]
+    try:
+        threads[0].start()
+        assert gated.entered.wait(30)  # the worker holds the first request
+        threads[1].start()
+        deadline = time.monotonic() + 30
+        while srv.queued_texts < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert srv.queued_texts == 2
+        with live.client("ingest", timeout=10) as c:
+            r = c.post("/v1/predict", json={"texts": ["one more"]})
+        assert r.status_code == 503 and r.headers["Retry-After"] == str(live.settings.server.retry_after_seconds)
+        assert "model.serve_max_queue = 2" in r.json()["detail"]
+    finally:
+        gated.open.set()
+        for t in threads:
+            t.join(30)
+        srv.max_queue = live.settings.model.serve_max_queue
+        srv.install(served)
+    assert [answers[k].status_code for k in ("running", "queued")] == [200, 200]
+    ids = [p["id"] for k in ("running", "queued") for p in answers[k].json()["predictions"]]
+    assert len(live.store.get_predictions(ids)) == 3  # what the server took was served and logged
 
 
 def test_first_callers_of_a_project_wait_for_its_champion_to_load(live):

@@ -149,3 +149,82 @@ def test_locked_file_gives_clear_error(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_hourly_rollup_is_exact_through_partial_rows_and_compaction(store, monkeypatch):
+    from datetime import datetime, timedelta
+
+    from tuneloop.monitor import store as store_module
+    from tuneloop.monitor.collect import stats
+
+    t0 = datetime(2025, 5, 1, 10, 0)
+    rng = np.random.default_rng(1)
+    expected: dict = {}
+    for b in range(12):
+        n = 50
+        hours = rng.integers(0, 3, n)
+        conf = rng.uniform(0.3, 1.0, n).round(3)
+        versions = np.where(rng.random(n) < 0.5, "v1", "v2")
+        ts = [t0 + timedelta(hours=int(h), minutes=int(m)) for h, m in zip(hours, rng.integers(0, 60, n), strict=True)]
+        table = pa.table({"id": [f"r{b}-{i}" for i in range(n)], "text": ["t"] * n, "label": ["positive"] * n,
+                          "confidence": conf, "model_version": versions, "ts": pa.array(ts, pa.timestamp("us"))})
+        if b == 5:  # a retried batch counts once
+            store.append_predictions(table.slice(0, 10))
+        store.append_predictions(table)
+        for h, c in zip(hours, conf, strict=True):
+            e = expected.setdefault(t0 + timedelta(hours=int(h)), [0, 0.0])
+            e[0] += 1
+            e[1] += c
+    # string timestamps take the SQL path of the rollup; they count the same
+    store.append_predictions([{"id": "s1", "text": "t", "label": "neutral", "confidence": 0.5,
+                               "ts": "2025-05-01 12:30:00"}])
+    expected[t0 + timedelta(hours=2)][0] += 1
+    expected[t0 + timedelta(hours=2)][1] += 0.5
+
+    def check():
+        items = stats(store, bucket="hour")
+        assert [i["bucket"] for i in items] == sorted(expected)
+        for item in items:
+            n, conf = expected[item["bucket"]]
+            assert item["n"] == n and item["mean_confidence"] == pytest.approx(conf / n, rel=1e-12)
+        assert int(store.label_mix()["n"].sum()) == sum(n for n, _ in expected.values())
+
+    def rollup_rows():
+        return int(store.query("SELECT count(*) AS n FROM prediction_hourly")["n"][0])
+
+    check()
+    keys = int(store.query("SELECT count(*) AS n FROM (SELECT DISTINCT project, hour, model_version, label "
+                           "FROM prediction_hourly)")["n"][0])
+    partial = rollup_rows()
+    assert partial > keys  # partial rows, summed by the readers
+    assert store.compact_rollup() == partial - keys
+    check()
+    assert rollup_rows() == keys
+    # compaction also runs by itself once enough partial rows have been appended
+    monkeypatch.setattr(store_module, "ROLLUP_COMPACT_ROWS", 2)
+    store.append_predictions([{"id": "late", "text": "t", "label": "positive", "confidence": 0.25,
+                               "ts": t0, "model_version": "v1"}])
+    store.append_predictions([{"id": "late2", "text": "t", "label": "positive", "confidence": 0.25,
+                               "ts": t0, "model_version": "v1"}])
+    expected[t0][0] += 2
+    expected[t0][1] += 0.5
+    assert rollup_rows() == keys
+    check()
+
+
+def test_rollup_migration_keeps_existing_sums(tmp_path, monkeypatch):
+    from tuneloop.monitor import store as store_module
+
+    path = tmp_path / "old.duckdb"
+    monkeypatch.setattr(store_module, "MIGRATIONS", [m for m in MIGRATIONS if m[0] < 5])
+    old = Store(path)
+    old.execute("INSERT INTO prediction_hourly VALUES ('default', '2025-05-01 10:00', 'v1', 'positive', 7, 3.5)")
+    old.close()
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS)
+    s = Store(path)
+    assert s.schema_version() == max(v for v, _ in MIGRATIONS)
+    s.append_predictions([{"id": "a", "text": "x", "label": "positive", "confidence": 0.5, "model_version": "v1",
+                           "ts": "2025-05-01 10:20:00"}])
+    traffic = s.traffic()
+    assert traffic["n"].tolist() == [8] and traffic["mean_confidence"].tolist() == [pytest.approx(4.0 / 8)]
+    s.close()
