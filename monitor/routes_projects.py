@@ -93,8 +93,9 @@ def list_all(_: Labeller, ctx: CtxDep) -> dict[str, Any]:
 
 
 @router.get("/projects/{project}", summary="One project with its counts (incl. embeddings still to compute)")
-def get_one(_: Labeller, ctx: CtxDep, project: ProjectPath) -> dict[str, Any]:
+def get_one(principal: Labeller, ctx: CtxDep, project: ProjectPath) -> dict[str, Any]:
     summary = projects.project_summary(ctx.store, ctx.settings, project)
+    summary["drift"] = projects.without_secrets(summary["drift"], principal.role)
     embedder = ctx.services.get("embedder")
     if embedder is not None:
         shown = ("running", "rows_per_second", "encoder_loaded", "last_error")

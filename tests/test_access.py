@@ -272,6 +272,28 @@ def test_tokens_are_never_logged_nor_shown_again(bare_server):
     assert not re.search(r"\btl_(ingest|label|admin)_[A-Za-z0-9_-]{20,}", log), "something token-shaped was logged"
 
 
+def test_label_role_never_sees_a_webhook_url_and_admin_sees_it_redacted(tmp_path):
+    secret_path = "/services/T0001/B0001/WEBHOOKSECRET"
+    hooks = [f"http://127.0.0.1:9{secret_path}", {"url": f"http://127.0.0.1:9{secret_path}2", "format": "slack"}]
+    srv = start_server(tmp_path, drift={"webhooks": hooks})
+    try:
+        with httpx.Client(base_url=srv.url, timeout=60) as http:
+            answers = {role: {path: http.get(path.format(**{**PATH_VALUES, "project": "default"}),
+                                             headers=srv.headers(role))
+                              for (method, path) in ROLES if method == "GET"}
+                       for role in ("label", "admin")}
+        for role, by_path in answers.items():
+            for path, r in by_path.items():
+                assert "WEBHOOKSECRET" not in r.text and "T0001" not in r.text, f"{role} {path} shows a webhook URL"
+        label_view = answers["label"]["/v1/projects/{project}"].json()["drift"]
+        assert "webhooks" not in label_view
+        admin_view = answers["admin"]["/v1/projects/{project}"].json()["drift"]["webhooks"]
+        assert [w["format"] for w in admin_view] == ["json", "slack"]
+        assert all(w["url"].startswith("http://127.0.0.1:9/") for w in admin_view)
+    finally:
+        srv.close()
+
+
 # -- the dashboard acts only within its token's role ------------------------------------------------
 
 
