@@ -78,7 +78,7 @@ def list_runs(
 
 @router.get("/retrain/runs/{run_id}", summary="One run: status, metrics, gate reasons, progress, log tail")
 def get_run(
-    _: Labeller, ctx: CtxDep, run_id: Annotated[int, Path(ge=0)],
+    _: Labeller, ctx: CtxDep, run_id: Annotated[int, Path(ge=0, le=2**63 - 1)],
     log_lines: Annotated[int, Query(ge=0, le=2000)] = 50,
 ) -> dict[str, Any]:
     try:
@@ -88,7 +88,7 @@ def get_run(
 
 
 @router.post("/retrain/runs/{run_id}/cancel", summary="Cancel a queued or running retrain")
-def cancel_run(principal: Admin, ctx: CtxDep, run_id: Annotated[int, Path(ge=0)]) -> dict[str, Any]:
+def cancel_run(principal: Admin, ctx: CtxDep, run_id: Annotated[int, Path(ge=0, le=2**63 - 1)]) -> dict[str, Any]:
     try:
         return _service(ctx).cancel(run_id, principal.name)
     except RunNotFound as e:
