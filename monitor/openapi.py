@@ -69,6 +69,17 @@ def _declare(op: dict[str, Any], code: int, description: str) -> None:
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
+def _accept_unix_seconds(schema: dict[str, Any]) -> None:
+    """A date-time query parameter also takes Unix seconds (as the server parses it): say so."""
+    for branch in schema.get("anyOf", [schema]):
+        if branch.get("format") == "date-time" and branch.get("type") == "string":
+            options = schema.setdefault("anyOf", [])
+            if branch is schema:
+                options.append({k: schema.pop(k) for k in ("type", "format") if k in schema})
+            options.append({"type": "number", "description": "Unix seconds"})
+            return
+
+
 def complete_schema(schema: dict[str, Any]) -> dict[str, Any]:
     """Add the security scheme and the undeclared 4xx answers to a generated OpenAPI document."""
     components = schema.setdefault("components", {})
@@ -78,6 +89,8 @@ def complete_schema(schema: dict[str, Any]) -> dict[str, Any]:
     components.setdefault("schemas", {})["Error"] = ERROR_SCHEMA
     for path, ops in schema.get("paths", {}).items():
         for method, op in ops.items():
+            for param in op.get("parameters", []):
+                _accept_unix_seconds(param.get("schema", {}))
             if path in PUBLIC_PATHS:
                 continue
             if path in OPTIONAL_AUTH_PATHS:
@@ -111,29 +124,36 @@ def install(app: FastAPI) -> None:
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-    methods_by_path: list[tuple[re.Pattern[str], set[str]]] = []
+    methods_by_path: list[tuple[re.Pattern[str], set[str], bool]] = []
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 405:
             if not methods_by_path:
                 methods_by_path.extend(route_methods(app.router.routes))
-            path = request.url.path
-            allowed = sorted({m for regex, methods in methods_by_path if regex.fullmatch(path) for m in methods})
+            allowed = allowed_methods(methods_by_path, request.url.path)
             exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed)}
         return await http_exception_handler(request, exc)
 
 
-def route_methods(routes: list[Any], prefix: str = "") -> list[tuple[re.Pattern[str], set[str]]]:
-    """(path regex, methods) of every route, through included routers (newer FastAPI nests them)."""
+def route_methods(routes: list[Any], prefix: str = "") -> list[tuple[re.Pattern[str], set[str], bool]]:
+    """(path regex, methods, has parameters) of every route, through included routers (newer FastAPI nests them)."""
     out = []
     for route in routes:
         if hasattr(route, "original_router"):
             out += route_methods(route.original_router.routes, prefix + route.include_context.prefix)
         elif getattr(route, "methods", None):
-            regex, _, _ = compile_path(prefix + route.path)
-            out.append((regex, set(route.methods)))
+            regex, _, params = compile_path(prefix + route.path)
+            out.append((regex, set(route.methods), bool(params)))
     return out
+
+
+def allowed_methods(routes: list[tuple[re.Pattern[str], set[str], bool]], path: str) -> list[str]:
+    """Methods of the routes for ``path``: a literal path (``/v1/models/rollback``) hides the templates
+    it also matches (``/v1/models/{version}``)."""
+    matching = [(methods, templated) for regex, methods, templated in routes if regex.fullmatch(path)]
+    literal = [methods for methods, templated in matching if not templated]
+    return sorted({m for methods in (literal or [m for m, _ in matching]) for m in methods})
 
 
 # -- timestamps: the store keeps naive UTC; every answer says so with an explicit offset -----------

@@ -35,7 +35,8 @@ class Strict(BaseModel):
 
 class ProjectCreate(Strict):
     project: str = Field(pattern=PROJECT_PATTERN, description="Name: 1-64 of A-Z a-z 0-9 . _ -")
-    labels: list[str] = Field(min_length=2, description="The model's label set, at least two distinct labels.")
+    labels: list[Annotated[str, Field(pattern=r"\S")]] = Field(
+        min_length=2, description="The model's label set, at least two distinct labels.")
     settings: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description='Overrides of config sections, e.g. {"drift": {"window_size": 200}}.'
     )
@@ -43,7 +44,7 @@ class ProjectCreate(Strict):
 
 class ReferenceRecord(Strict):
     text: str = Field(min_length=1)
-    prediction: str = Field(description="What the model predicted.")
+    prediction: str = Field(min_length=1, description="What the model predicted.")
     label: str | None = Field(None, description="The true label, when known (calibrates the accuracy estimate).")
     probabilities: dict[str, float] | None = Field(None, description="{label: probability}; its max is the confidence.")
     confidence: float | None = Field(None, ge=0, le=1)

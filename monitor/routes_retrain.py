@@ -100,7 +100,8 @@ def cancel_run(principal: Admin, ctx: CtxDep, run_id: Annotated[int, Path(ge=0, 
 @router.get("/label-queue", summary="Unlabelled predictions to label next, most useful first")
 def get_label_queue(
     _: Labeller, ctx: CtxDep, project: ProjectQuery = DEFAULT,
-    strategy: Annotated[str | None, Query(description=f"One of {', '.join(STRATEGIES)}; default from config.")] = None,
+    strategy: Annotated[str | None, Query(description=f"One of {', '.join(STRATEGIES)}; default from config.",
+                                          json_schema_extra={"enum": list(STRATEGIES)})] = None,
     limit: Annotated[int | None, Query(ge=1, le=500)] = None,
     seed: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
