@@ -156,6 +156,23 @@ def test_auth_matrix_over_every_route(server, figure):
     assert not problems, "\n".join(problems)
 
 
+def test_schema_declares_bearer_auth_and_405_names_the_allowed_methods(server):
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        schema = http.get("/openapi.json").json()
+        assert schema["components"]["securitySchemes"]["bearerAuth"] == {
+            "type": "http", "scheme": "bearer", "description": schema["components"]["securitySchemes"]["bearerAuth"]
+            ["description"]}
+        for (method, path), _role in ROLES.items():
+            op = schema["paths"][path][method.lower()]
+            assert op["security"] == [{"bearerAuth": []}], (method, path)
+            assert {"401", "403"} <= set(op["responses"]), (method, path)
+        assert "security" not in schema["paths"]["/healthz"]["get"]
+        for method, path, allow in [("PUT", "/v1/checks", "GET, POST"), ("DELETE", "/v1/models/rollback", "POST"),
+                                    ("OPTIONS", "/v1/feedback/import", "POST"), ("PATCH", "/healthz", "GET")]:
+            r = http.request(method, path, headers=server.headers("admin"))
+            assert (r.status_code, r.headers.get("allow")) == (405, allow), (method, path)
+
+
 def test_a_revoked_token_stops_working_at_once(server):
     with httpx.Client(base_url=server.url, timeout=30) as http:
         admin = server.headers("admin")
