@@ -36,7 +36,8 @@ class Strict(BaseModel):
 class ProjectCreate(Strict):
     project: str = Field(pattern=PROJECT_PATTERN, description="Name: 1-64 of A-Z a-z 0-9 . _ -")
     labels: list[Annotated[str, Field(pattern=r"\S")]] = Field(
-        min_length=2, description="The model's label set, at least two distinct labels.")
+        min_length=2, json_schema_extra={"uniqueItems": True},
+        description="The model's label set, at least two distinct labels.")
     settings: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description='Overrides of config sections, e.g. {"drift": {"window_size": 200}}.'
     )
