@@ -11,12 +11,14 @@ One run measures, on this machine:
    processes hit both alike. Goal: HTTP/raw >= 0.3;
 3. the SDK's caller-side cost per ``log_prediction`` (p50/p99; goal p99 < 50 us) while its
    sender thread ships the rows to the server;
-4. the server's peak RSS (VmHWM);
-5. the cost of pending feedback (feedback whose prediction has not arrived): the store's append
+4. the SDK's DataFrame path: ``log_predictions(DataFrame)`` of the same rows, end-to-end rows/s
+   next to the per-row ``log_prediction`` loop (``--sdk-repeats`` alternating runs, medians);
+5. the server's peak RSS (VmHWM);
+6. the cost of pending feedback (feedback whose prediction has not arrived): the store's append
    rate (the writer thread's path) with 0, 1 and 10,000 pending rows next to a large feedback
    table, median of ``--repeats`` runs. Pending rows must cost close to nothing per commit.
 
-    .venv/bin/python bench/ingest.py [--batches 40] [--json-batches 6] [--sdk-rows 100000]
+    .venv/bin/python bench/ingest.py [--batches 40] [--json-batches 6] [--sdk-rows 100000] [--sdk-repeats 3]
     .venv/bin/python bench/ingest.py --pending-only [--feedback-rows 200000] [--repeats 3]
 """
 
@@ -206,6 +208,26 @@ def print_pending(rates: dict[int, list[float]], feedback_rows: int) -> None:
               "runs: " + ", ".join(f"{x:,.0f}" for x in values))
 
 
+def sdk_frame_rate(url: str, token: str, rows: int, rng: np.random.Generator) -> float:
+    """Rows/s delivered for one ``log_predictions(DataFrame)`` of ``rows`` rows, including close()."""
+    import pandas as pd
+
+    embeddings = rng.standard_normal((1000, DIM), dtype=np.float32)
+    frame = pd.DataFrame({
+        "text": ["the seat was fine and the crew were kind"] * rows, "label": ["positive"] * rows,
+        "probs": [{"negative": 0.1, "neutral": 0.2, "positive": 0.7}] * rows,
+        "embedding": [embeddings[i % 1000] for i in range(rows)], "model_version": ["v1"] * rows,
+    })
+    tl = Client(url, token, batch_size=1000, max_buffer=200_000)
+    start = time.perf_counter()
+    tl.log_predictions(frame)
+    ok = tl.close()
+    elapsed = time.perf_counter() - start
+    if not ok or tl.sent["predictions"] != rows:
+        raise SystemExit(f"SDK lost rows: sent {tl.sent}, errors {tl.errors[:1]}")
+    return rows / elapsed
+
+
 def rss_mb(pid: int, field: str = "VmHWM") -> float:
     """Peak (VmHWM) or current (VmRSS) resident memory of a process, in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -222,6 +244,7 @@ def main() -> None:
     ap.add_argument("--feedback-rows", type=int, default=200_000, help="feedback table size for the pending case")
     ap.add_argument("--repeats", type=int, default=3, help="runs per pending count")
     ap.add_argument("--pending-only", action="store_true", help="only measure the cost of pending feedback")
+    ap.add_argument("--sdk-repeats", type=int, default=3, help="alternating per-row / DataFrame SDK runs")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     if args.pending_only:
@@ -245,7 +268,11 @@ def main() -> None:
             rss_steps["after Arrow ingest"] = rss_mb(proc.pid)
             json_rate = http_ingest(url, token, [json_body(t) for t in json_tables], "application/json")
             rss_steps["after JSON ingest"] = rss_mb(proc.pid)
-            costs, sdk_rate = sdk_cost(url, token, args.sdk_rows, rng)
+            row_rates, frame_rates = [], []
+            for _ in range(args.sdk_repeats):  # alternate, so load from other processes hits both alike
+                costs, sdk_rate = sdk_cost(url, token, args.sdk_rows, rng)
+                row_rates.append(sdk_rate)
+                frame_rates.append(sdk_frame_rate(url, token, args.sdk_rows, rng))
             rss = rss_steps["after SDK"] = rss_mb(proc.pid)
         finally:
             proc.terminate()
@@ -264,7 +291,10 @@ def main() -> None:
     p50, p99, p999 = np.percentile(us, [50, 99, 99.9])
     print(f"SDK log_prediction caller cost       : p50 {p50:.1f} us, p99 {p99:.1f} us, p99.9 {p999:.0f} us, "
           f"max {us.max():.0f} us   (goal p99 < 50 us)")
-    print(f"SDK end-to-end ({args.sdk_rows} rows incl. close) : {sdk_rate:10,.0f} rows/s")
+    print(f"SDK end-to-end, per-row log_prediction ({args.sdk_rows} rows incl. close): "
+          f"median {np.median(row_rates):,.0f} rows/s   runs: " + ", ".join(f"{x:,.0f}" for x in row_rates))
+    print(f"SDK end-to-end, log_predictions(DataFrame)  ({args.sdk_rows} rows incl. close): "
+          f"median {np.median(frame_rates):,.0f} rows/s   runs: " + ", ".join(f"{x:,.0f}" for x in frame_rates))
     print(f"server peak RSS                      : {rss:10.0f} MB   ("
           + ", ".join(f"{k}: {v:.0f}" for k, v in rss_steps.items()) + "; idle is current RSS)")
     with tempfile.TemporaryDirectory() as tmp:

@@ -3,7 +3,8 @@
 An alert for a metric opens when its last ``open_after`` checks all breached and closes after
 ``close_after`` clean checks in a row; at most one alert per (project, metric) is open at a
 time. Webhooks are delivered by a background thread with retries and backoff, so a dead
-receiver never stalls a check; every attempt's outcome is recorded in ``alert_deliveries``.
+receiver never stalls a check; every delivery is recorded in ``alert_deliveries`` (pending until
+tried, so a restart resumes it). Payload formats and URL redaction: :mod:`tuneloop.monitor.webhooks`.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import httpx
 
 from tuneloop.monitor.config import DriftSettings
 from tuneloop.monitor.store import Store, utcnow
+from tuneloop.monitor.webhooks import Webhook, as_webhook, payload, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -108,50 +111,109 @@ def open_alert_count(store: Store, project: str, kinds: list[str] | None = None)
 
 
 class WebhookNotifier:
-    """Posts alert changes to the configured URLs from a background thread, with retries."""
+    """Posts alert changes to the configured webhooks from a background thread, with retries.
 
-    def __init__(self, store: Store, settings: DriftSettings) -> None:
+    Each (change, webhook) is first written to ``alert_deliveries`` as ``pending`` and updated to
+    ``delivered`` or ``failed`` once tried, so deliveries still pending when the process stopped are
+    retried when it starts again. URLs appear in logs only redacted.
+    """
+
+    def __init__(self, store: Store, settings: DriftSettings, external_url: str = "") -> None:
         self.store = store
         self.settings = settings
-        self._queue: queue.Queue[AlertChange | None] = queue.Queue()
+        self.external_url = external_url
+        self.webhooks = {w.url: w for w in map(as_webhook, settings.webhooks)}
+        self._queue: queue.Queue[tuple[AlertChange, Webhook, datetime] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="tuneloop-webhooks", daemon=True)
+        self._resume_pending()
         self._thread.start()
 
     def notify(self, changes: list[AlertChange]) -> None:
-        if self.settings.webhooks:
-            for change in changes:
-                self._queue.put(change)
+        if not self.webhooks:
+            return
+        queued_at = utcnow()
+        jobs = [(change, hook, queued_at) for change in changes for hook in self.webhooks.values()]
+        if jobs:
+            try:
+                with self.store.transaction() as cur:
+                    cur.executemany("INSERT INTO alert_deliveries VALUES (?, ?, ?, 'pending', 0, NULL)",
+                                    [[c.alert_id, h.url, queued_at] for c, h, _ in jobs])
+            except Exception:  # never fail the check because the delivery log could not be written
+                log.exception("could not record pending webhook deliveries")
+        for job in jobs:
+            self._queue.put(job)
+
+    def _resume_pending(self) -> None:
+        """Queue the deliveries a previous process left pending (to webhooks still configured).
+
+        A pending row queued at or after the alert closed announced the closing; before, the opening.
+        """
+        rows = self.store.query(
+            """SELECT d.alert_id, d.url, d.ts,
+                      CASE WHEN a.closed_at IS NOT NULL AND a.closed_at <= d.ts THEN 'closed' ELSE 'opened' END
+                        AS action,
+                      a.project, a.kind, a.message
+               FROM alert_deliveries d JOIN alerts a ON a.id = d.alert_id
+               WHERE d.status = 'pending' ORDER BY d.ts""",
+        )
+        for r in rows.itertuples():
+            hook = self.webhooks.get(r.url)
+            if hook is None:
+                self._finish(int(r.alert_id), r.url, r.ts, "dropped", 0, "webhook no longer configured")
+                continue
+            change = AlertChange(int(r.alert_id), r.project, r.kind, r.action, r.message)
+            self._queue.put((change, hook, r.ts.to_pydatetime()))
+        if len(rows):
+            log.info("retrying %d webhook deliveries left pending", len(rows))
 
     def _run(self) -> None:
         with httpx.Client(timeout=self.settings.webhook_timeout_seconds) as client:
-            while (change := self._queue.get()) is not None:
-                for url in self.settings.webhooks:
-                    self._deliver(client, url, change)
-                self._queue.task_done()
+            while (job := self._queue.get()) is not None:
+                try:
+                    self._deliver(client, *job)
+                except Exception:  # one bad delivery must not stop the thread
+                    log.exception("webhook delivery crashed")
+                finally:
+                    self._queue.task_done()
 
-    def _deliver(self, client: httpx.Client, url: str, change: AlertChange) -> None:
+    def _event(self, change: AlertChange) -> dict[str, Any]:
+        """tuneloop's JSON for the change, plus what the other formats need from the alert row."""
+        row = self.store.query("SELECT ts, closed_at, severity, details FROM alerts WHERE id = ?", [change.alert_id])
+        found = row.to_dict("records")[0] if len(row) else {}
+        closed = found.get("closed_at")
+        return {**change.as_json(), "severity": found.get("severity", SEVERITY.get(change.kind, "warning")),
+                "started_at": found.get("ts") or utcnow(),
+                "ended_at": None if closed is None or closed != closed else closed}
+
+    def _deliver(self, client: httpx.Client, change: AlertChange, hook: Webhook, queued_at: datetime) -> None:
+        body = payload(hook.format, self._event(change), self.external_url)
         error = None
         attempts = 0
         for attempt in range(self.settings.webhook_retries + 1):
             attempts = attempt + 1
             try:
-                r = client.post(url, json=change.as_json())
+                r = client.post(hook.url, json=body)
                 if r.status_code < 300:
                     error = None
                     break
                 error = f"HTTP {r.status_code}"
             except httpx.HTTPError as e:
-                error = f"{type(e).__name__}: {e}"
+                error = type(e).__name__  # the message may repeat the URL
             time.sleep(min(0.2 * 2**attempt, 5.0))
+        self._finish(change.alert_id, hook.url, queued_at, "failed" if error else "delivered", attempts, error)
+        if error:
+            log.warning("webhook %s failed after %d attempts: %s", redact_url(hook.url), attempts, error)
+
+    def _finish(self, alert_id: int, url: str, queued_at: datetime, status: str, attempts: int,
+                error: str | None) -> None:
         try:
             self.store.execute(
-                "INSERT INTO alert_deliveries VALUES (?, ?, ?, ?, ?, ?)",
-                [change.alert_id, url, utcnow(), "failed" if error else "delivered", attempts, error],
+                """UPDATE alert_deliveries SET ts = ?, status = ?, attempts = ?, error = ?
+                   WHERE alert_id = ? AND url = ? AND ts = ? AND status = 'pending'""",
+                [utcnow(), status, attempts, error, alert_id, url, queued_at],
             )
-        except Exception:  # the store may be closing; delivery outcome is best effort
-            log.warning("could not record webhook delivery for alert %s", change.alert_id)
-        if error:
-            log.warning("webhook %s failed after %d attempts: %s", url, attempts, error)
+        except Exception:  # the store may be closing; the row stays pending and is retried at start
+            log.warning("could not record webhook delivery for alert %s", alert_id)
 
     def join(self, timeout: float = 10.0) -> None:
         """Wait until queued deliveries are done (tests, shutdown)."""

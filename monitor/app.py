@@ -106,6 +106,10 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         app.include_router(module.router)
         if hasattr(module, "install"):  # app-wide middleware/handlers a domain needs (routes_collect)
             module.install(app, settings)
+    from tuneloop.monitor import openapi
+
+    openapi.install(app)  # security scheme, declared errors, full Allow on 405
+    app.add_middleware(openapi.UTCTimestamps)
     return app
 
 

@@ -33,10 +33,28 @@ ConfigOpt = Annotated[
 ]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Overrides paths.data_dir.")]
 ProjectOpt = Annotated[str, typer.Option("--project", "-p", help="Monitored project (model).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the full rows as JSON instead of a table.")]
+"""The one --json option of every listing command."""
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"tuneloop {version('tuneloop')}")
+        except PackageNotFoundError:
+            typer.echo("tuneloop (not installed as a package)")
+        raise typer.Exit()
 
 
 @app.callback()
-def main(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
+def main(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
     """tuneloop: collect → detect → label → retrain → gate → hot-swap."""
     _options["config"] = config
     _options["data_dir"] = data_dir
@@ -48,11 +66,13 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _cli_overrides() -> dict[str, dict[str, Any]]:
+    return {"paths": {"data_dir": _options["data_dir"]}} if _options.get("data_dir") is not None else {}
+
+
 def settings() -> Settings:
     """Settings from --config, --data-dir and the environment; a bad value exits with one line."""
-    overrides: dict[str, dict[str, Any]] = {}
-    if _options.get("data_dir") is not None:
-        overrides["paths"] = {"data_dir": _options["data_dir"]}
+    overrides = _cli_overrides()
     try:
         s = load_settings(_options.get("config"), **overrides)
     except ConfigError as e:
@@ -217,18 +237,24 @@ def token_create(
 
 
 @token_app.command("list")
-def token_list() -> None:
+def token_list(as_json: JsonOpt = False) -> None:
     """Token names and roles (never the tokens)."""
     from tuneloop.monitor.auth import list_tokens
 
     s = settings()
     client = api_client(s)
     if client is not None:
-        print_json(_api_or_fail(client, "GET", "/v1/tokens"))
+        items = _api_or_fail(client, "GET", "/v1/tokens")
+    else:
+        store = open_store(s, read_only=True)
+        items = list_tokens(store)
+        store.close()
+    if as_json:
+        print_json(items)
         return
-    store = open_store(s, read_only=True)
-    print_json(list_tokens(store))
-    store.close()
+    typer.echo(f"{'name':<32}{'role':<8}{'created_at':<21}revoked_at")
+    for t in items:
+        typer.echo(f"{t['name']:<32}{t['role']:<8}{str(t['created_at'])[:19]:<21}{str(t['revoked_at'] or '-')[:19]}")
 
 
 @token_app.command("revoke")
@@ -354,7 +380,7 @@ def _models_offline(s: Settings, write: bool = False):  # type: ignore[no-untype
 @models_app.command("list")
 def models_list(
     project: ProjectOpt = "default",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the full rows as JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Versions with status and validation metrics."""
     from tuneloop.monitor import registry
@@ -496,7 +522,7 @@ def _records(df: Any, rename: dict[str, str], keep: tuple[str, ...]) -> list[dic
 
 
 @projects_app.command("list")
-def projects_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+def projects_list(as_json: JsonOpt = False) -> None:
     """Every project with its labels and prediction count."""
     from tuneloop.monitor.projects import list_projects
 
@@ -956,21 +982,53 @@ alerts_app = typer.Typer(help="List and acknowledge drift alerts.", no_args_is_h
 app.add_typer(alerts_app, name="alerts")
 
 
-@app.command()
+config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show(as_json: JsonOpt = False) -> None:
+    """Every effective setting with its source (env, command line, file, default); secrets masked."""
+    from tuneloop.monitor.config_show import effective_settings
+
+    rows = effective_settings(settings(), _options.get("config"), _cli_overrides())
+    if as_json:
+        print_json(rows)
+        return
+    width = max(len(r["key"]) for r in rows) + 2
+    for r in rows:
+        typer.echo(f"{r['key']:<{width}}{json.dumps(r['value'], default=str):<40} {r['source']}")
+
+
+CHECK_EXIT_HELP = "Exit status: 0 no check drifted, 1 at least one check drifted, 2 the checks could not run."
+
+
+@app.command(help=f"Run the drift checks now (through the server when one runs) and print the results. "
+                  f"{CHECK_EXIT_HELP}", epilog=CHECK_EXIT_HELP)
 def check(project: ProjectOpt = "default") -> None:
-    """Run the drift checks now (through the server when one runs) and print the results."""
+    try:
+        run = _run_checks(project)
+    except typer.Exit as e:  # every failure (config, store, server answer) is exit status 2 here
+        raise typer.Exit(2 if e.exit_code else 0) from None
+    except Exception as e:  # noqa: BLE001 - one line, never a traceback, and the documented status
+        fail(f"the drift checks could not run: {type(e).__name__}: {e}", 2)
+    print_json(run)
+    if any(r.get("drifted") for r in run.get("results", [])):
+        raise typer.Exit(1)
+
+
+def _run_checks(project: str) -> dict[str, Any]:
     s = settings()
     client = api_client(s)
     if client is not None:
-        print_json(api_call(client, "POST", "/v1/checks", params={"project": project}))
-        return
+        return api_call(client, "POST", "/v1/checks", params={"project": project})
     from tuneloop.monitor.checks import NotEnoughData, run_drift_checks
 
     store = open_store(s)
     try:
-        print_json(run_drift_checks(store, s, project).as_json())
+        return run_drift_checks(store, s, project).as_json()
     except NotEnoughData as e:
-        fail(str(e))
+        fail(str(e), 2)
     finally:
         store.close()
 
@@ -979,19 +1037,28 @@ def check(project: ProjectOpt = "default") -> None:
 def alerts_list(
     project: ProjectOpt = "default",
     status: Annotated[str | None, typer.Option(help="open | closed")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Alerts, newest first."""
     s = settings()
     client = api_client(s)
     params = {"project": project, **({"status": status} if status else {})}
     if client is not None:
-        print_json(api_call(client, "GET", "/v1/alerts", params=params))
-        return
-    from tuneloop.monitor.alerts import list_alerts
+        items = api_call(client, "GET", "/v1/alerts", params=params)["items"]
+    else:
+        from tuneloop.monitor.alerts import list_alerts
 
-    store = open_store(s, read_only=True)
-    print_json({"items": list_alerts(store, project, status)})
-    store.close()
+        store = open_store(s, read_only=True)
+        items = list_alerts(store, project, status)
+        store.close()
+    if as_json:
+        print_json({"items": items})
+        return
+    if not items:
+        typer.echo(f"no {status + ' ' if status else ''}alerts for project {project}")
+    for a in items:
+        typer.echo(f"#{a['id']:<6}{str(a['ts'])[:19]:<21}{a['status']:<8}{a['severity']:<10}{a['kind']:<22}"
+                   f"{'acked' if a.get('acked_at') else ''}")
 
 
 @alerts_app.command("ack")

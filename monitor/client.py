@@ -16,11 +16,25 @@ refuses for good (4xx), or still fails after ``max_retries``, is logged and kept
 counted in ``errors_dropped``, so a long-lived client cannot grow without bound). On a 422 only
 the records the server named are set aside;
 the rest of the batch is sent again. ``close()`` (also at exit, and on leaving ``with``) flushes.
+
+Many rows at once: ``tl.log_predictions(df)`` takes a pandas DataFrame or a pyarrow Table with
+the columns of ``POST /v1/predictions`` (``text`` and ``label`` required). A predict function can
+log itself: ``@tl.logged(model_version="v3")`` (see :meth:`Client.logged`).
+
+Inside an event loop (asyncio, FastAPI handlers): the ``log_*`` methods do no I/O, they only append
+to the buffer; with ``on_full="raise"`` they never block either. Use ``await tl.aflush()``,
+``await tl.aclose()`` and ``await tl.apredict(texts)`` there instead of the blocking calls.
+
+This module needs only ``httpx`` and ``pyarrow`` (``pip install tuneloop`` installs just those):
+numpy and pandas are used when the caller's data already comes from them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import functools
+import inspect
 import io
 import json
 import logging
@@ -29,13 +43,12 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import httpx
-import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
@@ -139,7 +152,7 @@ class Client:
         label: str,
         confidence: float | None = None,
         probs: dict[str, float] | None = None,
-        embedding: Sequence[float] | np.ndarray | None = None,
+        embedding: Sequence[float] | None = None,
         model_version: str | None = None,
         ts: float | datetime | None = None,
         metadata: dict[str, Any] | None = None,
@@ -182,12 +195,90 @@ class Client:
             self._wake.set()
         return fid
 
-    def _wait_for_space(self) -> None:
+    def log_predictions(self, data: Any) -> list[str]:
+        """Buffer every row of a pandas DataFrame or pyarrow Table; returns the ids in row order.
+
+        Columns: ``text`` and ``label`` (required), and any of ``id``, ``confidence``, ``probs``
+        ({label: p} or a map column), ``embedding`` (list of floats), ``model_version``, ``ts``
+        (datetime or Unix seconds), ``metadata`` (dict or JSON text). Other columns are refused.
+        """
+        table = _as_arrow(data)
+        unknown = set(table.column_names) - set(_PRED_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown prediction columns {sorted(unknown)}; use {', '.join(_PRED_FIELDS)}")
+        missing = {"text", "label"} - set(table.column_names)
+        if missing:
+            raise ValueError(f"missing required columns {sorted(missing)}")
+        n = table.num_rows
+        cols = {name: table.column(name).to_pylist() if name in table.column_names else [None] * n
+                for name in _PRED_FIELDS}
+        if any(not isinstance(t, str) for t in cols["text"]) or any(not isinstance(x, str) for x in cols["label"]):
+            raise TypeError("text and label must be non-null strings")
+        cols["id"] = [i or uuid.uuid4().hex for i in cols["id"]]
+        cols["probs"] = [dict(p) if isinstance(p, list) else p for p in cols["probs"]]
+        cols["metadata"] = [m if m is None or isinstance(m, str) else json.dumps(m, allow_nan=False,
+                                                                                   separators=(",", ":"))
+                            for m in cols["metadata"]]
+        now = time.time()
+        cols["ts"] = [now if t is None else t for t in cols["ts"]]
+        rows = list(zip(*(cols[name] for name in _PRED_FIELDS), strict=True))
+        for start in range(0, n, self.batch_size):
+            if self._closing:
+                raise RuntimeError("the client is closed")
+            chunk = rows[start:start + self.batch_size]
+            if len(self._preds) + len(self._feedback) + len(chunk) > self.max_buffer:
+                self._wait_for_space(len(chunk))
+            self._preds.extend(chunk)
+            self._wake.set()
+        return cols["id"]
+
+    def logged(self, fn: Callable[..., Any] | None = None, *, model_version: str | None = None) -> Any:
+        """Decorator: log every call of a predict function (sync or async) with its inputs and outputs.
+
+        The function's first argument is a text or a list of texts; it returns, per text, a label,
+        ``(label, confidence)``, or a dict with ``label`` and optionally ``score``/``confidence`` and
+        ``probs`` (the shape of ``transformers`` pipelines). Its return value is passed through.
+
+        >>> @tl.logged(model_version="v3")
+        ... def predict(texts): return [{"label": "negative", "score": 0.9} for _ in texts]
+        """
+
+        def wrap(func: Callable[..., Any]) -> Callable[..., Any]:
+            if inspect.iscoroutinefunction(func):
+                @functools.wraps(func)
+                async def async_wrapper(texts: Any, *args: Any, **kwargs: Any) -> Any:
+                    out = await func(texts, *args, **kwargs)
+                    self._log_outputs(texts, out, model_version)
+                    return out
+                return async_wrapper
+
+            @functools.wraps(func)
+            def wrapper(texts: Any, *args: Any, **kwargs: Any) -> Any:
+                out = func(texts, *args, **kwargs)
+                self._log_outputs(texts, out, model_version)
+                return out
+            return wrapper
+
+        return wrap if fn is None else wrap(fn)
+
+    def _log_outputs(self, texts: Any, out: Any, model_version: str | None) -> None:
+        single = isinstance(texts, str)
+        text_list = [texts] if single else list(texts)
+        outputs = [out] if single or not isinstance(out, list | tuple) or _is_pair(out) else list(out)
+        if len(outputs) != len(text_list):
+            log.warning("tuneloop: %d outputs for %d inputs; not logged", len(outputs), len(text_list))
+            return
+        for text, output in zip(text_list, outputs, strict=True):
+            label, confidence, probs = _parse_output(output)
+            self.log_prediction(text, label, confidence=confidence, probs=probs, model_version=model_version)
+
+    def _wait_for_space(self, needed: int = 1) -> None:
         if self.on_full == "raise":
             raise BufferFullError(f"{self.max_buffer} records are waiting to be sent (max_buffer)")
         self._wake.set()
+        limit = max(0, self.max_buffer - needed)
         with self._lock:
-            while len(self._preds) + len(self._feedback) >= self.max_buffer and not self._closed:
+            while len(self._preds) + len(self._feedback) > limit and not self._closed:
                 self._lock.wait(0.1)
 
     @property
@@ -247,6 +338,23 @@ class Client:
     def predict(self, texts: Iterable[str], project: str | None = None) -> dict[str, Any]:
         """``POST /v1/predict``: the served champion's answers (each prediction is logged by the server)."""
         r = self._sync_http.post("/v1/predict", json={"texts": list(texts), "project": project or self.project})
+        if r.status_code >= 400:
+            raise TuneloopError(r.status_code, _detail(r))
+        return r.json()
+
+    # -- for event loops: the same calls without blocking the loop -------------------------------
+    async def aflush(self, timeout: float | None = None) -> bool:
+        """:meth:`flush` in a worker thread, so the event loop keeps running."""
+        return await asyncio.to_thread(self.flush, timeout)
+
+    async def aclose(self, timeout: float | None = None) -> bool:
+        return await asyncio.to_thread(self.close, timeout)
+
+    async def apredict(self, texts: Iterable[str], project: str | None = None) -> dict[str, Any]:
+        """:meth:`predict` over an async HTTP connection."""
+        async with httpx.AsyncClient(base_url=self.url, headers=self._sync_http.headers,
+                                     timeout=self._sync_http.timeout) as http:
+            r = await http.post("/v1/predict", json={"texts": list(texts), "project": project or self.project})
         if r.status_code >= 400:
             raise TuneloopError(r.status_code, _detail(r))
         return r.json()
@@ -366,6 +474,30 @@ class Client:
                 self._set_aside(kind, records, None, "client closed before these could be sent")
 
 
+def _as_arrow(data: Any) -> pa.Table:
+    if isinstance(data, pa.Table):
+        return data
+    if type(data).__module__.startswith("pandas"):  # pandas is the caller's: not imported here otherwise
+        return pa.Table.from_pandas(data, preserve_index=False)
+    raise TypeError(f"log_predictions takes a pandas DataFrame or a pyarrow Table, not {type(data).__name__}")
+
+
+def _is_pair(out: Any) -> bool:
+    return isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], str)
+
+
+def _parse_output(output: Any) -> tuple[str, float | None, dict[str, float] | None]:
+    """A predict function's answer for one text -> (label, confidence, probs)."""
+    if isinstance(output, str):
+        return output, None, None
+    if _is_pair(output):
+        return output[0], float(output[1]), None
+    if isinstance(output, dict) and isinstance(output.get("label"), str):
+        score = output.get("confidence", output.get("score"))
+        return output["label"], None if score is None else float(score), output.get("probs")
+    raise TypeError(f"cannot read a label from the predict function's output {output!r}")
+
+
 # -- wire helpers -----------------------------------------------------------------------------------
 def _epoch_us(ts: Any) -> int:
     if isinstance(ts, datetime):
@@ -376,6 +508,10 @@ def _epoch_us(ts: Any) -> int:
 
 
 def _embedding_array(values: Sequence[Any]) -> pa.Array:
+    try:  # a dense matrix is one copy with numpy; without numpy, pyarrow converts lists itself
+        import numpy as np
+    except ImportError:
+        return pa.array([None if v is None else list(v) for v in values], pa.list_(pa.float32()))
     present = [v for v in values if v is not None]
     if len(present) == len(values):
         try:

@@ -15,6 +15,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from tuneloop.monitor.webhooks import Webhook
+
 
 class ConfigError(Exception):
     """A bad configuration value: the message is one line naming the key and what is allowed."""
@@ -127,7 +129,8 @@ class DriftSettings(Section):
     open_after: int = Field(2, ge=1)
     """Consecutive breaching checks that open an alert (hysteresis)."""
     close_after: int = Field(2, ge=1)
-    webhooks: list[str] = []
+    webhooks: list[str | Webhook] = []
+    """Alert receivers: a URL (tuneloop JSON) or {url = "...", format = "json" | "slack" | "alertmanager"}."""
     webhook_timeout_seconds: float = Field(5.0, gt=0)
     webhook_retries: int = Field(3, ge=0)
 

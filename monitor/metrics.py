@@ -5,6 +5,11 @@ and writer modules do), and ``/metrics`` renders it in the text exposition forma
 public when ``server.metrics_public`` (the default, fine on loopback) and needs role admin
 otherwise. :class:`RequestMetrics` is a pure ASGI middleware timing every request by route
 template (``/v1/checks/{check_id}/report``, not the raw path, so label values stay few).
+
+Model health (drift per project and check, open alerts, accuracy, champion, label queue, last
+retrain) comes from :class:`ModelHealthCollector`, which reads the store at scrape time: the
+numbers are always those the API would answer, and no code path has to remember to update a
+gauge. It lives in a registry of its own per running app, rendered after the process-wide one.
 """
 
 from __future__ import annotations
@@ -14,13 +19,27 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tuneloop.monitor.app import Context
+from tuneloop.monitor.app import STARTUP_HOOKS, Context
 from tuneloop.monitor.deps import check_role, get_ctx
+from tuneloop.monitor.model_health import ModelHealthCollector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# The standard process_*, python_info and python_gc_* series, as the default registry has them.
+for _standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+    REGISTRY.register(_standard)
 
 ROWS = Counter(
     "tuneloop_rows", "Rows written by the collector, by kind (predictions|feedback) and outcome "
@@ -92,4 +111,18 @@ def metrics(
 ) -> Response:
     if not ctx.settings.server.metrics_public:
         check_role(ctx, authorization, "admin")
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    body = generate_latest(REGISTRY)
+    health = ctx.services.get("model_health")
+    if health is not None:
+        body += generate_latest(health)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+def start_model_health(ctx: Context) -> None:
+    """Give the app its model-health registry (one per app, so test servers in one process stay apart)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ModelHealthCollector(ctx.store))
+    ctx.services["model_health"] = registry
+
+
+STARTUP_HOOKS.append(start_model_health)

@@ -396,7 +396,7 @@ class BackupRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(None, pattern=NAME_PATTERN,
                              description="Directory name under <data_dir>/backups (default backup-<UTC time>).")
-    include_models: bool = Field(True, description="Copy the registered model version directories too.")
+    include_models: bool = Field(True, strict=True, description="Copy the registered model version directories too.")
 
 
 class BackupInfo(BaseModel):
@@ -421,7 +421,7 @@ class BackupListItem(BaseModel):
 
 class RetentionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    raw_days: int | None = Field(None, ge=1, le=1_000_000, description="Default retention.raw_days.")
+    raw_days: int | None = Field(None, ge=1, le=1_000_000, strict=True, description="Default retention.raw_days.")
 
 
 class RetentionInfo(BaseModel):

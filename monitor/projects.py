@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from tuneloop.monitor.config import DriftSettings, Settings
 from tuneloop.monitor.store import DEFAULT_PROJECT, Store, utcnow
+from tuneloop.monitor.webhooks import redact_webhooks
 
 PROJECT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _NAME_RE = re.compile(PROJECT_PATTERN)
@@ -248,6 +249,16 @@ def project_summary(store: Store, settings: Settings, project: str) -> dict[str,
     ).fetchall()[0]
     counts = dict(zip(names, row, strict=True))
     return {**p.as_json(), "counts": counts, "drift": drift_settings_for(store, settings, project).model_dump()}
+
+
+def without_secrets(drift: dict[str, Any], role: str) -> dict[str, Any]:
+    """Drift settings fit to show ``role``: webhook URLs (often secrets) redacted for admin, absent otherwise."""
+    shown = dict(drift)
+    if role == "admin":
+        shown["webhooks"] = redact_webhooks(drift.get("webhooks", []))
+    else:
+        shown.pop("webhooks", None)
+    return shown
 
 
 # ---- adopting an external model ----------------------------------------------------------------

@@ -61,7 +61,7 @@ def recent_checks(
 
 
 @router.get("/checks/{check_id}/report", response_class=HTMLResponse, summary="The check's Evidently HTML report")
-def check_report(_: Labeller, ctx: CtxDep, check_id: Annotated[int, Path(ge=0)]) -> HTMLResponse:
+def check_report(_: Labeller, ctx: CtxDep, check_id: Annotated[int, Path(ge=0, le=2**63 - 1)]) -> HTMLResponse:
     df = ctx.store.query("SELECT report_path FROM drift_checks WHERE id = ? AND report_path IS NOT NULL LIMIT 1",
                          [check_id])
     if df.empty:
@@ -82,7 +82,7 @@ def get_alerts(
 
 
 @router.post("/alerts/{alert_id}/ack", summary="Acknowledge an alert")
-def acknowledge(principal: Labeller, ctx: CtxDep, alert_id: Annotated[int, Path(ge=0)]) -> dict[str, Any]:
+def acknowledge(principal: Labeller, ctx: CtxDep, alert_id: Annotated[int, Path(ge=0, le=2**63 - 1)]) -> dict[str, Any]:
     alert = ack_alert(ctx.store, alert_id, principal.name)
     if alert is None:
         raise HTTPException(404, f"no alert {alert_id}")

@@ -35,7 +35,9 @@ class Strict(BaseModel):
 
 class ProjectCreate(Strict):
     project: str = Field(pattern=PROJECT_PATTERN, description="Name: 1-64 of A-Z a-z 0-9 . _ -")
-    labels: list[str] = Field(min_length=2, description="The model's label set, at least two distinct labels.")
+    labels: list[Annotated[str, Field(pattern=r"\S")]] = Field(
+        min_length=2, json_schema_extra={"uniqueItems": True},
+        description="The model's label set, at least two distinct labels.")
     settings: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description='Overrides of config sections, e.g. {"drift": {"window_size": 200}}.'
     )
@@ -43,7 +45,7 @@ class ProjectCreate(Strict):
 
 class ReferenceRecord(Strict):
     text: str = Field(min_length=1)
-    prediction: str = Field(description="What the model predicted.")
+    prediction: str = Field(min_length=1, description="What the model predicted.")
     label: str | None = Field(None, description="The true label, when known (calibrates the accuracy estimate).")
     probabilities: dict[str, float] | None = Field(None, description="{label: probability}; its max is the confidence.")
     confidence: float | None = Field(None, ge=0, le=1)
@@ -93,8 +95,9 @@ def list_all(_: Labeller, ctx: CtxDep) -> dict[str, Any]:
 
 
 @router.get("/projects/{project}", summary="One project with its counts (incl. embeddings still to compute)")
-def get_one(_: Labeller, ctx: CtxDep, project: ProjectPath) -> dict[str, Any]:
+def get_one(principal: Labeller, ctx: CtxDep, project: ProjectPath) -> dict[str, Any]:
     summary = projects.project_summary(ctx.store, ctx.settings, project)
+    summary["drift"] = projects.without_secrets(summary["drift"], principal.role)
     embedder = ctx.services.get("embedder")
     if embedder is not None:
         shown = ("running", "rows_per_second", "encoder_loaded", "last_error")

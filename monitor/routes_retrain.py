@@ -78,7 +78,7 @@ def list_runs(
 
 @router.get("/retrain/runs/{run_id}", summary="One run: status, metrics, gate reasons, progress, log tail")
 def get_run(
-    _: Labeller, ctx: CtxDep, run_id: Annotated[int, Path(ge=0)],
+    _: Labeller, ctx: CtxDep, run_id: Annotated[int, Path(ge=0, le=2**63 - 1)],
     log_lines: Annotated[int, Query(ge=0, le=2000)] = 50,
 ) -> dict[str, Any]:
     try:
@@ -88,7 +88,7 @@ def get_run(
 
 
 @router.post("/retrain/runs/{run_id}/cancel", summary="Cancel a queued or running retrain")
-def cancel_run(principal: Admin, ctx: CtxDep, run_id: Annotated[int, Path(ge=0)]) -> dict[str, Any]:
+def cancel_run(principal: Admin, ctx: CtxDep, run_id: Annotated[int, Path(ge=0, le=2**63 - 1)]) -> dict[str, Any]:
     try:
         return _service(ctx).cancel(run_id, principal.name)
     except RunNotFound as e:
@@ -100,7 +100,8 @@ def cancel_run(principal: Admin, ctx: CtxDep, run_id: Annotated[int, Path(ge=0)]
 @router.get("/label-queue", summary="Unlabelled predictions to label next, most useful first")
 def get_label_queue(
     _: Labeller, ctx: CtxDep, project: ProjectQuery = DEFAULT,
-    strategy: Annotated[str | None, Query(description=f"One of {', '.join(STRATEGIES)}; default from config.")] = None,
+    strategy: Annotated[str | None, Query(description=f"One of {', '.join(STRATEGIES)}; default from config.",
+                                          json_schema_extra={"enum": list(STRATEGIES)})] = None,
     limit: Annotated[int | None, Query(ge=1, le=500)] = None,
     seed: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:

@@ -156,6 +156,23 @@ def test_auth_matrix_over_every_route(server, figure):
     assert not problems, "\n".join(problems)
 
 
+def test_schema_declares_bearer_auth_and_405_names_the_allowed_methods(server):
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        schema = http.get("/openapi.json").json()
+        assert schema["components"]["securitySchemes"]["bearerAuth"] == {
+            "type": "http", "scheme": "bearer", "description": schema["components"]["securitySchemes"]["bearerAuth"]
+            ["description"]}
+        for (method, path), _role in ROLES.items():
+            op = schema["paths"][path][method.lower()]
+            assert op["security"] == [{"bearerAuth": []}], (method, path)
+            assert {"401", "403"} <= set(op["responses"]), (method, path)
+        assert "security" not in schema["paths"]["/healthz"]["get"]
+        for method, path, allow in [("PUT", "/v1/checks", "GET, POST"), ("DELETE", "/v1/models/rollback", "POST"),
+                                    ("OPTIONS", "/v1/feedback/import", "POST"), ("PATCH", "/healthz", "GET")]:
+            r = http.request(method, path, headers=server.headers("admin"))
+            assert (r.status_code, r.headers.get("allow")) == (405, allow), (method, path)
+
+
 def test_a_revoked_token_stops_working_at_once(server):
     with httpx.Client(base_url=server.url, timeout=30) as http:
         admin = server.headers("admin")
@@ -270,6 +287,28 @@ def test_tokens_are_never_logged_nor_shown_again(bare_server):
         leaked = [name for name, secret in secrets.items() if secret in text]
         assert not leaked, f"{leaked} found in the {where}"
     assert not re.search(r"\btl_(ingest|label|admin)_[A-Za-z0-9_-]{20,}", log), "something token-shaped was logged"
+
+
+def test_label_role_never_sees_a_webhook_url_and_admin_sees_it_redacted(tmp_path):
+    secret_path = "/services/T0001/B0001/WEBHOOKSECRET"
+    hooks = [f"http://127.0.0.1:9{secret_path}", {"url": f"http://127.0.0.1:9{secret_path}2", "format": "slack"}]
+    srv = start_server(tmp_path, drift={"webhooks": hooks})
+    try:
+        with httpx.Client(base_url=srv.url, timeout=60) as http:
+            answers = {role: {path: http.get(path.format(**{**PATH_VALUES, "project": "default"}),
+                                             headers=srv.headers(role))
+                              for (method, path) in ROLES if method == "GET"}
+                       for role in ("label", "admin")}
+        for role, by_path in answers.items():
+            for path, r in by_path.items():
+                assert "WEBHOOKSECRET" not in r.text and "T0001" not in r.text, f"{role} {path} shows a webhook URL"
+        label_view = answers["label"]["/v1/projects/{project}"].json()["drift"]
+        assert "webhooks" not in label_view
+        admin_view = answers["admin"]["/v1/projects/{project}"].json()["drift"]["webhooks"]
+        assert [w["format"] for w in admin_view] == ["json", "slack"]
+        assert all(w["url"].startswith("http://127.0.0.1:9/") for w in admin_view)
+    finally:
+        srv.close()
 
 
 # -- the dashboard acts only within its token's role ------------------------------------------------

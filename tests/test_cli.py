@@ -94,14 +94,60 @@ def test_check_and_alerts_commands_offline(tmp_path):
     store.append_predictions(rows[300:])  # shifted traffic
     store.close()
     env = {"TUNELOOP_DRIFT__WINDOW_SIZE": "300", "TUNELOOP_DRIFT__OPEN_AFTER": "1"}
-    out = tuneloop("--data-dir", "d", "check", cwd=tmp_path, env=env).stdout
+    only_labels = {**env, "TUNELOOP_DRIFT__CHECKS": '["prediction_drift"]'}
+    clean = tuneloop("--data-dir", "d", "check", cwd=tmp_path, env=only_labels, check=False)
+    assert clean.returncode == 0, clean.stderr  # the label mix is the same in both windows: nothing drifted
+    drifted = tuneloop("--data-dir", "d", "check", cwd=tmp_path, env=env, check=False)
+    assert drifted.returncode == 1, drifted.stderr  # a drifted check fails the step that runs it
     import json
 
-    run = json.loads(out)
+    run = json.loads(drifted.stdout)
     embedding = next(r for r in run["results"] if r["metric"] == "embedding_drift")
     assert embedding["drifted"] is True
-    alerts = json.loads(tuneloop("--data-dir", "d", "alerts", "list", "--status", "open", cwd=tmp_path).stdout)
+    alerts = json.loads(tuneloop("--data-dir", "d", "alerts", "list", "--status", "open", "--json",
+                                 cwd=tmp_path).stdout)
+    table = tuneloop("--data-dir", "d", "alerts", "list", cwd=tmp_path).stdout
+    assert "embedding_drift" in table and not table.lstrip().startswith("{")
     assert any(a["kind"] == "embedding_drift" for a in alerts["items"])
     alert_id = alerts["items"][0]["id"]
     acked = json.loads(tuneloop("--data-dir", "d", "alerts", "ack", str(alert_id), cwd=tmp_path).stdout)
     assert acked["acked_by"] == "cli"
+
+
+def test_check_exits_2_when_it_cannot_run(tmp_path):
+    tuneloop("--data-dir", "d", "init", cwd=tmp_path)
+    r = tuneloop("--data-dir", "d", "check", cwd=tmp_path, check=False)  # no predictions at all
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.strip(), r.stderr
+    help_text = tuneloop("check", "--help", cwd=tmp_path).stdout
+    assert "1 at least one check drifted" in " ".join(help_text.split())
+
+
+def test_version_and_config_show_with_sources_and_masked_secrets(tmp_path):
+    import json
+    from importlib.metadata import version
+
+    assert tuneloop("--version", cwd=tmp_path).stdout.strip() == f"tuneloop {version('tuneloop')}"
+    (tmp_path / "c.toml").write_text('[drift]\nwindow_size = 300\nwebhooks = ["https://hooks.example.com/T1/SECRETPATH"]\n'
+                                     '[dashboard]\ntoken = "tl_admin_supersecret"\n')
+    env = {"TUNELOOP_SERVER__PORT": "9123"}
+    out = tuneloop("--config", "c.toml", "--data-dir", "d", "config", "show", "--json", cwd=tmp_path, env=env).stdout
+    rows = {r["key"]: r for r in json.loads(out)}
+    assert rows["server.port"] == {"key": "server.port", "value": 9123, "source": "env TUNELOOP_SERVER__PORT"}
+    assert rows["drift.window_size"]["source"] == "file c.toml" and rows["drift.window_size"]["value"] == 300
+    assert rows["paths.data_dir"]["source"] == "command line"
+    assert rows["drift.open_after"]["source"] == "default"
+    assert rows["dashboard.token"]["value"] == "***"
+    table = tuneloop("--config", "c.toml", "config", "show", cwd=tmp_path, env=env).stdout
+    assert "SECRETPATH" not in out + table and "supersecret" not in out + table
+    assert "drift.window_size" in table
+
+
+def test_every_listing_command_takes_json(tmp_path):
+    import json
+
+    tuneloop("--data-dir", "d", "init", cwd=tmp_path)
+    for command in (["models", "list"], ["projects", "list"], ["token", "list"], ["alerts", "list"],
+                    ["retrain", "runs"], ["config", "show"]):
+        r = tuneloop("--data-dir", "d", *command, "--json", cwd=tmp_path, check=False)
+        assert r.returncode == 0, (command, r.stderr)
+        json.loads(r.stdout)

@@ -140,3 +140,115 @@ def test_errors_keep_only_the_latest_failed_requests(module_server):
         assert tl.flush(30)
     assert [e.ids for e in tl.errors] == [["fb-3"], ["fb-4"]] and tl.errors_dropped == 3
     assert not tl.close()  # dropped errors still count as errors
+# -- many rows at once, a decorator, event loops, and a client-only install -----------------------
+
+
+def test_log_predictions_takes_a_dataframe_and_an_arrow_table(module_server):
+    import pandas as pd
+    import pyarrow as pa
+
+    srv = module_server
+    n = 1200
+    df = pd.DataFrame({
+        "text": [f"frame row {i}" for i in range(n)],
+        "label": [["negative", "neutral", "positive"][i % 3] for i in range(n)],
+        "confidence": [0.5 + (i % 50) / 100 for i in range(n)],
+        "ts": pd.date_range("2025-04-01", periods=n, freq="s", tz="UTC"),
+        "metadata": [{"row": i} for i in range(n)],
+    })
+    table = pa.table({"text": ["arrow a", "arrow b"], "label": ["neutral", "positive"], "id": ["arrow-" + str(
+        time.time_ns()), None], "probs": [{"neutral": 0.6, "positive": 0.4}, None]})
+    with Client(srv.url, srv.tokens["ingest"], batch_size=500) as tl:
+        frame_ids = tl.log_predictions(df)
+        table_ids = tl.log_predictions(table)
+        with pytest.raises(ValueError, match="unknown prediction columns"):
+            tl.log_predictions(df.assign(score=1.0))
+        with pytest.raises(TypeError, match="DataFrame or a pyarrow Table"):
+            tl.log_predictions([{"text": "x", "label": "neutral"}])
+    assert tl.errors == [] and len(set(frame_ids)) == n and table_ids[0].startswith("arrow-")
+    assert ids_in(srv.store, frame_ids + table_ids) == set(frame_ids + table_ids)
+    row = srv.store.get_predictions([frame_ids[7]]).iloc[0]
+    assert row["ts"] == datetime(2025, 4, 1, 0, 0, 7) and row["metadata"] == '{"row":7}'
+    assert srv.store.get_predictions([table_ids[0]]).iloc[0]["confidence"] == pytest.approx(0.6)
+
+
+def test_decorator_logs_inputs_and_outputs_of_sync_and_async_predict(module_server):
+    import asyncio
+
+    srv = module_server
+    tag = str(time.time_ns())
+    with Client(srv.url, srv.tokens["ingest"], on_full="raise") as tl:
+        @tl.logged(model_version="dec-v1")
+        def predict(texts):
+            return [{"label": "positive", "score": 0.75} for _ in texts]
+
+        @tl.logged
+        async def predict_one(text):
+            await asyncio.sleep(0)
+            return ("negative", 0.6)
+
+        assert predict([f"{tag} a", f"{tag} b"]) == [{"label": "positive", "score": 0.75}] * 2
+        assert predict.__name__ == "predict"
+
+        async def in_a_loop():
+            answer = await predict_one(f"{tag} c")
+            assert await tl.aflush(30)
+            return answer
+
+        assert asyncio.run(in_a_loop()) == ("negative", 0.6)
+    assert tl.errors == []
+    rows = srv.store.query("SELECT text, label, confidence, model_version FROM predictions WHERE text LIKE ? "
+                           "ORDER BY text", [f"{tag}%"]).to_dict("records")
+    assert rows == [{"text": f"{tag} a", "label": "positive", "confidence": 0.75, "model_version": "dec-v1"},
+                    {"text": f"{tag} b", "label": "positive", "confidence": 0.75, "model_version": "dec-v1"},
+                    {"text": f"{tag} c", "label": "negative", "confidence": 0.6, "model_version": None}]
+
+
+CLIENT_ONLY_SCRIPT = r"""
+import json, sys
+import tuneloop.monitor.client as sdk
+heavy = sorted(m for m in ("torch", "transformers", "peft", "evidently", "streamlit", "pandas", "duckdb",
+                           "fastapi", "sklearn") if m in sys.modules)
+import pandas as pd  # the application's own DataFrame
+n = 10_000
+df = pd.DataFrame({"text": [f"client-only {i}" for i in range(n)], "label": ["neutral"] * n,
+                   "confidence": [0.5] * n})
+with sdk.Client(sys.argv[1], sys.argv[2], batch_size=1000) as tl:
+    ids = tl.log_predictions(df)
+errors = [(e.status, str(e.detail)[:300]) for e in tl.errors]
+print(json.dumps({"heavy": heavy, "errors": errors, "sent": tl.sent["predictions"], "first": ids[0],
+                  "last": ids[-1]}))
+"""
+
+
+@pytest.mark.slow
+def test_a_client_only_venv_logs_10000_rows_from_a_dataframe(module_server, tmp_path):
+    """A fresh venv with the project (no dependencies) plus httpx and pyarrow: no torch, no server stack."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "-w", str(wheels), str(root)], check=True, capture_output=True)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--quiet"]
+    subprocess.run([*pip, "--no-deps", *map(str, wheels.glob("tuneloop-*.whl"))], check=True)
+    subprocess.run([*pip, "httpx", "pyarrow", "pandas"], check=True)
+    listed = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "list",
+                             "--format=json"], check=True, capture_output=True, text=True).stdout
+    installed = {p["name"].lower() for p in json.loads(listed)}
+    assert not installed & {"torch", "transformers", "evidently", "streamlit", "fastapi", "duckdb"}, installed
+
+    srv = module_server
+    run = subprocess.run([str(venv / "bin" / "python"), "-c", CLIENT_ONLY_SCRIPT, srv.url, srv.tokens["ingest"]],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report["heavy"] == [] and report["errors"] == [] and report["sent"] == 10_000, report
+    assert len(ids_in(srv.store, [report["first"], report["last"]])) == 2
+    n = srv.store.query("SELECT count(*) AS n FROM predictions WHERE text LIKE 'client-only %'")["n"][0]
+    assert n == 10_000
