@@ -789,13 +789,15 @@ def up(
 retrain_app = typer.Typer(help="Retrain from feedback now (`tuneloop retrain [--now]`), or list runs.",
                           invoke_without_command=True)
 app.add_typer(retrain_app, name="retrain")
-RUN_DONE = ("promoted", "passed", "rejected", "failed", "cancelled")
+RUN_DONE = ("promoted", "passed", "rejected", "failed", "cancelled", "deferred")
 
 
 def _run_line(run: dict[str, Any]) -> str:
+    """One run: status and version, the gate's verdict in words (gain, bound, detectable gain), the reasons."""
     reasons = "; ".join(map(str, run.get("reasons") or []))
+    headline = ((run.get("metrics") or {}).get("gate") or {}).get("headline")
     return (f"run {run['id']}: {run['status']}" + (f" -> {run['version']}" if run.get("version") else "")
-            + (f" ({reasons})" if reasons else ""))
+            + (f"\n    gate: {headline}" if headline else "") + (f"\n    {reasons}" if reasons else ""))
 
 
 def _follow(get_run: Any, run_id: int) -> dict[str, Any]:

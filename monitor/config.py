@@ -149,12 +149,24 @@ class RetrainSettings(Section):
     replay_ratio: float = Field(1.0, ge=0)
     """Replay rows per new feedback row (stratified sample of older labelled data)."""
     replay_max: int = Field(2000, ge=0)
-    holdout_fraction: float = Field(0.25, gt=0, lt=1)
+    holdout_fraction: float = Field(0.2, gt=0, lt=1)
+    """Share of labelling spent on uniformly random traffic (the evaluation slice, the only source of
+    the gate's holdout): the label queue serves this share of each page from it."""
     min_holdout: int = Field(30, ge=1)
-    gate_margin: float = Field(0.02, ge=0)
-    """The challenger must beat the champion's holdout accuracy by at least this."""
+    min_gain: float = Field(0.0, ge=0, lt=1)
+    """Promote when the one-sided lower confidence bound of the paired accuracy gain is above this."""
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    """One-sided level of the gate's tests: the false-promotion rate of an equal-quality challenger."""
+    power: float = Field(0.8, gt=0.5, lt=1)
+    """Power at which the planner states the smallest detectable gain."""
+    target_gain: float = Field(0.15, gt=0, lt=1)
+    """A retrain starts only when its holdout could detect a gain this large (at ``power``)."""
+    planning_discordance: float = Field(0.25, gt=0, le=1)
+    """Share of rows on which two models disagree in correctness, assumed for planning before a run."""
     golden_tolerance: float = Field(0.02, ge=0)
+    """Reject when the golden set shows, with evidence, a loss larger than this."""
     recall_tolerance: float = Field(0.10, ge=0)
+    """Reject when a class's recall shows, with evidence, a loss larger than this."""
     golden_path: str = ""
     auto_promote: bool = True
     epochs: int = Field(3, ge=1)

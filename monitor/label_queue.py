@@ -14,6 +14,12 @@ a page costs the same at 1 000 or 1 000 000 rows. Strategies:
 * ``random``      — a seeded shuffle (the baseline the others must beat).
 
 Every strategy drops exact duplicate texts from a page (retweets would otherwise fill it).
+
+Evaluation slice: ``random_share`` of each page (``retrain.holdout_fraction``) comes from the
+evaluation slice (:mod:`tuneloop.retrain.evaluation_slice`) in a fixed random order, marked
+``slice: "random"``; strategies never pick slice rows (``slice: "queue"`` for theirs). The labelled
+slice rows are a uniform sample of traffic: the gate's holdout, and the yardstick of
+:func:`labels_saved`.
 :func:`rank_pool` is the pure ranking (used by the benchmark); :func:`label_queue` reads the pool
 from the store.
 """
@@ -31,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from tuneloop.monitor.store import DEFAULT_PROJECT, Store
+from tuneloop.retrain.evaluation_slice import in_slice, random_order, random_positions
 
 Strategy = Literal["uncertainty", "novelty", "mix", "random"]
 STRATEGIES: tuple[str, ...] = ("uncertainty", "novelty", "mix", "random")
@@ -382,24 +389,93 @@ def _probs_dict(value: Any) -> dict[str, float] | None:
     return {str(k): float(v) for k, v in value.items()} if isinstance(value, dict) else None
 
 
+def _with_random_slice(pool: pd.DataFrame, ranked_rest: Any, limit: int, share: float, seed: int
+                       ) -> pd.DataFrame:
+    """The page: strategy picks with ``share`` of the positions given to evaluation-slice rows in random order."""
+    members = in_slice(pool["id"], share)
+    slice_rows = pool[members].reset_index(drop=True)
+    slice_rows = slice_rows.iloc[random_order(slice_rows["id"], seed)].assign(score=np.nan, slice="random")
+    picks = ranked_rest(pool[~members].reset_index(drop=True), limit).assign(slice="queue")
+    spots = set(random_positions(limit, share))
+    page, q, r = [], 0, 0
+    for i in range(limit):  # a side that runs out leaves its positions to the other
+        take_random = (i in spots and r < len(slice_rows)) or q >= len(picks)
+        if take_random and r < len(slice_rows):
+            page.append(slice_rows.iloc[r])
+            r += 1
+        elif q < len(picks):
+            page.append(picks.iloc[q])
+            q += 1
+    return pd.DataFrame(page).reset_index(drop=True) if page else picks.iloc[:0]
+
+
 def label_queue(store: Store, project: str = DEFAULT_PROJECT, strategy: str = "mix", limit: int = 20,
-                seed: int = 0, pool_size: int = POOL_SIZE) -> list[dict[str, Any]]:
+                seed: int = 0, pool_size: int = POOL_SIZE, random_share: float = 0.0) -> list[dict[str, Any]]:
     """The next ``limit`` predictions to label, best first:
-    ``{prediction_id, text, label, confidence, probs, score, ts, model_version}``."""
+    ``{prediction_id, text, label, confidence, probs, score, ts, model_version, slice}``.
+
+    ``random_share`` > 0: that share of the page is uniformly random traffic of the evaluation slice
+    (``slice: "random"``, ``score`` None), spread evenly over the page.
+    """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     needs_embedding = strategy in ("novelty", "mix")
     pool = candidate_pool(store, project, pool_size, with_embedding=needs_embedding)
     reference = reference_embeddings(store, project, seed=seed) if needs_embedding and len(pool) else None
-    ranked = rank_pool(pool, strategy, limit, reference, seed)
+    if random_share > 0 and len(pool):
+        ranked = _with_random_slice(pool, lambda rest, k: rank_pool(rest, strategy, k, reference, seed),
+                                    limit, random_share, seed)
+    else:
+        ranked = rank_pool(pool, strategy, limit, reference, seed).assign(slice="queue")
     items = []
     for r in ranked.to_dict("records"):
         conf = r.get("confidence")
         items.append({
             "prediction_id": r["id"], "text": r["text"], "label": r["label"],
             "confidence": None if conf is None or pd.isna(conf) else float(conf),
-            "probs": _probs_dict(r.get("probs")), "score": round(float(r["score"]), 6),
+            "probs": _probs_dict(r.get("probs")),
+            "score": None if pd.isna(r["score"]) else round(float(r["score"]), 6),
             "ts": None if pd.isna(r.get("ts")) else pd.Timestamp(r["ts"]).isoformat(),
-            "model_version": r.get("model_version"),
+            "model_version": r.get("model_version"), "slice": r["slice"],
         })
     return items
+
+
+MIN_SLICE_ROWS = 30
+"""Fewer labelled rows on either side: the labels-saved figure is reported as not yet measurable."""
+
+
+def labels_saved(store: Store, project: str = DEFAULT_PROJECT, share: float = 0.2, alpha: float = 0.05
+                 ) -> dict[str, Any]:
+    """How much faster the queue finds the served model's mistakes than random labelling does.
+
+    Compares the share of labelled rows the serving model got wrong among queue picks and among the
+    random evaluation slice (each with a Wilson interval). Random labelling needs ``queue / random``
+    times as many labels to find as many errors to learn from, so the queue saves
+    ``1 - random / queue`` of the labels. Below ``MIN_SLICE_ROWS`` on either side: not measurable yet.
+    """
+    from scipy.stats import binomtest
+
+    fb = store.query(f"SELECT prediction_id, label, predicted_label FROM ({store.latest_feedback_sql()}) f "
+                     "WHERE source = 'human' AND predicted_label IS NOT NULL", [project])
+    random_rows = in_slice(fb["prediction_id"], share)
+    wrong = (fb["label"] != fb["predicted_label"]).to_numpy()
+    sides = {}
+    for name, mask in (("queue", ~random_rows), ("random", random_rows)):
+        n, k = int(mask.sum()), int(wrong[mask].sum())
+        ci = binomtest(k, n).proportion_ci(1 - alpha, method="wilson") if n else None
+        sides[name] = {"n": n, "errors": k, "error_rate": k / n if n else None,
+                       "interval": [float(ci.low), float(ci.high)] if ci else None}
+    q, r = sides["queue"], sides["random"]
+    out: dict[str, Any] = {**sides, "measurable": min(q["n"], r["n"]) >= MIN_SLICE_ROWS and bool(q["errors"]),
+                           "saved": None}
+    if out["measurable"]:
+        out["saved"] = 1 - r["error_rate"] / q["error_rate"]
+        out["message"] = (f"the served model was wrong on {q['error_rate']:.0%} of {q['n']} queue picks vs "
+                          f"{r['error_rate']:.0%} of {r['n']} random rows: random labelling would need "
+                          f"{q['error_rate'] / max(r['error_rate'], 1e-9):.1f}x the labels to find as many mistakes "
+                          f"(the queue saves {out['saved']:.0%})")
+    else:
+        out["message"] = (f"not yet measurable: {q['n']} labelled queue picks and {r['n']} labelled random rows "
+                          f"(needs {MIN_SLICE_ROWS} of each)")
+    return out

@@ -101,6 +101,15 @@ def get_version(store: Store, project: str, version: str) -> dict[str, Any]:
     return _require(store.cursor(), project, version)
 
 
+def used_holdout_ids(store: Store, project: str) -> set[str]:
+    """Prediction ids some gate decision of ``project`` already tested on (never a holdout again)."""
+    df = store.query(
+        """SELECT DISTINCT unnest(CAST(json_extract(metrics, '$.holdout.rows.id') AS VARCHAR[])) AS id
+           FROM model_versions WHERE project = ? AND json_extract(metrics, '$.holdout.rows.id') IS NOT NULL""",
+        [project])
+    return set(df["id"].dropna().astype(str))
+
+
 def champion(store: Store, project: str) -> dict[str, Any] | None:
     """The serving version of ``project``, or None before the first promotion."""
     rows = _records(store.cursor(), f"SELECT {_VERSION_COLUMNS} FROM model_versions "

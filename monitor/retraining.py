@@ -7,7 +7,10 @@ server. A run is a ``retrain_runs`` row that moves ``queued -> running`` and end
 * ``passed``    — the gate passed; the challenger waits for an admin's promote;
 * ``rejected``  — the gate failed; the version is registered as rejected with the gate's reasons;
 * ``failed``    — the job failed, timed out or the server restarted mid-run (nothing else changed);
-* ``cancelled`` — an admin cancelled it.
+* ``cancelled`` — an admin cancelled it;
+* ``deferred``  — refused before it started: the holdout (fresh labels of the evaluation slice) is too
+  small to detect ``retrain.target_gain``; the reasons say how many more labels it needs. The
+  project's latest deferred row is updated in place rather than repeated on every policy check.
 
 Training happens in a child process (``python -m tuneloop.retrain.job``) that reads a Parquet
 snapshot exported here and writes a version directory; it never opens the database, so a crash
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -45,7 +49,7 @@ from tuneloop.retrain import gate
 log = logging.getLogger(__name__)
 
 ACTIVE = ("queued", "running")
-FINAL = ("promoted", "passed", "rejected", "failed", "cancelled")
+FINAL = ("promoted", "passed", "rejected", "failed", "cancelled", "deferred")
 MIN_NEW_LABELS = 2
 """Fewer new labels than this: there is nothing to train on, a trigger is refused."""
 OLDER_CAP_FACTOR = 10
@@ -67,6 +71,14 @@ class RetrainBusy(RetrainError):
 
 class NothingToTrain(RetrainError):
     pass
+
+
+class HoldoutTooSmall(RetrainError):
+    """The holdout could not detect the target gain: training now would end in an uninformative gate."""
+
+    def __init__(self, run_id: int, message: str) -> None:
+        self.run_id = run_id
+        super().__init__(message)
 
 
 class CoolingDown(RetrainError):
@@ -136,6 +148,52 @@ def count_new_labels(store: Store, project: str, cutoff: datetime | None = None,
         sql += " AND list_contains(?, fb.label)"
         params.append(labels)
     return int(store.query(sql, params)["n"][0])
+
+
+@dataclass(frozen=True)
+class HoldoutPlan:
+    """Fresh evaluation-slice labels available now vs what detecting ``target_gain`` needs."""
+
+    available: int
+    needed: int
+    detectable_gain: float | None  # the smallest gain ``available`` rows detect (planning discordance)
+    share: float
+
+    @property
+    def enough(self) -> bool:
+        return self.available >= self.needed
+
+    def as_json(self) -> dict[str, Any]:
+        return {"available": self.available, "needed": self.needed, "detectable_gain": self.detectable_gain,
+                "more_slice_labels": max(0, self.needed - self.available),
+                "more_queue_labels": self.more_queue_labels}
+
+    @property
+    def more_queue_labels(self) -> int:
+        return math.ceil(max(0, self.needed - self.available) / self.share)
+
+    def message(self, target_gain: float, power: float) -> str:
+        return (f"{gate.detectable_phrase(self.available, self.detectable_gain)} (fresh labels of the random "
+                f"evaluation slice); detecting a gain of {100 * target_gain:.0f} pts at {power:.0%} power needs "
+                f"{self.needed}: {self.needed - self.available} more random-slice labels, about "
+                f"{self.more_queue_labels} more labels from the label queue ({self.share:.0%} of it is random)")
+
+
+def holdout_plan(store: Store, project: str, settings: Any, labels: list[str]) -> HoldoutPlan:
+    """How many new labelled rows of the evaluation slice, unused by earlier decisions, exist now."""
+    from tuneloop.retrain.evaluation_slice import in_slice
+    from tuneloop.retrain.paired import detectable_gain, rows_needed
+
+    r = settings.retrain
+    cutoff = feedback_cutoff(store, project)
+    ids = store.query(f"SELECT fb.prediction_id AS id FROM ({store.latest_feedback_sql()}) fb "
+                      "WHERE fb.ts > ? AND list_contains(?, fb.label)", [project, cutoff or datetime.min, labels])["id"]
+    used = registry.used_holdout_ids(store, project)
+    fresh = [i for i, member in zip(ids.astype(str), in_slice(ids, r.holdout_fraction), strict=True)
+             if member and i not in used]
+    needed = max(r.min_holdout, rows_needed(r.target_gain, r.planning_discordance, r.alpha, r.power))
+    return HoldoutPlan(len(fresh), needed, detectable_gain(len(fresh), r.planning_discordance, r.alpha, r.power),
+                       r.holdout_fraction)
 
 
 def export_frames(store: Store, project: str, cutoff: datetime | None, labels: list[str],
@@ -244,7 +302,8 @@ class RetrainService:
         return out
 
     def cooldown_left(self, project: str) -> float:
-        last = self.store.query("SELECT max(finished) AS t FROM retrain_runs WHERE project = ?", [project])["t"][0]
+        last = self.store.query("SELECT max(finished) AS t FROM retrain_runs WHERE project = ? "
+                                "AND status != 'deferred'", [project])["t"][0]
         if last is None or pd.isna(last):
             return 0.0
         left = self.settings.retrain.cooldown_seconds - (utcnow() - pd.Timestamp(last).to_pydatetime()).total_seconds()
@@ -273,7 +332,8 @@ class RetrainService:
     def trigger(self, project: str = DEFAULT_PROJECT, reason: str = "manual", actor: str = "",
                 *, respect_cooldown: bool = False) -> int:
         """Start a run and return its id. :class:`RetrainBusy` while one runs (any project),
-        :class:`CoolingDown` (only with ``respect_cooldown``), :class:`NothingToTrain` without new labels.
+        :class:`CoolingDown` (only with ``respect_cooldown``), :class:`NothingToTrain` without new labels,
+        :class:`HoldoutTooSmall` (recorded as a ``deferred`` run) while the holdout cannot detect the target gain.
         """
         labels = self._labels(project)
         with self._lock:
@@ -288,6 +348,10 @@ class RetrainService:
                 raise NothingToTrain(f"project {project} has {n_new} new label(s) since the champion was trained; "
                                      f"a retrain needs at least {MIN_NEW_LABELS}")
             trigger = f"{reason}" + (f" (by {actor})" if actor else "")
+            plan = holdout_plan(self.store, project, self.settings, labels)
+            if not plan.enough:
+                message = plan.message(self.settings.retrain.target_gain, self.settings.retrain.power)
+                raise HoldoutTooSmall(self._defer(project, trigger, message, plan), message)
             with self.store.transaction() as cur:
                 run_id = int(cur.execute("SELECT nextval('retrain_run_ids')").fetchall()[0][0])
                 directory = run_dir(self.settings.runs_dir, run_id)
@@ -302,6 +366,24 @@ class RetrainService:
             self._active = active
         log.info("retrain run %d started for project %s: %s", run_id, project, trigger)
         active.thread.start()
+        return run_id
+
+    def _defer(self, project: str, trigger: str, message: str, plan: HoldoutPlan) -> int:
+        """Record the refusal as a ``deferred`` run: the project's latest run if already deferred, else new."""
+        last = self.store.query("SELECT id, status FROM retrain_runs WHERE project = ? ORDER BY id DESC LIMIT 1",
+                                [project])
+        now = utcnow()
+        metrics = {"holdout_plan": plan.as_json()}
+        if len(last) and last["status"][0] == "deferred":
+            run_id = int(last["id"][0])
+            self._set(run_id, finished=now, trigger=trigger[:500], reasons=[message], metrics=metrics)
+            return run_id
+        with self.store.transaction() as cur:
+            run_id = int(cur.execute("SELECT nextval('retrain_run_ids')").fetchall()[0][0])
+            cur.execute("INSERT INTO retrain_runs (id, project, started, finished, trigger, status, reasons, metrics) "
+                        "VALUES (?, ?, ?, ?, ?, 'deferred', ?, ?)",
+                        [run_id, project, now, now, trigger[:500], json.dumps([message]), json.dumps(metrics)]
+                        ).fetchall()
         return run_id
 
     def cancel(self, run_id: int, actor: str = "") -> dict[str, Any]:
@@ -372,7 +454,8 @@ class RetrainService:
         snap = dataset.assemble_snapshot(
             new, older, s.retrain, seed=run_id,
             meta={"project": project, "run_id": run_id, "feedback_until": exported_at.isoformat(),
-                  "previous_cutoff": cutoff.isoformat() if cutoff else None})
+                  "previous_cutoff": cutoff.isoformat() if cutoff else None},
+            used_holdout=registry.used_holdout_ids(self.store, project))
         dataset.write_snapshot(snap, directory / "snapshot")
         champion = registry.champion(self.store, project)
         (directory / "settings.json").write_text(json.dumps({
@@ -512,10 +595,10 @@ class RetrainService:
         from tuneloop.monitor.projects import project_names
 
         for project in project_names(self.store):
-            n_new = count_new_labels(self.store, project, labels=self._labels(project))
-            need = max(MIN_NEW_LABELS, int(self.settings.retrain.min_holdout / self.settings.retrain.holdout_fraction))
-            if n_new < need:
-                log.info("scheduled retrain of %s skipped: %d new labels (< %d)", project, n_new, need)
+            plan = holdout_plan(self.store, project, self.settings, self._labels(project))
+            if not plan.enough:
+                log.info("scheduled retrain of %s skipped: %s", project,
+                         plan.message(self.settings.retrain.target_gain, self.settings.retrain.power))
                 continue
             try:
                 started.append(self.trigger(project, f"schedule: cron {self.settings.retrain.cron}", "scheduler"))

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tuneloop.monitor.app import STARTUP_HOOKS, Context
 from tuneloop.monitor.deps import DEFAULT, PROJECT_PATTERN, Admin, Labeller, ProjectQuery, get_ctx
-from tuneloop.monitor.label_queue import STRATEGIES, label_queue, queue_size
+from tuneloop.monitor.label_queue import STRATEGIES, label_queue, labels_saved, queue_size
 from tuneloop.monitor.retraining import RetrainBusy, RetrainError, RetrainService, RunNotFound, start
 
 router = APIRouter(prefix="/v1", tags=["retrain"])
@@ -113,9 +113,16 @@ def get_label_queue(
     from tuneloop.monitor.projects import labels_for
     from tuneloop.monitor.store import utcnow
 
-    items = label_queue(ctx.store, project, strategy, limit or ctx.settings.label_queue.page_size, seed)
+    items = label_queue(ctx.store, project, strategy, limit or ctx.settings.label_queue.page_size, seed,
+                        random_share=ctx.settings.retrain.holdout_fraction)
     today = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
     labelled_today = int(ctx.store.query("SELECT count(*) AS n FROM feedback WHERE project = ? AND ts >= ?",
                                          [project, today])["n"][0])
     return {"project": project, "strategy": strategy, "items": items, "queue_size": queue_size(ctx.store, project),
             "labels": labels_for(ctx.store, ctx.settings, project), "labelled_today": labelled_today}
+
+
+@router.get("/label-queue/savings", summary="Labels the queue saves vs random labelling (from the random slice)")
+def get_labels_saved(_: Labeller, ctx: CtxDep, project: ProjectQuery = DEFAULT) -> dict[str, Any]:
+    _require_project(ctx, project)
+    return {"project": project, **labels_saved(ctx.store, project, ctx.settings.retrain.holdout_fraction)}

@@ -6,8 +6,9 @@ directory of Parquet files, so the training job never needs the database.
 Parts of a :class:`Snapshot`:
 
 * ``train``   — the new labels minus the holdout, plus the replay rows (column ``origin`` says which);
-* ``holdout`` — the most recent ``holdout_fraction`` of the new labels *of each class* (recent and
-  stratified): the gate compares challenger and champion on it; never trained on;
+* ``holdout`` — every new label of the evaluation slice (:mod:`tuneloop.retrain.evaluation_slice`:
+  uniformly random traffic, never queue picks) not already used by an earlier run's gate decision:
+  the gate compares challenger and champion on it; never trained on in this run;
 * ``golden``  — an optional operator-pinned labelled set (``retrain.golden_path``); never trained on;
 * replay      — a stratified sample of older labelled data (earlier feedback and the champion's own
   training rows), ``replay_ratio`` rows per new training row, at most ``replay_max``: it keeps the
@@ -15,6 +16,13 @@ Parts of a :class:`Snapshot`:
 
 A text that appears in the holdout or golden set is dropped from train and replay (retweets make
 exact duplicates common), so neither evaluation set leaks into training.
+
+Repeated tests: rows that an earlier run's gate decision already saw are never a holdout again (they
+join the training data instead). Every decision is then an independent test on fresh random rows, so
+its false-promotion rate stays at most alpha however many rejections came before, and a rejected
+challenger cannot be retried until noise on the same rows lets it pass. Fresh rows rather than alpha
+spending: spending would make every later test stricter, so a real gain after a few rejections could
+no longer pass, while fresh rows cost no labels (used holdout rows still train the next challenger).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from tuneloop.monitor.config import RetrainSettings
+from tuneloop.retrain.evaluation_slice import in_slice
 from tuneloop.retrain.trainer import check_labelled, read_labelled
 from tuneloop.retrain.versions import data_manifest
 
@@ -72,20 +81,13 @@ def _text_key(texts: pd.Series) -> pd.Series:
     return texts.astype(str).str.strip().str.lower()
 
 
-def recent_stratified_split(df: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(rest, holdout): per class the newest ``round(n_c * fraction)`` rows (by ``ts`` if present).
-
-    A class with a single row stays in ``rest`` (it cannot be both learnt and tested).
-    """
+def fresh_slice_split(df: pd.DataFrame, share: float, used: set[str] | frozenset[str] = frozenset()
+                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rest, holdout): holdout = the rows of the evaluation slice of ``share`` whose id is not in ``used``."""
     if len(df) == 0:
         return df.copy(), df.copy()
-    ordered = df.sort_values("ts", kind="stable") if "ts" in df.columns else df
-    held: list[Any] = []
-    for _, group in ordered.groupby("label", sort=True):
-        k = int(round(len(group) * fraction)) if len(group) >= 2 else 0
-        k = min(max(k, 1 if len(group) >= 2 else 0), len(group) - 1)
-        held.extend(group.index[len(group) - k:])
-    mask = df.index.isin(held)
+    ids = df["id"].astype(str)
+    mask = in_slice(ids, share) & ~ids.isin(used).to_numpy()
     return df[~mask].reset_index(drop=True), df[mask].reset_index(drop=True)
 
 
@@ -133,20 +135,22 @@ def assemble_snapshot(
     seed: int = 0,
     golden: pd.DataFrame | None = None,
     meta: dict[str, Any] | None = None,
+    used_holdout: set[str] | frozenset[str] = frozenset(),
 ) -> Snapshot:
     """Build the snapshot of one retrain.
 
     ``new_labelled``: feedback since the champion was trained, one row per prediction (the latest
-    label), columns ``text``, ``label`` (the true label) and optionally ``id``, ``ts`` (recency for
-    the holdout), ``predicted_label`` (what the logged model said: the baseline when there is no
-    champion). ``older_labelled``: earlier feedback and the champion's own training rows. ``golden``
-    overrides ``settings.golden_path``.
+    label), columns ``text``, ``label`` (the true label) and optionally ``id`` (the prediction id: it
+    decides evaluation-slice membership), ``ts``, ``predicted_label`` (what the logged model said: the
+    baseline when there is no champion). ``older_labelled``: earlier feedback and the champion's own
+    training rows. ``golden`` overrides ``settings.golden_path``. ``used_holdout``: prediction ids an
+    earlier gate decision already tested on (never a holdout again).
     """
     new = _normalise(new_labelled, "new")
     older = _normalise(older_labelled, "older")
     gold = _normalise(golden, "golden") if golden is not None else load_golden(settings)
 
-    rest, holdout = recent_stratified_split(new, settings.holdout_fraction)
+    rest, holdout = fresh_slice_split(new, settings.holdout_fraction, used_holdout)
     blocked = set(_text_key(holdout["text"]))
     if gold is not None:
         blocked |= set(_text_key(gold["text"]))

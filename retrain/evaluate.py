@@ -45,12 +45,29 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], labels:
     }
 
 
-def evaluate(classifier: TextClassifier, df: pd.DataFrame, batch_size: int = 64) -> dict[str, Any]:
-    """Predict ``df.text`` and score against ``df.label`` (labels outside the model's map: ValueError)."""
+def scored_rows(ids: Sequence[Any], y_true: Sequence[str], y_pred: Sequence[str]) -> dict[str, list[Any]]:
+    """Per-row outcomes ``{id, label, correct}``: what the gate's paired test compares row by row."""
+    return {"id": [str(i) for i in ids], "label": [str(y) for y in y_true],
+            "correct": [int(t == p) for t, p in zip(y_true, y_pred, strict=True)]}
+
+
+def with_rows(metrics: dict[str, Any], df: pd.DataFrame, y_pred: Sequence[str]) -> dict[str, Any]:
+    """``metrics`` plus the per-row outcomes of ``y_pred`` on ``df`` (ids from ``df.id`` or positions)."""
+    ids = df["id"].tolist() if "id" in df.columns else list(range(len(df)))
+    return {**metrics, "rows": scored_rows(ids, df["label"].astype(str).tolist(), list(y_pred))}
+
+
+def evaluate(classifier: TextClassifier, df: pd.DataFrame, batch_size: int = 64,
+             rows: bool = False) -> dict[str, Any]:
+    """Predict ``df.text`` and score against ``df.label`` (labels outside the model's map: ValueError).
+
+    ``rows``: also return the per-row outcomes (:func:`scored_rows`) for a paired comparison.
+    """
     missing = {"text", "label"} - set(df.columns)
     if missing:
         raise ValueError(f"evaluation data lacks column(s) {sorted(missing)}")
     y_true = df["label"].astype(str).tolist()
     check_labels(y_true, classifier.labels)
     pred = classifier.predict(df["text"].astype(str).tolist(), batch_size=batch_size)
-    return classification_metrics(y_true, pred.labels, classifier.labels)
+    metrics = classification_metrics(y_true, pred.labels, classifier.labels)
+    return with_rows(metrics, df, pred.labels) if rows else metrics

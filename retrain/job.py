@@ -135,7 +135,7 @@ def run(args: argparse.Namespace, stop: threading.Event, progress: Progress) -> 
     """The job proper; returns the version directory written."""
     from tuneloop.monitor.config import ModelSettings, RetrainSettings
     from tuneloop.retrain.dataset import read_manifest, read_snapshot
-    from tuneloop.retrain.evaluate import classification_metrics, evaluate
+    from tuneloop.retrain.evaluate import classification_metrics, evaluate, with_rows
     from tuneloop.retrain.trainer import train
     from tuneloop.retrain.versions import load_version, validate_version_name, write_version
 
@@ -193,9 +193,11 @@ def run(args: argparse.Namespace, stop: threading.Event, progress: Progress) -> 
     ref_train, _ = reference_rows(clf, snap.train, "train")
     check_cancel()
     ref_holdout, hold_pred = reference_rows(clf, snap.holdout, "holdout") if len(snap.holdout) else (None, [])
-    challenger = {
-        "holdout": classification_metrics(snap.holdout["label"].astype(str).tolist(), hold_pred, clf.labels),
-        "golden": evaluate(clf, snap.golden) if snap.golden is not None and len(snap.golden) else None,
+    has_golden = snap.golden is not None and len(snap.golden) > 0
+    challenger = {  # per-row outcomes on both sets: the gate compares the models row by row
+        "holdout": with_rows(classification_metrics(snap.holdout["label"].astype(str).tolist(), hold_pred,
+                                                    clf.labels), snap.holdout, hold_pred),
+        "golden": evaluate(clf, snap.golden, rows=True) if has_golden else None,
     }
     check_cancel()
     champion: dict[str, Any] | None = None
@@ -205,15 +207,16 @@ def run(args: argparse.Namespace, stop: threading.Event, progress: Progress) -> 
         old = load_version(champion_dir, threads=model_settings.threads)
         champion = {
             "version": champion_dir.name,
-            "holdout": evaluate(old, snap.holdout) if len(snap.holdout) else classification_metrics([], [], old.labels),
-            "golden": evaluate(old, snap.golden) if snap.golden is not None and len(snap.golden) else None,
+            "holdout": evaluate(old, snap.holdout, rows=True) if len(snap.holdout)
+            else with_rows(classification_metrics([], [], old.labels), snap.holdout, []),
+            "golden": evaluate(old, snap.golden, rows=True) if has_golden else None,
         }
         del old
     elif "predicted_label" in snap.holdout.columns and snap.holdout["predicted_label"].notna().all() \
             and len(snap.holdout):
-        baseline = {"source": "logged predictions", "holdout": classification_metrics(
-            snap.holdout["label"].astype(str).tolist(), snap.holdout["predicted_label"].astype(str).tolist(),
-            clf.labels), "golden": None}
+        logged = snap.holdout["predicted_label"].astype(str).tolist()
+        baseline = {"source": "logged predictions", "holdout": with_rows(classification_metrics(
+            snap.holdout["label"].astype(str).tolist(), logged, clf.labels), snap.holdout, logged), "golden": None}
     check_cancel()
     hold_acc = challenger["holdout"]["accuracy"]
     ref = champion or baseline
@@ -231,7 +234,8 @@ def run(args: argparse.Namespace, stop: threading.Event, progress: Progress) -> 
                      "n_replay": snap.n_replay, "n_holdout": len(snap.holdout),
                      "n_golden": 0 if snap.golden is None else len(snap.golden), "path": str(args.snapshot)},
         "retrain": {"epochs": model_settings.epochs, "replay_ratio": retrain_settings.replay_ratio,
-                    "holdout_fraction": retrain_settings.holdout_fraction},
+                    "holdout_fraction": retrain_settings.holdout_fraction, "min_gain": retrain_settings.min_gain,
+                    "alpha": retrain_settings.alpha},
     }
     manifest = {**result.manifest, "snapshot_sha256": snap_manifest["sha256"], "meta": snap.meta,
                 "n_new_train": snap.n_new_train, "n_replay": snap.n_replay}

@@ -49,7 +49,8 @@ SECTIONS: dict[str, dict] = {
     "model": {"epochs": 10, "learning_rate": 0.002, "patience": 10, "threads": 1},
     "drift": {"window_size": 120, "sample_size": 100, "resamples": 20, "min_labels": 10, "interval_seconds": 3600,
               "open_after": 2},
-    "retrain": {"enabled": False, "auto_promote": False, "epochs": 1, "min_holdout": 5, "cooldown_seconds": 0},
+    "retrain": {"enabled": False, "auto_promote": False, "epochs": 1, "min_holdout": 5, "target_gain": 0.9,
+                "cooldown_seconds": 0},  # a retrain may start on the few labels here (target_gain: 5 holdout rows)
 }
 DAYS = 6
 N = 720  # predictions over DAYS days: 5 an hour

@@ -1,4 +1,4 @@
-"""Snapshot assembly: recent stratified holdout, replay buffer, golden set, no leaks, files on disk."""
+"""Snapshot assembly: random-slice holdout (fresh per run), replay buffer, golden set, no leaks, files on disk."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 from tuneloop.monitor.config import RetrainSettings
 from tuneloop.retrain.dataset import allocate, assemble_snapshot, read_snapshot, write_snapshot
+from tuneloop.retrain.evaluation_slice import in_slice
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -29,24 +30,32 @@ def frame(n: int, prefix: str, start: datetime | None = None, mix=(0.5, 0.3, 0.2
 S = RetrainSettings(holdout_fraction=0.25, replay_ratio=1.0, replay_max=2000)
 
 
-def test_holdout_is_the_newest_quarter_of_each_class():
-    new = frame(200, "n")
+def test_holdout_is_exactly_the_random_slice_never_a_queue_pick():
+    new = frame(400, "n")
+    slice_ids = set(new["id"][in_slice(new["id"], S.holdout_fraction)])
     snap = assemble_snapshot(new, None, S)
-    counts = snap.holdout["label"].value_counts().to_dict()
-    assert counts == {"negative": 25, "neutral": 15, "positive": 10}
-    for label, group in new.groupby("label"):
-        newest = set(group.sort_values("ts")["id"].iloc[-counts[label]:])
-        assert set(snap.holdout[snap.holdout["label"] == label]["id"]) == newest
+    assert set(snap.holdout["id"]) == slice_ids  # queue picks (rows outside the slice) are never held out
+    assert 0.15 < len(slice_ids) / 400 < 0.35  # the slice is about holdout_fraction of the rows
     assert not set(snap.holdout["id"]) & set(snap.train["id"])
-    assert snap.n_new == 200 and snap.n_new_train == 150 and snap.n_replay == 0
+    assert snap.n_new == 400 and snap.n_new_train == 400 - len(slice_ids) and snap.n_replay == 0
+
+
+def test_rows_an_earlier_decision_tested_on_are_never_a_holdout_again():
+    first = assemble_snapshot(frame(300, "n"), None, S)
+    used = set(first.holdout["id"])
+    later = pd.concat([frame(300, "n"), frame(300, "m", start=datetime(2025, 2, 1))])  # a rejection, more labels
+    second = assemble_snapshot(later, None, S, used_holdout=used)
+    assert len(second.holdout) > 30 and not set(second.holdout["id"]) & used
+    assert set(second.holdout["id"]) <= set(frame(300, "m")["id"])
+    assert used <= set(second.train["id"])  # the used rows still teach the next challenger
 
 
 def test_replay_is_stratified_ratio_and_capped():
     new, older = frame(200, "n"), frame(1000, "o", mix=(0.2, 0.2, 0.6))
     snap = assemble_snapshot(new, older, S)
     replay = snap.train[snap.train["origin"] == "replay"]
-    assert len(replay) == 150  # replay_ratio x new training rows
-    assert replay["label"].value_counts().to_dict() == {"positive": 90, "negative": 30, "neutral": 30}
+    assert len(replay) == snap.n_new_train == 160  # replay_ratio x new training rows (200 minus 40 in the slice)
+    assert replay["label"].value_counts().to_dict() == {"positive": 96, "negative": 32, "neutral": 32}
     assert replay["id"].str.startswith("o").all()
     capped = assemble_snapshot(new, older, S.model_copy(update={"replay_max": 40, "replay_ratio": 2.0}))
     assert capped.n_replay == 40
@@ -90,13 +99,6 @@ def test_golden_path_is_read_from_settings(tmp_path):
     assert snap.golden["label"].tolist() == ["positive", "negative", "neutral"]
     with pytest.raises(FileNotFoundError):
         assemble_snapshot(frame(20, "n"), None, S.model_copy(update={"golden_path": str(tmp_path / "none.csv")}))
-
-
-def test_single_row_class_is_trained_not_held_out():
-    new = pd.DataFrame({"text": ["a", "b", "c", "d", "e"], "label": ["x", "x", "x", "x", "y"]})
-    snap = assemble_snapshot(new, None, S)
-    assert "y" in set(snap.train["label"]) and "y" not in set(snap.holdout["label"])
-    assert len(snap.holdout) == 1
 
 
 def test_allocate_is_exact_and_bounded():

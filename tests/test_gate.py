@@ -1,119 +1,168 @@
-"""The promotion gate: every rule, its boundary, and readable reasons."""
+"""The promotion gate: the paired test, its interval and planner, non-inferiority checks, readable reasons."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from tuneloop.monitor.config import RetrainSettings
-from tuneloop.retrain.evaluate import classification_metrics
+from tuneloop.retrain.evaluate import classification_metrics, with_rows
 from tuneloop.retrain.gate import decide
+from tuneloop.retrain.paired import detectable_gain, paired_difference, rows_needed
+
+LABELS = ["negative", "neutral", "positive"]
+S = RetrainSettings()
 
 
-def m(acc: float, n: int = 100, recall: dict[str, float] | None = None, golden: float | None = None,
-      n_golden: int = 50) -> dict:
-    recall = recall if recall is not None else {"negative": acc, "neutral": acc, "positive": acc}
-    holdout = {"accuracy": acc, "n": n, "per_class_recall": recall, "support": {k: n // 3 for k in recall}}
-    return {"holdout": holdout, "golden": None if golden is None else {"accuracy": golden, "n": n_golden}}
+def scored(truth: list[str], pred: list[str]) -> dict:
+    import pandas as pd
+
+    df = pd.DataFrame({"id": [f"p{i}" for i in range(len(truth))], "label": truth})
+    return with_rows(classification_metrics(truth, pred, LABELS), df, pred)
 
 
-S = RetrainSettings(min_holdout=30, gate_margin=0.02, golden_tolerance=0.02, recall_tolerance=0.10)
+def pair(n: int, wins: int, losses: int, both_right: int | None = None, golden: tuple | None = None) -> tuple:
+    """(challenger, champion) metrics on ``n`` rows: ``wins`` rows only the challenger gets right, ``losses`` only
+    the champion, ``both_right`` both (default: half of the rest); classes cycle over the rows."""
+    truth = [LABELS[i % 3] for i in range(n)]
+    wrong = [LABELS[(LABELS.index(y) + 1) % 3] for y in truth]
+    both = (n - wins - losses) // 2 if both_right is None else both_right
+    ch_ok = [True] * wins + [False] * losses + [True] * both + [False] * (n - wins - losses - both)
+    ref_ok = [False] * wins + [True] * losses + [True] * both + [False] * (n - wins - losses - both)
+    ch = {"holdout": scored(truth, [t if ok else w for t, ok, w in zip(truth, ch_ok, wrong, strict=True)])}
+    ref = {"holdout": scored(truth, [t if ok else w for t, ok, w in zip(truth, ref_ok, wrong, strict=True)])}
+    if golden is not None:
+        gch, gref = pair(*golden)
+        ch["golden"], ref["golden"] = gch["holdout"], gref["holdout"]
+    return ch, ref
 
 
-def test_clear_improvement_is_promoted_with_every_check_listed():
-    d = decide(m(0.85), m(0.70), S)
-    assert d.promote
-    assert [c.name for c in d.checks] == ["holdout_size", "holdout_accuracy", "class_recall"]
-    assert any("0.850" in r and "0.700" in r and "+0.150" in r for r in d.reasons)
-    assert d.summary.startswith("promote")
+def test_clearly_better_challenger_is_promoted_and_the_decision_records_its_statistics():
+    ch, ref = pair(100, wins=25, losses=3)
+    d = decide(ch, ref, S)
+    assert d.promote, d.reasons
+    st = d.stats
+    assert st["test"].startswith("exact McNemar") and st["n"] == 100
+    assert st["estimate"] == pytest.approx(0.22) and 0 < st["lower"] < 0.22 < st["upper"]
+    assert st["p_value"] < 0.05 and 0 < st["detectable_gain"] < 0.5
+    assert [c.name for c in d.checks] == ["holdout_size", "holdout_gain", "class_recall"]
+    assert "holdout of 100 rows: can only detect gains ≥" in d.headline and "+22.0 pts" in d.headline
+    js = d.as_json()
+    assert js["stats"]["n"] == 100 and js["headline"] == d.headline and js["checks"][1]["stats"]["lower"] == st["lower"]
 
 
-@pytest.mark.parametrize("challenger, champion, promote", [
-    (0.72, 0.70, True),     # exactly the margin
-    (0.7199, 0.70, False),  # just below it
-    (0.70, 0.70, False),    # a tie is not an improvement
-    (0.60, 0.70, False),
-])
-def test_margin_boundary(challenger, champion, promote):
-    d = decide(m(challenger), m(champion), S)
-    assert d.promote is promote
-    if not promote:
-        assert d.checks[1].name == "holdout_accuracy" and not d.checks[1].passed
-        assert "needs +0.020" in d.reasons[0]
+def test_noise_on_a_small_holdout_is_rejected_and_says_what_the_holdout_could_detect():
+    ch, ref = pair(30, wins=3, losses=1)  # +6.7 points on 30 rows: two rows
+    d = decide(ch, ref, S)
+    assert not d.promote
+    assert d.stats["lower"] < 0 < d.stats["estimate"] and d.stats["p_value"] > 0.05
+    (reason,) = d.reasons
+    assert reason.startswith("holdout of 30 rows: can only detect gains ≥ ") and "not a demonstrated gain" in reason
 
 
-def test_zero_margin_accepts_a_tie():
-    assert decide(m(0.70), m(0.70), S.model_copy(update={"gate_margin": 0.0})).promote
+def test_false_promotion_rate_of_equal_challengers_stays_below_alpha():
+    """400 seeded equal-quality pairs per size: the exact test promotes at most alpha of them."""
+    rng = np.random.default_rng(7)
+    for n in (30, 100, 300):
+        promoted = 0
+        for _ in range(400):
+            ch_ok = rng.random(n) < 0.7
+            ref_ok = np.where(rng.random(n) < 0.6, ch_ok, rng.random(n) < 0.7)  # correlated, same accuracy
+            promoted += paired_difference(ch_ok.astype(int), ref_ok.astype(int)).p_greater() < 0.05
+        assert promoted <= 0.05 * 400, (n, promoted)
+
+
+def test_interval_and_p_value_give_the_same_verdict():
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        n = int(rng.integers(10, 200))
+        a, b = rng.random(n) < rng.uniform(0.3, 0.9), rng.random(n) < rng.uniform(0.3, 0.9)
+        r = paired_difference(a.astype(int), b.astype(int))
+        for margin in (0.0, 0.05):
+            if r.wins + r.losses and abs(r.lower - margin) > 1e-9:
+                assert (r.p_greater(margin) < 0.05) == (r.lower > margin)
+
+
+def test_min_gain_raises_the_bar():
+    ch, ref = pair(200, wins=30, losses=10)  # +10 points, lower bound about +5
+    assert decide(ch, ref, S).promote
+    assert not decide(ch, ref, S.model_copy(update={"min_gain": 0.08})).promote
+
+
+def test_planner_inverts_the_detectable_gain_and_refuses_impossible_asks():
+    for n in (50, 200, 1000):
+        g = detectable_gain(n, 0.25)
+        assert rows_needed(g, 0.25) in (n, n + 1)
+    assert detectable_gain(5, 0.25) is None  # even a challenger winning every discordant row would not show
+    assert rows_needed(0.15, 0.25) < rows_needed(0.10, 0.25) < rows_needed(0.05, 0.25)
 
 
 def test_small_holdout_rejects_even_a_better_model():
-    d = decide(m(0.95, n=29), m(0.50, n=29), S)
-    assert not d.promote
-    assert d.reasons == ["holdout has 29 labelled rows (needs at least 30)"]
-    assert decide(m(0.95, n=30), m(0.50, n=30), S).promote
+    ch, ref = pair(29, wins=20, losses=0)
+    d = decide(ch, ref, S)
+    assert not d.promote and d.reasons == ["holdout has 29 labelled rows (needs at least 30)"]
 
 
-def test_golden_set_regression_beyond_tolerance_rejects():
-    d = decide(m(0.90, golden=0.77), m(0.70, golden=0.80), S)
-    assert not d.promote
-    assert any("golden-set accuracy 0.770 vs champion 0.800" in r for r in d.reasons)
-    assert decide(m(0.90, golden=0.78), m(0.70, golden=0.80), S).promote  # within tolerance
-    assert decide(m(0.90, golden=0.95), m(0.70, golden=0.80), S).promote
+def test_a_dip_in_one_class_on_few_rows_is_not_evidence_of_harm():
+    """The old gate rejected 'recall 0.375 -> 0.188 on 16 rows'; three rows say nothing."""
+    truth = ["negative"] * 16 + ["neutral"] * 40 + ["positive"] * 40
+    champ = ["negative"] * 6 + ["neutral"] * 10 + ["neutral"] * 20 + ["positive"] * 20 + ["positive"] * 20 \
+        + ["neutral"] * 20
+    chall = ["negative"] * 3 + ["neutral"] * 13 + ["neutral"] * 38 + ["positive"] * 2 + ["positive"] * 38 \
+        + ["neutral"] * 2
+    ch, ref = {"holdout": scored(truth, chall)}, {"holdout": scored(truth, champ)}
+    d = decide(ch, ref, S)
+    assert d.promote, d.reasons
+    assert "recall of negative" in d.checks[2].message or "no class worse" in d.checks[2].message
 
 
-def test_golden_missing_for_challenger_fails_closed():
-    d = decide(m(0.90), m(0.70, golden=0.80), S)
+def test_a_class_that_collapses_on_many_rows_rejects_and_is_named():
+    truth = ["negative"] * 60 + ["neutral"] * 60 + ["positive"] * 60
+    champ = ["negative"] * 50 + ["neutral"] * 10 + ["neutral"] * 30 + ["positive"] * 30 + ["positive"] * 30 \
+        + ["neutral"] * 30
+    chall = ["negative"] * 10 + ["neutral"] * 50 + ["neutral"] * 60 + ["positive"] * 60  # overall much better
+    d = decide({"holdout": scored(truth, chall)}, {"holdout": scored(truth, champ)}, S)
+    assert d.checks[1].passed and not d.promote
+    (reason,) = d.reasons
+    assert "recall of negative" in reason and "worse beyond -10.0 pts" in reason
+    assert "positive" not in reason
+
+
+def test_golden_set_loss_with_evidence_rejects_a_small_dip_does_not():
+    ch, ref = pair(100, wins=25, losses=3, golden=(100, 1, 20))  # golden: 19 points worse
+    d = decide(ch, ref, S)
+    assert not d.promote and any(r.startswith("golden set") and "worse beyond -2.0 pts" in r for r in d.reasons)
+    ch, ref = pair(100, wins=25, losses=3, golden=(100, 1, 3))  # 2 points worse: no evidence beyond 2
+    assert decide(ch, ref, S).promote
+
+
+def test_missing_rows_fail_closed():
+    ch, ref = pair(100, wins=25, losses=3)
+    ref["holdout"].pop("rows")
+    d = decide(ch, ref, S)
+    assert not d.promote and "paired test cannot run" in d.reasons[0]
+    ch, ref = pair(100, wins=25, losses=3, golden=(50, 0, 0))
+    ch["golden"] = None
+    d = decide(ch, ref, S)
     assert not d.promote and "golden set was not evaluated" in d.reasons[0]
 
 
-def test_recall_drop_of_one_class_rejects_and_names_it():
-    ch = m(0.85, recall={"negative": 0.95, "neutral": 0.90, "positive": 0.55})
-    champ = m(0.75, recall={"negative": 0.70, "neutral": 0.70, "positive": 0.80})
-    d = decide(ch, champ, S)
-    assert not d.promote
-    (reason,) = d.reasons
-    assert "positive 0.800 -> 0.550 (-0.250" in reason and "negative" not in reason
+def test_rows_must_be_the_same_rows():
+    ch, ref = pair(50, wins=10, losses=1)
+    ref["holdout"]["rows"]["id"] = list(reversed(ref["holdout"]["rows"]["id"]))
+    with pytest.raises(ValueError, match="same rows"):
+        decide(ch, ref, S)
 
 
-def test_recall_drop_at_tolerance_passes():
-    ch = m(0.85, recall={"negative": 0.90, "neutral": 0.90, "positive": 0.70})
-    champ = m(0.75, recall={"negative": 0.70, "neutral": 0.70, "positive": 0.80})
-    assert decide(ch, champ, S).promote
-
-
-def test_several_failures_are_all_reported():
-    ch = m(0.65, n=20, recall={"negative": 0.2, "neutral": 0.9, "positive": 0.9}, golden=0.5)
-    champ = m(0.70, n=20, recall={"negative": 0.9, "neutral": 0.6, "positive": 0.6}, golden=0.9)
-    d = decide(ch, champ, S)
-    assert not d.promote
-    assert {c.name for c in d.checks if not c.passed} == {"holdout_size", "holdout_accuracy", "golden_accuracy",
-                                                          "class_recall"}
-    assert len(d.reasons) == 4 and "4 of 4 checks failed" in d.summary
-
-
-def test_no_champion_compares_against_baseline_accuracy():
-    assert decide(m(0.80), None, S, baseline_accuracy=0.75).promote
-    d = decide(m(0.76), None, S, baseline_accuracy=0.75)
-    assert not d.promote and "vs baseline 0.750" in d.reasons[0]
+def test_no_champion_compares_against_baseline_accuracy_with_an_exact_bound():
+    ch, _ = pair(200, wins=60, losses=0, both_right=110)  # challenger accuracy 0.85
+    assert decide(ch, None, S, baseline_accuracy=0.75).promote
+    d = decide(ch, None, S, baseline_accuracy=0.82)
+    assert not d.promote and "vs baseline 0.820" in d.reasons[0] and "lower bound" in d.reasons[0]
 
 
 def test_no_champion_and_no_baseline_needs_only_a_big_enough_holdout():
-    assert decide(m(0.40), None, S).promote
-    assert not decide(m(0.99, n=5), None, S).promote
-
-
-def test_logged_model_metrics_as_baseline_include_recall():
-    labels = ["negative", "neutral", "positive"]
-    truth = ["negative"] * 20 + ["neutral"] * 20 + ["positive"] * 20
-    logged = ["negative"] * 20 + ["neutral"] * 10 + ["positive"] * 10 + ["positive"] * 10 + ["neutral"] * 10
-    better = ["negative"] * 5 + ["neutral"] * 15 + ["neutral"] * 20 + ["positive"] * 20  # negative recall collapses
-    base = {"holdout": classification_metrics(truth, logged, labels)}
-    ch = {"holdout": classification_metrics(truth, better, labels)}
-    d = decide(ch, base, S)
-    assert ch["holdout"]["accuracy"] > base["holdout"]["accuracy"] + 0.02
-    assert not d.promote and "negative 1.000 -> 0.250" in d.reasons[0]
-    assert "baseline" not in d.reasons[0]  # a metrics dict counts as the champion
-
-
-def test_decision_serialises():
-    d = decide(m(0.9), m(0.7), S).as_json()
-    assert d["promote"] is True and {"name", "passed", "message", "value", "threshold"} <= set(d["checks"][0])
+    ch, _ = pair(40, wins=0, losses=30)
+    assert decide(ch, None, S).promote
+    ch, _ = pair(5, wins=5, losses=0)
+    assert not decide(ch, None, S).promote

@@ -202,3 +202,49 @@ def test_the_reference_embedding_cache_stays_bounded(tmp_path):
         for seed in range(3 * label_queue.REFERENCE_CACHE_MAX):
             assert label_queue.reference_embeddings(store, size=2, seed=seed).shape == (2, 2)
     assert len(label_queue._reference_cache) <= label_queue.REFERENCE_CACHE_MAX
+
+
+
+# ---- the random evaluation slice ------------------------------------------------------------------
+
+
+def test_a_share_of_each_page_is_random_slice_traffic_marked_as_such(store):
+    from tuneloop.retrain.evaluation_slice import in_slice
+
+    page = label_queue(store, "default", "uncertainty", 10, random_share=0.2)
+    unlabelled = [f"p{i}" for i in range(60) if i % 3]
+    members = {i for i, m in zip(unlabelled, in_slice(unlabelled, 0.2), strict=True) if m}
+    assert len(members) >= 2
+    assert [it["slice"] for it in page] == ["queue"] * 4 + ["random"] + ["queue"] * 4 + ["random"]
+    randoms = [it for it in page if it["slice"] == "random"]
+    assert {it["prediction_id"] for it in randoms} <= members and all(it["score"] is None for it in randoms)
+    picks = [it["prediction_id"] for it in page if it["slice"] == "queue"]
+    assert not set(picks) & members  # strategies never take slice rows: the slice stays a uniform sample
+    everything = label_queue(store, "default", "uncertainty", 100)
+    assert picks == [it["prediction_id"] for it in everything if it["prediction_id"] not in members][:8]
+    again = label_queue(store, "default", "uncertainty", 10, random_share=0.2)
+    assert [it["prediction_id"] for it in again] == [it["prediction_id"] for it in page]  # stable between loads
+    assert all(it["slice"] == "queue" for it in everything)  # random_share 0: no slice
+
+
+def test_labels_saved_compares_error_rates_of_queue_picks_and_random_rows(tmp_path):
+    from tuneloop.monitor.label_queue import labels_saved
+    from tuneloop.retrain.evaluation_slice import in_slice
+
+    ids = [f"r{i}" for i in range(600)]
+    members = in_slice(ids, 0.2)
+    with Store(tmp_path / "s.duckdb") as s:
+        s.append_predictions([{"id": i, "text": f"t {i}", "label": "neutral"} for i in ids])
+        few = labels_saved(s, "default", 0.2)
+        assert not few["measurable"] and few["saved"] is None and "not yet measurable" in few["message"]
+        # the model is wrong on every 4th random row and on every 2nd queue pick
+        truth = [("positive" if k % 4 == 0 else "neutral") if m else ("positive" if k % 2 == 0 else "neutral")
+                 for k, m in enumerate(members)]
+        s.append_feedback([{"prediction_id": i, "label": y} for i, y in zip(ids, truth, strict=True)])
+        out = labels_saved(s, "default", 0.2)
+    assert out["measurable"] and out["random"]["n"] == int(members.sum()) and out["queue"]["n"] == 600 - members.sum()
+    assert out["random"]["error_rate"] == pytest.approx(0.25, abs=0.03)
+    assert out["queue"]["error_rate"] == pytest.approx(0.5, abs=0.03)
+    assert out["saved"] == pytest.approx(1 - out["random"]["error_rate"] / out["queue"]["error_rate"])
+    lo, hi = out["random"]["interval"]
+    assert lo < out["random"]["error_rate"] < hi and "the queue saves" in out["message"]

@@ -7,9 +7,9 @@ deterministic) training, then the promotion gate on the same rows for both model
 registry, where every rejection is recorded with its reasons.
 
 Two threat models: the attacker controls the training feedback but the holdout is the operator's
-trusted recent labels (the holdout check rejects), or the whole stream including the holdout is
-poisoned (the pinned golden set rejects). Clean challengers trained the same way are promoted, so
-the gate is not simply refusing everything.
+trusted random-slice labels (the paired holdout test rejects), or the whole stream including the
+holdout is poisoned (the pinned golden set rejects what such a holdout lets through). Clean
+challengers trained the same way are promoted, so the gate is not simply refusing everything.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from tuneloop.retrain.versions import write_version
 
 LABELS = ["negative", "neutral", "positive"]
 GATE = RetrainSettings()
-"""The shipped gate: margin 0.02 on the holdout, golden tolerance 0.02, recall tolerance 0.10."""
+"""The shipped gate: exact paired test at alpha 0.05 on the holdout, golden and recall non-inferiority."""
 N_TRAIN, N_HOLDOUT, EPOCHS = 150, 120, 4
 CHAMPION_ROWS, CHAMPION_EPOCHS = 240, 7
 POISONS = ["flip", "swap", "random", "constant", "targeted"]
@@ -64,7 +64,8 @@ def setting(tmp_path_factory, sentiment_base, sentiment_settings):
     registry.promote(store, "default", "v0", "test")
     golden = keyword_sentiment(60, seed=999)
     yield {"store": store, "models": models, "champion_dir": champion_dir, "settings": model_settings,
-           "golden": golden, "champion_golden": evaluate(first.classifier, golden), "champion": first.classifier}
+           "golden": golden, "champion_golden": evaluate(first.classifier, golden, rows=True),
+           "champion": first.classifier}
     store.close()
 
 
@@ -78,8 +79,9 @@ def challenge(s: dict, seed: int, kind: str | None, poisoned_holdout: bool) -> t
         if poisoned_holdout:
             holdout = holdout.assign(label=poison(holdout["label"].tolist(), kind, rng))
     result = train(fit, None, s["settings"], init_from=s["champion_dir"], epochs=EPOCHS, progress=False)
-    challenger = {"holdout": evaluate(result.classifier, holdout), "golden": evaluate(result.classifier, s["golden"])}
-    champion = {"holdout": evaluate(s["champion"], holdout), "golden": s["champion_golden"]}
+    challenger = {"holdout": evaluate(result.classifier, holdout, rows=True),
+                  "golden": evaluate(result.classifier, s["golden"], rows=True)}
+    champion = {"holdout": evaluate(s["champion"], holdout, rows=True), "golden": s["champion_golden"]}
     decision = gate.decide(challenger, champion, GATE)
     version = f"c{seed}-{kind or 'clean'}"
     write_version(s["models"], version, result.classifier, {**result.metrics, **challenger, "champion": champion},
@@ -102,9 +104,11 @@ def test_poisoned_challengers_are_never_promoted(setting, figure):
         verdicts.append((version, decision))
         failed = {c.name for c in decision.checks if not c.passed}
         assert not decision.promote, (version, decision.summary, decision.reasons)
-        # a trusted holdout catches the poison itself; a poisoned one is caught by the pinned golden set
-        assert failed & ({"golden_accuracy"} if poisoned_holdout else {"holdout_accuracy", "class_recall"}), \
-            (version, decision.reasons)
+        if poisoned_holdout and "holdout_gain" not in failed:
+            # the attacker also wrote the holdout and won it: the pinned golden set must catch the challenger
+            assert "golden_accuracy" in failed, (version, decision.reasons)
+        else:  # a trusted holdout catches the poison itself (as does a poisoned one that shows no gain)
+            assert failed & {"holdout_gain", "class_recall"}, (version, decision.reasons)
     store = setting["store"]
     assert registry.champion(store, "default")["version"] == "v0"
     rows = {r["version"]: r for r in registry.list_versions(store, "default")}

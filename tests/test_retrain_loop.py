@@ -86,7 +86,7 @@ def loop(tmp_path_factory, tweets):
         "paths": {"data_dir": str(root / "data")},
         "model": {"base": str(base), "epochs": 6, "batch_size": 16, "patience": 4, "learning_rate": 0.03,
                   "max_length": 48, "threads": 1},
-        "retrain": {"epochs": 4, "gate_margin": 0.10, "min_holdout": 20, "holdout_fraction": 0.25,
+        "retrain": {"epochs": 4, "min_gain": 0.10, "target_gain": 0.3, "min_holdout": 20, "holdout_fraction": 0.25,
                     "replay_ratio": 1.0, "replay_max": 300, "golden_path": str(golden), "cooldown_seconds": 0,
                     "check_interval_seconds": 3600, "timeout_seconds": 300},
     }
@@ -165,7 +165,11 @@ def test_feedback_retrain_gate_promote_hot_swap(loop, tweets):
     assert m["champion_version"] == "v1" and m["n_replay"] > 0 and m["n_holdout"] >= 20
     assert m["challenger"]["holdout_accuracy"] >= m["champion"]["holdout_accuracy"] + 0.10
     assert m["challenger"]["golden_accuracy"] > m["champion"]["golden_accuracy"]
-    assert any("holdout accuracy" in reason for reason in run["reasons"])
+    gate = m["gate"]
+    assert gate["stats"]["n"] == m["n_holdout"] and gate["stats"]["lower"] > 0.10 and gate["stats"]["p_value"] < 0.05
+    assert gate["headline"].startswith("promote: gain +") and f"holdout of {m['n_holdout']} rows" in gate["headline"]
+    assert any(reason.startswith(f"holdout of {m['n_holdout']} rows: can only detect gains ≥")
+               for reason in run["reasons"])
     assert run["progress"]["phase"] == "done" and run["log_tail"]
 
     # serving answers with the new version; the registry agrees; the old champion is archived
@@ -194,8 +198,12 @@ def test_poisoned_feedback_is_rejected_with_reasons(loop, tweets):
     assert r.status_code == 200, r.text
     run = wait_run(admin, r.json()["run_id"])
     assert run["status"] == "rejected", run
-    assert run["reasons"] and any("holdout accuracy" in reason and "needs +0.100" in reason
+    assert run["reasons"] and any("not a demonstrated gain" in reason and "needs > +10.0 pts" in reason
                                   for reason in run["reasons"]), run["reasons"]
+    # the next decision must test on other rows: this run's holdout is spent
+    spent = registry.used_holdout_ids(loop["store"], "default")
+    holdout = pd.read_parquet(loop["settings"].runs_dir / f"run-{run['id']}" / "snapshot" / "holdout.parquet")
+    assert set(holdout["id"]) <= spent and len(holdout) >= 20
     assert registry.get_version(loop["store"], "default", run["version"])["status"] == "rejected"
     assert champion(loop) == before
     assert predict(admin, ["coachella this weekend!"])["model_version"] == before
@@ -204,8 +212,8 @@ def test_poisoned_feedback_is_rejected_with_reasons(loop, tweets):
 def test_two_triggers_start_one_run_and_a_killed_job_changes_nothing(loop, tweets):
     admin = loop["clients"]["admin"]
     wait_idle(admin)
-    frame = tweets["stream3"]
-    log_and_label(loop, frame, frame["topic"].map(POLICY).tolist())  # something new to train on
+    frame = tweets["stream2"]  # something new to train on, with enough fresh random-slice rows for a holdout
+    log_and_label(loop, frame, frame["topic"].map(POLICY).tolist())
     before = champion(loop)
     versions_before = {v["version"] for v in registry.list_versions(loop["store"], "default")}
     barrier = threading.Barrier(2)
@@ -247,7 +255,7 @@ def test_two_triggers_start_one_run_and_a_killed_job_changes_nothing(loop, tweet
 def test_cancel_stops_the_job(loop, tweets):
     admin = loop["clients"]["admin"]
     wait_idle(admin)
-    frame = tweets["stream3"]
+    frame = tweets["stream2"]
     log_and_label(loop, frame, frame["topic"].map(POLICY).tolist())
     r = admin.post("/v1/retrain", json={"reason": "to cancel"})
     assert r.status_code == 200, r.text
@@ -270,8 +278,9 @@ def test_cli_lists_runs_through_the_server(loop, tmp_path):
     env = {"TUNELOOP_SERVER__PORT": str(loop["settings"].server.port), "TUNELOOP_TOKEN": loop["tokens"]["label"]}
     r = tuneloop_cli("retrain", "runs", cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr
-    lines = r.stdout.strip().splitlines()
-    assert any("promoted" in ln for ln in lines) and any("rejected" in ln and "holdout accuracy" in ln for ln in lines)
+    runs = r.stdout.strip().split("\n20")  # one block per run, each starting with its start time
+    assert any(": promoted ->" in b and "gate: promote: gain +" in b for b in runs), r.stdout
+    assert any(": rejected ->" in b and "gate: reject: gain" in b and "can only detect gains ≥" in b for b in runs)
     r = tuneloop_cli("retrain", "--now", cwd=tmp_path, env=env)  # a label token may not start a run
     assert r.returncode == 1 and "403" in r.stderr
 
@@ -342,6 +351,38 @@ def test_policy_needs_labels_and_respects_drift_alerts_and_cooldown(tmp_path):
         assert service.check_policies() is None  # cooling down: the policy waits
 
 
+def test_retrain_is_deferred_while_the_holdout_cannot_detect_the_target_gain(tmp_path):
+    from tuneloop.monitor.retraining import HoldoutTooSmall, RetrainService, holdout_plan
+    from tuneloop.retrain.evaluation_slice import in_slice
+
+    settings = load_settings(paths={"data_dir": str(tmp_path)}, retrain={"cooldown_seconds": 600})
+    r = settings.retrain
+    with Store(settings.db_path) as store:
+        ctx = type("Ctx", (), {"store": store, "settings": settings, "services": {}})()
+        service = RetrainService(ctx)
+        ids = [f"p{i}" for i in range(400)]
+        store.append_predictions([{"id": i, "text": f"t {i}", "label": "neutral"} for i in ids])
+        store.append_feedback([{"prediction_id": i, "label": "positive"} for i in ids[:150]])
+        plan = holdout_plan(store, "default", settings, LABELS)
+        assert plan.available == int(in_slice(ids[:150], r.holdout_fraction).sum()) and plan.needed == 67
+        assert not plan.enough
+        with pytest.raises(HoldoutTooSmall) as refused:
+            service.trigger("default", "policy")
+        message = str(refused.value)
+        more = plan.needed - plan.available
+        assert message.startswith(f"holdout of {plan.available} rows: can only detect gains ≥")
+        assert f"needs 67: {more} more random-slice labels" in message and "more labels from the label queue" in message
+        (run,) = service.list_runs()
+        assert run["status"] == "deferred" and run["reasons"] == [message]
+        assert run["metrics"]["holdout_plan"]["more_slice_labels"] == more
+        with pytest.raises(HoldoutTooSmall):  # asked again: the same record is updated, not repeated
+            service.trigger("default", "policy again")
+        (run,) = service.list_runs()
+        assert run["trigger"] == "policy again" and service.cooldown_left("default") == 0  # no cooldown started
+        store.append_feedback([{"prediction_id": i, "label": "positive"} for i in ids[150:]])
+        assert holdout_plan(store, "default", settings, LABELS).enough
+
+
 # ---- the job on its own ----------------------------------------------------------------------------
 
 
@@ -362,6 +403,7 @@ def test_job_without_champion_trains_from_the_base_against_the_logged_baseline(t
     import json
 
     from tuneloop.retrain.dataset import assemble_snapshot, write_snapshot
+    from tuneloop.retrain.evaluation_slice import in_slice
     from tuneloop.retrain.tiny import make_tiny_base
 
     base = make_tiny_base(tmp_path / "base", vocab_words=TOPIC_WORDS)
@@ -376,8 +418,12 @@ def test_job_without_champion_trains_from_the_base_against_the_logged_baseline(t
     assert events[0]["phase"] == "start" and events[-1]["phase"] == "done" and events[-1]["fraction"] == 1.0
     metrics = json.loads((tmp_path / "models" / "v7" / "metrics.json").read_text())
     assert metrics["champion"] is None and metrics["baseline"]["source"] == "logged predictions"
-    assert metrics["baseline"]["holdout"]["n"] == metrics["holdout"]["n"] == 9
-    assert metrics["baseline"]["holdout"]["per_class_recall"]["neutral"] == 1.0
+    expected = int(in_slice([f"new-{i}" for i in range(30)], 0.3).sum())  # the random slice of the 30 rows
+    assert metrics["baseline"]["holdout"]["n"] == metrics["holdout"]["n"] == expected > 0
+    recall = metrics["baseline"]["holdout"]["per_class_recall"]
+    assert recall == {lab: 1.0 if lab == "neutral" else 0.0 for lab in recall}  # it always said neutral
+    rows = metrics["baseline"]["holdout"]["rows"]  # per-row outcomes for the paired gate
+    assert rows["id"] == metrics["holdout"]["rows"]["id"] and len(rows["correct"]) == expected
     assert (tmp_path / "models" / "v7" / "reference.parquet").is_file()
 
 

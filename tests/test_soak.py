@@ -101,7 +101,7 @@ def run_soak(directory: Path, version_dir: Path, seconds: float, warmup: float =
     server: RunningServer = start_server(
         directory, subprocess=True, model={"threads": 1, "batch_size": 16},
         drift={"window_size": 200, "sample_size": 200, "resamples": 10, "interval_seconds": 3600},
-        retrain={"epochs": 1, "min_holdout": 5, "cooldown_seconds": 0, "replay_max": 200,
+        retrain={"epochs": 1, "min_holdout": 5, "target_gain": 0.9, "cooldown_seconds": 0, "replay_max": 200,
                  "check_interval_seconds": 3600, "timeout_seconds": 300})
     rec, stop = Recorder(), threading.Event()
     rng = random.Random(seed)

@@ -89,6 +89,17 @@ def show_item(q: LabelQueue, labels: list[str], can_label: bool, why: str | None
                + ", **s** skip, **u** undo the last.")
 
 
+def show_labels_saved(session: ui.Session) -> None:
+    """The queue's worth, measured against the random evaluation slice (or why it is not measurable yet)."""
+    try:
+        saved = session.api.get("/v1/label-queue/savings")
+    except ApiError:
+        return
+    value = "—" if saved.get("saved") is None else f"{saved['saved']:.0%}"
+    st.metric("Labels saved vs random", value, help="Measured on the random evaluation slice: " + saved["message"])
+    st.caption(saved["message"])
+
+
 def render() -> None:
     session = ui.current()
     st.title("Label")
@@ -134,6 +145,7 @@ def render() -> None:
     if can_label:  # key presses are applied (in a callback) before the next run draws the page
         keys = [str(i + 1) for i in range(len(labels))] + ["s", "u"]
         listen(keys, q.current()["prediction_id"], lambda press: on_key(q, labels, press))
+    show_labels_saved(session)
     recent = [d for d in reversed(q.history) if d.label is not None][:5]
     if recent:
         st.subheader("Just labelled")

@@ -172,8 +172,11 @@ def run_detail(run_id: int) -> None:
             st.caption(text)
     elif isinstance(progress, int | float):
         st.progress(min(max(float(progress), 0.0), 1.0))
+    headline = ((run.get("metrics") or {}).get("gate") or {}).get("headline")
+    if headline:
+        st.markdown(f"**Gate:** {headline}")
     if run.get("reasons"):
-        st.markdown(f"Gate: {reasons_text(run.get('reasons'))}")
+        st.markdown(f"{'Why' if status == 'deferred' else 'Checks'}: {reasons_text(run.get('reasons'))}")
     metrics = flat_metrics(run.get("metrics") or {})
     if metrics:
         st.dataframe(pd.DataFrame([metrics]), hide_index=True, width="stretch")
