@@ -518,14 +518,23 @@ def shifted_topics(plan: DemoPlan) -> list[str]:
 
 def evaluate_on_shift(settings: Settings, plan: DemoPlan, versions: dict[str, Path]) -> dict[str, Any]:
     """Accuracy on the shifted topics' test split for each version (v1, the promoted one)."""
+    import hashlib
+
     from tuneloop.retrain.evaluate import evaluate
     from tuneloop.retrain.versions import load_version
 
     test = shifted_test(plan)
+    test_key = hashlib.sha256("\n".join(test["text"]).encode()).hexdigest()[:12]
     out: dict[str, Any] = {}
     for name, path in versions.items():
+        cached = v1_cache(settings, plan) / f"shifted-test-{test_key}.json" if name == "v1" else None
+        if cached is not None and cached.is_file():  # v1 is cached, so is its score on the fixed test rows
+            out[name] = json.loads(cached.read_text())
+            continue
         m = evaluate(load_version(path, threads=settings.model.threads), test)
         out[name] = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": len(test)}
+        if cached is not None:
+            cached.write_text(json.dumps(out[name]))
     return out
 
 
@@ -638,7 +647,7 @@ def run_demo(settings: Settings, plan: DemoPlan, say: Any = print) -> dict[str, 
     watcher = Watcher(api, timeline, sent, annotator, say)
     annotator.start()
     watcher.start()
-    interrupted = False
+    interrupted = train_oracle_now = False
     try:
         try:
             replay(api, stream, plan, sent, timeline, watcher, deadline=time.monotonic() + plan.max_minutes * 60)
@@ -675,23 +684,21 @@ def run_demo(settings: Settings, plan: DemoPlan, say: Any = print) -> dict[str, 
             write_outputs(out_dir, report, sent, timeline)
             say(f"ratio promoted / oracle: {report['ratio_to_oracle']} (report updated: {paths['json']})")
 
-        if not plan.dashboard or interrupted:
-            if plan.oracle and not oracle and not interrupted:
-                add_oracle(train_oracle(settings, plan, v1_path, say))
+        train_oracle_now = plan.oracle and not oracle and not interrupted
+        if plan.dashboard and not interrupted:
+            stop_oracle = threading.Event()
+            if train_oracle_now:  # the user looks at the dashboard meanwhile
+                threading.Thread(target=lambda: add_oracle(train_oracle(settings, plan, v1_path, say, stop_oracle)),
+                                 name="demo-oracle", daemon=True).start()
+            say(f"the server ({base_url}) and the dashboard (http://{settings.dashboard.host}:"
+                f"{settings.dashboard.port}) stay up to look around: press Ctrl-C to stop")
+            try:
+                while True:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                stop_oracle.set()
+                say("stopping")
             return report
-        stop_oracle = threading.Event()
-        if plan.oracle and not oracle:
-            threading.Thread(target=lambda: add_oracle(train_oracle(settings, plan, v1_path, say, stop_oracle)),
-                             name="demo-oracle", daemon=True).start()
-        say(f"the server ({base_url}) and the dashboard (http://{settings.dashboard.host}:"
-            f"{settings.dashboard.port}) stay up to look around: press Ctrl-C to stop")
-        try:
-            while True:
-                time.sleep(1)
-        except KeyboardInterrupt:
-            stop_oracle.set()
-            say("stopping")
-        return report
     finally:
         server.should_exit = True
         server_thread.join(timeout=30)
@@ -700,6 +707,9 @@ def run_demo(settings: Settings, plan: DemoPlan, say: Any = print) -> dict[str, 
 
             stop([dash])
         store.close()
+    if train_oracle_now:  # headless: after the loop and with the server stopped, so nothing competes
+        add_oracle(train_oracle(settings, plan, v1_path, say))
+    return report
 
 
 __all__ = ["DemoPlan", "demo_settings", "loop_report", "run_demo"]
