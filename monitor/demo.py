@@ -58,13 +58,13 @@ class DemoPlan:
     oracle_max: int = 0  # 0 = every training label of the shifted topics
     seed: int = 0  # splits (and so v1 and the oracle) and the stream
     stream_seed: int | None = None  # another stream and annotator order over the same splits
-    max_minutes: float = 12.0
+    max_minutes: float = 30.0  # a safety net: the stream ends as soon as the loop has closed
     dashboard: bool = True
 
     @classmethod
     def fast(cls) -> DemoPlan:
         return cls(n_train=240, v1_epochs=2, n_before=200, n_after=1200, after_promotion=200, rate=80.0,
-                   request_batch=16, label_rate=20.0, label_budget=240, oracle_max=800, max_minutes=9.0)
+                   request_batch=16, label_rate=20.0, label_budget=240, oracle_max=800, max_minutes=25.0)
 
 
 def demo_settings(settings: Settings, plan: DemoPlan) -> Settings:
