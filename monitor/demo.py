@@ -357,7 +357,7 @@ def start_server(settings: Settings, store: Any) -> tuple[Any, threading.Thread]
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="tuneloop-server", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300  # loading the champion can take minutes on a busy machine
     while not server.started:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("the tuneloop server did not start")
