@@ -56,6 +56,7 @@ class DemoPlan:
     retry_share: float = 1 / 6  # after a rejection, the next run waits for this share more
     oracle: bool = True
     oracle_max: int = 0  # 0 = every training label of the shifted topics
+    n_test: int = 1500  # held-out rows of the shifted topics the versions and the oracle are scored on
     seed: int = 0  # splits (and so v1 and the oracle) and the stream
     stream_seed: int | None = None  # another stream and annotator order over the same splits
     max_minutes: float = 30.0  # a safety net: the stream ends as soon as the loop has closed
@@ -64,7 +65,8 @@ class DemoPlan:
     @classmethod
     def fast(cls) -> DemoPlan:
         return cls(n_train=240, v1_epochs=2, n_before=200, n_after=1200, after_promotion=200, rate=80.0,
-                   request_batch=16, label_rate=20.0, label_budget=240, oracle_max=800, max_minutes=25.0)
+                   request_batch=16, label_rate=20.0, label_budget=240, oracle_max=800, n_test=500,
+                   max_minutes=25.0)
 
 
 def demo_settings(settings: Settings, plan: DemoPlan) -> Settings:
@@ -508,7 +510,7 @@ def shifted_test(plan: DemoPlan) -> pd.DataFrame:
     """Held-out test rows of the shifted topics (never streamed, labelled or trained on)."""
     splits = split_topics(seed=plan.seed)
     test = pd.concat([splits[t]["test"] for t in shifted_topics(plan)]).sample(frac=1.0, random_state=plan.seed)
-    return test.head(1500)[["text", "label"]]
+    return test.head(plan.n_test)[["text", "label"]]
 
 
 def shifted_topics(plan: DemoPlan) -> list[str]:
