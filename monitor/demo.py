@@ -283,7 +283,7 @@ def start_dashboard(settings: Settings, token: str) -> subprocess.Popen[bytes] |
 def write_outputs(out_dir: Path, report: dict[str, Any], sent: Sent, timeline: Timeline) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "loop-report.json"
-    json_path.write_text(json.dumps({**report, "timeline": asdict(timeline)}, indent=2, default=str))
+    json_path.write_text(json.dumps({**report, "timeline_detail": asdict(timeline)}, indent=2, default=str))
     png = plot_report(sent, timeline, out_dir / "loop-report.png")
     return {"json": json_path, "png": png}
 
