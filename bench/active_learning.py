@@ -16,6 +16,17 @@ on a fixed test set. Several seeds; curves are averaged. The headline ratio is
 
     python bench/active_learning.py [--seeds 3] [--budget 600] [--pool 3000] [--test 1500]
 
+``--model lora`` measures the same question with the model tuneloop really trains, in a reduced
+setting that fits 2 cores (see :func:`lora_main`): the champion v1 of the demo (LoRA on
+all-MiniLM-L6-v2, airline tweets) scores a pool of shifted traffic once (an exact, cached pass:
+the queue ranks by the champion's probabilities, as in production, where the champion serves
+until a retrain), each strategy's first k picks are labelled, and the real trainer fine-tunes v1
+on them plus the retrain's replay. It also runs the logistic stand-in on the same picks, to say
+how well the fast proxy agrees with the real model. Results are cached per (strategy, seed, k)
+in ``bench/out/al_lora/``: an interrupted run resumes.
+
+    nice -n 10 python bench/active_learning.py --model lora [--seeds 2] [--pool 600] [--test 400]
+
 ``--queue-scale N`` instead times ``GET /v1/label-queue``'s library call on a DuckDB store of N
 predictions (384-dim embeddings) against the same call on 10 000 rows: the candidate pool is
 bounded, so the ratio should stay small.
@@ -29,6 +40,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -180,6 +192,164 @@ def queue_scale(n_rows: int, repeats: int = 3) -> None:
         big.close()
 
 
+LORA_OUT = OUT / "al_lora"
+LORA_STRATEGIES = ("random", "uncertainty", "mix")
+
+
+def lora_setting(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """(settings, plan, v1 path, v1 training rows, pool per seed, test) of the demo's shifted scenario."""
+    from tuneloop.monitor.config import load_settings
+    from tuneloop.monitor.demo import (
+        DemoPlan,
+        cached_v1,
+        demo_settings,
+        shifted_test,
+        shifted_topics,
+        v1_cache,
+        v1_training_data,
+    )
+    from tuneloop.monitor.demo_data import split_topics
+
+    plan = DemoPlan()
+    settings = demo_settings(load_settings(paths={"data_dir": str(args.data_dir)}), plan)
+    v1 = v1_cache(settings, plan) / "v1"  # the cached copy: a demo run in the same data dir never deletes it
+    if not (v1 / "COMPLETE").is_file():
+        cached_v1(settings, plan, lambda m: print(m, file=sys.stderr))
+    splits = split_topics(seed=plan.seed)
+    stream = pd.concat([splits[t]["stream"] for t in shifted_topics(plan)])[["text", "label"]]
+    pools = [stream.sample(n=min(args.pool, len(stream)), random_state=seed).reset_index(drop=True)
+             for seed in range(args.seeds)]
+    test = shifted_test(plan).head(args.test).reset_index(drop=True)
+    return settings, plan, v1, v1_training_data(plan), pools, test
+
+
+def champion_pass(v1: Path, texts: list[str], cache: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(probs, embeddings) of the champion on ``texts``: one exact forward pass, cached by text."""
+    from tuneloop.retrain.versions import load_version
+
+    key = hashlib.sha1("\n".join([str(v1.resolve()), *texts]).encode()).hexdigest()[:16]
+    path = cache / f"champion-{key}.npz"
+    if path.exists():
+        z = np.load(path)
+        return z["probs"], z["emb"]
+    t = time.perf_counter()
+    pred = load_version(v1, threads=1).predict(texts)
+    print(f"champion pass over {len(texts)} texts: {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, probs=pred.probs, emb=pred.embeddings)
+    return pred.probs, pred.embeddings
+
+
+def lora_point(settings, v1: Path, picked: pd.DataFrame, older: pd.DataFrame, test: pd.DataFrame,  # type: ignore[no-untyped-def]
+               seed: int) -> float:
+    """Test accuracy of v1 fine-tuned by the real trainer on ``picked`` plus the retrain's replay."""
+    from tuneloop.retrain.dataset import stratified_sample
+    from tuneloop.retrain.evaluate import evaluate
+    from tuneloop.retrain.trainer import train
+
+    r = settings.retrain
+    replay = stratified_sample(older, min(round(r.replay_ratio * len(picked)), r.replay_max, len(older)), seed)
+    data = pd.concat([picked[["text", "label"]], replay[["text", "label"]]], ignore_index=True)
+    result = train(data, None, settings.model, init_from=v1, epochs=r.epochs, progress=False)
+    return float(evaluate(result.classifier, test)["accuracy"])
+
+
+def proxy_point(x_picked: np.ndarray, y_picked: np.ndarray, x_replay: np.ndarray, y_replay: np.ndarray,
+                x_test: np.ndarray, y_test: np.ndarray) -> float:
+    clf = fit(np.vstack([x_picked, x_replay]), np.concatenate([y_picked, y_replay]))
+    return float((clf.predict(x_test) == y_test).mean())
+
+
+def ratio_at(curve: list[tuple[float, float]], random_curve: list[tuple[float, float]]) -> float | None:
+    """Labels random needs for random's best accuracy / labels ``curve`` needs for it."""
+    target = random_curve[-1][1]
+    need = labels_to_reach(curve, target)
+    return None if not need else random_curve[-1][0] / need
+
+
+def lora_main(args: argparse.Namespace) -> int:
+    """Accuracy vs labels with the real LoRA model, per strategy vs random, over seeds (resumable)."""
+    from scipy import stats as st
+
+    from tuneloop.monitor.label_queue import rank_pool
+
+    settings, _plan, v1, older, pools, test = lora_setting(args)
+    ks = [int(k) for k in args.ks.split(",")]
+    random_ks = ks + [2 * ks[-1]]  # random gets twice the largest budget, to see where it catches up
+    strategies = [s for s in args.strategies.split(",") if s]
+    LORA_OUT.mkdir(parents=True, exist_ok=True)
+    needs_reference = {"novelty", "mix"} & set(strategies)
+    ref_emb = champion_pass(v1, older["text"].tolist(), LORA_OUT)[1] if needs_reference else None
+    x_test = embed(test["text"].tolist(), OUT / "tweet_embeddings.npz")
+    x_older = embed(older["text"].tolist(), OUT / "tweet_embeddings.npz")
+    real: dict[str, list[list[tuple[float, float]]]] = {s: [] for s in strategies}
+    proxy: dict[str, list[list[tuple[float, float]]]] = {s: [] for s in strategies}
+    for seed, pool in enumerate(pools):
+        probs, emb = champion_pass(v1, pool["text"].tolist(), LORA_OUT)
+        x_pool = embed(pool["text"].tolist(), OUT / "tweet_embeddings.npz")
+        frame = pd.DataFrame({"row": np.arange(len(pool)), "text": pool["text"], "probs": list(probs),
+                              "embedding": list(emb)})
+        for strategy in strategies:
+            order = rank_pool(frame, strategy, max(random_ks), reference=ref_emb, seed=seed)["row"].to_numpy()
+            real_curve, proxy_curve = [], []
+            for k in (random_ks if strategy == "random" else ks):
+                path = LORA_OUT / f"{strategy}-{seed}-{k}-{len(pool)}-{len(test)}.json"
+                picked = order[:k]
+                if not path.exists():
+                    t = time.perf_counter()
+                    acc = lora_point(settings, v1, pool.iloc[picked], older, test, seed)
+                    path.write_text(json.dumps({"accuracy": acc, "seconds": round(time.perf_counter() - t, 1)}))
+                    print(f"seed {seed} {strategy:<11} k={k:<4} LoRA test accuracy {acc:.3f} "
+                          f"({time.perf_counter() - t:.0f} s)", file=sys.stderr, flush=True)
+                real_curve.append((k, json.loads(path.read_text())["accuracy"]))
+                rep_idx = np.random.default_rng(seed).choice(len(older), min(k, len(older)), replace=False)
+                proxy_curve.append((k, proxy_point(x_pool[picked], pool["label"].to_numpy()[picked], x_older[rep_idx],
+                                                   older["label"].to_numpy()[rep_idx], x_test,
+                                                   test["label"].to_numpy())))
+            real[strategy].append(real_curve)
+            proxy[strategy].append(proxy_curve)
+
+    def interval(values: list[float]) -> str:
+        xs = np.array([v for v in values if v is not None], float)
+        if len(xs) == 0:
+            return "—"
+        if len(xs) == 1:
+            return f"{xs[0]:.2f} (one seed)"
+        lo, hi = st.t.interval(0.95, len(xs) - 1, loc=xs.mean(), scale=st.sem(xs)) if xs.std() > 0 else (xs[0],) * 2
+        return f"{xs.mean():.2f} [95% CI {lo:.2f}, {hi:.2f}] over {len(xs)} seeds"
+
+    summary: dict[str, Any] = {"pool": len(pools[0]), "test": len(test), "seeds": len(pools), "ks": ks,
+                               "random_ks": random_ks, "model": "LoRA fine-tuning of v1 (the real trainer)"}
+    for name, curves in (("LoRA (real model)", real), ("logistic stand-in", proxy)):
+        print(f"\n{name}: test accuracy vs labels, mean over {len(pools)} seed(s)")
+        print(f"{'labels':>8}" + "".join(f"{s:>13}" for s in strategies))
+        for k in random_ks:
+            row = []
+            for s in strategies:
+                accs = [dict(c).get(k) for c in curves[s]]
+                row.append("—" if None in accs else f"{np.mean(accs):.3f}")
+            print(f"{k:>8}" + "".join(f"{v:>13}" for v in row))
+        for s in strategies:
+            if s == "random":
+                continue
+            ratios = [ratio_at(c, r) for c, r in zip(curves[s], curves["random"], strict=True)]
+            print(f"  labels random needs (for its accuracy at {random_ks[-1]}) / labels {s} needs: "
+                  f"{interval(ratios)}")
+            summary.setdefault(name, {})[s] = {"ratios": ratios,
+                                               "curves": [[list(p) for p in c] for c in curves[s]]}
+        summary.setdefault(name, {})["random"] = {"curves": [[list(p) for p in c] for c in curves["random"]]}
+    pairs = [(dict(rc).get(k), dict(pc).get(k)) for s in strategies for rc, pc in zip(real[s], proxy[s], strict=True)
+             for k in random_ks if dict(rc).get(k) is not None]
+    if len(pairs) > 2:
+        rho = st.spearmanr([a for a, _ in pairs], [b for _, b in pairs]).statistic
+        print(f"\nagreement of the stand-in with the real model over {len(pairs)} (strategy, seed, k) points: "
+              f"Spearman rho {rho:.2f}")
+        summary["proxy_spearman"] = rho
+    (LORA_OUT / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    print(f"wrote {LORA_OUT / 'summary.json'}")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=3)
@@ -189,7 +359,20 @@ def main() -> int:
     p.add_argument("--scenario", choices=("iid", "shift"), default="iid",
                    help="iid: start labels from all topics; shift: start labels from airline tweets only")
     p.add_argument("--queue-scale", type=int, default=0, help="time the label queue at this many rows instead")
+    p.add_argument("--model", choices=("logistic", "lora"), default="logistic",
+                   help="logistic: the fast stand-in; lora: the real trainer from the demo's champion")
+    p.add_argument("--ks", default="40,80,160", help="lora: label counts per strategy (random also gets 2x the last)")
+    p.add_argument("--strategies", default=",".join(LORA_STRATEGIES), help="lora: strategies (random included)")
+    p.add_argument("--data-dir", type=Path, default=OUT / "loop" / "data", help="lora: where the demo's v1 is cached")
     args = p.parse_args()
+    if args.model == "lora":
+        if args.pool == 3000:
+            args.pool = 600
+        if args.test == 1500:
+            args.test = 400
+        if args.seeds == 3:
+            args.seeds = 2
+        return lora_main(args)
     if args.queue_scale:
         queue_scale(args.queue_scale)
         return 0

@@ -22,6 +22,13 @@ RANGES: dict[str, timedelta | None] = {
     "6 h": timedelta(hours=6), "24 h": timedelta(hours=24), "7 d": timedelta(days=7),
     "30 d": timedelta(days=30), "all": None,
 }
+AUTO = "auto"
+"""The default range: from the first prediction to now, in buckets that suit that span."""
+RANGE_CHOICES: tuple[str, ...] = (AUTO, *RANGES)
+MINUTE_BUCKETS_UP_TO = timedelta(hours=3)
+"""Auto range: minute buckets for spans up to this (a demo, a fresh install), hourly up to
+``HOUR_BUCKETS_UP_TO``, daily beyond."""
+HOUR_BUCKETS_UP_TO = timedelta(days=10)
 
 
 def utcnow() -> datetime:
@@ -43,6 +50,28 @@ def accuracy_bucket_for(range_name: str) -> str:
     """Accuracy buckets: hourly up to a day (labels are sparse: an hour holds few), daily beyond."""
     span = RANGES[range_name]
     return "hour" if span is not None and span <= timedelta(days=1) else "day"
+
+
+def auto_range(first: datetime | None, now: datetime) -> tuple[datetime, str, str]:
+    """(since, traffic bucket, accuracy bucket) that fit data starting at ``first``."""
+    if first is None or now - first <= MINUTE_BUCKETS_UP_TO:
+        start = first if first is not None else now - timedelta(hours=1)
+        return start.replace(second=0, microsecond=0), "minute", "minute"
+    if now - first <= HOUR_BUCKETS_UP_TO:
+        return first, "hour", "hour" if now - first <= timedelta(days=1) else "day"
+    return first, "day", "day"
+
+
+def first_traffic(api: Api) -> datetime | None:
+    """The hour of the first prediction, from the hourly rollup (cheap at any size)."""
+    stats = stats_frame(api.stats(bucket="day"))
+    stats = stats[stats["n"].fillna(0) > 0]
+    if stats.empty:
+        return None
+    day = stats["bucket"].min().to_pydatetime()
+    hours = stats_frame(api.stats(bucket="hour", since=day))
+    hours = hours[hours["n"].fillna(0) > 0]
+    return hours["bucket"].min().to_pydatetime() if not hours.empty else day
 
 
 def to_ts(value: Any) -> pd.Timestamp | None:
@@ -171,14 +200,23 @@ FATAL = ("unreachable", "unauthorized")
 """Errors that end a page; any other failed call only blanks its own section."""
 
 
-def load_overview(api: Api, range_name: str = "7 d", now: datetime | None = None) -> OverviewData:
+def load_overview(api: Api, range_name: str = AUTO, now: datetime | None = None) -> OverviewData:
     """Models, stats per bucket (a second call for daily accuracy on long ranges), drift checks in range,
-    open alerts; a failed call blanks only its own section."""
+    open alerts; a failed call blanks only its own section. ``auto`` fits the range to the data."""
     now = now or utcnow()
-    since = since_for(range_name, now)
-    bucket = bucket_for(range_name)
-    acc_bucket = accuracy_bucket_for(range_name)
     errors: dict[str, ApiError] = {}
+    if range_name == AUTO:
+        try:
+            first = first_traffic(api)
+        except ApiError as e:
+            if e.kind in FATAL:
+                raise
+            errors["stats"], first = e, None
+        since, bucket, acc_bucket = auto_range(first, now)
+    else:
+        since = since_for(range_name, now)
+        bucket = bucket_for(range_name)
+        acc_bucket = accuracy_bucket_for(range_name)
 
     def part(name: str, fn: Callable[[], Any], default: Any) -> Any:
         try:
@@ -191,6 +229,8 @@ def load_overview(api: Api, range_name: str = "7 d", now: datetime | None = None
 
     models = part("models", api.models, {"items": []})
     stats = stats_frame(part("stats", lambda: api.stats(bucket=bucket, since=since), {"items": []}))
+    if bucket == "minute" and not stats.empty:  # the first hour's empty minutes are not worth showing
+        since = stats["bucket"].min().to_pydatetime()
     accuracy = stats
     if acc_bucket != bucket:
         accuracy = stats_frame(part("stats", lambda: api.stats(bucket=acc_bucket, since=since), {"items": []}))
@@ -308,7 +348,7 @@ def load_alerts(api: Api, status: str | None = None) -> list[dict[str, Any]]:
 
 
 PAGE_LOADERS: dict[str, Callable[[Api], Any]] = {
-    "overview": lambda api: load_overview(api, "7 d"),
+    "overview": lambda api: load_overview(api, AUTO),
     "drift": lambda api: load_drift(api),
     "label": lambda api: load_label(api),
     "models": lambda api: load_models(api),

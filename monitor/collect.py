@@ -467,15 +467,41 @@ def missing(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
+MINUTE_SPAN = timedelta(hours=48)
+"""Minute buckets read raw rows, not the hourly rollup: they cover at most this recent span."""
+
+
+def minute_frames(store: Store, project: str, since: datetime | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(traffic, labelled accuracy) per minute since ``since`` (clamped to ``MINUTE_SPAN`` ago), shaped
+    like ``Store.traffic`` and ``Store.labelled_accuracy``: a short run (a demo) needs finer buckets."""
+    since = max(since or datetime.min, utcnow() - MINUTE_SPAN)
+    traffic = store.query(
+        """SELECT date_trunc('minute', ts) AS bucket, model_version, count(*)::BIGINT AS n,
+                  avg(confidence) AS mean_confidence
+           FROM predictions WHERE project = ? AND ts >= ? GROUP BY ALL ORDER BY bucket, model_version""",
+        [project, since])
+    labelled = store.query(
+        f"""WITH fb AS ({store.latest_feedback_sql()})
+            SELECT date_trunc('minute', prediction_ts) AS bucket, count(*)::BIGINT AS n_labelled,
+                   avg((label = predicted_label)::DOUBLE) AS accuracy
+            FROM fb WHERE prediction_ts >= ? GROUP BY ALL ORDER BY bucket""",
+        [project, since])
+    return traffic, labelled
+
+
 def stats(
     store: Store, project: str = DEFAULT_PROJECT, bucket: str = "hour", since: datetime | None = None
 ) -> list[dict[str, Any]]:
-    """Per hour/day bucket: traffic and mean confidence (from the rollup), labelled count and accuracy.
+    """Per minute/hour/day bucket: traffic and mean confidence (hour and day from the rollup),
+    labelled count and accuracy.
 
     ``estimated_accuracy`` is left null here; the drift module fills it where it has an estimate.
     """
-    traffic = store.traffic(project, bucket, since)
-    labelled = store.labelled_accuracy(project, bucket, since)
+    if bucket == "minute":
+        traffic, labelled = minute_frames(store, project, since)
+    else:
+        traffic = store.traffic(project, bucket, since)
+        labelled = store.labelled_accuracy(project, bucket, since)
     out: dict[Any, dict[str, Any]] = {}
 
     def slot(key: Any) -> dict[str, Any]:

@@ -145,6 +145,11 @@ class RetrainSettings(Section):
     cron: str = ""
     """Crontab expression for scheduled retrains ("" = none), e.g. "0 3 * * *"."""
     cooldown_seconds: int = Field(600, ge=0)
+    retry_new_labels: int = Field(50, ge=1)
+    """After a policy run that did not promote, the next one waits for this many labels it has not seen."""
+    idle_label_seconds: int = Field(0, ge=0)
+    """After such a run, also retry once labelling has paused this long with unseen labels (0 = off):
+    the labels given before a budget ran out are used even when fewer than ``retry_new_labels``."""
     timeout_seconds: int = Field(1800, ge=10)
     replay_ratio: float = Field(1.0, ge=0)
     """Replay rows per new feedback row (stratified sample of older labelled data)."""

@@ -6,9 +6,13 @@
 3. Replay a production stream through ``POST /v1/predict``: the starting topic, then a shift.
 4. A simulated annotator takes items from ``GET /v1/label-queue`` and answers with the true
    labels at a set rate and budget, as an operator would in the dashboard.
-5. Drift checks raise an alert; the retrain policy fires; the gate promotes the challenger.
-6. A loop-quality report: accuracy before the shift, after it, after the promotion, labels
-   spent, time to alert and to promotion, and an oracle trained on every shifted label.
+5. Drift checks raise an alert; the retrain policy fires at growing label counts until the gate
+   promotes a challenger (a rejected run is retried once new labels arrive).
+6. A loop-quality report and a timeline (shift -> alert -> labels -> retrain -> gate verdict ->
+   promotion -> recovery): accuracy before the shift, after it, after the promotion, labels
+   spent, seconds to alert and to promotion, and the ratio to an oracle (the same trainer from
+   v1 given every training label of the shifted topics; trained once and cached, like v1).
+7. Unless headless, the server and the dashboard stay up until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -48,16 +52,21 @@ class DemoPlan:
     label_rate: float = 6.0  # labels per second by the simulated annotator
     label_budget: int = 300
     label_strategy: str = "uncertainty"
+    first_retrain_share: float = 2 / 3  # the first retrain waits for this share of the label budget
+    retry_share: float = 1 / 6  # after a rejection, the next run waits for this share more
     oracle: bool = True
     oracle_max: int = 0  # 0 = every training label of the shifted topics
-    seed: int = 0
-    max_minutes: float = 12.0
+    n_test: int = 1500  # held-out rows of the shifted topics the versions and the oracle are scored on
+    seed: int = 0  # splits (and so v1 and the oracle) and the stream
+    stream_seed: int | None = None  # another stream and annotator order over the same splits
+    max_minutes: float = 30.0  # a safety net: the stream ends as soon as the loop has closed
     dashboard: bool = True
 
     @classmethod
     def fast(cls) -> DemoPlan:
         return cls(n_train=240, v1_epochs=2, n_before=200, n_after=1200, after_promotion=200, rate=80.0,
-                   request_batch=16, label_rate=20.0, label_budget=240, oracle_max=800, max_minutes=9.0)
+                   request_batch=16, label_rate=20.0, label_budget=240, oracle_max=800, n_test=500,
+                   max_minutes=25.0)
 
 
 def demo_settings(settings: Settings, plan: DemoPlan) -> Settings:
@@ -69,9 +78,11 @@ def demo_settings(settings: Settings, plan: DemoPlan) -> Settings:
     s.drift.close_after = 3
     s.drift.min_labels = 40
     s.retrain.check_interval_seconds = 5
-    s.retrain.on_drift_min_labels = max(40, int(plan.label_budget * 0.6))
+    s.retrain.on_drift_min_labels = max(40, round(plan.label_budget * plan.first_retrain_share))
     s.retrain.min_new_labels = 10 * plan.label_budget
-    s.retrain.cooldown_seconds = 120
+    s.retrain.retry_new_labels = max(10, round(plan.label_budget * plan.retry_share))
+    s.retrain.idle_label_seconds = 15  # the budget ran out: the labels the last run did not see are used
+    s.retrain.cooldown_seconds = 0  # retries wait for new labels instead
     s.retrain.holdout_fraction = 0.3
     s.retrain.min_holdout = 30
     s.retrain.auto_promote = True
@@ -103,14 +114,26 @@ class Timeline:
     started: float = field(default_factory=time.monotonic)
     shift_at: float | None = None
     alert_at: float | None = None
+    alerts_before_shift: int = 0  # alerts opened on unshifted traffic (false alarms)
     retrain_at: float | None = None
     promoted_at: float | None = None
     promoted_version: str | None = None
     labels_spent: int = 0
     labels_at_promotion: int | None = None
+    labels_in_promoted_run: int | None = None  # new labels the promoted version's run used (train + holdout)
+    labels_at_run: dict[int, int] = field(default_factory=dict)  # labels given when each run was first seen
+    events: list[tuple[float, str]] = field(default_factory=list)  # (monotonic time, what happened)
 
     def since(self, t: float | None) -> float | None:
         return None if t is None or self.shift_at is None else round(t - self.shift_at, 1)
+
+    def mark(self, what: str, t: float | None = None) -> None:
+        self.events.append((time.monotonic() if t is None else t, what))
+
+    def lines(self) -> list[str]:
+        """The story of the run, in seconds from the shift (negative: before it)."""
+        zero = self.shift_at if self.shift_at is not None else self.started
+        return [f"{t - zero:+8.1f} s  {what}" for t, what in sorted(self.events, key=lambda e: e[0])]
 
 
 class Annotator(threading.Thread):
@@ -146,6 +169,10 @@ class Annotator(threading.Thread):
                     "source": "human", "annotator": "demo-annotator"}]})
                 if r.status_code < 300:
                     self.timeline.labels_spent += 1
+                    if self.timeline.labels_spent == 1:
+                        self.timeline.mark(f"LABELS: the annotator starts on the {self.plan.label_strategy} queue")
+                    elif self.timeline.labels_spent == self.plan.label_budget:
+                        self.timeline.mark(f"LABELS: budget of {self.plan.label_budget} spent")
                 time.sleep(interval)
 
 
@@ -168,6 +195,8 @@ def loop_report(sent: Sent, timeline: Timeline, evaluation: dict[str, Any]) -> d
         },
         "labels_spent": timeline.labels_spent,
         "labels_at_promotion": timeline.labels_at_promotion,
+        "labels_in_promoted_run": timeline.labels_in_promoted_run,
+        "alerts_before_shift": timeline.alerts_before_shift,
         "seconds_from_shift": {
             "to_alert": timeline.since(timeline.alert_at),
             "to_retrain": timeline.since(timeline.retrain_at),
@@ -175,11 +204,16 @@ def loop_report(sent: Sent, timeline: Timeline, evaluation: dict[str, Any]) -> d
         },
         "promoted_version": timeline.promoted_version,
         "test_split": evaluation,
+        "timeline": timeline.lines(),
     }
+    report["ratio_to_oracle"] = ratio_to_oracle(evaluation)
+    return report
+
+
+def ratio_to_oracle(evaluation: dict[str, Any]) -> float | None:
     oracle = evaluation.get("oracle", {}).get("accuracy")
     challenger = evaluation.get("promoted", {}).get("accuracy")
-    report["ratio_to_oracle"] = None if not (oracle and challenger) else round(challenger / oracle, 4)
-    return report
+    return None if not (oracle and challenger) else round(challenger / oracle, 4)
 
 
 def plot_report(sent: Sent, timeline: Timeline, path: Path, window: int = 100) -> Path:
@@ -249,7 +283,7 @@ def start_dashboard(settings: Settings, token: str) -> subprocess.Popen[bytes] |
 def write_outputs(out_dir: Path, report: dict[str, Any], sent: Sent, timeline: Timeline) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "loop-report.json"
-    json_path.write_text(json.dumps({**report, "timeline": asdict(timeline)}, indent=2, default=str))
+    json_path.write_text(json.dumps({**report, "timeline_detail": asdict(timeline)}, indent=2, default=str))
     png = plot_report(sent, timeline, out_dir / "loop-report.png")
     return {"json": json_path, "png": png}
 
@@ -274,19 +308,26 @@ def v1_training_data(plan: DemoPlan) -> pd.DataFrame:
     return train.sample(n=min(plan.n_train, len(train)), random_state=plan.seed)[["text", "label"]]
 
 
-def cached_v1(settings: Settings, plan: DemoPlan, say: Any) -> Path:
-    """Train v1 once per (data, settings) and keep it under ``<data_dir>/cache``."""
+def v1_cache(settings: Settings, plan: DemoPlan) -> Path:
+    """Where v1 for this (data, settings) is cached."""
     import hashlib
-    import shutil
-
-    from tuneloop.monitor.registry import train_version
 
     data = v1_training_data(plan)
     key = hashlib.sha256(json.dumps({
         "texts": data["text"].tolist(), "labels": data["label"].tolist(), "epochs": plan.v1_epochs,
         "model": settings.model.model_dump(mode="json"),
     }).encode()).hexdigest()[:12]
-    cache = settings.data_dir / "cache" / f"v1-{key}"
+    return settings.data_dir / "cache" / f"v1-{key}"
+
+
+def cached_v1(settings: Settings, plan: DemoPlan, say: Any) -> Path:
+    """Train v1 once per (data, settings) and keep it under ``<data_dir>/cache``."""
+    import shutil
+
+    from tuneloop.monitor.registry import train_version
+
+    data = v1_training_data(plan)
+    cache = v1_cache(settings, plan)
     if (cache / "v1" / "COMPLETE").is_file():
         say(f"v1: using the cached model ({cache})")
     else:
@@ -318,7 +359,7 @@ def start_server(settings: Settings, store: Any) -> tuple[Any, threading.Thread]
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="tuneloop-server", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300  # loading the champion can take minutes on a busy machine
     while not server.started:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("the tuneloop server did not start")
@@ -335,23 +376,38 @@ class Watcher(threading.Thread):
         self.stop_event = threading.Event()
         self.phase = "before shift"
         self.runs_seen: dict[Any, str] = {}
+        self.alerts_seen: set[Any] = set()
 
     def poll(self) -> None:
         tl = self.timeline
         alerts = self.api.get("/v1/alerts", params={"status": "open"}).json().get("items", [])
-        if alerts and tl.alert_at is None and tl.shift_at is not None:
-            tl.alert_at = time.monotonic()
-            self.say(f"ALERT: {alerts[0]['message']}")
-            self.annotator.active.set()
+        for alert in alerts:
+            if alert["id"] in self.alerts_seen:
+                continue
+            self.alerts_seen.add(alert["id"])
+            if tl.shift_at is None:
+                tl.alerts_before_shift += 1
+                self.note(f"alert on unshifted traffic: {alert['message']}")
+            elif tl.alert_at is None:
+                tl.alert_at = time.monotonic()
+                self.note(f"ALERT: {alert['message']}")
+                self.annotator.active.set()
         runs = self.api.get("/v1/retrain/runs").json()
-        for run in runs.get("items", runs if isinstance(runs, list) else []):
+        for run in sorted(runs.get("items", runs if isinstance(runs, list) else []), key=lambda r: r.get("id", 0)):
             rid, status = run.get("id"), run.get("status")
-            if self.runs_seen.get(rid) != status:
-                self.runs_seen[rid] = status
-                reasons = run.get("reasons") or ""
-                self.say(f"retrain run {rid}: {status}" + (f" — {reasons}" if reasons else ""))
-                if tl.retrain_at is None:
-                    tl.retrain_at = time.monotonic()
+            if self.runs_seen.get(rid) == status:
+                continue
+            self.runs_seen[rid] = status
+            if rid not in tl.labels_at_run:
+                tl.labels_at_run[rid] = tl.labels_spent
+                tl.retrain_at = tl.retrain_at or time.monotonic()
+                self.note(f"RETRAIN: run {rid} starts with {tl.labels_spent} labels given — {run.get('trigger', '')}")
+            if status in ("promoted", "passed", "rejected", "failed", "cancelled"):
+                reasons = "; ".join(run.get("reasons") or [])
+                verdict = {"promoted": "passed, promoted", "passed": "passed, waits for an admin"}.get(status, status)
+                if status == "promoted":
+                    tl.labels_in_promoted_run = (run.get("metrics") or {}).get("n_new")
+                self.note(f"GATE: run {rid} {verdict}" + (f" — {reasons}" if reasons else ""))
         models = self.api.get("/v1/models").json()
         items = models.get("items", models.get("versions", [])) if isinstance(models, dict) else models
         champion = next((m["version"] for m in items if m.get("status") == "champion"), None)
@@ -359,7 +415,11 @@ class Watcher(threading.Thread):
             tl.promoted_at = time.monotonic()
             tl.promoted_version = champion
             tl.labels_at_promotion = tl.labels_spent
-            self.say(f"PROMOTED: {champion} is the new champion (hot-swapped)")
+            self.note(f"PROMOTED: {champion} is the new champion (hot-swapped)")
+
+    def note(self, what: str) -> None:
+        self.timeline.mark(what)
+        self.say(what)
 
     def run(self) -> None:
         last_line = 0.0
@@ -389,11 +449,14 @@ def _send(api: httpx.Client, batch: pd.DataFrame, phase: str, sent: Sent) -> dic
 
 
 def _loop_can_still_close(api: httpx.Client, plan: DemoPlan, timeline: Timeline) -> bool:
-    """False once no promotion can come: no run is active and the labelling budget is spent."""
+    """False once no promotion can come: no run is active, the labelling budget is spent and the
+    last run saw every label (the policy retries only on labels a run has not seen)."""
     runs = api.get("/v1/retrain/runs").json()
     if runs.get("active_run"):
         return True
-    return timeline.labels_spent < plan.label_budget
+    if timeline.labels_spent < plan.label_budget:
+        return True
+    return max(timeline.labels_at_run.values(), default=0) < timeline.labels_spent
 
 
 def replay(api: httpx.Client, stream: pd.DataFrame, plan: DemoPlan, sent: Sent, timeline: Timeline,
@@ -414,7 +477,7 @@ def replay(api: httpx.Client, stream: pd.DataFrame, plan: DemoPlan, sent: Sent, 
         if phase == "after" and timeline.shift_at is None:
             timeline.shift_at = t0
             watcher.phase = "after shift"
-            watcher.say(f"SHIFT: traffic moves from '{plan.start_topic}' to other topics")
+            watcher.note(f"SHIFT: traffic moves from '{plan.start_topic}' to other topics")
         _send(api, batch, phase, sent)
         if timeline.promoted_version or time.monotonic() > deadline:
             break
@@ -427,7 +490,7 @@ def replay(api: httpx.Client, stream: pd.DataFrame, plan: DemoPlan, sent: Sent, 
                 watcher.poll()  # the run may have just ended with a promotion
                 if timeline.promoted_version:
                     break
-                watcher.say("no promotion: the last retrain did not pass the gate and the label budget is spent")
+                watcher.note("no promotion: the last retrain did not pass the gate and every label is used")
                 return
     if not timeline.promoted_version:
         watcher.say("time limit reached before a promotion")
@@ -437,44 +500,127 @@ def replay(api: httpx.Client, stream: pd.DataFrame, plan: DemoPlan, sent: Sent, 
         t0 = time.monotonic()
         _send(api, reserve.iloc[start: start + plan.request_batch], "after", sent)
         time.sleep(max(0.0, interval - (time.monotonic() - t0)))
+    recovered = accuracy([r for r in sent.rows if r["phase"] == "after" and r["version"] == timeline.promoted_version])
+    before = accuracy([r for r in sent.rows if r["phase"] == "after" and r["version"] != timeline.promoted_version])
+    if recovered is not None and before is not None:
+        watcher.note(f"RECOVERY: served accuracy on held-back shifted traffic {before:.3f} -> {recovered:.3f}")
 
 
-def evaluate_on_shift(settings: Settings, plan: DemoPlan, versions: dict[str, Path], say: Any) -> dict[str, Any]:
-    """Accuracy on the shifted topics' test split for v1, the promoted version and an oracle."""
+def shifted_test(plan: DemoPlan) -> pd.DataFrame:
+    """Held-out test rows of the shifted topics (never streamed, labelled or trained on)."""
+    splits = split_topics(seed=plan.seed)
+    test = pd.concat([splits[t]["test"] for t in shifted_topics(plan)]).sample(frac=1.0, random_state=plan.seed)
+    return test.head(plan.n_test)[["text", "label"]]
+
+
+def shifted_topics(plan: DemoPlan) -> list[str]:
+    topics = split_topics(seed=plan.seed)
+    return [t for t in topics if t != plan.start_topic and (not plan.shift_topics or t in plan.shift_topics)]
+
+
+def evaluate_on_shift(settings: Settings, plan: DemoPlan, versions: dict[str, Path]) -> dict[str, Any]:
+    """Accuracy on the shifted topics' test split for each version (v1, the promoted one)."""
+    import hashlib
+
     from tuneloop.retrain.evaluate import evaluate
-    from tuneloop.retrain.trainer import train
     from tuneloop.retrain.versions import load_version
 
-    splits = split_topics(seed=plan.seed)
-    shifted = [t for t in splits if t != plan.start_topic and (not plan.shift_topics or t in plan.shift_topics)]
-    test = pd.concat([splits[t]["test"] for t in shifted]).sample(frac=1.0, random_state=plan.seed)
-    test = test.head(1500)[["text", "label"]]
+    test = shifted_test(plan)
+    test_key = hashlib.sha256("\n".join(test["text"]).encode()).hexdigest()[:12]
     out: dict[str, Any] = {}
     for name, path in versions.items():
+        cached = v1_cache(settings, plan) / f"shifted-test-{test_key}.json" if name == "v1" else None
+        if cached is not None and cached.is_file():  # v1 is cached, so is its score on the fixed test rows
+            out[name] = json.loads(cached.read_text())
+            continue
         m = evaluate(load_version(path, threads=settings.model.threads), test)
         out[name] = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": len(test)}
-    if plan.oracle:
-        train_all = pd.concat([splits[t]["train"] for t in shifted])[["text", "label"]]
-        if plan.oracle_max:
-            train_all = train_all.sample(n=min(plan.oracle_max, len(train_all)), random_state=plan.seed)
-        say(f"oracle: the same trainer from v1 on {len(train_all)} shifted-topic training labels…")
-        result = train(train_all, None, settings.model, init_from=versions["v1"], epochs=settings.retrain.epochs,
-                       progress=False)
-        m = evaluate(result.classifier, test)
-        out["oracle"] = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": len(test),
-                         "train_labels": len(train_all)}
+        if cached is not None:
+            cached.write_text(json.dumps(out[name]))
     return out
 
 
+ORACLE_EXAMPLES = 12_000
+"""The oracle's epochs are sized to its data: about this many training examples seen in all (at
+least one epoch, at most ``retrain.epochs``), as a retrain on a few hundred labels sees a few
+thousand. Early stopping is the trainer's, as for every retrain."""
+
+
+def oracle_data(settings: Settings, plan: DemoPlan) -> tuple[pd.DataFrame, int]:
+    """Every training label of the shifted topics plus the replay a retrain would add: a stratified
+    sample of v1's training rows, ``replay_ratio`` per new row, at most ``replay_max``.
+    Returns (rows, how many of them are shifted-topic labels)."""
+    from tuneloop.retrain.dataset import stratified_sample
+
+    splits = split_topics(seed=plan.seed)
+    shifted = pd.concat([splits[t]["train"] for t in shifted_topics(plan)])[["text", "label"]]
+    if plan.oracle_max:
+        shifted = shifted.sample(n=min(plan.oracle_max, len(shifted)), random_state=plan.seed)
+    r = settings.retrain
+    older = v1_training_data(plan)
+    replay = stratified_sample(older, min(round(r.replay_ratio * len(shifted)), r.replay_max, len(older)), plan.seed)
+    return pd.concat([shifted, replay[["text", "label"]]], ignore_index=True), len(shifted)
+
+
+def oracle_cache(settings: Settings, plan: DemoPlan) -> tuple[Path, pd.DataFrame, int, int]:
+    """(cache directory, training rows, shifted-topic labels among them, epochs) of the oracle."""
+    import hashlib
+
+    data, n_labels = oracle_data(settings, plan)
+    epochs = max(1, min(settings.retrain.epochs, round(ORACLE_EXAMPLES / max(1, len(data)))))
+    key = hashlib.sha256(json.dumps({
+        "texts": data["text"].tolist(), "labels": data["label"].tolist(), "epochs": epochs,
+        "v1": v1_cache(settings, plan).name, "test": shifted_test(plan)["text"].tolist(),
+        "model": settings.model.model_dump(mode="json"),
+    }).encode()).hexdigest()[:12]
+    return settings.data_dir / "cache" / f"oracle-{key}", data, n_labels, epochs
+
+
+def cached_oracle(settings: Settings, plan: DemoPlan) -> dict[str, Any] | None:
+    """The oracle's test figures when an earlier run trained it, else None."""
+    path = oracle_cache(settings, plan)[0] / "result.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def train_oracle(settings: Settings, plan: DemoPlan, v1_path: Path, say: Any,
+                 stop_event: threading.Event | None = None) -> dict[str, Any] | None:
+    """Train the oracle from v1 (the same trainer and early stopping), evaluate and cache it once."""
+    from tuneloop.retrain.evaluate import evaluate
+    from tuneloop.retrain.trainer import train
+
+    cache, data, n_labels, epochs = oracle_cache(settings, plan)
+    say(f"oracle: training once from v1 on {len(data)} rows (every shifted-topic training label plus "
+        f"replay), {epochs} epoch(s); cached for later runs…")
+    t0 = time.monotonic()
+    result = train(data, None, settings.model, init_from=v1_path, epochs=epochs, progress=False,
+                   stop_event=stop_event)
+    if result.metrics.get("stopped") == "stop_event":
+        return None
+    test = shifted_test(plan)
+    m = evaluate(result.classifier, test)
+    figures = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": len(test),
+               "train_labels": n_labels, "train_rows": len(data),
+               "epochs": epochs, "train_seconds": round(time.monotonic() - t0, 1)}
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "result.json").write_text(json.dumps(figures, indent=2))
+    say(f"oracle: trained in {figures['train_seconds']:.0f} s, test accuracy on the shifted topics "
+        f"{figures['accuracy']:.3f}")
+    return figures
+
+
 def run_demo(settings: Settings, plan: DemoPlan, say: Any = print) -> dict[str, Any]:
-    """Run the scenario end to end and return the loop-quality report."""
+    """Run the scenario end to end and return the loop-quality report.
+
+    Unless ``plan.dashboard`` is off (headless), the server and the dashboard stay up after the
+    report until Ctrl-C; an oracle not cached yet trains meanwhile, off the loop's critical path.
+    """
     from tuneloop.monitor.auth import create_token
     from tuneloop.monitor.registry import promote, register_dir
     from tuneloop.monitor.store import Store
 
     settings = demo_settings(settings, plan)
     prepare_data_dir(settings)
-    cached_v1(settings, plan, say)
+    v1_path = cached_v1(settings, plan, say)
     store = Store(settings.db_path)
     register_dir(store, "default", settings.models_dir, "v1")
     promote(store, "default", "v1", actor="demo", reason="initial model")
@@ -493,8 +639,9 @@ def run_demo(settings: Settings, plan: DemoPlan, say: Any = print) -> dict[str, 
     for role, token in tokens.items():
         say(f"  {role:6s} token: {token}")
 
+    stream_seed = plan.seed if plan.stream_seed is None else plan.stream_seed
     stream = demo_stream(start_topic=plan.start_topic, shift_topics=plan.shift_topics, n_before=plan.n_before,
-                         n_after=plan.n_after + plan.after_promotion, seed=plan.seed, split_seed=plan.seed)
+                         n_after=plan.n_after + plan.after_promotion, seed=stream_seed, split_seed=plan.seed)
     sent, timeline = Sent(), Timeline()
     headers = {"Authorization": f"Bearer {tokens['admin']}"}
     api = httpx.Client(base_url=base_url, headers=headers, timeout=60)
@@ -502,31 +649,68 @@ def run_demo(settings: Settings, plan: DemoPlan, say: Any = print) -> dict[str, 
     watcher = Watcher(api, timeline, sent, annotator, say)
     annotator.start()
     watcher.start()
+    interrupted = train_oracle_now = False
     try:
-        replay(api, stream, plan, sent, timeline, watcher, deadline=time.monotonic() + plan.max_minutes * 60)
-    except KeyboardInterrupt:
-        say("interrupted: writing the report for what ran so far")
-    finally:
-        annotator.stop_event.set()
-        watcher.stop_event.set()
-        watcher.join(timeout=5)
+        try:
+            replay(api, stream, plan, sent, timeline, watcher, deadline=time.monotonic() + plan.max_minutes * 60)
+        except KeyboardInterrupt:
+            interrupted = True
+            say("interrupted: writing the report for what ran so far")
+        finally:
+            annotator.stop_event.set()
+            watcher.stop_event.set()
+            watcher.join(timeout=5)
         logged = len(store.query("SELECT id FROM predictions WHERE project = 'default'"))
+        versions = {"v1": settings.models_dir / "v1"}
+        if timeline.promoted_version:
+            versions["promoted"] = settings.models_dir / timeline.promoted_version
+        evaluation = evaluate_on_shift(settings, plan, versions)
+        oracle = cached_oracle(settings, plan) if plan.oracle else None
+        if oracle:
+            evaluation["oracle"] = oracle
+        report = loop_report(sent, timeline, evaluation)
+        report["predictions_logged"] = logged
+        out_dir = settings.data_dir / "report"
+        paths = write_outputs(out_dir, report, sent, timeline)
+        print_report(report)
+        say("timeline (seconds from the shift):")
+        for line in timeline.lines():
+            say("  " + line)
+        say(f"report: {paths['json']}  plot: {paths['png']}")
+
+        def add_oracle(figures: dict[str, Any] | None) -> None:
+            if not figures:
+                return
+            report["test_split"]["oracle"] = figures
+            report["ratio_to_oracle"] = ratio_to_oracle(report["test_split"])
+            write_outputs(out_dir, report, sent, timeline)
+            say(f"ratio promoted / oracle: {report['ratio_to_oracle']} (report updated: {paths['json']})")
+
+        train_oracle_now = plan.oracle and not oracle and not interrupted
+        if plan.dashboard and not interrupted:
+            stop_oracle = threading.Event()
+            if train_oracle_now:  # the user looks at the dashboard meanwhile
+                threading.Thread(target=lambda: add_oracle(train_oracle(settings, plan, v1_path, say, stop_oracle)),
+                                 name="demo-oracle", daemon=True).start()
+            say(f"the server ({base_url}) and the dashboard (http://{settings.dashboard.host}:"
+                f"{settings.dashboard.port}) stay up to look around: press Ctrl-C to stop")
+            try:
+                while True:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                stop_oracle.set()
+                say("stopping")
+            return report
+    finally:
         server.should_exit = True
         server_thread.join(timeout=30)
         if dash is not None:
             from tuneloop.dashboard.launch import stop
 
             stop([dash])
-    versions = {"v1": settings.models_dir / "v1"}
-    if timeline.promoted_version:
-        versions["promoted"] = settings.models_dir / timeline.promoted_version
-    evaluation = evaluate_on_shift(settings, plan, versions, say)
-    store.close()
-    report = loop_report(sent, timeline, evaluation)
-    report["predictions_logged"] = logged
-    paths = write_outputs(settings.data_dir / "report", report, sent, timeline)
-    print_report(report)
-    say(f"report: {paths['json']}  plot: {paths['png']}")
+        store.close()
+    if train_oracle_now:  # headless: after the loop and with the server stopped, so nothing competes
+        add_oracle(train_oracle(settings, plan, v1_path, say))
     return report
 
 

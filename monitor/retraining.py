@@ -19,7 +19,10 @@ or kill of the job cannot damage it, and serving keeps answering from the champi
 Policies (checked every ``retrain.check_interval_seconds``): a drift alert is open and at least
 ``on_drift_min_labels`` new labels exist; or at least ``min_new_labels`` new labels exist; or the
 ``retrain.cron`` schedule fires. "New" means feedback given after the champion's training data
-was exported. Policy runs respect ``cooldown_seconds`` after the last run; a manual run may skip it.
+was exported. After a run that did not promote, the policy retrains at growing label counts:
+the next run waits for ``retry_new_labels`` labels the last one has not seen (or for a pause in
+labelling, ``idle_label_seconds``), so every label is used and no run repeats the last one's
+evidence. Policy runs respect ``cooldown_seconds`` after the last run; a manual run may skip it.
 """
 
 from __future__ import annotations
@@ -560,16 +563,52 @@ class RetrainService:
 
     # -- policy ----------------------------------------------------------------------------------
     def policy_reason(self, project: str) -> str | None:
-        """Why the policy wants a retrain of ``project`` now (None: it does not)."""
+        """Why the policy wants a retrain of ``project`` now (None: it does not).
+
+        A first run needs enough new labels (with a drift alert open, or many without). A run
+        that did not promote is followed by another only on new evidence: ``retry_new_labels``
+        labels it has not seen, or, once labelling pauses for ``idle_label_seconds``, whatever it
+        has not seen, so labels given before a budget ran out are never left unused.
+        """
         r = self.settings.retrain
-        n_new = count_new_labels(self.store, project, labels=self._labels(project))
+        labels = self._labels(project)
+        n_new = count_new_labels(self.store, project, labels=labels)
         if n_new >= r.min_new_labels:
-            return f"policy: {n_new} new labels (>= {r.min_new_labels})"
-        if n_new >= r.on_drift_min_labels:
-            alerts = open_alert_count(self.store, project)
-            if alerts:
-                return f"policy: {alerts} open drift alert(s) and {n_new} new labels (>= {r.on_drift_min_labels})"
+            why = f"policy: {n_new} new labels (>= {r.min_new_labels})"
+        elif n_new >= r.on_drift_min_labels and (alerts := open_alert_count(self.store, project)):
+            why = f"policy: {alerts} open drift alert(s) and {n_new} new labels (>= {r.on_drift_min_labels})"
+        else:
+            return None
+        last = self.last_run_since_champion(project)
+        if last is None:
+            return why
+        unseen = count_new_labels(self.store, project, cutoff=last["started"], labels=labels)
+        if unseen >= r.retry_new_labels:
+            return f"{why}; {unseen} of them given after run {last['id']} ({last['status']}) started"
+        idle = self.seconds_since_last_label(project)
+        if r.idle_label_seconds and unseen >= MIN_NEW_LABELS and idle is not None and idle >= r.idle_label_seconds:
+            return (f"{why}; {unseen} of them given after run {last['id']} ({last['status']}) started, "
+                    f"and labelling has paused for {idle:.0f} s")
         return None
+
+    def last_run_since_champion(self, project: str) -> dict[str, Any] | None:
+        """The latest finished run started after the champion's training data was exported."""
+        cutoff = feedback_cutoff(self.store, project)
+        df = self.store.query(
+            "SELECT id, status, started FROM retrain_runs WHERE project = ? AND started > ? "
+            "AND NOT list_contains(?, status) ORDER BY id DESC LIMIT 1",
+            [project, cutoff or datetime.min, list(ACTIVE)])
+        if df.empty:
+            return None
+        row = df.to_dict("records")[0]
+        return {**row, "started": pd.Timestamp(row["started"]).to_pydatetime()}
+
+    def seconds_since_last_label(self, project: str) -> float | None:
+        last = self.store.query(f"SELECT max(ts) AS t FROM ({self.store.latest_feedback_sql()}) fb",
+                                [project])["t"][0]
+        if last is None or pd.isna(last):
+            return None
+        return (utcnow() - pd.Timestamp(last).to_pydatetime()).total_seconds()
 
     def check_policies(self) -> int | None:
         """Scheduler job: start at most one run for the first project whose policy fires."""

@@ -262,10 +262,11 @@ def get_predictions(
     return {"items": items, "next_cursor": next_cursor}
 
 
-@router.get("/stats", response_model=Stats, summary="Traffic, confidence and labelled accuracy per hour or day")
+@router.get("/stats", response_model=Stats,
+            summary="Traffic, confidence and labelled accuracy per minute (last 48 h), hour or day")
 def get_stats(
     _: Labeller, ctx: CtxDep, project: ProjectQuery = DEFAULT,
-    bucket: Literal["hour", "day"] = "hour",
+    bucket: Literal["minute", "hour", "day"] = "hour",
     since: Annotated[datetime | None, Query(description="Buckets from this time on (UTC when no offset)")] = None,
 ) -> dict[str, Any]:
     return {"project": project, "bucket": bucket,

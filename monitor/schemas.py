@@ -167,7 +167,7 @@ class StatsBucket(BaseModel):
 
 class Stats(BaseModel):
     project: str
-    bucket: Literal["hour", "day"]
+    bucket: Literal["minute", "hour", "day"]
     items: list[StatsBucket]
 
 

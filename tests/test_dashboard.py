@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 from conftest import free_port
 from dashboard_env import shared_env
@@ -97,6 +98,35 @@ def test_overview_time_range_hides_promotions_outside_it(dashboard):
     no_exceptions(at)
     for fig in figures(at):
         assert not {"v1", "v2"} & {a.strip() for a in annotations(fig)}
+
+
+def test_auto_range_fits_the_data_with_minute_buckets_for_short_spans(env):
+    from datetime import datetime, timedelta
+
+    from tuneloop.dashboard.api import Api
+    from tuneloop.dashboard.data import AUTO, auto_range, load_overview, utcnow
+
+    now = datetime(2026, 1, 1, 12, 30, 45)
+    assert auto_range(now - timedelta(minutes=12), now) == (datetime(2026, 1, 1, 12, 18), "minute", "minute")
+    assert auto_range(None, now)[1:] == ("minute", "minute")
+    assert auto_range(now - timedelta(hours=30), now)[1:] == ("hour", "day")
+    assert auto_range(now - timedelta(hours=20), now)[1:] == ("hour", "hour")
+    assert auto_range(now - timedelta(days=40), now)[1:] == ("day", "day")
+
+    # the seeded server holds six days of traffic: the auto range starts at its first hour, hourly
+    data = load_overview(Api(env.url, env.tokens["admin"]), AUTO)
+    assert data.bucket == "hour" and data.stats["n"].sum() == 720
+    assert data.since == data.stats["bucket"].min().to_pydatetime()
+
+    # minute buckets (raw rows) agree with the hourly rollup over the same span
+    since = (utcnow() - timedelta(hours=20)).replace(minute=0, second=0, microsecond=0)
+    client = api(env)
+    minutes = client.get("/v1/stats", params={"bucket": "minute", "since": since.isoformat()}).json()
+    hours = client.get("/v1/stats", params={"bucket": "hour", "since": since.isoformat()}).json()
+    assert minutes["bucket"] == "minute" and len(minutes["items"]) > len(hours["items"]) > 0
+    assert sum(b["n"] for b in minutes["items"]) == sum(b["n"] for b in hours["items"])
+    assert all(pd.Timestamp(b["bucket"]).second == 0 for b in minutes["items"])
+    assert client.get("/v1/stats", params={"bucket": "second"}).status_code == 422
 
 
 # -- drift -----------------------------------------------------------------------------------------

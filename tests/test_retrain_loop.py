@@ -383,6 +383,58 @@ def test_retrain_is_deferred_while_the_holdout_cannot_detect_the_target_gain(tmp
         assert holdout_plan(store, "default", settings, LABELS).enough
 
 
+
+def test_a_rejected_policy_run_is_followed_by_another_once_new_labels_arrive(tmp_path, tweets):
+    """Growing label counts: a run that did not promote is retried on new evidence, not on a timer,
+    and not with the same labels again."""
+    from tuneloop.monitor.retraining import RetrainService
+    from tuneloop.retrain.tiny import make_tiny_base
+
+    base = make_tiny_base(tmp_path / "base", vocab_words=TOPIC_WORDS)
+    settings = load_settings(
+        paths={"data_dir": str(tmp_path / "data")},
+        model={"base": str(base), "epochs": 1, "batch_size": 16, "max_length": 32, "threads": 1},
+        retrain={"epochs": 1, "on_drift_min_labels": 20, "min_new_labels": 10_000, "retry_new_labels": 15,
+                 "cooldown_seconds": 0, "min_holdout": 5, "holdout_fraction": 0.25, "replay_max": 40,
+                 "gate_margin": 0.5, "timeout_seconds": 240})
+    registry.train_version(settings, policy_frame(tweets["train"]).head(60), LABELS, version="v1")
+    stream = tweets["stream1"].reset_index(drop=True)
+    noise = np.random.default_rng(3).choice(LABELS, len(stream))  # labels nothing can learn: the gate rejects
+    with Store(settings.db_path) as store:
+        registry.register_dir(store, "default", settings.models_dir, "v1")
+        registry.promote(store, "default", "v1", actor="test")
+        ctx = type("Ctx", (), {"store": store, "settings": settings, "services": {}})()
+        service = RetrainService(ctx)
+        store.append_predictions([{"id": f"s{i}", "text": t, "label": "neutral"} for i, t in enumerate(stream["text"])])
+
+        def label(rows: range) -> None:
+            store.append_feedback([{"prediction_id": f"s{i}", "label": str(noise[i])} for i in rows])
+
+        label(range(0, 24))
+        store.execute("INSERT INTO alerts VALUES (nextval('alert_ids'), 'default', ?, 'embedding_drift', "
+                      "'warning', 'drift', 'open', NULL, NULL, NULL, NULL)", [utcnow()])
+        first = service.check_policies()
+        assert first is not None
+        assert service.wait(first, timeout=240)["status"] == "rejected"
+
+        label(range(24, 34))  # 10 labels the first run has not seen: not yet enough new evidence
+        assert service.policy_reason("default") is None and service.check_policies() is None
+        label(range(34, 40))  # 16 unseen labels >= retry_new_labels: retry with every label so far
+        reason = service.policy_reason("default")
+        assert reason is not None and f"16 of them given after run {first} (rejected)" in reason, reason
+        second = service.check_policies()
+        assert second is not None and second != first
+        run = service.wait(second, timeout=240)
+        assert run["status"] == "rejected", run
+        assert run["metrics"]["n_new"] == 40  # the retry uses every label given so far
+
+        settings.retrain.idle_label_seconds = 1  # a budget that ended below retry_new_labels: used once idle
+        label(range(40, 43))
+        assert service.policy_reason("default") is None
+        time.sleep(1.5)
+        assert "3 of them given after run" in (service.policy_reason("default") or "")
+
+
 # ---- the job on its own ----------------------------------------------------------------------------
 
 

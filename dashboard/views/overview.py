@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from tuneloop.dashboard import charts, ui
-from tuneloop.dashboard.data import RANGES, OverviewData, load_overview
+from tuneloop.dashboard.data import AUTO, RANGE_CHOICES, OverviewData, load_overview
 
 
 def headline(data: OverviewData, range_name: str) -> None:
@@ -24,7 +24,8 @@ def headline(data: OverviewData, range_name: str) -> None:
     else:
         c1.metric("Champion", "none", "no model promoted yet", delta_color="off", delta_arrow="off")
     total = int(stats["n"].sum()) if not stats.empty else 0
-    c2.metric("Predictions", f"{total:,}", f"last {range_name}", delta_color="off", delta_arrow="off")
+    c2.metric("Predictions", f"{total:,}", "all so far" if range_name == AUTO else f"last {range_name}",
+               delta_color="off", delta_arrow="off")
     labelled = data.accuracy.dropna(subset=["accuracy"]) if not data.accuracy.empty else data.accuracy
     last = labelled.iloc[-1] if not labelled.empty else None
     c3.metric("Labelled accuracy", ui.pct(last["accuracy"] if last is not None else None),
@@ -91,8 +92,8 @@ def body(range_name: str) -> None:
 def render() -> None:
     session = ui.current()
     st.title("Overview")
-    range_name = st.segmented_control("Time range", list(RANGES), default="7 d", key="ov_range",
-                                      label_visibility="collapsed") or "7 d"
+    range_name = st.segmented_control("Time range", list(RANGE_CHOICES), default=AUTO, key="ov_range",
+                                      label_visibility="collapsed") or AUTO
     st.fragment(run_every=ui.refresh_every(session))(body)(range_name)
 
 
