@@ -269,7 +269,9 @@ def train(
             bad_epochs += 1
         if stopped:
             break
-        if bad_epochs >= max(1, settings.patience):  # patience 0: stop at the first non-improving epoch
+        if bad_epochs >= max(1, settings.patience) and epoch >= math.ceil(epochs / 2):
+            # never before half the planned epochs: LoRA first moves the features away from what the
+            # warm-started head fits, and the validation score dips before it rises
             stopped = "early_stopping"
             say(f"early stopping: no validation improvement for {bad_epochs} epoch(s)")
             break
