@@ -7,10 +7,7 @@ task, while TF-IDF + logistic regression reads every word: a real loss, not a st
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -65,20 +62,25 @@ def test_verdict_names_the_best_baseline_and_the_gap():
     assert not beats and "10.0 points" in words and "TF-IDF + LR" in words
 
 
-def _cli(*args: str, cwd, env) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
-    return subprocess.run([sys.executable, "-m", "tuneloop.monitor.cli", "--data-dir", "d", *args],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+def _cli(*args: str, cwd, env: dict[str, str]):  # type: ignore[no-untyped-def]
+    """The real command in this process: a subprocess would spend most of its time importing torch."""
+    from typer.testing import CliRunner
+
+    from tuneloop.monitor.cli import app
+
+    return CliRunner().invoke(app, ["--data-dir", str(cwd / "d"), *args], env=env, catch_exceptions=False)
 
 
-def test_cli_prints_the_baselines_and_blocks_an_unforced_first_promotion(tmp_path, sentiment_base):
+def test_cli_prints_the_baselines_and_blocks_an_unforced_first_promotion(tmp_path, sentiment_base, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     long_unbalanced(120).to_csv(tmp_path / "data.csv", index=False)
-    env = {**os.environ, "TUNELOOP_MODEL__BASE": str(sentiment_base), "TUNELOOP_MODEL__EPOCHS": "1",
+    env = {"TUNELOOP_MODEL__BASE": str(sentiment_base), "TUNELOOP_MODEL__EPOCHS": "1",
            "TUNELOOP_MODEL__MAX_LENGTH": "32", "TUNELOOP_MODEL__BLEND_TFIDF": "0",
            "TUNELOOP_SERVER__PORT": str(free_port())}  # no server answers there: the offline path
     labels = ",".join(LABELS)
 
     r = _cli("train", "data.csv", "--labels", labels, "--promote", cwd=tmp_path, env=env)
-    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.exit_code == 1, r.output
     for name in ("majority class", "TF-IDF + LR", "frozen encoder + LR", "fine-tuned model"):
         assert name in r.stdout
     assert "does NOT beat" in r.stdout
@@ -86,5 +88,5 @@ def test_cli_prints_the_baselines_and_blocks_an_unforced_first_promotion(tmp_pat
     assert refusal.startswith("not promoting v1") and "--force" in refusal
 
     r = _cli("train", "data.csv", "--labels", labels, "--promote", "--force", cwd=tmp_path, env=env)
-    assert r.returncode == 0, r.stderr
+    assert r.exit_code == 0, r.output
     assert "v2" in r.stdout and "as champion" in r.stdout
