@@ -333,10 +333,17 @@ def train(
     promote: Annotated[bool, typer.Option(help="Make the new version the champion (hot-swapped).")] = False,
     version: Annotated[str | None, typer.Option(help="Name of the new version (default: next vN).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Overrides model.epochs.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Promote as the project's first champion even a model "
+                                        "that does not beat the simple baselines.")] = False,
     project: ProjectOpt = "default",
 ) -> None:
-    """Train a model version, write it under models_dir and register it (through the server when one runs)."""
+    """Train a model version, write it under models_dir and register it (through the server when one runs).
+
+    Prints the model beside the simple baselines fitted on the same split. A model that does not beat the
+    best of them is still registered, but becomes a project's first champion only with ``--force``.
+    """
     from tuneloop.monitor import registry
+    from tuneloop.retrain.baselines import baseline_table
     from tuneloop.retrain.trainer import read_labelled
 
     s = settings()
@@ -352,10 +359,23 @@ def train(
     m = trained.metrics
     typer.echo(f"trained {trained.version} in {trained.path}: val_accuracy {m.get('val_accuracy', 0):.3f} "
                f"val_macro_f1 {m.get('val_macro_f1', 0):.3f}")
+    if "baselines" in m:
+        typer.echo("validation, same split:")
+        for line in baseline_table({"accuracy": m["val_accuracy"], "macro_f1": m["val_macro_f1"]}, m["baselines"]):
+            typer.echo(line)
+        typer.echo(m["baseline_verdict"])
+    guard = promote and not force and m.get("beats_baselines") is False
+
+    def refuse_first_promotion(promotions: list[Any]) -> None:
+        if guard and not promotions:
+            fail(f"not promoting {trained.version} (registered as a challenger): it does not beat the best simple "
+                 "baseline and would be the project's first champion; pass --force to promote it anyway")
+
     client = api_client(s)
     if client is not None:
         row = api_call(client, "POST", f"/v1/models/{trained.version}/register", params={"project": project})
         if promote:
+            refuse_first_promotion(api_call(client, "GET", "/v1/models", params={"project": project})["promotions"])
             api_call(client, "POST", f"/v1/models/{trained.version}/promote", params={"project": project},
                      json={"reason": "tuneloop train --promote"})
         typer.echo(f"registered {trained.version} with the server at {s.server_url}"
@@ -365,6 +385,7 @@ def train(
     try:
         registry.register_dir(store, project, s.models_dir, trained.version)
         if promote:
+            refuse_first_promotion(registry.promotions(store, project))
             registry.promote(store, project, trained.version, actor="cli", reason="tuneloop train --promote")
     finally:
         store.close()

@@ -136,7 +136,7 @@ def run(args: argparse.Namespace, stop: threading.Event, progress: Progress) -> 
     from tuneloop.monitor.config import ModelSettings, RetrainSettings
     from tuneloop.retrain.dataset import read_manifest, read_snapshot
     from tuneloop.retrain.evaluate import classification_metrics, evaluate, with_rows
-    from tuneloop.retrain.trainer import train
+    from tuneloop.retrain.trainer import effective_batch_size, train
     from tuneloop.retrain.versions import load_version, validate_version_name, write_version
 
     def check_cancel() -> None:
@@ -164,8 +164,8 @@ def run(args: argparse.Namespace, stop: threading.Event, progress: Progress) -> 
     # ---- train ---------------------------------------------------------------------------------
     champion_dir = Path(args.champion) if args.champion else None
     n_fit = len(snap.train) - max(1, round(len(snap.train) * model_settings.val_fraction))
-    flag = StepFlag(progress, math.ceil(n_fit / model_settings.batch_size), model_settings.epochs,
-                    model_settings.batch_size)
+    batch_size = effective_batch_size(model_settings.batch_size, n_fit)
+    flag = StepFlag(progress, math.ceil(n_fit / batch_size), model_settings.epochs, batch_size)
     stop_bridge = threading.Thread(target=lambda: (stop.wait(), flag.set()), daemon=True)
     stop_bridge.start()
 

@@ -27,7 +27,8 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from tuneloop.monitor.config import ModelSettings  # noqa: E402
-from tuneloop.retrain.encoder import mean_pool, resolve_base  # noqa: E402
+from tuneloop.retrain.baselines import SparseModel  # noqa: E402
+from tuneloop.retrain.encoder import mean_pool, resolve_base, tokenize  # noqa: E402
 
 LORA_TARGETS = ["query", "key", "value"]
 ADAPTER_DIR = "adapter"
@@ -96,6 +97,7 @@ class TextClassifier(nn.Module):
         self.dim = int(encoder.config.hidden_size)
         self.dropout = nn.Dropout(float(getattr(encoder.config, "hidden_dropout_prob", 0.1)))
         self.head = nn.Linear(self.dim, len(labels))
+        self.sparse: SparseModel | None = None  # TF-IDF + LR blended into predict() (settings.blend_tfidf)
 
     # ---- construction -------------------------------------------------------------------------
 
@@ -140,6 +142,7 @@ class TextClassifier(nn.Module):
                 encoder.merge_adapter()
         clf = cls(encoder, tokenizer, labels, settings, str(base))
         clf.head.load_state_dict(load_file(path / HEAD_FILE))
+        clf.sparse = SparseModel.load(path)
         return clf.eval()
 
     @classmethod
@@ -160,14 +163,47 @@ class TextClassifier(nn.Module):
         head = {k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}
         save_file(head, path / HEAD_FILE)
         (path / LABELS_FILE).write_text(json.dumps({"labels": self.labels}, indent=2), encoding="utf-8")
+        if self.sparse is not None:
+            self.sparse.save(path)
         return [p for p in path.rglob("*") if p.is_file()]
 
     # ---- forward ------------------------------------------------------------------------------
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        """Pad to the longest text in this batch (not to max_length): short texts stay cheap."""
-        return dict(self.tokenizer(list(texts), padding=True, truncation=True,
-                                   max_length=self.settings.max_length, return_tensors="pt"))
+        """Pad to the longest text in this batch; longer texts cut as ``settings.truncation`` says."""
+        return tokenize(self.tokenizer, texts, self.settings.max_length, self.settings.truncation)
+
+    def max_tokens(self) -> int:
+        """The base model's own limit on tokens per text."""
+        limits = [int(getattr(self.encoder.config, "max_position_embeddings", 512)),
+                  int(getattr(self.tokenizer, "model_max_length", 512) or 512)]
+        return min(limits)
+
+    def warm_start_head(self, coef: np.ndarray, intercept: np.ndarray) -> None:
+        """Set the head to given weights (e.g. a logistic fit on frozen pooled embeddings)."""
+        with torch.no_grad():
+            self.head.weight.copy_(torch.as_tensor(coef, dtype=self.head.weight.dtype))
+            self.head.bias.copy_(torch.as_tensor(intercept, dtype=self.head.bias.dtype))
+
+    @torch.inference_mode()
+    def base_pooled(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """Mean-pooled (not normalised) vectors of the base encoder with any LoRA adapter switched off."""
+        was_training = self.training
+        self.eval()
+        off = self.encoder.disable_adapter() if self.lora and hasattr(self.encoder, "disable_adapter") \
+            else contextlib.nullcontext()
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        try:
+            with off:
+                for start in range(0, len(texts), batch_size):
+                    idx = order[start : start + batch_size]
+                    enc = self.tokenize([texts[i] for i in idx])
+                    hidden = self.encoder(**enc).last_hidden_state
+                    out[idx] = mean_pool(hidden, enc["attention_mask"]).float().numpy()
+        finally:
+            self.train(was_training)
+        return out
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,6 +235,9 @@ class TextClassifier(nn.Module):
                     emb[idx] = e.float().numpy()
         finally:
             self.train(was_training)
+        blend = self.settings.blend_tfidf
+        if self.sparse is not None and blend > 0 and n:
+            probs = ((1 - blend) * probs + blend * self.sparse.predict_proba(texts)).astype(np.float32)
         top = probs.argmax(axis=1) if n else np.empty(0, dtype=np.int64)
         return Predictions(
             labels=[self.labels[i] for i in top],

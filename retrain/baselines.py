@@ -1,0 +1,174 @@
+"""Simple baselines fitted on every training run's own split, and the verdict against them.
+
+A fine-tuned model is only worth serving if it beats what a few lines of scikit-learn give on the
+same rows: always predicting the majority class, TF-IDF (1–2-grams) + logistic regression, and
+logistic regression on the frozen base encoder's pooled embeddings. All three fit in seconds.
+
+:class:`SparseModel` is the TF-IDF + logistic regression model in a form that a version directory
+can carry without pickle (vocabulary, idf and coefficients as JSON and safetensors): the served
+classifier can blend its probabilities with the fine-tuned encoder's (see
+:mod:`tuneloop.retrain.model`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.special import softmax
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+
+from tuneloop.retrain.evaluate import classification_metrics
+
+TFIDF_FILE, TFIDF_WEIGHTS_FILE = "tfidf.json", "tfidf.safetensors"
+TFIDF_MAX_FEATURES = 50_000  # 1,000 long reviews give ~60k 1–2-grams; the rarest add nothing but size
+BASELINE_NAMES = {"majority": "majority class", "tfidf_logreg": "TF-IDF + LR", "frozen_logreg": "frozen encoder + LR"}
+
+
+def _logreg(seed: int = 0, c: float = 10.0) -> LogisticRegression:
+    """Balanced class weights: the same choice as the fine-tuned model's weighted loss (macro-F1 counts).
+
+    C = 10 for TF-IDF rows (unit-norm, sparse: sklearn's C = 1 underfits them), 1 on standardised embeddings.
+    """
+    return LogisticRegression(C=c, max_iter=2000, class_weight="balanced", random_state=seed)
+
+
+@dataclass
+class SparseModel:
+    """TF-IDF (1–2-grams, sublinear tf) + multinomial logistic regression over a fixed label order."""
+
+    vectorizer: TfidfVectorizer
+    coef: np.ndarray  # [k, n_features], one row per label in ``labels`` order
+    intercept: np.ndarray  # [k]
+    labels: list[str]
+
+    @classmethod
+    def fit(cls, texts: Sequence[str], y: Sequence[str], labels: Sequence[str], seed: int = 0) -> SparseModel:
+        vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, max_features=TFIDF_MAX_FEATURES)
+        x = vec.fit_transform(list(texts))
+        lr = _logreg(seed).fit(x, list(y))
+        return cls(vec, *_full_coef(lr, x.shape[1], labels), list(labels))
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Probabilities [n, k] in ``labels`` order (a label unseen in training gets a tiny share)."""
+        x = self.vectorizer.transform(list(texts))
+        return softmax(np.asarray(x @ self.coef.T) + self.intercept, axis=1).astype(np.float32)
+
+    def save(self, path: Path) -> list[Path]:
+        from safetensors.numpy import save_file
+
+        vocab = sorted(self.vectorizer.vocabulary_, key=self.vectorizer.vocabulary_.__getitem__)
+        (path / TFIDF_FILE).write_text(json.dumps({"labels": self.labels, "ngram_range": [1, 2],
+                                                   "vocabulary": vocab}, ensure_ascii=False), encoding="utf-8")
+        save_file({"idf": self.vectorizer.idf_.astype(np.float32), "coef": self.coef.astype(np.float32),
+                   "intercept": self.intercept.astype(np.float32)}, path / TFIDF_WEIGHTS_FILE)
+        return [path / TFIDF_FILE, path / TFIDF_WEIGHTS_FILE]
+
+    @classmethod
+    def load(cls, path: Path) -> SparseModel | None:
+        """The model saved in version dir ``path``, or None when the version carries none."""
+        from safetensors.numpy import load_file
+
+        if not (path / TFIDF_FILE).is_file():
+            return None
+        meta = json.loads((path / TFIDF_FILE).read_text(encoding="utf-8"))
+        weights = load_file(path / TFIDF_WEIGHTS_FILE)
+        vec = TfidfVectorizer(ngram_range=tuple(meta["ngram_range"]), sublinear_tf=True,
+                              vocabulary={w: i for i, w in enumerate(meta["vocabulary"])})
+        vec._validate_vocabulary()  # what fit() would do with a given vocabulary
+        vec.idf_ = weights["idf"].astype(np.float64)
+        return cls(vec, weights["coef"], weights["intercept"], list(meta["labels"]))
+
+
+def _full_coef(lr: LogisticRegression, n_features: int, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients for every label in ``labels`` order (binary fits give one row; absent labels -inf-ish)."""
+    k = len(labels)
+    coef, intercept = np.zeros((k, n_features), np.float64), np.full(k, -30.0)
+    classes = list(lr.classes_)
+    if len(classes) == 2:
+        half_w, half_b = lr.coef_[0] / 2, lr.intercept_[0] / 2
+        rows = {classes[0]: (-half_w, -half_b), classes[1]: (half_w, half_b)}
+    else:
+        rows = {c: (lr.coef_[i], lr.intercept_[i]) for i, c in enumerate(classes)}
+    for c, (w, b) in rows.items():
+        coef[labels.index(c)], intercept[labels.index(c)] = w, b
+    return coef, intercept
+
+
+def frozen_logreg(train_x: np.ndarray, train_y: Sequence[str], labels: Sequence[str],
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(coef [k, dim], intercept [k]) of a logistic fit on frozen embeddings, in ``labels`` order.
+
+    Fitted on standardised features, then folded back to act on raw vectors, so the same weights can
+    warm-start the classifier's linear head.
+    """
+    mu, sd = train_x.mean(axis=0), train_x.std(axis=0) + 1e-6
+    lr = _logreg(seed, c=1.0).fit((train_x - mu) / sd, list(train_y))
+    coef, intercept = _full_coef(lr, train_x.shape[1], labels)
+    coef = coef / sd
+    return coef, intercept - coef @ mu
+
+
+def _scores(y_true: Sequence[str], pred: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
+    m = classification_metrics(list(y_true), list(pred), list(labels))
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+
+
+def _argmax_labels(probs_or_logits: np.ndarray, labels: Sequence[str]) -> list[str]:
+    return [labels[i] for i in np.asarray(probs_or_logits).argmax(axis=1)]
+
+
+@dataclass
+class Baselines:
+    """Validation scores per baseline, the fitted TF-IDF model and the frozen-embedding logistic weights."""
+
+    scores: dict[str, dict[str, float]]
+    sparse: SparseModel
+    frozen_coef: np.ndarray | None = None  # [k, dim]
+    frozen_intercept: np.ndarray | None = None  # [k]
+
+
+def fit_baselines(train_texts: Sequence[str], train_y: Sequence[str], val_texts: Sequence[str],
+                  val_y: Sequence[str], labels: Sequence[str], train_emb: np.ndarray | None = None,
+                  val_emb: np.ndarray | None = None, seed: int = 0) -> Baselines:
+    """Score majority, TF-IDF + LR and (given embeddings) frozen-encoder + LR on the validation rows."""
+    labels = list(labels)
+    counts = {c: list(train_y).count(c) for c in labels}
+    majority = max(labels, key=lambda c: (counts[c], -labels.index(c)))
+    scores = {"majority": _scores(val_y, [majority] * len(val_y), labels)}
+    sparse = SparseModel.fit(train_texts, train_y, labels, seed)
+    scores["tfidf_logreg"] = _scores(val_y, _argmax_labels(sparse.predict_proba(val_texts), labels), labels)
+    out = Baselines(scores, sparse)
+    if train_emb is not None and val_emb is not None:
+        out.frozen_coef, out.frozen_intercept = frozen_logreg(train_emb, train_y, labels, seed)
+        scores["frozen_logreg"] = _scores(
+            val_y, _argmax_labels(val_emb @ out.frozen_coef.T + out.frozen_intercept, labels), labels)
+    return out
+
+
+def verdict(model: dict[str, float], baselines: dict[str, dict[str, float]]) -> tuple[bool, str]:
+    """(beats, plain words): does ``model`` beat the best baseline on validation macro-F1?"""
+    best = max(baselines, key=lambda k: baselines[k]["macro_f1"])
+    gap = 100 * (model["macro_f1"] - baselines[best]["macro_f1"])
+    name = BASELINE_NAMES.get(best, best)
+    if gap > 0:
+        return True, f"fine-tuning beats the best simple baseline ({name}) by {gap:.1f} points of macro-F1"
+    return False, (f"fine-tuning does NOT beat the best simple baseline ({name}): "
+                   f"{-gap:.1f} points of macro-F1 behind it on validation")
+
+
+def baseline_table(model: dict[str, float], baselines: dict[str, dict[str, float]]) -> list[str]:
+    """Readable lines: each baseline and the model side by side (accuracy, macro-F1)."""
+    rows = [(BASELINE_NAMES.get(k, k), v) for k, v in baselines.items()] + [("fine-tuned model", model)]
+    return [f"  {name:<22} accuracy {m['accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}" for name, m in rows]
+
+
+def summary(model: dict[str, Any], baselines: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """The metrics.json entries: ``baselines``, ``beats_baselines`` and ``baseline_verdict``."""
+    beats, words = verdict(model, baselines)
+    return {"baselines": baselines, "beats_baselines": beats, "baseline_verdict": words}

@@ -1,0 +1,92 @@
+"""Every training run is compared with simple baselines; a model that loses needs --force to become the first champion.
+
+The data: long, unbalanced texts whose label hangs on one word in the middle. With max_length 32 the
+encoder only ever sees the head and the tail of each text, so the fine-tuned model cannot learn the
+task, while TF-IDF + logistic regression reads every word: a real loss, not a staged one.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pandas as pd
+import pytest
+from conftest import free_port
+
+from tuneloop.retrain import tiny
+from tuneloop.retrain.baselines import verdict
+from tuneloop.retrain.trainer import train
+
+LABELS = ["negative", "neutral", "positive"]
+SHARES = {"positive": 0.65, "negative": 0.25, "neutral": 0.10}
+
+
+def long_unbalanced(n: int, seed: int = 0) -> pd.DataFrame:
+    """``n`` texts of 80 filler words with three of the label's keywords at the centre; classes 65/25/10 %."""
+    rng = random.Random(seed)
+    words = dict(zip(LABELS, (tiny.NEGATIVE_WORDS, tiny.NEUTRAL_WORDS, tiny.POSITIVE_WORDS), strict=True))
+    rows = []
+    for i in range(n):
+        u = (i * 0.618034) % 1.0  # deterministic, evenly spread class draws
+        label = "positive" if u < SHARES["positive"] else "negative" if u < 0.9 else "neutral"
+        filler = [rng.choice(tiny.COMMON_WORDS[:12]) for _ in range(80)]
+        filler[38:38] = [rng.choice(words[label]) for _ in range(3)]
+        rows.append((" ".join(filler), label))
+    return pd.DataFrame(rows, columns=["text", "label"])
+
+
+@pytest.fixture(scope="module")
+def losing_settings(sentiment_settings):  # type: ignore[no-untyped-def]
+    return sentiment_settings.model_copy(update={"epochs": 2, "max_length": 32, "blend_tfidf": 0.0})
+
+
+def test_a_losing_model_is_reported_beside_the_three_baselines(losing_settings):
+    r = train(long_unbalanced(200), LABELS, losing_settings, progress=False)
+    m = r.metrics
+    assert set(m["baselines"]) == {"majority", "tfidf_logreg", "frozen_logreg"}
+    for scores in m["baselines"].values():
+        assert set(scores) == {"accuracy", "macro_f1"} and 0 <= scores["macro_f1"] <= 1
+    assert m["baselines"]["majority"]["accuracy"] == pytest.approx(0.65, abs=0.05)
+    assert m["baselines"]["tfidf_logreg"]["macro_f1"] > 0.9  # bag of words sees the keyword
+    assert m["val_macro_f1"] < m["baselines"]["tfidf_logreg"]["macro_f1"]
+    assert m["beats_baselines"] is False
+    assert "does NOT beat the best simple baseline (TF-IDF + LR)" in m["baseline_verdict"]
+
+
+def test_verdict_names_the_best_baseline_and_the_gap():
+    base = {"majority": {"accuracy": 0.65, "macro_f1": 0.26}, "tfidf_logreg": {"accuracy": 0.75, "macro_f1": 0.50},
+            "frozen_logreg": {"accuracy": 0.66, "macro_f1": 0.45}}
+    assert verdict({"accuracy": 0.8, "macro_f1": 0.571}, base) == (
+        True, "fine-tuning beats the best simple baseline (TF-IDF + LR) by 7.1 points of macro-F1")
+    beats, words = verdict({"accuracy": 0.6, "macro_f1": 0.40}, base)
+    assert not beats and "10.0 points" in words and "TF-IDF + LR" in words
+
+
+def _cli(*args: str, cwd, env: dict[str, str]):  # type: ignore[no-untyped-def]
+    """The real command in this process: a subprocess would spend most of its time importing torch."""
+    from typer.testing import CliRunner
+
+    from tuneloop.monitor.cli import app
+
+    return CliRunner().invoke(app, ["--data-dir", str(cwd / "d"), *args], env=env, catch_exceptions=False)
+
+
+def test_cli_prints_the_baselines_and_blocks_an_unforced_first_promotion(tmp_path, sentiment_base, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    long_unbalanced(120).to_csv(tmp_path / "data.csv", index=False)
+    env = {"TUNELOOP_MODEL__BASE": str(sentiment_base), "TUNELOOP_MODEL__EPOCHS": "1",
+           "TUNELOOP_MODEL__MAX_LENGTH": "32", "TUNELOOP_MODEL__BLEND_TFIDF": "0",
+           "TUNELOOP_SERVER__PORT": str(free_port())}  # no server answers there: the offline path
+    labels = ",".join(LABELS)
+
+    r = _cli("train", "data.csv", "--labels", labels, "--promote", cwd=tmp_path, env=env)
+    assert r.exit_code == 1, r.output
+    for name in ("majority class", "TF-IDF + LR", "frozen encoder + LR", "fine-tuned model"):
+        assert name in r.stdout
+    assert "does NOT beat" in r.stdout
+    refusal = r.stderr.strip().splitlines()[-1]
+    assert refusal.startswith("not promoting v1") and "--force" in refusal
+
+    r = _cli("train", "data.csv", "--labels", labels, "--promote", "--force", cwd=tmp_path, env=env)
+    assert r.exit_code == 0, r.output
+    assert "v2" in r.stdout and "as champion" in r.stdout
