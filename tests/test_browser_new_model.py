@@ -10,6 +10,7 @@ also saved as ``docs/new-model-quality.png`` for the README.
 
 from __future__ import annotations
 
+import csv
 import subprocess
 
 import numpy as np
@@ -36,7 +37,8 @@ def noisy_tweets(path, n: int = N_ROWS, share: float = 0.15, seed: int = 0) -> s
     picked = rng.choice(n, int(round(share * n)), replace=False)
     for i in picked:
         df.loc[i, "label"] = rng.choice([lab for lab in LABELS if lab != df.loc[i, "label"]])
-    df.rename(columns={"text": "tweet", "label": "sentiment"}).to_csv(path, index=False)
+    # quote every field: some tweets hold a bare carriage return, which unquoted CSV reads as a line break
+    df.rename(columns={"text": "tweet", "label": "sentiment"}).to_csv(path, index=False, quoting=csv.QUOTE_ALL)
     return {int(i) + 1 for i in picked}
 
 
@@ -71,17 +73,27 @@ def heading(page, text: str) -> None:  # type: ignore[no-untyped-def]
 
 def test_new_model_from_a_noisy_file_in_the_browser(browser, site) -> None:  # noqa: F811
     server, url, root = site
-    flips = noisy_tweets(root / "tweets.csv")
     ARTIFACTS.mkdir(exist_ok=True)
-    api = server.client("admin", timeout=120)
     page = browser.new_page(viewport={"width": 1440, "height": 1400})
     page.set_default_timeout(240_000)
+    try:
+        drive(page, server, url, root)
+    except BaseException:
+        page.screenshot(path=str(ARTIFACTS / "new-model-failure.png"))
+        raise
+    finally:
+        page.close()
+
+
+def drive(page, server, url: str, root) -> None:  # type: ignore[no-untyped-def]
+    flips = noisy_tweets(root / "tweets.csv")
+    api = server.client("admin", timeout=120)
 
     # 1. upload and map columns (guessed from the names tweet/sentiment)
     page.goto(f"{url}/new-model")
     heading(page, "1. Upload a labelled file")
     page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(root / "tweets.csv"))
-    page.get_by_text(f"{N_ROWS} rows").first.wait_for()
+    page.get_by_text(f"{N_ROWS} rows").first.wait_for(timeout=60_000)
     page.get_by_label("Project name").fill("tweets")
     settle(page)
     no_errors(page)
@@ -99,8 +111,9 @@ def test_new_model_from_a_noisy_file_in_the_browser(browser, site) -> None:  # n
     report = api.get(f"/v1/datasets/{dataset['id']}/quality", params={"version": 1}).json()
     suspects = set(next(f for f in report["findings"] if f["check"] == "label_error")["rows"])
     hits = suspects & flips
-    # chance level is 15 %: the report must do far better, and find a good share of the flips
-    assert len(hits) >= 0.4 * len(suspects) and len(hits) >= 0.4 * len(flips), (len(hits), len(suspects), len(flips))
+    # most flips are flagged, and the list beats chance (15 %; the crowd's own label noise makes
+    # some of the other flagged rows real errors too)
+    assert len(hits) >= 0.6 * len(flips) and len(hits) >= 0.2 * len(suspects), (len(hits), len(suspects), len(flips))
 
     # 3. accept the suggested fixes -> version 2
     page.get_by_role("button", name="fix(es) as a new version").click()
@@ -131,4 +144,3 @@ def test_new_model_from_a_noisy_file_in_the_browser(browser, site) -> None:  # n
     pred = api.post("/v1/predict", json={"texts": ["what a wonderful flight"], "project": "tweets"})
     assert pred.status_code == 200, pred.text
     assert pred.json()["model_version"] == version
-    page.close()

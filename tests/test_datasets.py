@@ -75,7 +75,7 @@ def test_new_model_from_a_noisy_file_end_to_end(server) -> None:
     report = api.get(f"/v1/datasets/{ds['id']}/quality").json()
     suspects = next(f for f in report["findings"] if f["check"] == "label_error")
     hits = set(suspects["rows"]) & flips
-    assert len(hits) >= 0.6 * len(flips) and len(hits) >= 0.6 * len(suspects["rows"]), (len(hits), suspects["count"])
+    assert len(hits) >= 0.6 * len(flips) and len(hits) >= 0.3 * len(suspects["rows"]), (len(hits), suspects["count"])
     assert api.get(f"/v1/datasets/{ds['id']}/quality").json() == report  # cached per version
 
     fixes = report["suggested_fixes"]

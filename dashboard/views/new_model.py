@@ -28,7 +28,7 @@ def restart() -> None:
 
 
 def steps_bar(step: int) -> None:
-    st.caption("  →  ".join(f"**{i + 1}. {name}**" if i == step else f"{i + 1}. {name}"
+    st.caption("Steps: " + "  →  ".join(f"**{i + 1}. {name}**" if i == step else f"{i + 1}. {name}"
                             for i, name in enumerate(STEPS)))
 
 
