@@ -39,9 +39,12 @@ NEAR_DUPLICATE_COSINE = 0.97
 FOLDS = 5
 MAX_LISTED = 10_000
 """At most this many row ids per finding in the report (the count is always the full one)."""
-LOGREG_C = 1.0
-"""Regularisation of the out-of-fold logistic regression (scikit-learn's default): on real tweets with
-the packaged encoder 0.3-1.0 give the best flagged-row precision (bench/label_noise.py)."""
+C_GRID = (0.3, 1.0, 10.0)
+"""Regularisation strengths of the out-of-fold logistic regression; the one with the lowest
+cross-validated log-loss is used. Encoders differ: real sentence embeddings of noisy tweets want
+0.3-1, a small or random encoder 10 (measured in bench/label_noise.py and tests/test_quality.py)."""
+C_SAMPLE = 2000
+"""Rows (at most) used to choose C: the choice is stable well before that, and it bounds the cost."""
 
 EmbedFn = Callable[[list[str]], np.ndarray]
 
@@ -206,8 +209,25 @@ def charset(row_ids: np.ndarray, texts: list[str]) -> list[Finding]:
     return out
 
 
+def choose_c(emb: np.ndarray, y: np.ndarray, seed: int = 0) -> float:
+    """The C of ``C_GRID`` with the lowest 3-fold log-loss on at most ``C_SAMPLE`` rows."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    if len(y) > C_SAMPLE:
+        keep = np.random.default_rng(seed).choice(len(y), C_SAMPLE, replace=False)
+        emb, y = emb[keep], y[keep]
+    k = int(min(3, np.bincount(y)[np.bincount(y) > 0].min()))
+    if k < 2:
+        return 1.0
+    cv = StratifiedKFold(k, shuffle=True, random_state=seed)
+    scores = {c: cross_val_score(LogisticRegression(max_iter=1000, C=c), emb, y, cv=cv, scoring="neg_log_loss").mean()
+              for c in C_GRID}
+    return max(scores, key=scores.get)
+
+
 def out_of_fold_probs(emb: np.ndarray, y: np.ndarray, n_classes: int, folds: int = FOLDS, seed: int = 0,
-                      ) -> np.ndarray:
+                      c: float | None = None) -> np.ndarray:
     """Predicted probabilities of each row from a logistic regression that never saw that row."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
@@ -216,8 +236,9 @@ def out_of_fold_probs(emb: np.ndarray, y: np.ndarray, n_classes: int, folds: int
     k = int(min(folds, np.bincount(y, minlength=n_classes)[np.bincount(y, minlength=n_classes) > 0].min()))
     if k < 2:
         raise ValueError("every label needs at least 2 rows for cross-validated label checks")
+    c = choose_c(emb, y, seed) if c is None else c
     for train_idx, test_idx in StratifiedKFold(k, shuffle=True, random_state=seed).split(emb, y):
-        clf = LogisticRegression(max_iter=1000, C=LOGREG_C, class_weight="balanced")
+        clf = LogisticRegression(max_iter=1000, C=c, class_weight="balanced")
         clf.fit(emb[train_idx], y[train_idx])
         p = np.zeros((len(test_idx), n_classes))
         p[:, clf.classes_] = clf.predict_proba(emb[test_idx])
