@@ -27,7 +27,7 @@ from tuneloop.monitor.datasets import (
     preview,
     validate,
 )
-from tuneloop.monitor.deps import PROJECT_PATTERN, Admin, get_ctx
+from tuneloop.monitor.deps import DEFAULT, PROJECT_PATTERN, Admin, Labeller, ProjectQuery, get_ctx
 
 router = APIRouter(prefix="/v1", tags=["datasets"])
 CtxDep = Annotated[Context, Depends(get_ctx)]
@@ -286,3 +286,13 @@ def get_evaluation(_: Admin, ctx: CtxDep, version: Annotated[str, Path(pattern=r
         except (ValueError, FileNotFoundError) as e:
             raise HTTPException(409, f"version {version} cannot be evaluated: {e}") from None
     return {**_cards[key], "project": project, "status": row["status"]}
+
+
+@router.get("/feedback/quality", summary="Labels that look mislabelled, and annotator agreement, for a project")
+def feedback_quality(_: Labeller, ctx: CtxDep, project: ProjectQuery = DEFAULT) -> dict[str, Any]:
+    from tuneloop.monitor.feedback_quality import annotator_agreement, suspected_feedback
+    from tuneloop.monitor.projects import labels_for
+
+    labels = labels_for(ctx.store, ctx.settings, project)
+    return {"project": project, "suspected": suspected_feedback(ctx.store, project, labels),
+            "agreement": annotator_agreement(ctx.store, project)}

@@ -189,3 +189,40 @@ def test_bad_fixes_change_nothing(server) -> None:
     assert api.get("/v1/datasets/ds-000000000000").status_code == 404
     assert api.post(f"/v1/datasets/{ds['id']}/train", json={"project": "nope"}).status_code == 404
     assert server.client("label").get("/v1/datasets").status_code == 403
+
+
+def test_feedback_quality_flags_mislabels_and_measures_annotator_agreement(server) -> None:
+    from datetime import timedelta
+
+    from tuneloop.monitor.store import utcnow
+
+    rng = np.random.default_rng(0)
+    n, project = 150, "loop"
+    api = server.client("admin")
+    assert api.post("/v1/projects", json={"project": project, "labels": LABELS}).status_code == 201
+    truth = [LABELS[i % 3] for i in range(n)]
+    centres = rng.normal(size=(3, 16))
+    emb = np.array([centres[LABELS.index(t)] + 0.4 * rng.normal(size=16) for t in truth], dtype=np.float32)
+    t0 = utcnow() - timedelta(hours=1)
+    server.store.append_predictions([{"id": f"p{i}", "ts": t0, "text": f"text {i}", "label": truth[i],
+                                      "embedding": emb[i].tolist()} for i in range(n)], project)
+    wrong = set(rng.choice(n, 15, replace=False).tolist()) - set(range(40))
+    given = [LABELS[(LABELS.index(t) + 1) % 3] if i in wrong else t for i, t in enumerate(truth)]
+    fb = [{"prediction_id": f"p{i}", "label": given[i], "source": "human", "annotator": "ann1",
+           "ts": t0 + timedelta(minutes=1)} for i in range(n)]
+    disagree = {3, 7, 11, 19}  # ann2 relabels 40 items and disagrees with ann1 on four of them
+    fb += [{"prediction_id": f"p{i}", "label": LABELS[(LABELS.index(truth[i]) + 1) % 3] if i in disagree else truth[i],
+            "source": "human", "annotator": "ann2", "ts": t0 + timedelta(minutes=2)} for i in range(40)]
+    server.store.append_feedback(fb, project)
+
+    out = server.client("label", timeout=300).get("/v1/feedback/quality", params={"project": project}).json()
+    flagged = {int(x["prediction_id"][1:]) for x in out["suspected"]["items"]}
+    assert out["suspected"]["n_checked"] == n
+    assert len(flagged & (wrong | disagree)) >= 0.8 * len(wrong | disagree)
+    assert len(flagged) <= 2 * len(wrong | disagree)
+    agreement = out["agreement"]
+    assert (agreement["n_items"], agreement["n_pairs"]) == (40, 40)
+    assert agreement["overall"]["agreement"] == pytest.approx(36 / 40)
+    assert agreement["per_annotator"]["ann1"]["n_pairs"] == 40
+    lo, hi = agreement["overall"]["ci95"]
+    assert lo < 0.9 < hi
