@@ -226,3 +226,18 @@ def test_feedback_quality_flags_mislabels_and_measures_annotator_agreement(serve
     assert agreement["per_annotator"]["ann1"]["n_pairs"] == 40
     lo, hi = agreement["overall"]["ci95"]
     assert lo < 0.9 < hi
+
+
+def test_data_check_command_prints_the_report_and_refuses_bad_files(tmp_path) -> None:
+    from test_cli import tuneloop
+
+    df = pd.DataFrame({"message": ["the same text", "the same text", "", "ok", "a normal sentence here"] * 2,
+                       "sentiment": ["positive", "positive", "negative", "neutral", "negative"] * 2})
+    df.to_csv(tmp_path / "data.csv", index=False)
+    out = tuneloop("data", "check", "data.csv", "--no-embed", cwd=tmp_path).stdout
+    assert "10 rows; per class: negative 4, neutral 2, positive 4" in out
+    assert "empty text" in out and "rows 3, 8" in out
+    assert "skipped (no encoder): near_duplicate, label_error" in out
+    (tmp_path / "bad.csv").write_text("text,label\na,x\nb,x\n")
+    bad = tuneloop("data", "check", "bad.csv", "--no-embed", cwd=tmp_path, check=False)
+    assert bad.returncode == 1 and "at least two labels" in bad.stderr
