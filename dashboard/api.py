@@ -74,7 +74,8 @@ class Api:
 
     # -- plumbing ---------------------------------------------------------------------------------
     def request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
-                json: Any = None, project: bool = True, timeout: float | None = None) -> httpx.Response:
+                json: Any = None, project: bool = True, timeout: float | None = None,
+                content: bytes | None = None) -> httpx.Response:
         """One call; raises ApiError on transport failure or a non-2xx answer."""
         query = {k: v for k, v in (params or {}).items() if v is not None}
         if project:
@@ -82,7 +83,7 @@ class Api:
         t0 = time.perf_counter()
         status = None
         try:
-            response = self._client.request(method, path, params=query, json=json,
+            response = self._client.request(method, path, params=query, json=json, content=content,
                                             timeout=timeout or self.timeout)
             status = response.status_code
         except httpx.TimeoutException:
@@ -166,6 +167,43 @@ class Api:
     def rollback(self, reason: str | None = None) -> dict[str, Any]:
         """Re-promote the previous champion."""
         return self.post("/v1/models/rollback", {"project": self.project, **({"reason": reason} if reason else {})})
+
+    # -- a new model from a file ---------------------------------------------------------------------
+    def preview_dataset(self, data: bytes, filename: str) -> dict[str, Any]:
+        return self.request("POST", "/v1/datasets/preview", params={"filename": filename}, content=data,
+                            project=False, timeout=max(self.timeout, 120)).json()
+
+    def upload_dataset(self, data: bytes, filename: str, **params: Any) -> dict[str, Any]:
+        return self.request("POST", "/v1/datasets", params={"filename": filename, **params}, content=data,
+                            project=False, timeout=max(self.timeout, 120)).json()
+
+    def dataset_quality(self, dataset_id: str, version: int | None = None) -> dict[str, Any]:
+        return self.request("GET", f"/v1/datasets/{dataset_id}/quality", params={"version": version},
+                            project=False, timeout=max(self.timeout, 600)).json()
+
+    def dataset_rows(self, dataset_id: str, version: int | None = None, row_ids: list[int] | None = None,
+                     limit: int = 5000) -> list[dict[str, Any]]:
+        return self.request("GET", f"/v1/datasets/{dataset_id}/rows", project=False,
+                            params={"version": version, "row_ids": row_ids, "limit": limit}).json()["items"]
+
+    def fix_dataset(self, dataset_id: str, version: int, drop: list[int], relabel: list[dict[str, Any]]
+                    ) -> dict[str, Any]:
+        return self.request("POST", f"/v1/datasets/{dataset_id}/fixes", project=False,
+                            json={"version": version, "drop": drop, "relabel": relabel}).json()
+
+    def train_dataset(self, dataset_id: str, version: int, project: str, create_project: bool) -> dict[str, Any]:
+        return self.request("POST", f"/v1/datasets/{dataset_id}/train", project=False,
+                            json={"version": version, "project": project, "create_project": create_project}).json()
+
+    def training(self, run_id: int) -> dict[str, Any]:
+        return self.request("GET", f"/v1/training/{run_id}", project=False).json()
+
+    def evaluation(self, version: str, project: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/models/{version}/evaluation", params={"project": project}, project=False,
+                            timeout=max(self.timeout, 300)).json()
+
+    def projects(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/v1/projects", project=False).json()["items"]
 
 
 def role_allows(role: str | None, needed: str) -> bool:

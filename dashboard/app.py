@@ -22,6 +22,7 @@ pages = st.navigation([
     st.Page(VIEWS / "label.py", title="Label", icon=":material/label:"),
     st.Page(VIEWS / "models.py", title="Models & retraining", icon=":material/model_training:"),
     st.Page(VIEWS / "alerts.py", title="Alerts", icon=":material/notifications:"),
+    st.Page(VIEWS / "new_model.py", title="New model", icon=":material/add_circle:", url_path="new-model"),
 ])
 with st.sidebar:
     st.markdown("### :material/autorenew: tuneloop")

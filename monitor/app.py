@@ -118,7 +118,7 @@ def _optional_routers() -> list[Any]:
     import importlib
 
     names = ["routes_collect", "routes_serve", "routes_drift", "routes_retrain", "routes_admin", "routes_projects",
-             "routes_models", "metrics", "operations"]
+             "routes_models", "routes_datasets", "metrics", "operations"]
     mods = []
     for name in names:
         try:

@@ -352,6 +352,10 @@ def train(
     label_list = [x.strip() for x in labels.split(",") if x.strip()] if labels else None
     try:
         df = read_labelled(data)
+        from tuneloop.retrain.quality import summary_lines
+
+        for line in summary_lines(data_report(df, label_list, s)):
+            typer.echo(f"data check: {line}", err=True)
         trained = registry.train_version(s, df, label_list, version=version, from_version=from_version,
                                          progress=sys.stderr.isatty(), log=lambda m: typer.echo(m, err=True))
     except (FileNotFoundError, FileExistsError, ValueError) as e:
@@ -390,6 +394,55 @@ def train(
     finally:
         store.close()
     typer.echo(f"registered {trained.version} in {s.db_path}" + (" as champion" if promote else " as challenger"))
+
+
+data_app = typer.Typer(help="Check a labelled file before training on it.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def data_report(df: Any, labels: list[str] | None, s: Settings, embed: bool = True) -> dict[str, Any]:
+    """The data-quality report of ``df`` (text, label); with ``embed`` the encoder-based checks too."""
+    from tuneloop.retrain.quality import quality_report
+
+    encoder = None
+    if embed:
+        from tuneloop.retrain.encoder import Encoder
+
+        encoder = Encoder(s.embedder.base or s.model.base, s.model.max_length)
+    return quality_report(df, labels, embed=encoder.encode if encoder else None,
+                          tokenizer=encoder.tokenizer if encoder else None, max_tokens=s.model.max_length)
+
+
+@data_app.command("check")
+def data_check(
+    file: Annotated[Path, typer.Argument(help="Labelled CSV, TSV, Parquet or JSONL file.")],
+    text_column: Annotated[str | None, typer.Option(help="Text column (default: guessed).")] = None,
+    label_column: Annotated[str | None, typer.Option(help="Label column (default: guessed).")] = None,
+    labels: Annotated[str | None, typer.Option(help="Comma-separated label set (default: as found).")] = None,
+    encoding: Annotated[str, typer.Option(help="Text encoding of CSV/TSV/JSONL.")] = "utf-8",
+    embed: Annotated[bool, typer.Option(help="Run the encoder-based checks (near duplicates, label errors).")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
+) -> None:
+    """Data-quality report of a labelled file: balance, lengths, duplicates, charset, suspected label errors."""
+    from tuneloop.monitor.datasets import DatasetError, detect_format, parse, validate
+
+    s = settings()
+    label_list = [x.strip() for x in labels.split(",") if x.strip()] if labels else None
+    try:
+        if not file.is_file():
+            raise DatasetError(f"{file}: no such file")
+        rows, found = validate(parse(file.read_bytes(), detect_format(file.name), encoding), text_column,
+                               label_column, label_list)
+    except DatasetError as e:
+        fail("; ".join([str(e), *(f"row {x.get('row', x.get('line'))}: {x['error']}" for x in e.errors[:10])]))
+    report = data_report(rows, found, s, embed)
+    if as_json:
+        print_json(report)
+        return
+    from tuneloop.retrain.quality import summary_lines
+
+    for line in summary_lines(report):
+        typer.echo(line)
 
 
 def _models_offline(s: Settings, write: bool = False):  # type: ignore[no-untyped-def]

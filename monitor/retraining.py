@@ -103,6 +103,7 @@ class _Active:
     cancel: threading.Event = field(default_factory=threading.Event)
     why: str = "cancelled"
     thread: threading.Thread | None = None
+    snapshot: Any = None  # a prepared Snapshot (training from an uploaded dataset): from the base, no gate
 
 
 def run_dir(runs_dir: Path, run_id: int) -> Path:
@@ -333,10 +334,14 @@ class RetrainService:
 
     # -- trigger ---------------------------------------------------------------------------------
     def trigger(self, project: str = DEFAULT_PROJECT, reason: str = "manual", actor: str = "",
-                *, respect_cooldown: bool = False) -> int:
+                *, respect_cooldown: bool = False, snapshot: Any = None) -> int:
         """Start a run and return its id. :class:`RetrainBusy` while one runs (any project),
         :class:`CoolingDown` (only with ``respect_cooldown``), :class:`NothingToTrain` without new labels,
         :class:`HoldoutTooSmall` (recorded as a ``deferred`` run) while the holdout cannot detect the target gain.
+
+        ``snapshot`` (a prepared :class:`tuneloop.retrain.dataset.Snapshot`) trains a new model from the
+        base on exactly those rows instead of the project's feedback; the run ends ``passed`` without
+        the gate, and an admin promotes it after reading its evaluation.
         """
         labels = self._labels(project)
         with self._lock:
@@ -346,15 +351,17 @@ class RetrainService:
                 raise RetrainBusy(self._active.run_id, self._active.project)
             if respect_cooldown and (left := self.cooldown_left(project)) > 0:
                 raise CoolingDown(left)
-            n_new = count_new_labels(self.store, project, labels=labels)
+            n_new = len(snapshot.train) if snapshot is not None else count_new_labels(self.store, project,
+                                                                                      labels=labels)
             if n_new < MIN_NEW_LABELS:
                 raise NothingToTrain(f"project {project} has {n_new} new label(s) since the champion was trained; "
                                      f"a retrain needs at least {MIN_NEW_LABELS}")
             trigger = f"{reason}" + (f" (by {actor})" if actor else "")
-            plan = holdout_plan(self.store, project, self.settings, labels)
-            if not plan.enough:
-                message = plan.message(self.settings.retrain.target_gain, self.settings.retrain.power)
-                raise HoldoutTooSmall(self._defer(project, trigger, message, plan), message)
+            if snapshot is None:  # a dataset run is evaluated for an admin, not gated against a champion
+                plan = holdout_plan(self.store, project, self.settings, labels)
+                if not plan.enough:
+                    message = plan.message(self.settings.retrain.target_gain, self.settings.retrain.power)
+                    raise HoldoutTooSmall(self._defer(project, trigger, message, plan), message)
             with self.store.transaction() as cur:
                 run_id = int(cur.execute("SELECT nextval('retrain_run_ids')").fetchall()[0][0])
                 directory = run_dir(self.settings.runs_dir, run_id)
@@ -364,7 +371,7 @@ class RetrainService:
                     [run_id, project, utcnow(), trigger[:500], str(directory / "job.log"),
                      str(directory / "snapshot")],
                 ).fetchall()
-            active = _Active(run_id, project)
+            active = _Active(run_id, project, snapshot=snapshot)
             active.thread = threading.Thread(target=self._run, args=(active,), name=f"retrain-{run_id}", daemon=True)
             self._active = active
         log.info("retrain run %d started for project %s: %s", run_id, project, trigger)
@@ -451,16 +458,20 @@ class RetrainService:
         # 1. snapshot: exported now, so feedback arriving later counts as new for the next run
         exported_at = utcnow()
         cutoff = feedback_cutoff(self.store, project)
-        new, older = export_frames(self.store, project, cutoff, labels,
-                                   max(OLDER_CAP_FACTOR * s.retrain.replay_max, 10_000), seed=run_id,
-                                   until=exported_at)
-        snap = dataset.assemble_snapshot(
-            new, older, s.retrain, seed=run_id,
-            meta={"project": project, "run_id": run_id, "feedback_until": exported_at.isoformat(),
-                  "previous_cutoff": cutoff.isoformat() if cutoff else None},
-            used_holdout=registry.used_holdout_ids(self.store, project))
+        if active.snapshot is not None:
+            snap, champion = active.snapshot, None
+            snap.meta.update(run_id=run_id, feedback_until=exported_at.isoformat())
+        else:
+            new, older = export_frames(self.store, project, cutoff, labels,
+                                       max(OLDER_CAP_FACTOR * s.retrain.replay_max, 10_000), seed=run_id,
+                                       until=exported_at)
+            snap = dataset.assemble_snapshot(
+                new, older, s.retrain, seed=run_id,
+                meta={"project": project, "run_id": run_id, "feedback_until": exported_at.isoformat(),
+                      "previous_cutoff": cutoff.isoformat() if cutoff else None},
+                used_holdout=registry.used_holdout_ids(self.store, project))
+            champion = registry.champion(self.store, project)
         dataset.write_snapshot(snap, directory / "snapshot")
-        champion = registry.champion(self.store, project)
         (directory / "settings.json").write_text(json.dumps({
             "model": s.model.model_dump(mode="json"), "retrain": s.retrain.model_dump(mode="json"),
             "labels": labels, "project": project,
@@ -520,7 +531,10 @@ class RetrainService:
             "val_accuracy": metrics.get("val_accuracy"), "train_seconds": metrics.get("train_seconds"),
             "gate": decision.as_json(),
         }
-        if not decision.promote:
+        if active.snapshot is not None:
+            self._finish(run_id, "passed", ["trained from a dataset: read its evaluation, then promote"],
+                         metrics=summary)
+        elif not decision.promote:
             registry.reject(self.store, project, version, decision.reasons)
             self._finish(run_id, "rejected", decision.reasons, metrics=summary)
         elif s.retrain.auto_promote:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 
+import pandas as pd
 import streamlit as st
 
 from tuneloop.dashboard import ui
@@ -140,6 +141,7 @@ def render() -> None:
             st.button("u · undo the last", key="lab_undo_empty", on_click=act, args=(q, "undo"))
             if can_label:
                 listen(["u"], None, lambda press: on_key(q, labels, press))
+        label_quality(session)
         return
     show_item(q, labels, can_label, why)
     if can_label:  # key presses are applied (in a callback) before the next run draws the page
@@ -151,6 +153,30 @@ def render() -> None:
         st.subheader("Just labelled")
         for d in recent:
             st.markdown(f"- **{d.label}** ← {html.escape(str(d.item['text'])[:140])}")
+    label_quality(session)
+
+
+def label_quality(session: ui.Session) -> None:
+    """On request (it cross-validates a classifier): labels that look wrong, and annotator agreement."""
+    if not st.toggle("Check label quality", key="label_quality_on",
+                     help="Flags given labels that a cross-validated classifier on the embeddings confidently "
+                          "disagrees with, and shows how often annotators agree on the same item."):
+        return
+    out = ui.call(lambda: session.api.request("GET", "/v1/feedback/quality", timeout=300).json(),
+                  "checking label quality")
+    if out is None:
+        return
+    suspected, agreement = out["suspected"], out["agreement"]
+    st.markdown(f"**{len(suspected['items'])} label(s) to review** (of the {suspected['n_checked']} latest)")
+    if suspected["items"]:
+        st.dataframe(pd.DataFrame(suspected["items"])[["text", "label", "suggested", "confidence", "annotator"]],
+                     hide_index=True, use_container_width=True)
+    if agreement["n_pairs"]:
+        st.markdown(f"**Annotator agreement**: {ui.pct(agreement['overall']['agreement'])} on "
+                    f"{agreement['n_items']} item(s) labelled by two or more people")
+        left, right = st.columns(2)
+        left.dataframe(pd.DataFrame(agreement["per_annotator"]).T[["agreement", "n_pairs"]])
+        right.dataframe(pd.DataFrame(agreement["per_class"]).T[["agreement", "n_pairs"]])
 
 
 if __name__ == "__main__":

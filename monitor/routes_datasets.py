@@ -1,0 +1,298 @@
+"""A new model from an uploaded file, over HTTP: upload -> quality report -> fixes -> train -> evaluation.
+
+Promotion is the models API's (``POST /v1/models/{version}/promote``); cancelling a training run
+is the retrain API's (``POST /v1/retrain/runs/{run_id}/cancel``): a training run from a dataset
+is a retrain run like any other, in the same child-process job.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+from pathlib import Path as FsPath
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from tuneloop.monitor.app import Context
+from tuneloop.monitor.datasets import (
+    DatasetError,
+    DatasetNotFound,
+    DatasetStore,
+    detect_format,
+    parse,
+    preview,
+    validate,
+)
+from tuneloop.monitor.deps import DEFAULT, PROJECT_PATTERN, Admin, Labeller, ProjectQuery, get_ctx
+
+router = APIRouter(prefix="/v1", tags=["datasets"])
+CtxDep = Annotated[Context, Depends(get_ctx)]
+DatasetId = Annotated[str, Path(pattern=r"^ds-[0-9a-f]{12}$", description="Dataset id (ds-...)")]
+_quality_lock = threading.Lock()  # one report at a time: each one encodes every row
+
+
+def _datasets(ctx: Context) -> DatasetStore:
+    return DatasetStore(ctx.settings.data_dir / "datasets")
+
+
+def _error(e: DatasetError) -> JSONResponse:
+    return JSONResponse(e.as_json(), status_code=e.status)
+
+
+async def _read_upload(request: Request, limit: int) -> bytes:
+    """The request body, streamed through a temporary file and refused past ``limit`` bytes."""
+    with tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024) as buf:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise DatasetError(f"the file is larger than the upload limit of {limit} bytes "
+                                   "(server.max_body_bytes)", status=413)
+            buf.write(chunk)
+        buf.seek(0)
+        return buf.read()
+
+
+UploadParams = dict[str, Any]
+
+
+def upload_params(
+    filename: Annotated[str | None, Query(max_length=300, description="The file's name (its suffix names the format)")
+                        ] = None,
+    format: Annotated[str | None, Query(description="csv, tsv, parquet or jsonl (default: from filename)")] = None,
+    encoding: Annotated[str, Query(max_length=40, description="Text encoding of CSV/TSV/JSONL")] = "utf-8",
+) -> UploadParams:
+    return {"filename": filename, "format": format, "encoding": encoding}
+
+
+@router.post("/datasets/preview", summary="Parse an uploaded file, guess its text and label columns (stores nothing)",
+             responses={413: {"description": "file over the upload limit"}, 415: {"description": "unknown format"},
+                        422: {"description": "unreadable file"}})
+async def preview_upload(_: Admin, ctx: CtxDep, request: Request,
+                         params: Annotated[UploadParams, Depends(upload_params)]) -> Any:
+    try:
+        raw = await _read_upload(request, ctx.settings.server.max_body_bytes)
+        return preview(raw, detect_format(params["filename"], params["format"]), params["encoding"])
+    except DatasetError as e:
+        return _error(e)
+
+
+@router.post("/datasets", status_code=201, summary="Upload a labelled file as a new dataset (all or nothing)",
+             responses={413: {"description": "file over the upload limit"}, 415: {"description": "unknown format"},
+                        422: {"description": "invalid file; `errors` lists the problems with their row numbers"}})
+async def upload_dataset(
+    _: Admin, ctx: CtxDep, request: Request, params: Annotated[UploadParams, Depends(upload_params)],
+    name: Annotated[str | None, Query(max_length=200)] = None,
+    text_column: Annotated[str | None, Query(max_length=200)] = None,
+    label_column: Annotated[str | None, Query(max_length=200)] = None,
+    labels: Annotated[list[str] | None, Query(description="The label set (repeat the parameter); default: the "
+                                                          "labels found in the file")] = None,
+) -> Any:
+    try:
+        raw = await _read_upload(request, ctx.settings.server.max_body_bytes)
+        fmt = detect_format(params["filename"], params["format"])
+        rows, label_set = validate(parse(raw, fmt, params["encoding"]), text_column, label_column, labels)
+    except DatasetError as e:
+        return _error(e)
+    meta = {"name": name or params["filename"] or "dataset", "filename": params["filename"], "format": fmt,
+            "text_column": text_column, "label_column": label_column}
+    return _datasets(ctx).create(rows, label_set, meta)
+
+
+@router.get("/datasets", summary="Uploaded datasets, newest first")
+def list_datasets(_: Admin, ctx: CtxDep) -> dict[str, Any]:
+    return {"items": _datasets(ctx).list()}
+
+
+def _found(fn):  # type: ignore[no-untyped-def]
+    try:
+        return fn()
+    except DatasetNotFound as e:
+        raise HTTPException(404, str(e)) from None
+
+
+@router.get("/datasets/{dataset_id}", summary="One dataset: labels, columns, versions")
+def get_dataset(_: Admin, ctx: CtxDep, dataset_id: DatasetId) -> dict[str, Any]:
+    return _found(lambda: _datasets(ctx).describe(dataset_id))
+
+
+@router.get("/datasets/{dataset_id}/rows", summary="Rows of one dataset version (row_id, text, label)")
+def get_rows(_: Admin, ctx: CtxDep, dataset_id: DatasetId, version: Annotated[int | None, Query(ge=1)] = None,
+             row_ids: Annotated[list[int] | None, Query(description="Only these rows")] = None,
+             offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=5000)] = 100,
+             ) -> dict[str, Any]:
+    df = _found(lambda: _datasets(ctx).rows(dataset_id, version))
+    if row_ids:
+        df = df[df["row_id"].isin(row_ids)]
+    return {"total": len(df), "items": df.iloc[offset:offset + limit].to_dict("records")}
+
+
+@router.get("/datasets/{dataset_id}/quality", summary="Data-quality report of a version (computed once, then cached)")
+def get_quality(_: Admin, ctx: CtxDep, dataset_id: DatasetId,
+                version: Annotated[int | None, Query(ge=1)] = None) -> dict[str, Any]:
+    from tuneloop.monitor.embedder import encoder_for
+    from tuneloop.retrain.quality import quality_report
+
+    store = _datasets(ctx)
+    version = _found(lambda: store.resolve_version(dataset_id, version))
+    cached = store.path(dataset_id, version, "quality.json")
+    if cached.is_file():
+        return json.loads(cached.read_text(encoding="utf-8"))
+    with _quality_lock:
+        if cached.is_file():
+            return json.loads(cached.read_text(encoding="utf-8"))
+        encoder = encoder_for(ctx.settings)
+        encoder.encode(["warm up"])  # loads the model, so its tokenizer is there
+        report = quality_report(store.rows(dataset_id, version), store.info(dataset_id)["labels"],
+                                embed=encoder.encode, tokenizer=encoder._encoder.tokenizer,
+                                max_tokens=ctx.settings.model.max_length)
+        report.update(dataset_id=dataset_id, version=version)
+        tmp = cached.with_suffix(".tmp")
+        tmp.write_text(json.dumps(report), encoding="utf-8")
+        tmp.replace(cached)
+    return report
+
+
+class Relabel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    row_id: int = Field(ge=1)
+    label: str = Field(min_length=1, max_length=200)
+
+
+class FixesRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int | None = Field(None, ge=1, description="The version the fixes apply to (default: latest)")
+    drop: list[int] = Field([], max_length=1_000_000)
+    relabel: list[Relabel] = Field([], max_length=1_000_000)
+    note: str = Field("", max_length=500)
+
+
+@router.post("/datasets/{dataset_id}/fixes", status_code=201,
+             summary="Drop and relabel rows: writes the next dataset version (the old one stays)")
+def apply_fixes(_: Admin, ctx: CtxDep, dataset_id: DatasetId, body: FixesRequest) -> Any:
+    try:
+        return _found(lambda: _datasets(ctx).apply_fixes(
+            dataset_id, body.drop, {r.row_id: r.label for r in body.relabel}, body.version, body.note))
+    except DatasetError as e:
+        return _error(e)
+
+
+class TrainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int | None = Field(None, ge=1, description="Dataset version (default: latest)")
+    project: str = Field("default", pattern=PROJECT_PATTERN)
+    create_project: bool = Field(False, description="Create the project with the dataset's labels first")
+    holdout_fraction: float = Field(0.2, gt=0, lt=0.5, description="Share of rows held out for the evaluation")
+    seed: int = Field(0, ge=0)
+
+
+@router.post("/datasets/{dataset_id}/train", status_code=202,
+             summary="Train a new model from the base on a dataset version (child-process job; 409 while one runs)")
+def train_from_dataset(principal: Admin, ctx: CtxDep, dataset_id: DatasetId, body: TrainRequest) -> Any:
+    from tuneloop.monitor.datasets import training_snapshot
+    from tuneloop.monitor.projects import ProjectExists, create_project, get_project
+    from tuneloop.monitor.retraining import RetrainBusy, RetrainError
+
+    store = _datasets(ctx)
+    info = _found(lambda: store.describe(dataset_id))
+    version = _found(lambda: store.resolve_version(dataset_id, body.version))
+    service = ctx.services.get("retrain")
+    if service is None:
+        raise HTTPException(503, "the retrain service is not running")
+    project = get_project(ctx.store, ctx.settings, body.project)
+    if project is None:
+        if not body.create_project:
+            raise HTTPException(404, f"unknown project {body.project}; set create_project to create it")
+        try:
+            project = create_project(ctx.store, body.project, info["labels"], settings=ctx.settings)
+        except (ProjectExists, ValueError) as e:
+            raise HTTPException(409 if isinstance(e, ProjectExists) else 422, str(e)) from None
+    if sorted(project.labels) != sorted(info["labels"]):
+        raise HTTPException(409, f"project {body.project} has labels {project.labels}, the dataset "
+                                 f"{info['labels']}: train it into a new project (create_project)")
+    try:
+        snapshot = training_snapshot(store.rows(dataset_id, version), body.holdout_fraction, body.seed,
+                                     {"project": body.project, "dataset": dataset_id, "dataset_version": version})
+    except DatasetError as e:
+        return _error(e)
+    try:
+        run_id = service.trigger(body.project, f"new model from dataset {dataset_id} v{version}", principal.name,
+                                 snapshot=snapshot)
+    except RetrainBusy as e:
+        return JSONResponse({"detail": str(e), "run_id": e.run_id}, status_code=409)
+    except RetrainError as e:
+        raise HTTPException(e.status, str(e)) from None
+    return {"run_id": run_id, "project": body.project, "dataset_id": dataset_id, "dataset_version": version,
+            "n_train": len(snapshot.train), "n_holdout": len(snapshot.holdout)}
+
+
+@router.get("/training/{run_id}", summary="A training run's status and live progress (epoch, loss, samples/s, ETA)")
+def training_progress(_: Admin, ctx: CtxDep, run_id: Annotated[int, Path(ge=0)]) -> dict[str, Any]:
+    from tuneloop.monitor.retraining import RunNotFound
+
+    service = ctx.services.get("retrain")
+    if service is None:
+        raise HTTPException(503, "the retrain service is not running")
+    try:
+        run = service.get_run(run_id, log_lines=20)
+    except RunNotFound as e:
+        raise HTTPException(404, str(e)) from None
+    progress = run.get("progress") or {}
+    fraction, elapsed = progress.get("fraction") or 0.0, progress.get("elapsed_s")
+    run["eta_seconds"] = (round(elapsed * (1 - fraction) / fraction, 1)
+                          if run["status"] in ("queued", "running") and elapsed and fraction > 0.1 else None)
+    run["epoch"] = _last_field(service, run_id, "epoch")
+    run["loss"] = _last_field(service, run_id, "loss")
+    run["samples_per_s"] = _last_field(service, run_id, "samples_per_s")
+    return run
+
+
+def _last_field(service: Any, run_id: int, key: str) -> Any:
+    """The newest value of ``key`` in the run's progress events (not every event carries every field)."""
+    from tuneloop.monitor.retraining import run_dir, tail_lines
+
+    for line in reversed(tail_lines(run_dir(service.settings.runs_dir, run_id) / "progress.jsonl", 200)):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get(key) is not None:
+            return event[key]
+    return None
+
+
+_cards: dict[tuple[str, str, str], dict[str, Any]] = {}  # (project, version, path): a version never changes
+
+
+@router.get("/models/{version}/evaluation", summary="A version's evaluation in plain words, against a simple baseline")
+def get_evaluation(_: Admin, ctx: CtxDep, version: Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")],
+                   project: Annotated[str, Query(pattern=PROJECT_PATTERN)] = "default") -> dict[str, Any]:
+    from tuneloop.monitor import registry
+    from tuneloop.retrain.scorecard import scorecard
+
+    try:
+        row = registry.get_version(ctx.store, project, version)
+    except LookupError as e:
+        raise HTTPException(404, str(e)) from None
+    snapshot = row.get("data_snapshot") or ((row.get("metrics") or {}).get("snapshot") or {}).get("path")
+    key = (project, version, str(row["path"]))
+    if key not in _cards:
+        try:
+            _cards[key] = scorecard(FsPath(row["path"]), FsPath(snapshot) if snapshot else None)
+        except (ValueError, FileNotFoundError) as e:
+            raise HTTPException(409, f"version {version} cannot be evaluated: {e}") from None
+    return {**_cards[key], "project": project, "status": row["status"]}
+
+
+@router.get("/feedback/quality", summary="Labels that look mislabelled, and annotator agreement, for a project")
+def feedback_quality(_: Labeller, ctx: CtxDep, project: ProjectQuery = DEFAULT) -> dict[str, Any]:
+    from tuneloop.monitor.feedback_quality import annotator_agreement, suspected_feedback
+    from tuneloop.monitor.projects import labels_for
+
+    labels = labels_for(ctx.store, ctx.settings, project)
+    return {"project": project, "suspected": suspected_feedback(ctx.store, project, labels),
+            "agreement": annotator_agreement(ctx.store, project)}

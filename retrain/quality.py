@@ -1,0 +1,364 @@
+"""Data-quality report for a labelled text dataset: what to fix before fine-tuning on it.
+
+Fine-tuning learns from few rows, so each bad row costs. The report looks at
+
+* class balance (rows per class, imbalance ratio, classes too small to learn);
+* text lengths (empty, too short, too long, over the model's token limit: those get truncated);
+* exact and near-duplicate texts, and duplicates that carry different labels;
+* charset oddities (replacement characters, mojibake, control characters, a foreign script);
+* suspected label errors, by confident learning (cleanlab) on out-of-fold predicted
+  probabilities of a cross-validated logistic regression on the frozen encoder's embeddings:
+  a few seconds for thousands of rows, no fine-tune.
+
+Every finding names its rows by ``row_id`` (the dataset's stable row number) and may carry a
+suggested fix per row (``drop``, or ``relabel`` to a label), which the operator can accept.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+MIN_CHARS = 3
+"""Texts shorter than this (after trimming) carry almost nothing to learn from."""
+MAX_CHARS = 5000
+"""Texts longer than this are probably documents or pasted logs, not one example."""
+MIN_ROWS_PER_CLASS = 10
+"""Below this a class cannot be learnt or evaluated (a 20 % holdout holds 2 of them)."""
+IMBALANCE_RATIO = 5.0
+"""Largest class / smallest class above this: the rare class needs more examples."""
+NEAR_DUPLICATE_COSINE = 0.97
+"""Embedding cosine at or above this (and not an exact duplicate): the same text, reworded or retweeted."""
+FOLDS = 5
+MAX_LISTED = 10_000
+"""At most this many row ids per finding in the report (the count is always the full one)."""
+C_GRID = (0.3, 1.0, 10.0)
+"""Regularisation strengths of the out-of-fold logistic regression; the one with the lowest
+cross-validated log-loss is used. Encoders differ: real sentence embeddings of noisy tweets want
+0.3-1, a small or random encoder 10 (measured in bench/label_noise.py and tests/test_quality.py)."""
+C_SAMPLE = 2000
+"""Rows (at most) used to choose C: the choice is stable well before that, and it bounds the cost."""
+
+EmbedFn = Callable[[list[str]], np.ndarray]
+
+_MOJIBAKE = re.compile("Ã[\u0080-\u00bf]|â€|Â[\u00a0-\u00bf]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_SPACES = re.compile(r"\s+")
+
+
+@dataclass
+class Finding:
+    """One kind of problem and the rows that have it."""
+
+    check: str
+    severity: str  # "error": fix before training; "warning": worth a look; "info": a fact
+    message: str
+    rows: list[int] = field(default_factory=list)
+    count: int = 0
+    fixes: list[dict[str, Any]] = field(default_factory=list)  # {"row_id", "action", "label"?, "why"}
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def normalise_text(text: str) -> str:
+    """Case-folded, NFKC, whitespace collapsed: texts equal under this are exact duplicates."""
+    return _SPACES.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
+def _finding(check: str, severity: str, message: str, rows: Sequence[int], fixes: list[dict[str, Any]] | None = None,
+             **details: Any) -> Finding:
+    rows = [int(r) for r in rows]
+    return Finding(check, severity, message, rows[:MAX_LISTED], len(rows), (fixes or [])[:MAX_LISTED], details)
+
+
+# ---- the checks ------------------------------------------------------------------------------------
+
+
+def class_balance(labels: pd.Series, label_set: Sequence[str]) -> tuple[dict[str, int], list[Finding]]:
+    counts = {lab: int((labels == lab).sum()) for lab in label_set}
+    out: list[Finding] = []
+    missing = [lab for lab, n in counts.items() if n == 0]
+    if missing:
+        out.append(_finding("class_missing", "error", f"no rows for label(s) {missing}", []))
+    small = {lab: n for lab, n in counts.items() if 0 < n < MIN_ROWS_PER_CLASS}
+    if small:
+        out.append(_finding("class_too_small", "warning",
+                            f"label(s) with fewer than {MIN_ROWS_PER_CLASS} rows: {small}", [], counts=small))
+    present = [n for n in counts.values() if n > 0]
+    ratio = max(present) / min(present) if present else 0.0
+    if ratio > IMBALANCE_RATIO:
+        big, rare = max(counts, key=counts.get), min((k for k in counts if counts[k]), key=counts.get)
+        out.append(_finding("imbalance", "warning",
+                            f"{big!r} has {ratio:.1f}x the rows of {rare!r}: the model will favour it; add "
+                            f"{rare!r} examples if you can", [], ratio=round(ratio, 2)))
+    return counts, out
+
+
+def lengths(row_ids: np.ndarray, texts: list[str], token_counts: np.ndarray | None, max_tokens: int | None,
+            ) -> list[Finding]:
+    stripped = np.array([len(t.strip()) for t in texts])
+    out = []
+    empty = row_ids[stripped == 0]
+    if len(empty):
+        out.append(_finding("empty_text", "error", f"{len(empty)} empty text(s)", empty,
+                            [{"row_id": int(r), "action": "drop", "why": "empty text"} for r in empty]))
+    short = row_ids[(stripped > 0) & (stripped < MIN_CHARS)]
+    if len(short):
+        out.append(_finding("too_short", "warning", f"{len(short)} text(s) shorter than {MIN_CHARS} characters",
+                            short, [{"row_id": int(r), "action": "drop", "why": "too short"} for r in short]))
+    long = row_ids[stripped > MAX_CHARS]
+    if len(long):
+        out.append(_finding("too_long", "warning", f"{len(long)} text(s) longer than {MAX_CHARS} characters", long))
+    if token_counts is not None and max_tokens:
+        over = row_ids[token_counts > max_tokens]
+        if len(over):
+            out.append(_finding("over_max_length", "info",
+                                f"{len(over)} text(s) over the model's {max_tokens} tokens: only their start is read",
+                                over, max_tokens=max_tokens))
+    return out
+
+
+def exact_duplicates(row_ids: np.ndarray, texts: list[str], labels: np.ndarray) -> list[Finding]:
+    keys = pd.Series([normalise_text(t) for t in texts])
+    keys = keys[keys != ""]
+    groups = [g for g in keys.groupby(keys).groups.values() if len(g) > 1]
+    dup_rows, conflict_rows, fixes, conflicts = [], [], [], []
+    for g in groups:
+        idx = np.asarray(sorted(g))
+        labs = labels[idx]
+        if len(set(labs)) > 1:
+            conflict_rows += row_ids[idx].tolist()
+            conflicts.append({"rows": row_ids[idx].tolist(), "labels": labs.tolist()})
+        else:  # same text, same label: keep the first copy
+            dup_rows += row_ids[idx[1:]].tolist()
+            fixes += [{"row_id": int(r), "action": "drop", "why": f"exact duplicate of row {int(row_ids[idx[0]])}"}
+                      for r in row_ids[idx[1:]]]
+    out = []
+    if dup_rows:
+        out.append(_finding("exact_duplicate", "warning",
+                            f"{len(dup_rows)} extra cop(ies) of texts that appear more than once (same label)",
+                            dup_rows, fixes))
+    if conflict_rows:
+        out.append(_finding("conflicting_duplicate", "error",
+                            f"{len(conflicts)} text(s) appear with different labels ({len(conflict_rows)} rows): "
+                            "decide which label is right", conflict_rows, groups=conflicts[:MAX_LISTED]))
+    return out
+
+
+def near_duplicates(row_ids: np.ndarray, texts: list[str], labels: np.ndarray, emb: np.ndarray,
+                    threshold: float = NEAR_DUPLICATE_COSINE, chunk: int = 2048) -> list[Finding]:
+    """Pairs of different texts whose (L2-normalised) embeddings have cosine >= ``threshold``."""
+    keys = np.array([normalise_text(t) for t in texts], dtype=object)
+    e = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    pairs: list[tuple[int, int]] = []
+    for s in range(0, len(e), chunk):
+        sim = e[s:s + chunk] @ e.T
+        ii, jj = np.nonzero(sim >= threshold)
+        ii = ii + s
+        keep = (jj > ii) & (keys[ii] != keys[jj])
+        pairs += list(zip(ii[keep].tolist(), jj[keep].tolist(), strict=True))
+    if not pairs:
+        return []
+    rows = sorted({int(row_ids[k]) for p in pairs for k in p})
+    conflicting = [(int(row_ids[i]), int(row_ids[j])) for i, j in pairs if labels[i] != labels[j]]
+    return [_finding("near_duplicate", "warning" if conflicting else "info",
+                     f"{len(pairs)} pair(s) of near-identical texts"
+                     + (f", {len(conflicting)} of them with different labels" if conflicting else ""),
+                     rows, pairs=[(int(row_ids[i]), int(row_ids[j])) for i, j in pairs[:MAX_LISTED]],
+                     conflicting_pairs=conflicting[:MAX_LISTED])]
+
+
+def _script(ch: str) -> str:
+    name = unicodedata.name(ch, "")
+    return name.split(" ")[0] if name else "UNKNOWN"
+
+
+def charset(row_ids: np.ndarray, texts: list[str]) -> list[Finding]:
+    replacement = [r for r, t in zip(row_ids, texts, strict=True) if "\ufffd" in t]
+    mojibake = [r for r, t in zip(row_ids, texts, strict=True) if _MOJIBAKE.search(t)]
+    control = [r for r, t in zip(row_ids, texts, strict=True) if _CONTROL.search(t)]
+    # Main script of each text (by letters); texts whose script differs from the dataset's usual one.
+    scripts = []
+    for t in texts:
+        letters = [_script(c) for c in t if c.isalpha()]
+        scripts.append(pd.Series(letters).mode().iloc[0] if letters else "")
+    common = pd.Series([s for s in scripts if s]).mode()
+    usual = common.iloc[0] if len(common) else ""
+    foreign = [r for r, s in zip(row_ids, scripts, strict=True) if s and usual and s != usual]
+    out = []
+    if replacement:
+        out.append(_finding("replacement_char", "warning",
+                            f"{len(replacement)} text(s) contain U+FFFD: characters were lost in a wrong decoding",
+                            replacement))
+    if mojibake:
+        out.append(_finding("mojibake", "warning",
+                            f"{len(mojibake)} text(s) look double-encoded (UTF-8 read as Latin-1, e.g. 'Ã©')",
+                            mojibake))
+    if control:
+        out.append(_finding("control_chars", "info", f"{len(control)} text(s) contain control characters", control))
+    if foreign:
+        out.append(_finding("other_script", "info",
+                            f"{len(foreign)} text(s) are mostly in another script than the usual {usual.title()}",
+                            foreign, usual_script=usual))
+    return out
+
+
+def choose_c(emb: np.ndarray, y: np.ndarray, seed: int = 0) -> float:
+    """The C of ``C_GRID`` with the lowest 3-fold log-loss on at most ``C_SAMPLE`` rows."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    if len(y) > C_SAMPLE:
+        keep = np.random.default_rng(seed).choice(len(y), C_SAMPLE, replace=False)
+        emb, y = emb[keep], y[keep]
+    k = int(min(3, np.bincount(y)[np.bincount(y) > 0].min()))
+    if k < 2:
+        return 1.0
+    cv = StratifiedKFold(k, shuffle=True, random_state=seed)
+    scores = {c: cross_val_score(LogisticRegression(max_iter=1000, C=c), emb, y, cv=cv, scoring="neg_log_loss").mean()
+              for c in C_GRID}
+    return max(scores, key=scores.get)
+
+
+def out_of_fold_probs(emb: np.ndarray, y: np.ndarray, n_classes: int, folds: int = FOLDS, seed: int = 0,
+                      c: float | None = None) -> np.ndarray:
+    """Predicted probabilities of each row from a logistic regression that never saw that row."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    probs = np.zeros((len(y), n_classes))
+    k = int(min(folds, np.bincount(y, minlength=n_classes)[np.bincount(y, minlength=n_classes) > 0].min()))
+    if k < 2:
+        raise ValueError("every label needs at least 2 rows for cross-validated label checks")
+    c = choose_c(emb, y, seed) if c is None else c
+    for train_idx, test_idx in StratifiedKFold(k, shuffle=True, random_state=seed).split(emb, y):
+        clf = LogisticRegression(max_iter=1000, C=c, class_weight="balanced")
+        clf.fit(emb[train_idx], y[train_idx])
+        p = np.zeros((len(test_idx), n_classes))
+        p[:, clf.classes_] = clf.predict_proba(emb[test_idx])
+        probs[test_idx] = p
+    return probs
+
+
+def label_errors(row_ids: np.ndarray, labels: np.ndarray, label_set: Sequence[str], emb: np.ndarray,
+                 folds: int = FOLDS, seed: int = 0) -> tuple[list[Finding], np.ndarray | None]:
+    """Rows whose given label the out-of-fold model confidently disagrees with (cleanlab), most suspect first."""
+    from cleanlab.filter import find_label_issues
+
+    index = {lab: i for i, lab in enumerate(label_set)}
+    y = np.array([index[lab] for lab in labels])
+    present = np.unique(y)
+    if len(present) < 2 or np.bincount(y)[present].min() < 2:
+        return [], None
+    # cleanlab wants classes 0..k-1 all present: map the present ones onto that range.
+    remap = {c: i for i, c in enumerate(present)}
+    yy = np.array([remap[c] for c in y])
+    probs = out_of_fold_probs(emb, yy, len(present), folds, seed)
+    issues = find_label_issues(yy, probs, return_indices_ranked_by="self_confidence")
+    fixes = []
+    for i in issues:
+        suggested = label_set[present[int(probs[i].argmax())]]
+        fixes.append({"row_id": int(row_ids[i]), "action": "relabel", "label": suggested,
+                      "given": str(labels[i]), "confidence": round(float(probs[i].max()), 3),
+                      "why": f"labelled {labels[i]!r}, the cross-validated model says {suggested!r} "
+                             f"({probs[i].max():.0%})"})
+    full = np.zeros((len(y), len(label_set)))
+    full[:, present] = probs
+    if not len(issues):
+        return [], full
+    share = len(issues) / len(y)
+    return [_finding("label_error", "error" if share > 0.02 else "warning",
+                     f"{len(issues)} row(s) ({share:.1%}) look mislabelled: check them, relabel or drop",
+                     [int(row_ids[i]) for i in issues], fixes, method="confident learning (cleanlab) on "
+                     f"{folds}-fold out-of-fold logistic regression over frozen-encoder embeddings")], full
+
+
+# ---- the report ------------------------------------------------------------------------------------
+
+
+def quality_report(
+    df: pd.DataFrame,
+    labels: Sequence[str] | None = None,
+    embed: EmbedFn | None = None,
+    tokenizer: Any = None,
+    max_tokens: int | None = None,
+    folds: int = FOLDS,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Run every check on ``df`` (columns ``text``, ``label``, optional ``row_id``; default 1..n).
+
+    ``embed`` maps texts to embeddings (the frozen encoder); without it the near-duplicate and
+    label-error checks are skipped and the report says so. ``tokenizer`` + ``max_tokens`` enable the
+    over-length check. Returns a JSON-ready dict: ``n_rows``, ``labels``, ``class_counts``,
+    ``findings`` (worst first), ``suggested_fixes`` (one per row, label errors and drops merged),
+    ``seconds`` per check.
+    """
+    t_all = time.perf_counter()
+    texts = df["text"].astype(str).tolist()
+    given = df["label"].astype(str).to_numpy()
+    row_ids = df["row_id"].to_numpy() if "row_id" in df.columns else np.arange(1, len(df) + 1)
+    label_set = list(labels) if labels else sorted(set(given))
+    seconds: dict[str, float] = {}
+    findings: list[Finding] = []
+
+    t = time.perf_counter()
+    counts, found = class_balance(pd.Series(given), label_set)
+    findings += found
+    token_counts = None
+    if tokenizer is not None:
+        token_counts = np.array([len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]])
+    findings += lengths(row_ids, texts, token_counts, max_tokens)
+    findings += exact_duplicates(row_ids, texts, given)
+    findings += charset(row_ids, texts)
+    seconds["text_checks"] = time.perf_counter() - t
+
+    skipped = []
+    if embed is not None and len(texts) >= 2:
+        t = time.perf_counter()
+        emb = np.asarray(embed(texts), dtype=np.float32)
+        seconds["embed"] = time.perf_counter() - t
+        t = time.perf_counter()
+        findings += near_duplicates(row_ids, texts, given, emb)
+        seconds["near_duplicates"] = time.perf_counter() - t
+        t = time.perf_counter()
+        found, _ = label_errors(row_ids, given, label_set, emb, folds, seed)
+        findings += found
+        seconds["label_errors"] = time.perf_counter() - t
+    else:
+        skipped = ["near_duplicate", "label_error"]
+
+    order = {"error": 0, "warning": 1, "info": 2}
+    findings.sort(key=lambda f: (order[f.severity], -f.count))
+    fixes: dict[int, dict[str, Any]] = {}
+    for f in findings:  # drops (empty, duplicates) win over relabels of the same row
+        for fix in f.fixes:
+            if fix["row_id"] not in fixes or fix["action"] == "drop":
+                fixes[fix["row_id"]] = {**fix, "check": f.check}
+    seconds["total"] = time.perf_counter() - t_all
+    return {
+        "n_rows": len(df), "labels": label_set, "class_counts": counts,
+        "findings": [asdict(f) for f in findings], "skipped": skipped,
+        "suggested_fixes": sorted(fixes.values(), key=lambda x: x["row_id"]),
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+    }
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """The report as short plain lines (CLI, logs)."""
+    lines = [f"{report['n_rows']} rows; per class: "
+             + ", ".join(f"{k} {v}" for k, v in report["class_counts"].items())]
+    for f in report["findings"]:
+        rows = ", ".join(str(r) for r in f["rows"][:10]) + (" ..." if f["count"] > 10 else "")
+        lines.append(f"[{f['severity']}] {f['message']}" + (f" (rows {rows})" if f["rows"] else ""))
+    if not report["findings"]:
+        lines.append("no problems found")
+    if report["skipped"]:
+        lines.append(f"skipped (no encoder): {', '.join(report['skipped'])}")
+    lines.append(f"{len(report['suggested_fixes'])} suggested fix(es); took {report['seconds']['total']:.1f} s")
+    return lines
