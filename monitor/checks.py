@@ -79,7 +79,7 @@ def reference_frame(store: Store, settings: Settings, project: str = DEFAULT_PRO
             return name, df
     first = store.query(
         """SELECT p.id, p.ts, p.text, p.label, p.confidence, p.probs, p.embedding FROM predictions p
-           WHERE p.project = ? ORDER BY p.ingest_seq LIMIT ?""",
+           WHERE p.project = ? ORDER BY p.ingest_seq, p.ts, p.id LIMIT ?""",
         [project, drift.window_size],
     )
     return "first-traffic", first

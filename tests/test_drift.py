@@ -144,6 +144,15 @@ def test_mmd_null_matches_direct_computation():
         a, b = z[splits[:, r]], z[~splits[:, r]]
         direct = ds.mmd2_unbiased(ds.rbf(a, a, gamma), ds.rbf(b, b, gamma), ds.rbf(a, b, gamma))
         assert fast[r] == pytest.approx(direct, abs=1e-7)
+    # Time blocks against one fixed reference sample (summed-area table) match the direct computation too.
+    ref, rows = z[:100], z[100:]
+    starts = ds.block_starts(len(rows), 60, 5, rng)
+    blocks = ds.mmd2_blocks(ds.mean_offdiagonal(ds.rbf(ref, ref, gamma)), ds.rbf(rows, rows, gamma),
+                            ds.rbf(ref, rows, gamma), starts, 60)
+    for r, s in enumerate(starts):
+        b = rows[s : s + 60]
+        direct = ds.mmd2_unbiased(ds.rbf(ref, ref, gamma), ds.rbf(b, b, gamma), ds.rbf(ref, b, gamma))
+        assert blocks[r] == pytest.approx(direct, abs=1e-6)
 
 
 def test_distances_agree_with_scipy():
@@ -157,13 +166,52 @@ def test_distances_agree_with_scipy():
     assert float(ds.js_distance(p, q)) == pytest.approx(jensenshannon(p / p.sum(), q / q.sum(), base=2), rel=1e-9)
 
 
-def test_sample_plan_is_disjoint_and_capped():
+def test_sample_plan_is_disjoint_capped_and_time_ordered():
     plan = ds.plan_samples(100_000, 50_000, 2000, np.random.default_rng(0))
-    assert (plan.n_ref, plan.n_cur) == (2000, 2000)
-    used = np.concatenate([plan.ref, plan.extra, plan.fit])
-    assert len(np.unique(used)) == 100_000  # pool and fit rows never overlap
-    small = ds.plan_samples(900, 500, 2000, np.random.default_rng(0))
-    assert small.n_ref + small.n_cur <= 600 and len(small.fit) >= 300
+    assert (plan.n_ref, plan.n_cur, len(plan.fit), len(plan.blocks)) == (2000, 2000, 2000, 4000)
+    used = np.concatenate([plan.ref, plan.fit, plan.blocks])
+    assert len(np.unique(used)) == len(used)  # compared, fit and block rows never overlap
+    assert (np.diff(plan.blocks) > 0).all()  # blocks are cut from the reference in time order
+    small = ds.plan_samples(150, 150, 100, np.random.default_rng(0))
+    assert (small.n_ref, small.n_cur, len(small.fit)) == (50, 100, 50)
+    assert not small.has_blocks  # 50 spare rows cannot hold 20 distinct blocks of 100: permutation test only
+
+
+def test_permutation_threshold_bounds_false_alarms_for_a_discrete_statistic():
+    """A rare, zero-inflated per-row share (like non-ASCII characters in tweets) at 50 rows per side: the
+    permutation threshold false-alarms at most 1 - quantile of the time, however lumpy the statistic."""
+    rng = np.random.default_rng(0)
+    settings = DriftSettings()
+    spec = CheckSpec("share_drift", "numeric", ("share",))
+    alarms = 0
+    for seed in range(200):
+        values = np.where(rng.random(200) < 0.12, rng.uniform(0.01, 0.2, 200), 0.0)
+        frame = pd.DataFrame({"share": values})
+        (r,) = run_checks(frame.iloc[:150], frame.iloc[150:], settings, LABELS, seed=seed, checks=[spec])
+        alarms += r.drifted
+        assert r.details["permutations"] == settings.resamples
+    assert alarms <= 4, alarms  # 1 % of 200 is 2; binomial 99th percentile is 6
+    null = np.arange(199.0)
+    assert ds.permutation_threshold(null, 0.01) == 197.0  # p = (1 + 1) / 200 <= 0.01 only above the 2nd largest
+    assert ds.permutation_threshold(null[:50], 0.01) == float("inf")  # 50 permutations cannot reach 1 %
+
+
+def test_time_block_null_sees_slow_drift_inside_the_reference():
+    """A reference whose mean wanders over time: contiguous blocks of it differ from a random reference sample
+    far more than shuffled splits do, so a window that wanders the same way is not called drift."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    wander = np.cumsum(rng.normal(0, 0.05, n))  # slow, autocorrelated change of level
+    ref = pd.DataFrame({"x": wander + rng.normal(0, 1, n)})
+    cur = pd.DataFrame({"x": wander[-300:] + 0.8 + rng.normal(0, 1, 300)})  # a later stretch, same kind of wander
+    spec = CheckSpec("x_drift", "numeric", ("x",))
+    (r,) = run_checks(ref, cur, DriftSettings(sample_size=300), LABELS, checks=[spec])
+    assert r.details["time_blocks"] == DriftSettings().resamples
+    assert r.details["block_threshold"] > 2 * r.details["permutation_threshold"]
+    assert r.threshold == pytest.approx(max(r.details["block_threshold"], r.details["permutation_threshold"]))
+    shuffled = ref.sample(frac=1.0, random_state=0).reset_index(drop=True)  # no time order left: blocks = random
+    (s,) = run_checks(shuffled, cur, DriftSettings(sample_size=300), LABELS, checks=[spec])
+    assert s.details["block_threshold"] < r.details["block_threshold"] / 2
 
 
 def test_text_descriptors():
