@@ -574,26 +574,28 @@ def _numeric_distance(
     c: _Check,
     n_ref_rows: int,
     n_cur_rows: int,
-    fit_values: Callable[[ds.SamplePlan], tuple[Values, Values, dict[str, Any]]],
+    fit_values: Callable[[ds.SamplePlan], tuple[Values, Any, dict[str, Any]]],
+    cur_values: Callable[[Any, np.ndarray], np.ndarray],
 ) -> CheckResult:
     """Normalised Wasserstein-1 (Evidently's "Wasserstein distance (normed)") with a calibrated threshold.
 
-    ``fit_values(plan)`` returns the value functions of the reference and current rows (fitted on
-    the plan's fit rows where needed, e.g. a vocabulary) and details to report.
+    ``fit_values(plan)`` returns the value function of the reference rows, what it learnt from the
+    plan's fit rows (e.g. a vocabulary; cached with the reference side) and details to report;
+    ``cur_values(learnt, positions)`` the values of current rows.
     """
 
-    def fit(plan: ds.SamplePlan) -> tuple[np.ndarray, float, Values, np.ndarray | None, dict[str, Any]]:
-        ref_values, cur_values, extra = fit_values(plan)
+    def fit(plan: ds.SamplePlan) -> tuple[np.ndarray, float, Any, np.ndarray | None, dict[str, Any]]:
+        ref_values, learnt, extra = fit_values(plan)
         ref = ref_values(plan.ref)
         scale = max(float(np.std(ref)), 1e-3)
         block_null = None
         if plan.has_blocks:
             block_null = ds.wasserstein_blocks(ref, ref_values(plan.blocks), c.blocks(len(plan.blocks), plan.n_cur))
             block_null = block_null / scale
-        return ref, scale, cur_values, block_null, extra
+        return ref, scale, learnt, block_null, extra
 
-    plan, (ref, scale, cur_values, block_null, extra) = c.fitted(n_ref_rows, n_cur_rows, fit)
-    cur_s = cur_values(c.current_rows(n_cur_rows))
+    plan, (ref, scale, learnt, block_null, extra) = c.fitted(n_ref_rows, n_cur_rows, fit)
+    cur_s = cur_values(learnt, c.current_rows(n_cur_rows))
     value = ds.wasserstein_1d(ref, cur_s) / scale
     null = ds.wasserstein_null(np.concatenate([ref, cur_s]), c.permutations(len(ref), len(cur_s))) / scale
     threshold, decision = c.decide(value, null, block_null)
@@ -618,8 +620,8 @@ def _finite(frame: pd.DataFrame, col: str) -> np.ndarray:
 def _check_numeric(c: _Check) -> CheckResult:
     c.need_columns()
     ref_v, cur_v = _finite(c.ref, c.spec.columns[0]), _finite(c.cur, c.spec.columns[0])
-    return _numeric_distance(c, len(ref_v), len(cur_v),
-                             lambda plan: (lambda pos: ref_v[pos], lambda pos: cur_v[pos], {}))
+    return _numeric_distance(c, len(ref_v), len(cur_v), lambda plan: (lambda pos: ref_v[pos], None, {}),
+                             lambda _learnt, pos: cur_v[pos])
 
 
 def _texts(frame: pd.DataFrame, col: str) -> np.ndarray:
@@ -630,20 +632,22 @@ def _check_descriptor(c: _Check) -> CheckResult:
     c.need_columns()
     name = c.spec.params["descriptor"]
     ref_t, cur_t = _texts(c.ref, c.spec.columns[0]), _texts(c.cur, c.spec.columns[0])
+    fn = ds.DESCRIPTORS.get(name)
 
-    def fit_values(plan: ds.SamplePlan) -> tuple[Values, Values, dict[str, Any]]:
+    def fit_values(plan: ds.SamplePlan) -> tuple[Values, Any, dict[str, Any]]:
         extra: dict[str, Any] = {"descriptor": name}
         if name == "oov_share":
             vocab = ds.build_vocabulary(ref_t[plan.fit[: int(c.param("vocab_rows", 20_000))]])
             if not vocab:
                 raise Skip("no reference words outside the compared sample")
             extra["vocabulary_size"] = len(vocab)
-            return (lambda pos: ds.oov_share(list(ref_t[pos]), vocab),
-                    lambda pos: ds.oov_share(list(cur_t[pos]), vocab), extra)
-        fn = ds.DESCRIPTORS[name]
-        return lambda pos: fn(list(ref_t[pos])), lambda pos: fn(list(cur_t[pos])), extra
+            return lambda pos: ds.oov_share(list(ref_t[pos]), vocab), vocab, extra
+        return lambda pos: fn(list(ref_t[pos])), None, extra
 
-    return _numeric_distance(c, len(ref_t), len(cur_t), fit_values)
+    def cur_values(vocab: Any, pos: np.ndarray) -> np.ndarray:
+        return ds.oov_share(list(cur_t[pos]), vocab) if name == "oov_share" else fn(list(cur_t[pos]))
+
+    return _numeric_distance(c, len(ref_t), len(cur_t), fit_values, cur_values)
 
 
 # --------------------------------------------------------------------------- quality

@@ -363,6 +363,78 @@ def test_estimated_accuracy_tracks_true_accuracy_on_shifted_windows(corpus):
             assert not r.drifted
 
 
+def test_estimate_carries_an_interval_and_is_flagged_when_inputs_drift(corpus):
+    """The label-free estimate comes with a 95 % interval, and ``reliable: false`` with the reason when the
+    embedding check says the inputs left the calibration data (or when no embedding check ran)."""
+    rows = airline(corpus, 11)
+    reference, plain = rows.iloc[800:], rows.iloc[:400]
+    checks = EMBEDDING + by_name("estimated_accuracy")
+    unlabelled = plain.assign(true_label=None)
+    emb, est = run_checks(reference, unlabelled, SETTINGS, LABELS, checks=checks)
+    truth = float((plain["label"] == plain["true_label"]).mean())
+    low, high = est.details["interval_95"]
+    assert low < est.value < high and low <= truth <= high and high - low < 0.15
+    assert not emb.drifted and est.details["reliable"] is True and est.details["unreliable_reasons"] == []
+
+    off_topic = others(corpus).sample(400, random_state=3).assign(true_label=None)
+    emb, est = run_checks(reference, off_topic, SETTINGS, LABELS, checks=checks)
+    assert emb.drifted and est.details["reliable"] is False
+    assert "inputs left the calibration data (embedding_drift" in est.details["unreliable_reasons"][0]
+
+    (alone,) = run_checks(reference, unlabelled, SETTINGS, LABELS, checks=by_name("estimated_accuracy"))
+    assert alone.details["reliable"] is False and "no embedding check ran" in alone.details["unreliable_reasons"][0]
+
+    # Feedback in the window that contradicts the calibration makes it unreliable too.
+    wrong = off_topic.assign(true_label=np.where(off_topic["label"] == "negative", "positive", "negative"))
+    (contradicted,) = [r for r in run_checks(reference, wrong, SETTINGS, LABELS, checks=checks)
+                       if r.metric == "estimated_accuracy"]
+    assert any("disagree with the calibration" in why for why in contradicted.details["unreliable_reasons"])
+
+
+def test_output_checks_compare_one_version_on_rows_it_was_not_trained_on(corpus):
+    """Model-output checks keep only current rows served by the reference's version and only reference rows
+    the version was not trained on; input checks still see every row."""
+    rows = airline(corpus, 12)
+    held_out = rows.iloc[1000:].assign(split="val")
+    # In-sample predictions: confident and right, as a model is on its own training rows.
+    trained = rows.iloc[400:1000].assign(split="train", confidence=0.99, label=lambda f: f["true_label"])
+    reference = pd.concat([trained, held_out], ignore_index=True)
+    served = rows.iloc[:400].assign(model_version="v2")
+    old = served.iloc[:150].assign(model_version="v1", label="positive")  # the previous model, other outputs
+    current = pd.concat([old, served.iloc[150:]], ignore_index=True)
+    checks = by_name("prediction_drift", "confidence_drift", "text_length_drift")
+    results = {r.metric: r for r in run_checks(reference, current, SETTINGS, LABELS, checks=checks, version="v2")}
+    assert not results["prediction_drift"].drifted and not results["confidence_drift"].drifted
+    for name in ("prediction_drift", "confidence_drift"):
+        details = results[name].details
+        assert details["current_other_version_rows_left_out"] == 150 and details["n_current"] == 250
+        assert details["reference_training_rows_left_out"] == 600 and details["n_reference"] == len(held_out)
+    assert results["text_length_drift"].details["n_current"] == 400  # input check: both versions' rows
+    assert results["text_length_drift"].details["n_reference"] == len(reference)
+
+    mixed = {r.metric: r for r in run_checks(reference, current, SETTINGS, LABELS, checks=checks)}
+    assert mixed["prediction_drift"].drifted  # two models' outputs in one window look like drift
+    in_sample = {r.metric: r for r in run_checks(trained.drop(columns="split"), served.iloc[150:], SETTINGS,
+                                                 LABELS, checks=checks, version="v2")}
+    assert in_sample["confidence_drift"].drifted  # live traffic is never as confident as the training rows
+
+
+def test_reference_side_is_fitted_once_per_reference(corpus):
+    from tuneloop.monitor.drift import REFERENCE_CACHE
+
+    rows = airline(corpus, 13)
+    reference = rows.iloc[500:]
+    REFERENCE_CACHE.clear()
+    first = run_checks(reference, rows.iloc[:250], SETTINGS, LABELS, checks=DISTRIBUTION_CHECKS)
+    assert (REFERENCE_CACHE.hits, REFERENCE_CACHE.misses) == (0, len(DISTRIBUTION_CHECKS))
+    again = run_checks(reference, rows.iloc[250:500], SETTINGS, LABELS, checks=DISTRIBUTION_CHECKS)
+    assert (REFERENCE_CACHE.hits, REFERENCE_CACHE.misses) == (len(DISTRIBUTION_CHECKS), len(DISTRIBUTION_CHECKS))
+    assert [r.details["block_threshold"] for r in first] == [r.details["block_threshold"] for r in again]
+    REFERENCE_CACHE.clear()
+    fresh = run_checks(reference, rows.iloc[250:500], SETTINGS, LABELS, checks=DISTRIBUTION_CHECKS)
+    assert [r.as_json() for r in fresh] == [r.as_json() for r in again]  # caching never changes a verdict
+
+
 # --------------------------------------------------------------------------- runner and report
 
 
