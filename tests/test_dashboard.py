@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -78,6 +79,9 @@ def test_overview_shows_champion_traffic_accuracy_drift_alerts_and_promotions(da
     assert metrics["Champion"] == "v2"
     assert metrics["Predictions"] == "720"
     assert metrics["Open alerts"] != "0"
+    # The label-free estimate is never a bare number: an interval, or "unreliable" when its assumption broke.
+    estimate = metrics["Estimated accuracy"]
+    assert estimate == "unreliable" or re.fullmatch(r"\d+\.\d%–\d+\.\d%", estimate), estimate
     figs = figures(at)
     titles = [f["layout"]["title"]["text"] for f in figs]
     assert any("Traffic" in t for t in titles) and any("Accuracy" in t for t in titles)
