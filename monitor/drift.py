@@ -8,15 +8,22 @@ Method, and why
 ---------------
 *One statistic, one calibrated threshold per check.* Every check reduces the two windows to a
 statistic (MMD for embeddings, Jensen-Shannon distance for labels, normalised Wasserstein for
-numbers, accuracy for quality) and compares it with a threshold measured on the reference itself:
-the statistic is recomputed on ``settings.resamples`` random reference-vs-reference splits drawn at
-exactly the sample sizes of the real comparison, and the threshold is the ``settings.quantile``
-quantile of that spread, widened by ``settings.threshold_margin`` times its distance from the median
-(:func:`~tuneloop.monitor.drift_stats.calibrated_threshold`). So a threshold means "more different
-than the reference ever is from itself at this sample size" in every check, with no magic constants
-to tune per model or per embedding space. False alarms stay below ``1 - quantile``: with the
-defaults, none of the six distribution checks fired in 200 same-distribution windows of real
-tweets (margin 0 would have given up to 6 %: a quantile estimated from 50 resamples is noisy).
+numbers, accuracy for quality) and compares it with thresholds measured at exactly the sample
+sizes of the real comparison, never a magic constant: (a) a permutation test over the compared
+reference and current samples (``settings.resamples`` random splits of the two, fixed seed; the
+critical value of the p-value ``(1 + #null >= value) / (1 + #null)`` at ``1 - settings.quantile``),
+whose false-alarm rate is bounded by ``1 - quantile`` whatever the statistic's shape (a rare,
+zero-inflated share such as non-ASCII characters at 50 rows per side included: a threshold taken
+from reference-vs-reference splits alone depended on how many such rows the reference pool
+happened to hold, and false-alarmed on 7 % of same-distribution windows); and (b) the spread of
+contiguous *time blocks* of the reference against the same reference sample, so that a window
+must differ more than a stretch of the reference differs from the rest of it (traffic comes in
+bursts; shuffled splits cannot see that). The larger of the two, each widened by
+``settings.threshold_margin`` times its distance from its null's median, is the threshold. The
+seed is fixed rather than drawn per run: the same rows give the same verdict, and the permutation
+bound holds for any fixed set of permutations. Everything learnt from the reference (samples,
+projection, time-block null, calibration) is fitted once per reference and cached
+(:data:`REFERENCE_CACHE`); a scheduled check computes only the current side.
 
 *Fixed sample sizes make verdicts scale-aware.* At most ``settings.sample_size`` rows per side are
 compared (a fixed-seed draw), so cost is constant and the same pair of distributions gets the same
@@ -30,21 +37,27 @@ threshold of 0.55 whatever the sample size. Here: PCA fitted on reference rows o
 samples (the top 32 axes carry the directions along which texts differ most, ~56 % of the variance
 of tweet embeddings, and make kernels cheap), an RBF kernel with the median-heuristic bandwidth,
 and the unbiased MMD^2 (the kernel two-sample statistic, sensitive to any change of distribution,
-not only of the mean). All calibration splits come from one kernel matrix over the reference pool
-and one matrix product (:func:`~tuneloop.monitor.drift_stats.mmd2_null`), so the check costs about
-half a CPU-second at 20k rows per side. For the dashboard's "examples farthest from reference"
+not only of the mean). All permutations come from one kernel matrix over the two compared samples
+and one matrix product (:func:`~tuneloop.monitor.drift_stats.mmd2_null`), the time blocks from a
+summed-area table of the reference's kernel once per reference, so the cost does not grow with the
+window (``bench/drift.py`` times it). For the dashboard's "examples farthest from reference"
 the current rows with the largest MMD witness (similarity to the current sample minus similarity
 to the reference sample) are reported: they sit where the current window has mass the reference
 lacks, i.e. they explain the drift, whereas plain outliers of either side score about zero.
 
 *Anything learnt from the reference is fitted on rows that are not compared.* The PCA basis, the
-kernel bandwidth and the OOV vocabulary come from reference rows outside the calibration pool
+kernel bandwidth and the OOV vocabulary come from reference rows outside the compared sample
 (:class:`~tuneloop.monitor.drift_stats.SamplePlan`); otherwise the reference would look "closer to
 itself" than new data does and every window would drift.
 
+*Model outputs against the same model.* Prediction, confidence and accuracy checks compare only
+current rows served by the reference's model version, against reference rows that version was
+not trained on (:func:`output_sides`); input checks see every row.
+
 *Quality.* ``labelled_accuracy`` uses the current window's feedback; ``estimated_accuracy`` is a
 CBPE-style label-free estimate: isotonic regression of correctness on confidence, fitted on the
-reference's labelled rows, averaged over the current window. Both alarm when accuracy falls below
+reference's labelled rows, averaged over the current window, with a 95 % interval and a
+``reliable`` flag (:func:`mark_reliability`). Both alarm when accuracy falls below
 ``min(reference accuracy - settings.accuracy_tolerance, bootstrap lower bound at the same n)``.
 """
 
