@@ -7,6 +7,7 @@ functions and times each request (see ``bench/dashboard.py``).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -169,14 +170,55 @@ class OverviewData:
     errors: dict[str, ApiError] = field(default_factory=dict)
 
     def estimated_accuracy(self) -> pd.DataFrame:
-        """The label-free estimate over time: per stats bucket when the server fills it, else per drift check."""
+        """The label-free estimate over time, only where it is marked reliable: per stats bucket when the
+        server fills it, else per drift check (an estimate whose assumption is broken is not plotted)."""
         est = self.accuracy.dropna(subset=["estimated_accuracy"]) if not self.accuracy.empty else self.accuracy
         if not est.empty:
             return est[["bucket", "estimated_accuracy"]].rename(columns={"bucket": "ts"})
         if self.checks.empty:
             return pd.DataFrame(columns=["ts", "estimated_accuracy"])
         rows = self.checks[self.checks["metric"] == "estimated_accuracy"]
+        if "details" not in rows.columns:
+            return pd.DataFrame(columns=["ts", "estimated_accuracy"])
+        rows = rows[rows["details"].map(lambda d: estimate_of(0.0, d).reliable).astype(bool)]
         return rows[["ts", "value"]].rename(columns={"value": "estimated_accuracy"}).reset_index(drop=True)
+
+    def latest_estimate(self) -> Estimate | None:
+        """The latest label-free estimate with its interval and reliability, from the drift checks."""
+        if self.checks.empty:
+            return None
+        rows = self.checks[self.checks["metric"] == "estimated_accuracy"]
+        if rows.empty:
+            return None
+        last = rows.iloc[-1]
+        return estimate_of(float(last["value"]), last.get("details"))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A label-free accuracy estimate as the dashboard may show it: never without interval and reliability."""
+
+    value: float
+    low: float | None
+    high: float | None
+    reliable: bool
+    reasons: list[str]
+
+
+def estimate_of(value: float, details: Any) -> Estimate:
+    """Read interval and reliability from a check's details; an estimate recorded without them is unreliable."""
+    if isinstance(details, str):
+        try:
+            details = json.loads(details)
+        except ValueError:
+            details = {}
+    details = details if isinstance(details, dict) else {}
+    low, high = (details.get("interval_95") or [None, None])[:2]
+    reasons = list(details.get("unreliable_reasons") or [])
+    reliable = details.get("reliable") is True and low is not None
+    if not reliable and not reasons:
+        reasons = ["recorded without an interval or a reliability check"]
+    return Estimate(value, low, high, reliable, reasons)
 
 
 def stats_frame(stats: dict[str, Any]) -> pd.DataFrame:

@@ -1,10 +1,11 @@
 """Alerts from drift checks: hysteresis, de-duplication, and webhook delivery.
 
-An alert for a metric opens when its last ``open_after`` checks all breached and closes after
-``close_after`` clean checks in a row; at most one alert per (project, metric) is open at a
-time. Webhooks are delivered by a background thread with retries and backoff, so a dead
-receiver never stalls a check; every delivery is recorded in ``alert_deliveries`` (pending until
-tried, so a restart resumes it). Payload formats and URL redaction: :mod:`tuneloop.monitor.webhooks`.
+An alert for a metric opens when its last ``open_after`` checks on disjoint windows all breached
+and closes after ``close_after`` clean ones in a row (a check of rows already judged is skipped);
+at most one alert per (project, metric) is open at a time. Webhooks are delivered by a background
+thread with retries and backoff, so a dead receiver never stalls a check; every delivery is
+recorded in ``alert_deliveries`` (pending until tried, so a restart resumes it). Payload formats and
+URL redaction: :mod:`tuneloop.monitor.webhooks`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+import pandas as pd
 
 from tuneloop.monitor.config import DriftSettings
 from tuneloop.monitor.store import Store, utcnow
@@ -43,16 +45,36 @@ class AlertChange:
                 "message": self.message, "ts": utcnow().isoformat()}
 
 
+HISTORY_PER_STEP = 25
+"""Recorded checks read per hysteresis step (checks on overlapping windows are skipped, see below)."""
+
+
+def disjoint_windows(history: pd.DataFrame) -> pd.DataFrame:
+    """The newest check, then each older one whose window ended before the last kept one started.
+
+    Two checks of the same rows (no new traffic between scheduled runs, or a count window that
+    slides by a few rows) are one piece of evidence, not two: counting them twice would let one
+    unlucky window open an alert on its own. Checks without a recorded window all count.
+    """
+    keep, start = [], None
+    for i, row in enumerate(history.itertuples(index=False)):
+        end = row.window_end
+        if start is None or pd.isna(end) or pd.isna(start) or end < start:
+            keep.append(i)
+            start = row.window_start
+    return history.iloc[keep].reset_index(drop=True)
+
+
 def update_alerts(store: Store, project: str, metrics: list[str], settings: DriftSettings) -> list[AlertChange]:
     """Open or close alerts for ``metrics`` from the recorded history of drift checks."""
     changes: list[AlertChange] = []
     depth = max(settings.open_after, settings.close_after)
     for metric in metrics:
-        history = store.query(
-            """SELECT drifted, value, threshold FROM drift_checks WHERE project = ? AND metric = ?
-               ORDER BY ts DESC, id DESC LIMIT ?""",
-            [project, metric, depth],
-        )
+        history = disjoint_windows(store.query(
+            """SELECT drifted, value, threshold, window_start, window_end FROM drift_checks
+               WHERE project = ? AND metric = ? ORDER BY ts DESC, id DESC LIMIT ?""",
+            [project, metric, depth * HISTORY_PER_STEP],
+        ))
         flags = history["drifted"].tolist()
         open_alert = store.query(
             "SELECT id FROM alerts WHERE project = ? AND kind = ? AND status = 'open'", [project, metric]

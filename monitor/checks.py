@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -58,31 +58,84 @@ def champion_version(store: Store, project: str) -> str | None:
     return None if df.empty else str(df["version"][0])
 
 
-def reference_frame(store: Store, settings: Settings, project: str = DEFAULT_PROJECT) -> tuple[str, pd.DataFrame]:
-    """The reference window and its name.
+PRE_PROMOTION_ROWS = 5000
+"""Most recent traffic rows before a promotion taken as the input checks' reference."""
+PRE_PROMOTION_MIN_ROWS = 200
+"""Fewer pre-promotion rows than this: the input checks fall back on the version's reference rows."""
 
-    ``training``: the rows logged when the champion was trained (or imported with
-    ``tuneloop reference import``); without them, the project's first ``window_size`` predictions.
-    ``pinned``: predictions between ``pinned_start`` and ``pinned_end``.
+
+@dataclass(frozen=True)
+class Reference:
+    """What the checks compare against.
+
+    ``inputs`` feeds the input checks (embedding, text descriptors: independent of the model) and
+    ``outputs`` the model-output checks, whose rows are ``version``'s predictions (the drift module
+    keeps only the rows it was not trained on). ``inputs_source`` says where the input rows came from.
+    """
+
+    name: str
+    inputs: pd.DataFrame
+    outputs: pd.DataFrame
+    version: str | None = None
+    inputs_source: str = "reference rows"
+
+
+def reference_frames(store: Store, settings: Settings, project: str = DEFAULT_PROJECT) -> Reference:
+    """The reference of the checks.
+
+    ``training``: the champion's reference rows (its predictions on its training, validation and
+    holdout rows, or rows imported with ``tuneloop reference import``); for the input checks, the
+    traffic served just before the champion's promotion when there is enough of it (it is what
+    traffic looked like when the version went live; queue picks and replayed rows are not). Without
+    reference rows, the project's first ``window_size`` predictions. ``pinned``: predictions between
+    ``pinned_start`` and ``pinned_end``.
     """
     drift = settings.drift
     if drift.reference == "pinned":
         if not (drift.pinned_start and drift.pinned_end):
             raise NotEnoughData("drift.reference = 'pinned' needs drift.pinned_start and drift.pinned_end")
         start, end = datetime.fromisoformat(drift.pinned_start), datetime.fromisoformat(drift.pinned_end)
-        return f"pinned:{start.isoformat()}..{end.isoformat()}", store.window(project, since=start, until=end)
-    for name in filter(None, [champion_version(store, project), "imported"]):
+        pinned = store.window(project, since=start, until=end)
+        return Reference(f"pinned:{start.isoformat()}..{end.isoformat()}", pinned, pinned)
+    champion = champion_version(store, project)
+    for name in filter(None, [champion, "imported"]):
         df = store.query(
-            f"SELECT {REFERENCE_COLUMNS} FROM reference_rows WHERE project = ? AND reference = ?", [project, name]
+            f"""SELECT {REFERENCE_COLUMNS}, split FROM reference_rows WHERE project = ? AND reference = ?
+                ORDER BY rowid""",
+            [project, name],
         )
-        if not df.empty:
-            return name, df
+        if df.empty:
+            continue
+        if name != champion:
+            return Reference(name, df, df)
+        traffic = pre_promotion_traffic(store, project, name)
+        if len(traffic) >= PRE_PROMOTION_MIN_ROWS:
+            return Reference(name, traffic, df, name, f"{len(traffic)} traffic rows before {name} was promoted")
+        return Reference(name, df, df, name)
     first = store.query(
-        """SELECT p.id, p.ts, p.text, p.label, p.confidence, p.probs, p.embedding FROM predictions p
-           WHERE p.project = ? ORDER BY p.ingest_seq LIMIT ?""",
+        """SELECT p.id, p.ts, p.model_version, p.text, p.label, p.confidence, p.probs, p.embedding FROM predictions p
+           WHERE p.project = ? ORDER BY p.ingest_seq, p.ts, p.id LIMIT ?""",
         [project, drift.window_size],
     )
-    return "first-traffic", first
+    return Reference("first-traffic", first, first)
+
+
+def pre_promotion_traffic(store: Store, project: str, version: str, limit: int = PRE_PROMOTION_ROWS) -> pd.DataFrame:
+    """The last ``limit`` embedded predictions logged before ``version`` was promoted, in time order."""
+    df = store.query(
+        """SELECT p.id, p.ts, p.text, p.embedding FROM predictions p
+           JOIN model_versions v ON v.project = p.project AND v.version = ? AND v.promoted_at IS NOT NULL
+           WHERE p.project = ? AND p.ts < v.promoted_at AND p.embedding IS NOT NULL
+           ORDER BY p.ingest_seq DESC, p.ts DESC, p.id DESC LIMIT ?""",
+        [version, project, limit],
+    )
+    return df.iloc[::-1].reset_index(drop=True)
+
+
+def reference_frame(store: Store, settings: Settings, project: str = DEFAULT_PROJECT) -> tuple[str, pd.DataFrame]:
+    """The reference's name and its model-output rows (see :func:`reference_frames`)."""
+    ref = reference_frames(store, settings, project)
+    return ref.name, ref.outputs
 
 
 def current_frame(store: Store, settings: Settings, project: str = DEFAULT_PROJECT,
@@ -113,21 +166,27 @@ def run_drift_checks(
     from tuneloop.monitor import drift
 
     settings = settings_for(store, settings, project)  # the project's drift overrides; UnknownProject
-    reference_name, reference = reference_frame(store, settings, project)
+    ref = reference_frames(store, settings, project)
+    reference_name = ref.name
     current = current_frame(store, settings, project)
     current, skipped = _drop_missing_embeddings(current)
-    reference, _ = _drop_missing_embeddings(reference)
+    reference, _ = _drop_missing_embeddings(ref.inputs)
     minimum = 20
     if len(reference) < minimum or len(current) < minimum:
         raise NotEnoughData(
             f"not enough rows to compare: reference {len(reference)}, current {len(current)} (need {minimum} each"
             + (f"; {skipped} current rows still wait for their embedding" if skipped else "") + ")"
         )
-    if "ts" in reference.columns and reference_name == "first-traffic" and "id" in current.columns:
-        current = current[~current["id"].isin(set(reference["id"]))].reset_index(drop=True)
+    if "id" in reference.columns and "id" in current.columns:  # traffic used as reference is not judged again
+        current = current[~current["id"].isin(set(reference["id"].dropna()))].reset_index(drop=True)
         if len(current) < minimum:
-            raise NotEnoughData("no traffic beyond the first-traffic reference yet")
-    results = drift.run_checks(reference, current, settings.drift, labels_for(store, settings, project))
+            raise NotEnoughData(f"no traffic beyond the {reference_name} reference yet")
+    results = drift.run_checks(reference, current, settings.drift, labels_for(store, settings, project),
+                               version=ref.version, output_reference=ref.outputs)
+    if ref.inputs_source != "reference rows":
+        inputs = {c.name for c in drift.DEFAULT_CHECKS if c.scope == "input"}
+        results = [replace(r, details={**r.details, "reference_inputs": ref.inputs_source}) if r.metric in inputs
+                   else r for r in results]
     window_start = current["ts"].min() if "ts" in current.columns else None
     window_end = current["ts"].max() if "ts" in current.columns else None
     now = utcnow()
@@ -138,7 +197,7 @@ def run_drift_checks(
         report_path = settings.reports_dir / project / f"check-{check_id}.html"
         report_path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            drift.render_report(reference, current, results, report_path)
+            drift.render_report(ref.outputs, current, results, report_path)
         except Exception:
             log.exception("rendering the Evidently report failed; the check results are still recorded")
             report_path = None

@@ -131,12 +131,12 @@ class DriftSettings(Section):
     pinned_end: str = ""
     sample_size: int = Field(2000, ge=100)
     """Rows sampled per side (fixed seed) so check cost does not grow with the window."""
-    resamples: int = Field(50, ge=10)
-    """Reference-vs-reference resamples that calibrate each threshold."""
+    resamples: int = Field(200, ge=10)
+    """Permutations (never fewer than 1 / (1 - quantile) - 1) and time blocks that calibrate each threshold."""
     quantile: float = Field(0.99, gt=0.5, lt=1)
-    """A statistic above this quantile of its reference-vs-reference spread (widened by threshold_margin) is drift."""
+    """Drift = permutation p-value below 1 - quantile and above this quantile of the reference's time-block spread."""
     threshold_margin: float = Field(0.5, ge=0)
-    """Widens each calibrated threshold by this fraction of (quantile - median) of the spread."""
+    """Widens both thresholds by this fraction of their distance from the median of their null."""
     accuracy_tolerance: float = Field(0.02, ge=0, lt=1)
     """Accuracy (labelled or estimated) below reference accuracy minus this, and below its bootstrap bound, is drift."""
     checks: list[str] = [

@@ -71,8 +71,9 @@ def _summary_html(results: Sequence[CheckResult], current: pd.DataFrame) -> str:
     return (
         "<section id='tuneloop-summary' style='font-family:sans-serif;margin:16px 24px'>"
         "<h2>tuneloop drift checks</h2>"
-        "<p>Thresholds are calibrated on the reference's own spread at the compared sample sizes; "
-        "these verdicts drive alerts. The Evidently views below use Evidently's default tests.</p>"
+        "<p>Each threshold is the larger of an exact permutation test over the compared samples and the "
+        "spread of contiguous time blocks of the reference, at the compared sample sizes; these verdicts "
+        "drive alerts. The Evidently views below use Evidently's default tests.</p>"
         "<table border='1' cellpadding='4' style='border-collapse:collapse'>"
         "<tr><th>check</th><th>value</th><th>drift when</th><th>verdict</th><th>p-value</th></tr>"
         f"{''.join(rows)}</table>{far}</section>"

@@ -3,9 +3,11 @@
 Everything here is a pure function of arrays (no DataFrames, no I/O) so each piece can be tested
 and reasoned about alone; :mod:`tuneloop.monitor.drift` composes them into checks.
 
-The one idea shared by every statistic: the threshold is not a fixed constant but a quantile of
-the statistic's own spread over *reference-vs-reference* random splits drawn at exactly the sample
-sizes of the real comparison (see :func:`plan_samples` and :func:`calibrated_threshold`).
+The one idea shared by every statistic: the threshold is not a fixed constant but comes from the
+statistic's own spread at exactly the sample sizes of the real comparison, in two ways (see
+:func:`plan_samples`): a permutation null over the two compared samples (exact false-alarm bound,
+:func:`permutation_threshold`) and a time-block null of contiguous reference blocks against the
+same reference sample (how much the reference varies over time by itself, :func:`calibrated_threshold`).
 """
 
 from __future__ import annotations
@@ -21,56 +23,58 @@ import numpy as np
 
 @dataclass(frozen=True)
 class SamplePlan:
-    """Which reference/current rows a check looks at (positions into the valid rows of each side).
+    """Which reference rows a check looks at (positions into the valid reference rows, which are in time order).
 
-    ``ref`` (n_ref rows) is the reference side of the real comparison and ``cur`` (n_cur rows) the
-    current side. ``pool`` = ``ref`` + ``extra`` (n_ref + n_cur reference rows): calibration splits
-    it at random into n_ref vs n_cur, so the null spread is measured at the real sample sizes.
-    ``fit`` are the remaining reference rows (disjoint from ``pool``), used to fit anything learnt
-    from the reference (PCA basis, kernel bandwidth, vocabulary) so that pool rows and current rows
-    are equally "unseen" by it.
+    ``ref`` (n_ref rows) is the reference side of the real comparison. ``fit`` (disjoint from it)
+    fits anything learnt from the reference (PCA basis, kernel bandwidth, vocabulary), so compared
+    rows on both sides are equally "unseen" by it. ``blocks`` are the remaining rows, sorted by time:
+    contiguous runs of ``n_cur`` of them are what a current window would be if nothing had changed
+    (the time-block null); it is empty when the reference is too short for enough distinct blocks.
     """
 
     ref: np.ndarray
-    extra: np.ndarray
-    cur: np.ndarray
     fit: np.ndarray
-
-    @property
-    def pool(self) -> np.ndarray:
-        return np.concatenate([self.ref, self.extra])
+    blocks: np.ndarray
+    n_cur: int
 
     @property
     def n_ref(self) -> int:
         return len(self.ref)
 
     @property
-    def n_cur(self) -> int:
-        return len(self.cur)
+    def has_blocks(self) -> bool:
+        return len(self.blocks) > 0
+
+
+MIN_BLOCKS = 20
+"""Fewest distinct contiguous blocks for a time-block null; a shorter reference gets the permutation test only."""
 
 
 def plan_samples(n_ref_rows: int, n_cur_rows: int, sample_size: int, rng: np.random.Generator) -> SamplePlan:
-    """Fix the sample sizes of one comparison and draw the rows (without replacement).
+    """Fix the sample sizes of one comparison and draw the reference rows (without replacement).
 
     At most ``sample_size`` rows per side are compared, whatever the window size: that makes the
     check cost constant and the verdict scale-aware (the same distributions give the same verdict
-    at 500 or 100,000 rows). A third of the reference (at least) is kept out of the pool for
-    fitting; the rest must hold n_ref + n_cur rows for calibration, so a small reference shrinks
-    both sample sizes rather than reusing rows.
+    at 500 or 100,000 rows). A third of the reference (at most ``sample_size`` rows) fits the
+    projection/vocabulary; half of the rest (at most ``sample_size``) is the compared sample; up to
+    2 x n_cur of the others, in time order, cut the time blocks.
     """
     if n_ref_rows < 6 or n_cur_rows < 2:
         raise ValueError(f"too few rows to compare (reference {n_ref_rows}, current {n_cur_rows})")
-    pool_max = n_ref_rows - n_ref_rows // 3
-    n_ref = min(sample_size, pool_max // 2)
-    n_cur = min(sample_size, n_cur_rows, pool_max - n_ref)
-    ref_perm = rng.permutation(n_ref_rows)
-    cur = np.sort(rng.permutation(n_cur_rows)[:n_cur]) if n_cur < n_cur_rows else np.arange(n_cur_rows)
-    return SamplePlan(
-        ref=ref_perm[:n_ref],
-        extra=ref_perm[n_ref : n_ref + n_cur],
-        cur=cur,
-        fit=ref_perm[n_ref + n_cur :],
-    )
+    n_fit = min(n_ref_rows // 3, sample_size)
+    n_ref = min(sample_size, (n_ref_rows - n_fit) // 2)
+    n_cur = min(sample_size, n_cur_rows)
+    perm = rng.permutation(n_ref_rows)
+    others = perm[n_ref + n_fit :]
+    blocks = np.sort(others[: 2 * n_cur]) if len(others) >= n_cur + MIN_BLOCKS - 1 else others[:0]
+    return SamplePlan(ref=perm[:n_ref], fit=perm[n_ref : n_ref + n_fit], blocks=blocks, n_cur=n_cur)
+
+
+def sample_current(n_cur_rows: int, sample_size: int, rng: np.random.Generator) -> np.ndarray:
+    """Positions (in row order) of the at most ``sample_size`` current rows compared."""
+    if n_cur_rows <= sample_size:
+        return np.arange(n_cur_rows)
+    return np.sort(rng.permutation(n_cur_rows)[:sample_size])
 
 
 def split_indicators(n_pool: int, n_a: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
@@ -81,6 +85,17 @@ def split_indicators(n_pool: int, n_a: int, resamples: int, rng: np.random.Gener
     return s
 
 
+def block_starts(n_rows: int, block: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """First rows of ``resamples`` contiguous runs of ``block`` rows out of ``n_rows`` (time-ordered)."""
+    return rng.integers(0, n_rows - block + 1, size=resamples)
+
+
+def block_indicators(n_rows: int, block: int, starts: np.ndarray) -> np.ndarray:
+    """The runs of :func:`block_starts` as a boolean matrix [n_rows, len(starts)]."""
+    rows = np.arange(n_rows)[:, None]
+    return (rows >= starts[None, :]) & (rows < starts[None, :] + block)
+
+
 # --------------------------------------------------------------------------- thresholds
 
 
@@ -88,9 +103,8 @@ def calibrated_threshold(null: np.ndarray, quantile: float, margin: float, upper
     """Threshold from a statistic's reference-vs-reference spread.
 
     ``upper=True`` (distances: drift = large value): the ``quantile`` quantile of ``null``, widened
-    by ``margin`` times its distance from the median, so an estimate from a few dozen resamples
-    does not sit on the edge of the spread. ``upper=False`` (accuracies: drift = small value) mirrors
-    it on the low side at ``1 - quantile``.
+    by ``margin`` times its distance from the median. ``upper=False`` (accuracies: drift = small
+    value) mirrors it on the low side at ``1 - quantile``.
     """
     null = np.asarray(null, dtype=float)
     med = float(np.median(null))
@@ -99,6 +113,19 @@ def calibrated_threshold(null: np.ndarray, quantile: float, margin: float, upper
         return q + margin * (q - med)
     q = float(np.quantile(null, 1.0 - quantile))
     return q - margin * (med - q)
+
+
+def permutation_threshold(null: np.ndarray, alpha: float) -> float:
+    """The value a statistic must exceed for its permutation p-value (1 + #null >= value) / (1 + #null) to be <= alpha.
+
+    That p-value is exact under exchangeability for any number of permutations, so "value >
+    threshold" false-alarms at most ``alpha`` of the time when the two samples come from one
+    distribution, however discrete or heavy-tailed the statistic is. Infinite when there are too
+    few permutations to reach ``alpha`` at all.
+    """
+    null = np.sort(np.asarray(null, dtype=float))[::-1]
+    allowed = int(np.floor(alpha * (len(null) + 1) + 1e-9)) - 1  # null values allowed at or above the statistic
+    return float(null[allowed]) if allowed >= 0 else float("inf")
 
 
 def exceedance(value: float, null: np.ndarray, upper: bool = True) -> float:
@@ -201,6 +228,31 @@ def mmd2_null(k_pool: np.ndarray, splits: np.ndarray) -> np.ndarray:
     return s_aa / (m * (m - 1)) + s_bb / (n * (n - 1)) - 2.0 * s_ab / (m * n)
 
 
+def mmd2_blocks(ref_term: float, k_blocks: np.ndarray, k_ref_blocks: np.ndarray, starts: np.ndarray,
+                block: int) -> np.ndarray:
+    """Unbiased MMD^2 between a fixed reference sample and every time block ``[start, start + block)``.
+
+    ``ref_term`` is the reference sample's own mean off-diagonal kernel value, ``k_blocks`` the
+    kernel among the time-ordered block rows and ``k_ref_blocks`` between reference sample and
+    block rows. Blocks are contiguous, so their kernel sums come from a summed-area table in
+    O(1) each instead of one matrix product per block.
+    """
+    table = np.zeros((len(k_blocks) + 1, len(k_blocks) + 1))
+    np.cumsum(np.cumsum(k_blocks, axis=0, dtype=np.float64), axis=1, out=table[1:, 1:])
+    e = starts + block
+    s_bb = table[e, e] - table[starts, e] - table[e, starts] + table[starts, starts] - block
+    col = np.concatenate([[0.0], np.cumsum(k_ref_blocks.sum(0, dtype=np.float64))])
+    s_rb = col[e] - col[starts]
+    m = k_ref_blocks.shape[0]
+    return ref_term + s_bb / (block * (block - 1)) - 2.0 * s_rb / (m * block)
+
+
+def mean_offdiagonal(k: np.ndarray) -> float:
+    """Mean of a square kernel block without its diagonal (the within-sample term of the unbiased MMD^2)."""
+    m = k.shape[0]
+    return float((k.sum(dtype=np.float64) - np.trace(k, dtype=np.float64)) / (m * (m - 1)))
+
+
 def mean_similarity(x: np.ndarray, ref: np.ndarray, gamma: float, chunk: int = 8192) -> np.ndarray:
     """Mean RBF similarity of each row of ``x`` to the rows of ``ref`` (chunked; float32 kernel)."""
     out = np.empty(len(x), dtype=np.float64)
@@ -243,6 +295,13 @@ def js_null(codes_pool: np.ndarray, n_categories: int, splits: np.ndarray) -> np
     return js_distance(a, b)
 
 
+def js_blocks(ref_codes: np.ndarray, block_codes: np.ndarray, n_categories: int, blocks: np.ndarray) -> np.ndarray:
+    """JS distance between a fixed reference sample's label counts and every time block's."""
+    a = np.bincount(ref_codes, minlength=n_categories)[None, :]
+    b = blocks.T.astype(np.float64) @ np.eye(n_categories)[block_codes]
+    return js_distance(np.repeat(a, len(b), axis=0), b)
+
+
 def wasserstein_1d(a: np.ndarray, b: np.ndarray) -> float:
     """Wasserstein-1 distance between two 1-D samples (area between their empirical CDFs)."""
     a = np.sort(np.asarray(a, dtype=np.float64))
@@ -258,6 +317,11 @@ def wasserstein_1d(a: np.ndarray, b: np.ndarray) -> float:
 def wasserstein_null(pool: np.ndarray, splits: np.ndarray) -> np.ndarray:
     """Wasserstein-1 distance for every split of a 1-D pool."""
     return np.array([wasserstein_1d(pool[splits[:, r]], pool[~splits[:, r]]) for r in range(splits.shape[1])])
+
+
+def wasserstein_blocks(ref: np.ndarray, values: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+    """Wasserstein-1 distance between a fixed reference sample and every time block of ``values``."""
+    return np.array([wasserstein_1d(ref, values[blocks[:, r]]) for r in range(blocks.shape[1])])
 
 
 # --------------------------------------------------------------------------- text descriptors

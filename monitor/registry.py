@@ -7,8 +7,9 @@ gate; promotable only with ``force``). Every change of champion is one transacti
 appends a ``promotions`` row, so :func:`rollback` can walk back through earlier champions like an
 undo stack. Serving is swapped by :func:`tuneloop.monitor.serving.activate`, which calls this module.
 
-This module also writes a version's *reference rows* (its training data as the model saw it:
-predicted label, confidence, probabilities, embedding), the default reference of the drift checks.
+This module also writes a version's *reference rows* (its training and validation data as the model
+saw it: predicted label, confidence, probabilities, embedding, split), the default reference of the
+drift checks; their model-output checks use the validation rows only.
 """
 
 from __future__ import annotations
@@ -313,12 +314,15 @@ def build_reference(classifier: TextClassifier, data: pd.DataFrame, split: Seque
                     max_rows: int = REFERENCE_MAX_ROWS, seed: int = 0) -> pd.DataFrame:
     """Run ``classifier`` over labelled ``data`` (text, label): the rows :func:`load_reference` takes.
 
-    At most ``max_rows`` rows (a seeded sample) are kept, so the cost stays bounded for big data sets.
+    At most ``max_rows`` rows (a seeded sample, validation rows first) are kept, so the cost stays
+    bounded for big data sets; the drift checks compare model outputs on the validation rows only.
     """
     data = data.reset_index(drop=True)
     split_col = pd.Series(list(split) if split is not None else [None] * len(data), dtype=object)
     if len(data) > max_rows:
-        keep = np.sort(np.random.default_rng(seed).choice(len(data), max_rows, replace=False))
+        from tuneloop.retrain.job import reference_sample
+
+        keep = reference_sample(split_col.tolist(), max_rows, seed)
         data, split_col = data.iloc[keep].reset_index(drop=True), split_col.iloc[keep].reset_index(drop=True)
     pred = classifier.predict(data["text"].astype(str).tolist())
     labels = classifier.labels

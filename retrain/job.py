@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,16 @@ def reference_rows(clf: Any, df: pd.DataFrame, split: str) -> tuple[pd.DataFrame
         "split": split,
     })
     return out, pred.labels
+
+
+def reference_sample(splits: Sequence[str | None], max_rows: int, seed: int = 0) -> np.ndarray:
+    """Sorted positions of at most ``max_rows`` reference rows: every row the model was not trained on
+    first (the drift checks' model-output reference is made of those only), training rows after."""
+    splits = np.asarray([str(s) for s in splits])
+    rng = np.random.default_rng(seed)
+    held_out = rng.permutation(np.flatnonzero(splits != "train"))
+    trained = rng.permutation(np.flatnonzero(splits == "train"))
+    return np.sort(np.concatenate([held_out, trained])[:max_rows])
 
 
 def run(args: argparse.Namespace, stop: threading.Event, progress: Progress) -> Path:
@@ -241,8 +252,7 @@ def run(args: argparse.Namespace, stop: threading.Event, progress: Progress) -> 
                 "n_new_train": snap.n_new_train, "n_replay": snap.n_replay}
     reference = pd.concat([r for r in (ref_train, ref_holdout) if r is not None], ignore_index=True)
     if len(reference) > REFERENCE_MAX_ROWS:  # the drift checks sample far fewer; keep the cost bounded
-        keep = np.sort(np.random.default_rng(0).choice(len(reference), REFERENCE_MAX_ROWS, replace=False))
-        reference = reference.iloc[keep].reset_index(drop=True)
+        reference = reference.iloc[reference_sample(reference["split"], REFERENCE_MAX_ROWS)].reset_index(drop=True)
     check_cancel()
     progress.event("write", f"writing version {args.version}", 0.95)
     target = write_version(models_dir, args.version, clf, metrics, manifest,

@@ -18,12 +18,12 @@ def store(tmp_path):
         yield s
 
 
-def record(store, drifted, metric="embedding_drift", value=None):
+def record(store, drifted, metric="embedding_drift", value=None, window=(None, None)):
     check_id = int(store.query("SELECT nextval('drift_check_ids') AS i")["i"][0])
     ts = datetime(2026, 1, 1) + timedelta(minutes=check_id)  # one check a minute: the history order is exact
     store.execute(
-        "INSERT INTO drift_checks VALUES (?, 'default', ?, NULL, NULL, 'v1', ?, ?, 0.5, ?, '{}', NULL)",
-        [check_id, ts, metric, value if value is not None else (0.9 if drifted else 0.1), drifted],
+        "INSERT INTO drift_checks VALUES (?, 'default', ?, ?, ?, 'v1', ?, ?, 0.5, ?, '{}', NULL)",
+        [check_id, ts, *window, metric, value if value is not None else (0.9 if drifted else 0.1), drifted],
     )
 
 
@@ -36,6 +36,19 @@ def test_alert_opens_after_k_breaches_and_closes_after_k_clean(store):
     assert actions == [[], [], [], [], [], ["opened"], [], [], [], [], ["closed"], []]
     alerts = list_alerts(store, "default")
     assert len(alerts) == 1 and alerts[0]["status"] == "closed"
+
+
+def test_checks_of_the_same_rows_count_once(store):
+    """Hysteresis needs breaches on disjoint windows: re-checking rows already judged is no new evidence."""
+    settings = DriftSettings(open_after=2, close_after=2)
+    t0 = datetime(2026, 1, 1)
+    hour = timedelta(hours=1)
+    first, overlapping = (t0, t0 + hour), (t0 + hour / 2, t0 + 1.5 * hour)
+    actions = []
+    for window in [first, first, overlapping, (t0 + 2 * hour, t0 + 3 * hour)]:
+        record(store, True, window=window)
+        actions.append([c.action for c in update_alerts(store, "default", ["embedding_drift"], settings)])
+    assert actions == [[], [], [], ["opened"]]  # only the fourth window is disjoint from the one before
 
 
 def test_sustained_breach_opens_one_alert_only(store):

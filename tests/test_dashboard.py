@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -80,6 +81,10 @@ def test_overview_shows_champion_traffic_accuracy_drift_alerts_and_promotions(da
     assert metrics["Champion"] == "v2"
     assert metrics["Predictions"] == "720"
     assert metrics["Open alerts"] != "0"
+    # The label-free estimate is never a bare number: an interval, "unreliable" when its assumption broke, or
+    # none (here: the tiny versions hold too few validation rows to calibrate it on rows they were not trained on).
+    estimate = metrics["Estimated accuracy"]
+    assert estimate in ("—", "unreliable") or re.fullmatch(r"\d+\.\d%–\d+\.\d%", estimate), estimate
     figs = figures(at)
     titles = [f["layout"]["title"]["text"] for f in figs]
     assert any("Traffic" in t for t in titles) and any("Accuracy" in t for t in titles)
@@ -90,6 +95,18 @@ def test_overview_shows_champion_traffic_accuracy_drift_alerts_and_promotions(da
     for fig in figs:  # both promotions (6 and 3 days ago) are marked inside the 7-day range, on every chart
         assert {"v1", "v2"} <= {a.strip() for a in annotations(fig)}
     assert at.dataframe, "open alerts are listed"
+
+
+def test_estimate_is_read_with_its_interval_and_never_trusted_without_one():
+    from tuneloop.dashboard.data import estimate_of
+
+    ok = estimate_of(0.81, {"interval_95": [0.76, 0.86], "reliable": True, "unreliable_reasons": []})
+    assert (ok.low, ok.high, ok.reliable, ok.reasons) == (0.76, 0.86, True, [])
+    drifted = estimate_of(0.86, json.dumps({"interval_95": [0.8, 0.9], "reliable": False,
+                                            "unreliable_reasons": ["inputs left the calibration data"]}))
+    assert not drifted.reliable and drifted.reasons == ["inputs left the calibration data"]
+    old = estimate_of(0.86, {"method": "isotonic_confidence_calibration"})  # recorded before intervals existed
+    assert not old.reliable and old.low is None and "without an interval" in old.reasons[0]
 
 
 def test_overview_time_range_hides_promotions_outside_it(dashboard):

@@ -144,6 +144,15 @@ def test_mmd_null_matches_direct_computation():
         a, b = z[splits[:, r]], z[~splits[:, r]]
         direct = ds.mmd2_unbiased(ds.rbf(a, a, gamma), ds.rbf(b, b, gamma), ds.rbf(a, b, gamma))
         assert fast[r] == pytest.approx(direct, abs=1e-7)
+    # Time blocks against one fixed reference sample (summed-area table) match the direct computation too.
+    ref, rows = z[:100], z[100:]
+    starts = ds.block_starts(len(rows), 60, 5, rng)
+    blocks = ds.mmd2_blocks(ds.mean_offdiagonal(ds.rbf(ref, ref, gamma)), ds.rbf(rows, rows, gamma),
+                            ds.rbf(ref, rows, gamma), starts, 60)
+    for r, s in enumerate(starts):
+        b = rows[s : s + 60]
+        direct = ds.mmd2_unbiased(ds.rbf(ref, ref, gamma), ds.rbf(b, b, gamma), ds.rbf(ref, b, gamma))
+        assert blocks[r] == pytest.approx(direct, abs=1e-6)
 
 
 def test_distances_agree_with_scipy():
@@ -157,13 +166,52 @@ def test_distances_agree_with_scipy():
     assert float(ds.js_distance(p, q)) == pytest.approx(jensenshannon(p / p.sum(), q / q.sum(), base=2), rel=1e-9)
 
 
-def test_sample_plan_is_disjoint_and_capped():
+def test_sample_plan_is_disjoint_capped_and_time_ordered():
     plan = ds.plan_samples(100_000, 50_000, 2000, np.random.default_rng(0))
-    assert (plan.n_ref, plan.n_cur) == (2000, 2000)
-    used = np.concatenate([plan.ref, plan.extra, plan.fit])
-    assert len(np.unique(used)) == 100_000  # pool and fit rows never overlap
-    small = ds.plan_samples(900, 500, 2000, np.random.default_rng(0))
-    assert small.n_ref + small.n_cur <= 600 and len(small.fit) >= 300
+    assert (plan.n_ref, plan.n_cur, len(plan.fit), len(plan.blocks)) == (2000, 2000, 2000, 4000)
+    used = np.concatenate([plan.ref, plan.fit, plan.blocks])
+    assert len(np.unique(used)) == len(used)  # compared, fit and block rows never overlap
+    assert (np.diff(plan.blocks) > 0).all()  # blocks are cut from the reference in time order
+    small = ds.plan_samples(150, 150, 100, np.random.default_rng(0))
+    assert (small.n_ref, small.n_cur, len(small.fit)) == (50, 100, 50)
+    assert not small.has_blocks  # 50 spare rows cannot hold 20 distinct blocks of 100: permutation test only
+
+
+def test_permutation_threshold_bounds_false_alarms_for_a_discrete_statistic():
+    """A rare, zero-inflated per-row share (like non-ASCII characters in tweets) at 50 rows per side: the
+    permutation threshold false-alarms at most 1 - quantile of the time, however lumpy the statistic."""
+    rng = np.random.default_rng(0)
+    settings = DriftSettings()
+    spec = CheckSpec("share_drift", "numeric", ("share",))
+    alarms = 0
+    for seed in range(200):
+        values = np.where(rng.random(200) < 0.12, rng.uniform(0.01, 0.2, 200), 0.0)
+        frame = pd.DataFrame({"share": values})
+        (r,) = run_checks(frame.iloc[:150], frame.iloc[150:], settings, LABELS, seed=seed, checks=[spec])
+        alarms += r.drifted
+        assert r.details["permutations"] == settings.resamples
+    assert alarms <= 4, alarms  # 1 % of 200 is 2; binomial 99th percentile is 6
+    null = np.arange(199.0)
+    assert ds.permutation_threshold(null, 0.01) == 197.0  # p = (1 + 1) / 200 <= 0.01 only above the 2nd largest
+    assert ds.permutation_threshold(null[:50], 0.01) == float("inf")  # 50 permutations cannot reach 1 %
+
+
+def test_time_block_null_sees_slow_drift_inside_the_reference():
+    """A reference whose mean wanders over time: contiguous blocks of it differ from a random reference sample
+    far more than shuffled splits do, so a window that wanders the same way is not called drift."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    wander = np.cumsum(rng.normal(0, 0.05, n))  # slow, autocorrelated change of level
+    ref = pd.DataFrame({"x": wander + rng.normal(0, 1, n)})
+    cur = pd.DataFrame({"x": wander[-300:] + 0.8 + rng.normal(0, 1, 300)})  # a later stretch, same kind of wander
+    spec = CheckSpec("x_drift", "numeric", ("x",))
+    (r,) = run_checks(ref, cur, DriftSettings(sample_size=300), LABELS, checks=[spec])
+    assert r.details["time_blocks"] == DriftSettings().resamples
+    assert r.details["block_threshold"] > 2 * r.details["permutation_threshold"]
+    assert r.threshold == pytest.approx(max(r.details["block_threshold"], r.details["permutation_threshold"]))
+    shuffled = ref.sample(frac=1.0, random_state=0).reset_index(drop=True)  # no time order left: blocks = random
+    (s,) = run_checks(shuffled, cur, DriftSettings(sample_size=300), LABELS, checks=[spec])
+    assert s.details["block_threshold"] < r.details["block_threshold"] / 2
 
 
 def test_text_descriptors():
@@ -313,6 +361,78 @@ def test_estimated_accuracy_tracks_true_accuracy_on_shifted_windows(corpus):
             assert r.drifted and truth < r.details["reference_accuracy"] - 0.1
         if window is plain:
             assert not r.drifted
+
+
+def test_estimate_carries_an_interval_and_is_flagged_when_inputs_drift(corpus):
+    """The label-free estimate comes with a 95 % interval, and ``reliable: false`` with the reason when the
+    embedding check says the inputs left the calibration data (or when no embedding check ran)."""
+    rows = airline(corpus, 11)
+    reference, plain = rows.iloc[800:], rows.iloc[:400]
+    checks = EMBEDDING + by_name("estimated_accuracy")
+    unlabelled = plain.assign(true_label=None)
+    emb, est = run_checks(reference, unlabelled, SETTINGS, LABELS, checks=checks)
+    truth = float((plain["label"] == plain["true_label"]).mean())
+    low, high = est.details["interval_95"]
+    assert low < est.value < high and low <= truth <= high and high - low < 0.15
+    assert not emb.drifted and est.details["reliable"] is True and est.details["unreliable_reasons"] == []
+
+    off_topic = others(corpus).sample(400, random_state=3).assign(true_label=None)
+    emb, est = run_checks(reference, off_topic, SETTINGS, LABELS, checks=checks)
+    assert emb.drifted and est.details["reliable"] is False
+    assert "inputs left the calibration data (embedding_drift" in est.details["unreliable_reasons"][0]
+
+    (alone,) = run_checks(reference, unlabelled, SETTINGS, LABELS, checks=by_name("estimated_accuracy"))
+    assert alone.details["reliable"] is False and "no embedding check ran" in alone.details["unreliable_reasons"][0]
+
+    # Feedback in the window that contradicts the calibration makes it unreliable too.
+    wrong = off_topic.assign(true_label=np.where(off_topic["label"] == "negative", "positive", "negative"))
+    (contradicted,) = [r for r in run_checks(reference, wrong, SETTINGS, LABELS, checks=checks)
+                       if r.metric == "estimated_accuracy"]
+    assert any("disagree with the calibration" in why for why in contradicted.details["unreliable_reasons"])
+
+
+def test_output_checks_compare_one_version_on_rows_it_was_not_trained_on(corpus):
+    """Model-output checks keep only current rows served by the reference's version and only reference rows
+    the version was not trained on; input checks still see every row."""
+    rows = airline(corpus, 12)
+    held_out = rows.iloc[1000:].assign(split="val")
+    # In-sample predictions: confident and right, as a model is on its own training rows.
+    trained = rows.iloc[400:1000].assign(split="train", confidence=0.99, label=lambda f: f["true_label"])
+    reference = pd.concat([trained, held_out], ignore_index=True)
+    served = rows.iloc[:400].assign(model_version="v2")
+    old = served.iloc[:150].assign(model_version="v1", label="positive")  # the previous model, other outputs
+    current = pd.concat([old, served.iloc[150:]], ignore_index=True)
+    checks = by_name("prediction_drift", "confidence_drift", "text_length_drift")
+    results = {r.metric: r for r in run_checks(reference, current, SETTINGS, LABELS, checks=checks, version="v2")}
+    assert not results["prediction_drift"].drifted and not results["confidence_drift"].drifted
+    for name in ("prediction_drift", "confidence_drift"):
+        details = results[name].details
+        assert details["current_other_version_rows_left_out"] == 150 and details["n_current"] == 250
+        assert details["reference_training_rows_left_out"] == 600 and details["n_reference"] == len(held_out)
+    assert results["text_length_drift"].details["n_current"] == 400  # input check: both versions' rows
+    assert results["text_length_drift"].details["n_reference"] == len(reference)
+
+    mixed = {r.metric: r for r in run_checks(reference, current, SETTINGS, LABELS, checks=checks)}
+    assert mixed["prediction_drift"].drifted  # two models' outputs in one window look like drift
+    in_sample = {r.metric: r for r in run_checks(trained.drop(columns="split"), served.iloc[150:], SETTINGS,
+                                                 LABELS, checks=checks, version="v2")}
+    assert in_sample["confidence_drift"].drifted  # live traffic is never as confident as the training rows
+
+
+def test_reference_side_is_fitted_once_per_reference(corpus):
+    from tuneloop.monitor.drift import REFERENCE_CACHE
+
+    rows = airline(corpus, 13)
+    reference = rows.iloc[500:]
+    REFERENCE_CACHE.clear()
+    first = run_checks(reference, rows.iloc[:250], SETTINGS, LABELS, checks=DISTRIBUTION_CHECKS)
+    assert (REFERENCE_CACHE.hits, REFERENCE_CACHE.misses) == (0, len(DISTRIBUTION_CHECKS))
+    again = run_checks(reference, rows.iloc[250:500], SETTINGS, LABELS, checks=DISTRIBUTION_CHECKS)
+    assert (REFERENCE_CACHE.hits, REFERENCE_CACHE.misses) == (len(DISTRIBUTION_CHECKS), len(DISTRIBUTION_CHECKS))
+    assert [r.details["block_threshold"] for r in first] == [r.details["block_threshold"] for r in again]
+    REFERENCE_CACHE.clear()
+    fresh = run_checks(reference, rows.iloc[250:500], SETTINGS, LABELS, checks=DISTRIBUTION_CHECKS)
+    assert [r.as_json() for r in fresh] == [r.as_json() for r in again]  # caching never changes a verdict
 
 
 # --------------------------------------------------------------------------- runner and report

@@ -259,7 +259,7 @@ def world(tmp_path_factory):
         drift={"interval_seconds": 3600},
     )
     admin = server.client("admin", timeout=120)
-    quick = {"window_size": 150, "sample_size": 100, "resamples": 30, "open_after": 1}
+    quick = {"window_size": 150, "sample_size": 100, "resamples": 200, "open_after": 1}
     for name, labels in (("sentiment", list(dd.LABELS)), ("topics", TOPICS)):
         r = admin.post("/v1/projects", json={"project": name, "labels": labels, "settings": {"drift": quick}})
         assert r.status_code == 201, r.text

@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from tuneloop.dashboard import charts, ui
-from tuneloop.dashboard.data import AUTO, RANGE_CHOICES, OverviewData, load_overview
+from tuneloop.dashboard.data import AUTO, RANGE_CHOICES, Estimate, OverviewData, load_overview
 
 
 def headline(data: OverviewData, range_name: str) -> None:
@@ -32,13 +32,26 @@ def headline(data: OverviewData, range_name: str) -> None:
               f"{int(last['n_labelled'])} labels, {ui.fmt_ts(last['bucket'])[:10]}" if last is not None
               else "no labels yet", delta_color="off", delta_arrow="off",
               help="Latest bucket with feedback, by time of prediction.")
-    est = data.estimated_accuracy()
-    c4.metric("Estimated accuracy", ui.pct(est["estimated_accuracy"].iloc[-1] if not est.empty else None),
-              "label-free, from confidence", delta_color="off", delta_arrow="off",
-              help="CBPE-style estimate: confidence calibrated on the reference's labelled rows.")
+    estimate_metric(c4, data.latest_estimate())
     n_open = len(data.open_alerts)
     c5.metric("Open alerts", n_open, "all clear" if n_open == 0 else "see Alerts", delta_arrow="off",
               delta_color="off" if n_open == 0 else "inverse")
+
+
+def estimate_metric(column: st.delta_generator.DeltaGenerator, est: Estimate | None) -> None:
+    """The label-free estimate, always with its 95 % interval, and as "unreliable" (value in small print,
+    reasons on hover) when its assumption is broken: never a bare headline number."""
+    about = "CBPE-style estimate: confidence calibrated on the reference's labelled rows, 95 % interval."
+    if est is None:
+        column.metric("Estimated accuracy", "—", "no estimate yet", delta_color="off", delta_arrow="off", help=about)
+        return
+    interval = f"{ui.pct(est.low)}–{ui.pct(est.high)}" if est.low is not None else "no interval"
+    if est.reliable:
+        column.metric("Estimated accuracy", interval, f"label-free, point {ui.pct(est.value)}", delta_color="off",
+                      delta_arrow="off", help=about)
+    else:
+        column.metric("Estimated accuracy", "unreliable", f"{ui.pct(est.value)} ({interval}) not trusted",
+                      delta_color="inverse", delta_arrow="off", help=about + " Not trusted: " + "; ".join(est.reasons))
 
 
 def alerts_table(alerts: list[dict]) -> None:
