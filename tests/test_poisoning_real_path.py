@@ -6,9 +6,11 @@ real tweets. Feedback is logged through ``/v1/predict`` and ``/v1/feedback``, pa
 another), and ``POST /v1/retrain`` runs the real snapshot -> job -> gate path with the shipped
 ``[retrain]`` defaults (only the training length is shortened). The run must not promote.
 
-All three are promoted today (seeded, single-threaded training: the outcome is fixed): they are
-marked as expected failures, strict, so each fails loudly once the gate rejects it and its mark
-must go.
+Predictions are logged one request each, so the newest rows (the holdout) are fixed, and
+training is seeded and single-threaded: each outcome is the same on every run. Today the 30 %
+flip is rejected by a hair (+0.019 against the +0.020 margin), the 50 % flip by the recall
+check, and the targeted relabelling is promoted: it is an expected failure, strict, so it fails
+loudly once the gate rejects it and the mark must go.
 """
 
 from __future__ import annotations
@@ -52,11 +54,11 @@ def poisoned(truth: list[str], case: str, rng: np.random.Generator) -> list[str]
 
 
 PROMOTED_TODAY = pytest.mark.xfail(strict=True, reason=(
-    "the shipped gate (margin 0.02 on about 50 holdout rows, no golden set) promotes this challenger: the "
-    "margin is inside the holdout's sampling noise, and nothing the gate sees is free of the attacker's labels"))
+    "the shipped gate (no golden set) promotes it: the holdout comes from the same relabelled stream, so "
+    "nothing the gate sees is free of the attacker's labels"))
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=PROMOTED_TODAY) for c in ("flip-30", "flip-50", "targeted")])
+@pytest.mark.parametrize("case", ["flip-30", "flip-50", pytest.param("targeted", marks=PROMOTED_TODAY)])
 def test_partly_poisoned_feedback_is_not_promoted_through_the_real_path(case, tmp_path, tweets, champion_dir,  # noqa: F811
                                                                          figure):
     base, version_dir = champion_dir
@@ -71,9 +73,11 @@ def test_partly_poisoned_feedback_is_not_promoted_through_the_real_path(case, tm
             assert admin.post("/v1/models/v1/register").status_code == 200
             assert admin.post("/v1/models/v1/promote").status_code == 200
             frame = tweets["stream1"]
-            r = admin.post("/v1/predict", json={"texts": frame["text"].tolist()})
-            assert r.status_code == 200, r.text
-            ids = [p["id"] for p in r.json()["predictions"]]
+            ids = []
+            for text in frame["text"]:  # one request each: distinct timestamps fix which rows are newest (the holdout)
+                r = admin.post("/v1/predict", json={"texts": [text]})
+                assert r.status_code == 200, r.text
+                ids.append(r.json()["predictions"][0]["id"])
             labels = poisoned(frame["topic"].map(POLICY).tolist(), case, np.random.default_rng(11))
             r = label.post("/v1/feedback", json={"records": [
                 {"prediction_id": i, "label": y} for i, y in zip(ids, labels, strict=True)]})
