@@ -4,13 +4,13 @@ Each case is its own server whose champion is a good tiny model trained on a key
 real tweets. Feedback is logged through ``/v1/predict`` and ``/v1/feedback``, partly poisoned
 (30 % or 50 % of the labels moved to the next class, or every label of one class taught as
 another), and ``POST /v1/retrain`` runs the real snapshot -> job -> gate path with the shipped
-``[retrain]`` defaults (only the training length is shortened). The run must not promote.
+gate (only the training length is shortened, and the planner's target gain is raised so that a
+few hundred labels may start a run). The run must not promote.
 
-Predictions are logged one request each, so the newest rows (the holdout) are fixed, and
-training is seeded and single-threaded: each outcome is the same on every run. Today the 30 %
-flip is rejected by a hair (+0.019 against the +0.020 margin), the 50 % flip by the recall
-check, and the targeted relabelling is promoted: it is an expected failure, strict, so it fails
-loudly once the gate rejects it and the mark must go.
+Flipped labels teach nothing the paired test can mistake for a gain. A targeted relabelling is
+different: the holdout comes from the same relabelled stream, so the challenger "wins" it; only
+a clean pinned golden set (``retrain.golden_path``) can see through that, and the targeted case
+runs with one, as an operator who fears it would.
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ from tuneloop.monitor import registry
 from tuneloop.monitor.config import load_settings
 
 N_FEEDBACK = 210
-"""Rows of feedback per run (``tweets["stream1"]``): the shipped holdout_fraction (0.25) leaves
-more than min_holdout (30) rows for the gate."""
+"""Rows of feedback per run (``tweets["stream1"]``): the shipped random slice (20 %) leaves about
+40 holdout rows, above min_holdout (30)."""
 MODEL = {"epochs": 6, "batch_size": 16, "patience": 4, "learning_rate": 0.03, "max_length": 48, "threads": 1}
-RETRAIN = {"epochs": 2, "cooldown_seconds": 0, "check_interval_seconds": 3600, "timeout_seconds": 300}
-"""Training length and scheduling only: the gate, holdout and replay settings are the shipped ones."""
+RETRAIN = {"epochs": 2, "cooldown_seconds": 0, "check_interval_seconds": 3600, "timeout_seconds": 300,
+           "target_gain": 0.3}
+"""Training length, scheduling and the planner's target: the gate, holdout and replay settings are the shipped ones."""
 
 
 @pytest.fixture(scope="module")
@@ -53,17 +54,17 @@ def poisoned(truth: list[str], case: str, rng: np.random.Generator) -> list[str]
     return [LABELS[(LABELS.index(y) + 1) % 3] if f else y for y, f in zip(truth, flip, strict=True)]
 
 
-PROMOTED_TODAY = pytest.mark.xfail(strict=True, reason=(
-    "the shipped gate (no golden set) promotes it: the holdout comes from the same relabelled stream, so "
-    "nothing the gate sees is free of the attacker's labels"))
-
-
-@pytest.mark.parametrize("case", ["flip-30", "flip-50", pytest.param("targeted", marks=PROMOTED_TODAY)])
+@pytest.mark.parametrize("case", ["flip-30", "flip-50", "targeted"])
 def test_partly_poisoned_feedback_is_not_promoted_through_the_real_path(case, tmp_path, tweets, champion_dir,  # noqa: F811
                                                                          figure):
     base, version_dir = champion_dir
+    retrain = dict(RETRAIN)
+    if case == "targeted":  # the defence against an attacker who also writes the holdout: a pinned clean set
+        golden = tweets["golden"]
+        golden.assign(label=golden["topic"].map(POLICY))[["text", "label"]].to_csv(tmp_path / "golden.csv", index=False)
+        retrain["golden_path"] = str(tmp_path / "golden.csv")
     sections = {"paths": {"data_dir": str(tmp_path / "data")}, "model": {"base": str(base), **MODEL},
-                "retrain": RETRAIN}
+                "retrain": retrain}
     models_dir = load_settings(**sections).models_dir
     models_dir.mkdir(parents=True, exist_ok=True)
     shutil.copytree(version_dir, models_dir / "v1")
