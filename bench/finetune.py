@@ -201,16 +201,21 @@ def _cell(rs: list[dict[str, Any]]) -> str:
 
 
 def report(cells: dict[str, Any]) -> str:
-    """Median over seeds per dataset x size x config: macro-F1, accuracy, seconds (n seeds)."""
+    """Median over seeds per dataset x size x config: macro-F1, accuracy, seconds (n seeds).
+
+    The last column: new defaults minus the best baseline, on the seeds where "new" ran.
+    """
     groups: dict[tuple[str, int], dict[str, list[dict[str, Any]]]] = {}
     for key, cell in cells.items():
-        name, size, _seed, config = key.split("|")
-        groups.setdefault((name, int(size)), {}).setdefault(config, []).append(cell)
+        name, size, seed, config = key.split("|")
+        groups.setdefault((name, int(size)), {}).setdefault(config, []).append({**cell, "seed": seed})
     lines = ["| dataset | rows | " + " | ".join(CONFIGS) + " | new − best baseline (F1 pts) |",
              "|---|---|" + "---|" * (len(CONFIGS) + 1)]
     for (name, size), by in sorted(groups.items()):
         gap = "–"
-        base = [statistics.median(r["macro_f1"] for r in by[c]) for c in CONFIGS[:3] if c in by]
+        seeds = {r["seed"] for r in by.get("new", [])}  # the gap compares the same training samples only
+        base = [statistics.median(r["macro_f1"] for r in by[c] if r["seed"] in seeds) for c in CONFIGS[:3]
+                if any(r["seed"] in seeds for r in by.get(c, []))]
         if "new" in by and base:
             gap = f"{100 * (statistics.median(r['macro_f1'] for r in by['new']) - max(base)):+.1f}"
         lines.append(f"| {name} | {size} | " + " | ".join(_cell(by.get(c, [])) for c in CONFIGS) + f" | {gap} |")
