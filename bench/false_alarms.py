@@ -14,6 +14,10 @@ not trained on, a window of 20 000 rows included (the checks compare 2 000 of it
 follow each other; "an alert after hysteresis" = the same check alarming on two consecutive
 windows (``open_after = 2``; the windows are disjoint draws).
 
+Deflategate's and cars' first 1 000 tweets in the file are its first 1 000 by sentiment: all of
+deflategate's are negative, so that stream cannot train a model and fails at its first step (run
+with ``--streams airline,cars``); cars' are negative and neutral (a two-class model).
+
 Detection: windows whose given share of rows (5, 10, 30 %) comes from the off-topic tweets
 (coachella, apple, claritin). Evidently's default embedding drift (a domain classifier, drift at
 ROC AUC > 0.55, bootstrap below 1 000 reference rows) runs on exactly the rows tuneloop's
