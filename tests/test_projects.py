@@ -124,6 +124,39 @@ def test_checks_skip_and_count_rows_still_without_embedding(lib):
     assert all(json.loads(d)["rows_without_embedding"] == 20 for d in recorded)
 
 
+def test_reference_after_a_promotion_is_held_out_rows_for_outputs_and_earlier_traffic_for_inputs(lib, tmp_path):
+    """Model-output checks compare the champion's rows it was not trained on; input checks the traffic logged
+    before it was promoted; output checks keep only rows it served."""
+    from tuneloop.monitor import registry
+
+    store, settings = lib
+    rng = np.random.default_rng(0)
+    rows = tickets(300)
+    rows["embedding"] = list(rng.standard_normal((300, 8), dtype=np.float32))
+    rows["ts"] = pd.Timestamp("2026-01-01") + pd.to_timedelta(np.arange(300), unit="min")
+    before = rows.iloc[:250].assign(model_version="external")
+    store.append_predictions(before.drop(columns=["true_label"]))
+    registry.register_version(store, "default", "v1", tmp_path / "models" / "v1", metrics={})
+    reference = tickets(60, seed=2).assign(confidence=0.9, split=["train"] * 40 + ["val"] * 20,
+                                            embedding=list(rng.standard_normal((60, 8), dtype=np.float32)))
+    registry.load_reference(store, "default", "v1", reference)
+    registry.promote(store, "default", "v1", "ops")
+    ref = checks.reference_frames(store, settings, "default")
+    assert (ref.name, ref.version, len(ref.outputs), len(ref.inputs)) == ("v1", "v1", 60, 250)
+    assert ref.inputs["id"].tolist() == before["id"].tolist()  # in time order
+    assert ref.inputs_source == "250 traffic rows before v1 was promoted"
+    assert checks.reference_frame(store, settings, "default")[1]["split"].tolist().count("val") == 20
+
+    served = rows.iloc[250:].assign(model_version="v1", confidence=0.9, ts=pd.Timestamp.now())
+    store.append_predictions(served.drop(columns=["true_label"]))
+    run = checks.run_drift_checks(store, settings, "default", render=False)
+    by_metric = {r["metric"]: r for r in run.results}
+    assert by_metric["text_length_drift"]["details"]["reference_inputs"] == ref.inputs_source
+    assert by_metric["text_length_drift"]["details"]["n_current"] == 50  # earlier traffic is not judged again
+    outputs = by_metric["prediction_drift"]["details"]
+    assert (outputs["reference_training_rows_left_out"], outputs["n_reference"], outputs["n_current"]) == (40, 20, 50)
+
+
 # ---- imports ------------------------------------------------------------------------------------------
 
 
