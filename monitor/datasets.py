@@ -115,10 +115,10 @@ def parse(raw: bytes, fmt: str, encoding: str = "utf-8") -> pd.DataFrame:
     try:
         return pd.read_csv(io.StringIO(text), sep="\t" if fmt == "tsv" else ",", dtype=str, keep_default_na=False,
                            na_filter=False)
-    except pd.errors.ParserError as e:
-        raise DatasetError(f"cannot parse the file as {fmt.upper()}: {e}".strip()) from None
     except pd.errors.EmptyDataError:
         raise DatasetError("the file has no columns") from None
+    except (pd.errors.ParserError, ValueError, UnicodeError) as e:  # e.g. a NUL byte, a malformed quote
+        raise DatasetError(f"cannot parse the file as {fmt.upper()}: {str(e).splitlines()[0][:300]}") from None
 
 
 def guess_columns(df: pd.DataFrame) -> tuple[str | None, str | None]:

@@ -77,11 +77,23 @@ ROLES: dict[tuple[str, str], str] = {
     ("POST", "/v1/admin/backup"): "admin",
     ("GET", "/v1/admin/backups"): "admin",
     ("POST", "/v1/admin/retention"): "admin",
+    ("GET", "/v1/feedback/quality"): "label",
+    ("POST", "/v1/datasets/preview"): "admin",
+    ("POST", "/v1/datasets"): "admin",
+    ("GET", "/v1/datasets"): "admin",
+    ("GET", "/v1/datasets/{dataset_id}"): "admin",
+    ("GET", "/v1/datasets/{dataset_id}/rows"): "admin",
+    ("GET", "/v1/datasets/{dataset_id}/quality"): "admin",
+    ("POST", "/v1/datasets/{dataset_id}/fixes"): "admin",
+    ("POST", "/v1/datasets/{dataset_id}/train"): "admin",
+    ("GET", "/v1/training/{run_id}"): "admin",
+    ("GET", "/v1/models/{version}/evaluation"): "admin",
 }
 """The least role each route needs (a higher role may do what a lower one may)."""
 
 PATH_VALUES = {"feedback_id": "no-such-feedback", "check_id": "999999", "alert_id": "999999", "run_id": "999999",
-               "project": "no-such-project", "version": "no-such-version", "name": "no-such-token"}
+               "project": "no-such-project", "version": "no-such-version", "name": "no-such-token",
+               "dataset_id": "ds-000000000000"}
 
 
 def app_routes(settings: Settings) -> set[tuple[str, str]]:

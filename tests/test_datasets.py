@@ -11,21 +11,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from test_quality import flip
 
 from tuneloop.retrain.tiny import keyword_sentiment
 
 LABELS = ["negative", "neutral", "positive"]
 UPLOAD_LIMIT = 64 * 1024
-
-
-def flipped(df: pd.DataFrame, share: float, seed: int) -> tuple[pd.DataFrame, set[int]]:
-    """``df`` with ``share`` of the labels changed (seeded) and the 1-based row numbers changed."""
-    rng = np.random.default_rng(seed)
-    picked = rng.choice(len(df), int(round(share * len(df))), replace=False)
-    out = df.copy()
-    for i in picked:
-        out.loc[i, "label"] = rng.choice([lab for lab in LABELS if lab != out.loc[i, "label"]])
-    return out, {int(i) + 1 for i in picked}
 
 
 def csv_bytes(df: pd.DataFrame, **kw) -> bytes:  # type: ignore[no-untyped-def]
@@ -58,7 +49,7 @@ def dataset_dirs(server) -> list[str]:  # type: ignore[no-untyped-def]
 
 def test_new_model_from_a_noisy_file_end_to_end(server) -> None:
     clean = keyword_sentiment(240, seed=5)
-    noisy, flips = flipped(clean, 0.15, seed=1)
+    noisy, flips = flip(clean, 0.15, seed=1)
     api = server.client("admin", timeout=120)
 
     shown = api.post("/v1/datasets/preview", params={"filename": "tickets.csv"},
