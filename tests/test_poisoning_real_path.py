@@ -60,9 +60,9 @@ def test_partly_poisoned_feedback_is_not_promoted_through_the_real_path(case, tm
     base, version_dir = champion_dir
     retrain = dict(RETRAIN)
     if case == "targeted":  # the defence against an attacker who also writes the holdout: a pinned clean set
-        golden = tweets["golden"]
-        golden.assign(label=golden["topic"].map(POLICY))[["text", "label"]].to_csv(tmp_path / "golden.csv", index=False)
-        retrain["golden_path"] = str(tmp_path / "golden.csv")
+        golden = tweets["golden"].assign(label=tweets["golden"]["topic"].map(POLICY)).dropna(subset=["label"])
+        golden[["text", "label"]].to_parquet(tmp_path / "golden.parquet", index=False)
+        retrain["golden_path"] = str(tmp_path / "golden.parquet")
     sections = {"paths": {"data_dir": str(tmp_path / "data")}, "model": {"base": str(base), **MODEL},
                 "retrain": retrain}
     models_dir = load_settings(**sections).models_dir

@@ -395,8 +395,8 @@ def test_a_rejected_policy_run_is_followed_by_another_once_new_labels_arrive(tmp
         paths={"data_dir": str(tmp_path / "data")},
         model={"base": str(base), "epochs": 1, "batch_size": 16, "max_length": 32, "threads": 1},
         retrain={"epochs": 1, "on_drift_min_labels": 20, "min_new_labels": 10_000, "retry_new_labels": 15,
-                 "cooldown_seconds": 0, "min_holdout": 5, "holdout_fraction": 0.25, "replay_max": 40,
-                 "min_gain": 0.5, "target_gain": 0.9, "timeout_seconds": 240})
+                 "cooldown_seconds": 0, "min_holdout": 5, "holdout_fraction": 0.5, "replay_max": 40,
+                 "min_gain": 0.5, "target_gain": 0.9, "timeout_seconds": 240})  # 12 + 8 fresh slice rows
     registry.train_version(settings, policy_frame(tweets["train"]).head(60), LABELS, version="v1")
     stream = tweets["stream1"].reset_index(drop=True)
     noise = np.random.default_rng(3).choice(LABELS, len(stream))  # labels nothing can learn: the gate rejects
