@@ -57,6 +57,7 @@ ROLES: dict[tuple[str, str], str] = {
     ("GET", "/v1/retrain/runs"): "label",
     ("GET", "/v1/retrain/runs/{run_id}"): "label",
     ("GET", "/v1/label-queue"): "label",
+    ("GET", "/v1/label-queue/savings"): "label",
     ("GET", "/v1/status"): "label",
     ("GET", "/v1/projects"): "label",
     ("GET", "/v1/projects/{project}"): "label",

@@ -30,6 +30,9 @@ ROLE_RULES: list[tuple[str, str, str]] = [
     ("POST", r"/v1/alerts/\{[^/]+\}/ack", "label"),
     ("GET", r"/v1/tokens", "admin"),
     ("GET", r"/v1/admin/.*", "admin"),
+    ("GET", r"/v1/datasets.*", "admin"),
+    ("GET", r"/v1/training/.*", "admin"),
+    ("GET", r"/v1/models/\{[^/]+\}/evaluation", "admin"),
 ]
 PATH_VALUES = {"project": "default", "version": "v0", "name": "nobody"}  # any other {param}: "1"
 
