@@ -555,11 +555,15 @@ class RetrainService:
         return name
 
     def _cleanup_partial(self, version: str, pid: int) -> None:
-        """A killed job may leave its temp dir behind; remove only that one."""
+        """A failed job leaves nothing: its temp dir, or its finished version dir when it was killed
+        between the atomic rename and its exit (this run named the version, so nothing else owns it)."""
         import shutil
 
         for p in self.settings.models_dir.glob(f".tmp-{version}-{pid}-*"):
             shutil.rmtree(p, ignore_errors=True)
+        registered = self.store.query("SELECT count(*) AS n FROM model_versions WHERE version = ?", [version])["n"][0]
+        if not registered:
+            shutil.rmtree(self.settings.models_dir / version, ignore_errors=True)
 
     @staticmethod
     def _failure_reason(directory: Path, rc: int) -> str:

@@ -231,7 +231,7 @@ def train_from_dataset(principal: Admin, ctx: CtxDep, dataset_id: DatasetId, bod
 
 
 @router.get("/training/{run_id}", summary="A training run's status and live progress (epoch, loss, samples/s, ETA)")
-def training_progress(_: Admin, ctx: CtxDep, run_id: Annotated[int, Path(ge=0)]) -> dict[str, Any]:
+def training_progress(_: Admin, ctx: CtxDep, run_id: Annotated[int, Path(ge=0, le=2**63 - 1)]) -> dict[str, Any]:
     from tuneloop.monitor.retraining import RunNotFound
 
     service = ctx.services.get("retrain")

@@ -30,6 +30,18 @@ TFIDF_MAX_FEATURES = 50_000  # 1,000 long reviews give ~60k 1–2-grams; the rar
 BASELINE_NAMES = {"majority": "majority class", "tfidf_logreg": "TF-IDF + LR", "frozen_logreg": "frozen encoder + LR"}
 
 
+class _OneClass:
+    """What a logistic fit on a single class amounts to: that class, always (sklearn refuses the fit)."""
+
+    def __init__(self, label: str) -> None:
+        self.classes_ = [label]
+
+
+def _fit_logreg(x: Any, y: list[str], seed: int, c: float) -> LogisticRegression | _OneClass:
+    """A logistic fit, or the constant model when the rows carry one class only (a fully relabelled set)."""
+    return _logreg(seed, c).fit(x, y) if len(set(y)) > 1 else _OneClass(y[0])
+
+
 def _logreg(seed: int = 0, c: float = 10.0) -> LogisticRegression:
     """Balanced class weights: the same choice as the fine-tuned model's weighted loss (macro-F1 counts).
 
@@ -51,7 +63,7 @@ class SparseModel:
     def fit(cls, texts: Sequence[str], y: Sequence[str], labels: Sequence[str], seed: int = 0) -> SparseModel:
         vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, max_features=TFIDF_MAX_FEATURES)
         x = vec.fit_transform(list(texts))
-        lr = _logreg(seed).fit(x, list(y))
+        lr = _fit_logreg(x, list(y), seed, c=10.0)
         return cls(vec, *_full_coef(lr, x.shape[1], labels), list(labels))
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
@@ -85,12 +97,15 @@ class SparseModel:
         return cls(vec, weights["coef"], weights["intercept"], list(meta["labels"]))
 
 
-def _full_coef(lr: LogisticRegression, n_features: int, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def _full_coef(lr: LogisticRegression | _OneClass, n_features: int,
+               labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Coefficients for every label in ``labels`` order (binary fits give one row; absent labels -inf-ish)."""
     k = len(labels)
     coef, intercept = np.zeros((k, n_features), np.float64), np.full(k, -30.0)
     classes = list(lr.classes_)
-    if len(classes) == 2:
+    if isinstance(lr, _OneClass):
+        rows = {classes[0]: (np.zeros(n_features), 0.0)}
+    elif len(classes) == 2:
         half_w, half_b = lr.coef_[0] / 2, lr.intercept_[0] / 2
         rows = {classes[0]: (-half_w, -half_b), classes[1]: (half_w, half_b)}
     else:
@@ -108,7 +123,7 @@ def frozen_logreg(train_x: np.ndarray, train_y: Sequence[str], labels: Sequence[
     warm-start the classifier's linear head.
     """
     mu, sd = train_x.mean(axis=0), train_x.std(axis=0) + 1e-6
-    lr = _logreg(seed, c=1.0).fit((train_x - mu) / sd, list(train_y))
+    lr = _fit_logreg((train_x - mu) / sd, list(train_y), seed, c=1.0)
     coef, intercept = _full_coef(lr, train_x.shape[1], labels)
     coef = coef / sd
     return coef, intercept - coef @ mu
@@ -152,12 +167,14 @@ def fit_baselines(train_texts: Sequence[str], train_y: Sequence[str], val_texts:
 
 
 def verdict(model: dict[str, float], baselines: dict[str, dict[str, float]]) -> tuple[bool, str]:
-    """(beats, plain words): does ``model`` beat the best baseline on validation macro-F1?"""
+    """(beats, plain words): does ``model`` beat (or at least match) the best baseline on validation macro-F1?"""
     best = max(baselines, key=lambda k: baselines[k]["macro_f1"])
-    gap = 100 * (model["macro_f1"] - baselines[best]["macro_f1"])
+    gap = round(100 * (model["macro_f1"] - baselines[best]["macro_f1"]), 6)
     name = BASELINE_NAMES.get(best, best)
     if gap > 0:
         return True, f"fine-tuning beats the best simple baseline ({name}) by {gap:.1f} points of macro-F1"
+    if gap == 0:  # a tie is not a loss: nothing simpler would serve better (e.g. every model scores 1.0)
+        return True, f"fine-tuning matches the best simple baseline ({name}) on validation macro-F1"
     return False, (f"fine-tuning does NOT beat the best simple baseline ({name}): "
                    f"{-gap:.1f} points of macro-F1 behind it on validation")
 
