@@ -283,10 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     _die_with_parent()
+    parent = os.getppid()
     progress = Progress(Path(args.progress) if args.progress else None)
     stop = threading.Event()
 
     def on_term(signum: int, _frame: Any) -> None:
+        if os.getppid() != parent:  # the server died: nobody waits for a clean cancel, and no step may finish
+            os._exit(EXIT_CANCELLED)
         stop.set()
         print(f"received signal {signum}: cancelling after the current step", file=sys.stderr, flush=True)
 
