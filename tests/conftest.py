@@ -289,3 +289,16 @@ def pytest_terminal_summary(terminalreporter):  # type: ignore[no-untyped-def]
         terminalreporter.section("reliability figures")
         for name, value in RELIABILITY_FIGURES:
             terminalreporter.line(f"{name}: {value}")
+
+
+def wait_run(client: httpx.Client, run_id: int, timeout: float = 400,
+             path: str = "/v1/retrain/runs/{run_id}") -> dict[str, Any]:
+    """Poll a retrain (or training) run until it leaves queued/running; the answer of its last poll."""
+    deadline = time.monotonic() + timeout
+    run: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        run = client.get(path.format(run_id=run_id)).json()
+        if run["status"] not in ("queued", "running"):
+            return run
+        time.sleep(0.2)
+    raise AssertionError(f"run {run_id} did not finish in {timeout} s: {run}")

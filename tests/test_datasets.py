@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import wait_run
 from test_quality import flip
 
 from tuneloop.retrain.tiny import keyword_sentiment
@@ -85,7 +86,7 @@ def test_new_model_from_a_noisy_file_end_to_end(server) -> None:
     assert r.status_code == 202, r.text
     run_id = r.json()["run_id"]
     assert r.json()["n_holdout"] >= 40
-    run = server_wait(server, run_id)
+    run = wait_run(server.client("admin"), run_id, timeout=300, path="/v1/training/{run_id}")
     assert run["status"] == "passed", run
     progress = api.get(f"/v1/training/{run_id}").json()
     assert progress["epoch"] >= 1 and progress["loss"] is not None and progress["samples_per_s"] > 0
@@ -106,19 +107,6 @@ def test_new_model_from_a_noisy_file_end_to_end(server) -> None:
     assert r.status_code == 200, r.text
     pred = api.post("/v1/predict", json={"texts": ["i love this wonderful day"], "project": "tickets"})
     assert pred.status_code == 200 and pred.json()["model_version"] == run["version"]
-
-
-def server_wait(server, run_id: int, timeout: float = 300) -> dict:  # type: ignore[no-untyped-def]
-    import time
-
-    api = server.client("admin")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = api.get(f"/v1/training/{run_id}").json()
-        if run["status"] not in ("queued", "running"):
-            return run
-        time.sleep(0.5)
-    raise AssertionError(f"run {run_id} did not finish in {timeout} s")
 
 
 def test_every_format_reads_the_same_rows(server) -> None:

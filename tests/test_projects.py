@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import wait_run
 
 from tuneloop.monitor import checks, imports, projects
 from tuneloop.monitor import demo_data as dd
@@ -437,7 +438,7 @@ def test_bulk_labels_then_adopt_a_tuneloop_model_gated_against_the_external_one(
     assert r.status_code == 200, r.text
     adopted = r.json()
     assert adopted["labelled"] == 300 and adopted["external_accuracy"] == pytest.approx(external_accuracy)
-    run = wait_run(world.admin, adopted["run_id"])
+    run = wait_run(world.admin, adopted["run_id"], timeout=240)
     assert run["status"] == "promoted", (run["reasons"], run["metrics"])
     gate = run["metrics"]["gate"]
     holdout = pd.read_parquet(world.server.settings.runs_dir / f"run-{run['id']}" / "snapshot" / "holdout.parquet")
@@ -457,16 +458,6 @@ def test_bulk_labels_then_adopt_a_tuneloop_model_gated_against_the_external_one(
     assert r.status_code == 409 and "already has a tuneloop model" in r.json()["detail"]
     summary = world.admin.get("/v1/projects/topics").json()
     assert summary["counts"]["champion"] == run["version"] and summary["counts"]["labelled"] == 300
-
-
-def wait_run(client, run_id, timeout=240):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = client.get(f"/v1/retrain/runs/{run_id}").json()
-        if run["status"] not in ("queued", "running"):
-            return run
-        time.sleep(0.5)
-    raise AssertionError(f"run {run_id} did not finish: {run}")
 
 
 def test_cli_without_a_server(tmp_path, tiny_encoder_base):

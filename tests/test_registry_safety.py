@@ -26,12 +26,11 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psutil
 import pytest
-from conftest import RunningServer, start_server
+from conftest import RunningServer, start_server, wait_run
 
 from tuneloop.monitor.store import Store
 from tuneloop.retrain.tiny import keyword_sentiment
@@ -109,16 +108,6 @@ def progress_phases(run_dir: Path) -> list[str]:
     return phases
 
 
-def wait_run(http: httpx.Client, run_id: int, timeout: float = 180) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = http.get(f"/v1/retrain/runs/{run_id}").json()
-        if run["status"] not in ("queued", "running"):
-            return run
-        time.sleep(0.1)
-    raise AssertionError(f"run {run_id} still {run['status']}")
-
-
 @pytest.mark.slow
 def test_killing_the_retrain_job_anywhere_leaves_the_champion_serving(running_server, tmp_path, sentiment_version,
                                                                      figure):
@@ -152,7 +141,7 @@ def test_killing_the_retrain_job_anywhere_leaves_the_champion_serving(running_se
                         killed = True
                     break
                 time.sleep(0.005)
-            run = wait_run(admin, run_id)
+            run = wait_run(admin, run_id, timeout=180)
             outcomes.append((phase, killed, run["status"]))
             if killed and run["status"] == "failed":
                 assert run["reasons"] and "SIGKILL" in run["reasons"][0], run

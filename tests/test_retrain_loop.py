@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import wait_run
 from job_control import held, running_job
 
 from tuneloop.monitor import demo_data as dd
@@ -123,17 +124,6 @@ def log_and_label(loop, frame: pd.DataFrame, labels: list[str]) -> list[str]:
                                                                                                     strict=True)]})
     assert r.status_code == 200, r.text
     return ids
-
-
-def wait_run(client: httpx.Client, run_id: int, timeout: float = 400) -> dict:
-    """Poll until the run ends (the server itself fails a run after retrain.timeout_seconds = 300)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        run = client.get(f"/v1/retrain/runs/{run_id}").json()
-        if run["status"] not in ("queued", "running"):
-            return run
-        time.sleep(0.3)
-    raise AssertionError(f"run {run_id} did not finish: {run}")
 
 
 def wait_idle(client: httpx.Client) -> None:
