@@ -22,7 +22,6 @@ from scipy.stats import binomtest
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
 MISTAKES = 20
-BOOTSTRAP = 1000
 
 
 def accuracy_interval(correct: int, n: int) -> list[float] | None:
@@ -33,25 +32,20 @@ def accuracy_interval(correct: int, n: int) -> list[float] | None:
     return [round(float(ci.low), 4), round(float(ci.high), 4)]
 
 
-def tfidf_baseline(train: pd.DataFrame, test: pd.DataFrame) -> list[str]:
-    """Predictions of TF-IDF (words and bigrams) + logistic regression trained on ``train``."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
+def tfidf_baseline(train: pd.DataFrame, test: pd.DataFrame, labels: list[str]) -> list[str]:
+    """Predictions of the TF-IDF + logistic regression baseline every training run records, fit on ``train``."""
+    from tuneloop.retrain.baselines import SparseModel
 
-    model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True),
-                          LogisticRegression(max_iter=2000, class_weight="balanced"))
-    model.fit(train["text"].astype(str), train["label"].astype(str))
-    return [str(x) for x in model.predict(test["text"].astype(str))]
+    model = SparseModel.fit(train["text"].astype(str).tolist(), train["label"].astype(str).tolist(), labels)
+    return [labels[i] for i in model.predict_proba(test["text"].astype(str).tolist()).argmax(axis=1)]
 
 
-def paired_difference(a_correct: np.ndarray, b_correct: np.ndarray, seed: int = 0) -> list[float]:
-    """95 % bootstrap interval of accuracy(a) - accuracy(b) over the same rows."""
-    rng = np.random.default_rng(seed)
-    n = len(a_correct)
-    idx = rng.integers(0, n, size=(BOOTSTRAP, n))
-    diffs = a_correct[idx].mean(1) - b_correct[idx].mean(1)
-    return [round(float(np.quantile(diffs, 0.025)), 4), round(float(np.quantile(diffs, 0.975)), 4)]
+def difference_interval(a_correct: np.ndarray, b_correct: np.ndarray) -> list[float]:
+    """95 % interval of accuracy(a) - accuracy(b) on the same rows: the gate's exact paired bounds at 2.5 % each."""
+    from tuneloop.retrain.paired import paired_difference
+
+    r = paired_difference(a_correct.astype(int).tolist(), b_correct.astype(int).tolist(), alpha=0.025)
+    return [round(float(r.lower), 4), round(float(r.upper), 4)]
 
 
 def holdout_predictions(version_dir: Path, holdout: pd.DataFrame) -> pd.DataFrame:
@@ -99,9 +93,10 @@ def scorecard(version_dir: Path, snapshot_dir: Path | None) -> dict[str, Any]:
     if recorded:
         baseline = {**recorded, "source": "recorded by the training run"}
     else:
-        base_pred = tfidf_baseline(train, holdout)
+        base_pred = tfidf_baseline(train, holdout, labels)
         baseline = {**_summary(y_true, base_pred, labels), "source": "TF-IDF + logistic regression on the same rows"}
-        difference_ci = paired_difference(np.array(y_true) == np.array(y_pred), np.array(y_true) == np.array(base_pred))
+        truth = np.array(y_true)
+        difference_ci = difference_interval(truth == np.array(y_pred), truth == np.array(base_pred))
 
     prec, rec, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     per_class = {lab: {"precision": round(float(p), 4), "recall": round(float(r), 4), "f1": round(float(f), 4),

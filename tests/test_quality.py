@@ -111,3 +111,20 @@ def test_label_errors_on_clean_data_flag_few_rows(tiny_encoder) -> None:
     clean = keyword_sentiment(300, seed=3)
     found = by_check(quality_report(clean, LABELS, embed=tiny_encoder.encode))
     assert found.get("label_error", {"count": 0})["count"] <= 0.05 * len(clean)
+
+
+def test_scorecard_fallback_uses_the_recorded_baseline_model_and_the_exact_paired_interval():
+    import numpy as np
+
+    from tuneloop.retrain.scorecard import difference_interval, tfidf_baseline
+    from tuneloop.retrain.tiny import keyword_sentiment
+
+    data = keyword_sentiment(120, seed=5)
+    train, test = data.iloc[:90], data.iloc[90:]
+    labels = sorted(data["label"].unique())
+    pred = tfidf_baseline(train, test, labels)
+    assert set(pred) <= set(labels) and np.mean(np.array(pred) == test["label"].to_numpy()) > 0.6
+    a = np.array([1] * 25 + [0] * 5, dtype=bool)  # same rows, different correctness
+    b = np.array([1] * 15 + [0] * 10 + [1] * 5, dtype=bool)
+    lo, hi = difference_interval(a, b)
+    assert lo < a.mean() - b.mean() < hi and lo >= -1 and hi <= 1
