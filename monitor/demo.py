@@ -65,7 +65,7 @@ class DemoPlan:
     @classmethod
     def fast(cls) -> DemoPlan:
         return cls(n_train=240, v1_epochs=2, n_before=200, n_after=1200, after_promotion=200, rate=80.0,
-                   request_batch=16, label_rate=20.0, label_budget=240, oracle_max=800, n_test=500,
+                   request_batch=16, label_rate=30.0, label_budget=480, oracle_max=800, n_test=500,
                    max_minutes=25.0)
 
 
