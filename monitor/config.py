@@ -200,6 +200,35 @@ class RetrainSettings(Section):
     golden_path: str = ""
     auto_promote: bool = True
     epochs: int = Field(3, ge=1)
+    launcher: Literal["local", "ray"] = "local"
+    """Where the retrain job runs: a child process of the server, or a job on a Ray cluster (tuneloop[ray])."""
+    ray_address: str = "http://127.0.0.1:8265"
+    """The Ray cluster's job API (its dashboard's HTTP address); nodes must share the data dir's path."""
+    ray_num_cpus: float = Field(1, ge=0)
+    ray_num_gpus: float = Field(0, ge=0)
+
+    @field_validator("launcher")
+    @classmethod
+    def _ray_installed(cls, launcher: str) -> str:
+        import importlib.util
+
+        if launcher == "ray" and importlib.util.find_spec("ray") is None:
+            raise ValueError("'ray' needs the ray package: pip install 'tuneloop[ray]'")
+        return launcher
+
+    @field_validator("ray_address")
+    @classmethod
+    def _http_address(cls, address: str) -> str:
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(address)
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port is not None
+        except ValueError:  # e.g. a port that is not a number
+            ok = False
+        if not ok or parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("must be the dashboard's http(s)://host:port address, e.g. http://127.0.0.1:8265")
+        return address
 
 
 class EmbedderSettings(Section):

@@ -30,9 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -44,7 +42,7 @@ from typing import Any
 
 import pandas as pd
 
-from tuneloop.monitor import registry
+from tuneloop.monitor import launchers, registry
 from tuneloop.monitor.alerts import open_alert_count
 from tuneloop.monitor.store import DEFAULT_PROJECT, Store, utcnow
 from tuneloop.retrain import gate
@@ -99,7 +97,7 @@ class RunNotFound(LookupError):
 class _Active:
     run_id: int
     project: str
-    proc: subprocess.Popen[bytes] | None = None
+    job: launchers.Job | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     why: str = "cancelled"
     thread: threading.Thread | None = None
@@ -284,7 +282,7 @@ class RetrainService:
         run["progress"] = last_progress(directory / "progress.jsonl") if inside else None
         run["log_tail"] = tail_lines(directory / "job.log", log_lines) if inside else []
         active = self._active
-        run["pid"] = active.proc.pid if active and active.run_id == run_id and active.proc else None
+        run["pid"] = active.job.pid if active and active.run_id == run_id and active.job else None
         return run
 
     @staticmethod
@@ -409,9 +407,8 @@ class RetrainService:
     def _cancel_active(self, active: _Active, why: str) -> None:
         active.why = why
         active.cancel.set()
-        proc = active.proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+        if active.job is not None:
+            active.job.cancel()
 
     def wait(self, run_id: int, timeout: float = 300.0, poll: float = 0.2) -> dict[str, Any]:
         """Block until the run reaches a final status (tests, the offline CLI)."""
@@ -484,37 +481,31 @@ class RetrainService:
             self._finish(run_id, "cancelled", [active.why], version=None)
             return
 
-        # 2. the child job
-        cmd = [sys.executable, "-m", "tuneloop.retrain.job", "--snapshot", str(directory / "snapshot"),
-               "--champion", str(champion["path"]) if champion else "", "--models-dir", str(s.models_dir),
-               "--version", version, "--settings", str(directory / "settings.json"),
-               "--progress", str(directory / "progress.jsonl")]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        with (directory / "job.log").open("ab") as out:
-            active.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                           env=env)
-        if active.cancel.is_set():  # cancelled between the check above and the spawn
-            active.proc.send_signal(signal.SIGTERM)
-        timed_out = False
+        # 2. the child job, here or on a cluster (retrain.launcher); absolute paths: a Ray job starts elsewhere
+        here = directory.resolve()
+        cmd = [sys.executable, "-m", "tuneloop.retrain.job", "--snapshot", str(here / "snapshot"),
+               "--champion", str(Path(champion["path"]).resolve()) if champion else "",
+               "--models-dir", str(s.models_dir.resolve()), "--version", version,
+               "--settings", str(here / "settings.json"), "--progress", str(here / "progress.jsonl")]
+        env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         try:
-            rc = active.proc.wait(timeout=s.retrain.timeout_seconds)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            active.proc.send_signal(signal.SIGTERM)
-            try:
-                rc = active.proc.wait(timeout=KILL_GRACE_SECONDS)
-            except subprocess.TimeoutExpired:
-                active.proc.kill()
-                rc = active.proc.wait()
-        if timed_out or rc != 0:
-            self._cleanup_partial(version, active.proc.pid)
-            if timed_out:
+            active.job = launchers.launcher_for(s.retrain, KILL_GRACE_SECONDS).start(cmd, env, directory / "job.log")
+        except launchers.LaunchError as e:
+            self._finish(run_id, "failed", [str(e)], version=None)
+            return
+        if active.cancel.is_set():  # cancelled between the check above and the start
+            active.job.cancel()
+        end = active.job.wait(s.retrain.timeout_seconds, KILL_GRACE_SECONDS)
+        if end.timed_out or end.code != 0:
+            self._cleanup_partial(version, active.job.pid or "*")  # "*": a remote job's pid is unknown here
+            if end.timed_out:
                 self._finish(run_id, "failed", [f"timeout: the job ran longer than {s.retrain.timeout_seconds} s "
                                                 "and was stopped"], version=None)
             elif active.cancel.is_set():
                 self._finish(run_id, "cancelled", [active.why], version=None)
             else:
-                self._finish(run_id, "failed", [self._failure_reason(directory, rc)], version=None)
+                self._finish(run_id, "failed", [end.reason or self._failure_reason(directory, end.code)],
+                             version=None)
             return
 
         # 3. register, gate, promote
