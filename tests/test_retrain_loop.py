@@ -10,6 +10,7 @@ poisoned feedback must not get through the gate; a killed job must leave the cha
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -70,16 +71,15 @@ def rotate_head(clf) -> None:
         clf.head.bias.copy_(torch.roll(clf.head.bias, 1, dims=0))
 
 
-@pytest.fixture(scope="module")
-def loop(tmp_path_factory, tweets):
+@contextlib.contextmanager
+def running_loop(root, tweets, **retrain):
     """A live server whose champion v1 is a tiny model with a rotated (bad) head, registered and
-    promoted through the API; clients for every role."""
+    promoted through the API; clients for every role. ``retrain`` overrides retrain settings."""
     from conftest import start_server
 
     from tuneloop.retrain.tiny import make_tiny_base
     from tuneloop.retrain.versions import load_version, write_version
 
-    root = tmp_path_factory.mktemp("loop")
     base = make_tiny_base(root / "base", vocab_words=TOPIC_WORDS)
     golden = root / "golden.parquet"  # tweets hold bare carriage returns: Parquet keeps them intact
     policy_frame(tweets["golden"]).to_parquet(golden, index=False)
@@ -89,7 +89,7 @@ def loop(tmp_path_factory, tweets):
                   "max_length": 48, "threads": 1},
         "retrain": {"epochs": 4, "min_gain": 0.10, "target_gain": 0.3, "min_holdout": 20, "holdout_fraction": 0.25,
                     "replay_ratio": 1.0, "replay_max": 300, "golden_path": str(golden), "cooldown_seconds": 0,
-                    "check_interval_seconds": 3600, "timeout_seconds": 300},
+                    "check_interval_seconds": 3600, "timeout_seconds": 300, **retrain},
     }
     settings = load_settings(**sections)
     train = policy_frame(tweets["train"])
@@ -104,10 +104,18 @@ def loop(tmp_path_factory, tweets):
     clients = {role: server.client(role, timeout=60) for role in ("ingest", "label", "admin")}
     assert clients["admin"].post("/v1/models/v1/register").status_code == 200
     assert clients["admin"].post("/v1/models/v1/promote").status_code == 200
-    yield {"settings": server.settings, "store": server.store, "clients": clients, "tokens": server.tokens}
-    for c in clients.values():
-        c.close()
-    server.close()
+    try:
+        yield {"settings": server.settings, "store": server.store, "clients": clients, "tokens": server.tokens}
+    finally:
+        for c in clients.values():
+            c.close()
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory, tweets):
+    with running_loop(tmp_path_factory.mktemp("loop"), tweets) as running:
+        yield running
 
 
 def predict(client: httpx.Client, texts: list[str]) -> dict:
