@@ -54,11 +54,11 @@ def _descendants(proc: psutil.Process) -> list[psutil.Process]:
 
 
 def _stop(procs: list[psutil.Process]) -> list[psutil.Process]:
-    """SIGTERM, then SIGKILL after a grace period; the processes still alive afterwards."""
+    """SIGTERM, then SIGKILL a few seconds later; the processes still alive afterwards."""
     for p in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs(procs, timeout=15)
+    _, alive = psutil.wait_procs(procs, timeout=3)  # the GCS server and `ray start --block` ignore SIGTERM
     for p in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
@@ -99,7 +99,8 @@ def ray_cluster():
         seen.update({p.pid: p for p in _descendants(psutil.Process(head.pid))})
         yield {"client": client, "address": address}
     finally:
-        seen.update({p.pid: p for p in _descendants(psutil.Process(head.pid))})
+        with contextlib.suppress(psutil.NoSuchProcess):
+            seen.update({p.pid: p for p in _descendants(psutil.Process(head.pid))})
         mine = [p for p in psutil.process_iter() if _started_in(p, temp)]  # re-parented ones, by their temp dir
         seen.update({p.pid: p for p in mine})
         left = _stop(list(seen.values()))
