@@ -131,8 +131,9 @@ def ray_job_of(loop, run_id: int):
     return jobs[0]
 
 
-def job_process(loop, run_id: int, timeout: float = 120) -> int:
-    """The pid of the run's job process, started on this machine by the Ray cluster."""
+def job_process(loop, run_id: int, timeout: float = 120) -> int | None:
+    """The pid of the run's job process, started on this machine by the Ray cluster; None when the run
+    ended before its job started."""
     snapshot = str((loop["settings"].runs_dir / f"run-{run_id}" / "snapshot").resolve())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -141,42 +142,47 @@ def job_process(loop, run_id: int, timeout: float = 120) -> int:
                 cmdline = p.cmdline()
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
-            if "tuneloop.retrain.job" in cmdline and snapshot in cmdline and "-c" not in cmdline:
+            if "tuneloop.retrain.job" in cmdline and snapshot in cmdline:
                 return p.pid
+        if loop["clients"]["admin"].get(f"/v1/retrain/runs/{run_id}").json()["status"] not in ("queued", "running"):
+            return None
         time.sleep(0.01)
     raise AssertionError(f"no job process for run {run_id} after {timeout} s")
 
 
+def start_run(loop, frame, reason: str) -> tuple[str, int]:
+    """Once the server is idle, label ``frame`` and trigger a retrain; the champion before it and the run id."""
+    admin = loop["clients"]["admin"]
+    wait_idle(admin)
+    before = champion(loop)
+    log_and_label(loop, frame, frame["topic"].map(POLICY).tolist())
+    r = admin.post("/v1/retrain", json={"reason": reason})
+    assert r.status_code == 200, r.text
+    return before, r.json()["run_id"]
+
+
 def test_a_run_on_ray_is_gated_and_promoted(ray_loop, tweets):  # noqa: F811
     admin = ray_loop["clients"]["admin"]
-    before = champion(ray_loop)
-    frame = tweets["stream1"]
-    log_and_label(ray_loop, frame, frame["topic"].map(POLICY).tolist())
-    r = admin.post("/v1/retrain", json={"reason": "on ray"})
-    assert r.status_code == 200, r.text
-    run = wait_run(admin, r.json()["run_id"])
+    before, run_id = start_run(ray_loop, tweets["stream1"], "on ray")
+    run = wait_run(admin, run_id)
     assert run["status"] == "promoted", run
     gate = run["metrics"]["gate"]
     assert gate["headline"].startswith("promote: gain +") and gate["stats"]["lower"] > 0.10, gate
     assert run["progress"]["phase"] == "done"
-    job = ray_job_of(ray_loop, run["id"])
+    job = ray_job_of(ray_loop, run_id)
     assert str(job.status) in ("SUCCEEDED", "JobStatus.SUCCEEDED"), job
     assert any(f"Running entrypoint for job {job.submission_id}" in line for line in
-               (ray_loop["settings"].runs_dir / f"run-{run['id']}" / "job.log").read_text().splitlines())
+               (ray_loop["settings"].runs_dir / f"run-{run_id}" / "job.log").read_text().splitlines())
     assert champion(ray_loop) == run["version"] != before
     assert predict(admin, ["@united my flight is delayed again"])["model_version"] == run["version"]
 
 
 def test_cancel_stops_the_ray_job(ray_loop, tweets):  # noqa: F811
     admin = ray_loop["clients"]["admin"]
-    wait_idle(admin)
-    before = champion(ray_loop)
-    frame = tweets["stream2"]
-    log_and_label(ray_loop, frame, frame["topic"].map(POLICY).tolist())
-    r = admin.post("/v1/retrain", json={"reason": "to cancel on ray"})
-    assert r.status_code == 200, r.text
-    run_id = r.json()["run_id"]
-    with held(job_process(ray_loop, run_id)):  # the tiny job cannot finish before the cancel lands
+    before, run_id = start_run(ray_loop, tweets["stream2"], "to cancel on ray")
+    pid = job_process(ray_loop, run_id)
+    assert pid is not None, admin.get(f"/v1/retrain/runs/{run_id}").json()
+    with held(pid):  # the tiny job cannot finish before the cancel lands
         c = admin.post(f"/v1/retrain/runs/{run_id}/cancel")
         assert c.status_code == 200, c.text
     run = wait_run(admin, run_id, timeout=120)
@@ -187,20 +193,33 @@ def test_cancel_stops_the_ray_job(ray_loop, tweets):  # noqa: F811
 
 def test_an_unreachable_cluster_fails_the_run_and_the_champion_serves(ray_loop, tweets):  # noqa: F811
     admin = ray_loop["clients"]["admin"]
-    wait_idle(admin)
-    before = champion(ray_loop)
-    frame = tweets["stream2"]
-    log_and_label(ray_loop, frame, frame["topic"].map(POLICY).tolist())
     retrain = ray_loop["settings"].retrain  # the server reads it when a run starts
     nowhere = f"http://127.0.0.1:{free_port()}"
     retrain.ray_address = nowhere
     try:
-        r = admin.post("/v1/retrain", json={"reason": "cluster down"})
-        assert r.status_code == 200, r.text
-        run = wait_run(admin, r.json()["run_id"], timeout=120)
+        before, run_id = start_run(ray_loop, tweets["stream2"], "cluster down")
+        run = wait_run(admin, run_id, timeout=120)
     finally:
         retrain.ray_address = ray_loop["address"]
     assert run["status"] == "failed", run
     assert nowhere in run["reasons"][0] and "Ray cluster" in run["reasons"][0], run
     assert champion(ray_loop) == before
     assert predict(admin, ["my iphone screen"])["model_version"] == before
+
+
+def test_a_ray_job_past_the_timeout_is_stopped_and_the_run_fails(ray_loop, tweets):  # noqa: F811
+    admin = ray_loop["clients"]["admin"]
+    models = ray_loop["settings"].models_dir
+    dirs_before = sorted(p.name for p in models.iterdir())
+    retrain = ray_loop["settings"].retrain
+    retrain.timeout_seconds = 10
+    try:
+        before, run_id = start_run(ray_loop, tweets["stream2"], "too slow")
+        pid = job_process(ray_loop, run_id)  # None: stopped by the timeout before it started (a loaded machine)
+        with held(pid) if pid else contextlib.nullcontext():  # held: it cannot end by itself, SIGTERM stays pending
+            run = wait_run(admin, run_id, timeout=120)
+    finally:
+        retrain.timeout_seconds = 300
+    assert run["status"] == "failed" and run["reasons"][0].startswith("timeout: the job ran longer than 10 s"), run
+    assert str(ray_job_of(ray_loop, run_id).status) in ("STOPPED", "JobStatus.STOPPED")
+    assert champion(ray_loop) == before and sorted(p.name for p in models.iterdir()) == dirs_before
