@@ -39,6 +39,9 @@ def test_file_then_env_override(tmp_path, monkeypatch):
         ("[nope]\nx = 1\n", "config error: unknown key 'nope'"),
         ('[drift]\nwindow_kind = "weekly"\n', "config error: drift.window_kind: Input should be 'count' or 'time'"),
         ('[project]\nlabels = ["a"]\n', "config error: project.labels: Value error, needs at least two"),
+        ('[retrain]\nray_address = "127.0.0.1:8265"\n', "config error: retrain.ray_address: Value error, must be "
+         "the dashboard's http(s)://host:port address"),
+        ('[retrain]\nlauncher = "slurm"\n', "config error: retrain.launcher: Input should be 'local' or 'ray'"),
         ("[server\n", "not valid TOML"),
     ],
 )
