@@ -212,7 +212,11 @@ class RetrainSettings(Section):
     def _ray_installed(cls, launcher: str) -> str:
         import importlib.util
 
-        if launcher == "ray" and importlib.util.find_spec("ray") is None:
+        try:
+            missing = launcher == "ray" and importlib.util.find_spec("ray") is None
+        except (ImportError, ValueError):  # a broken or blocked install
+            missing = True
+        if missing:
             raise ValueError("'ray' needs the ray package: pip install 'tuneloop[ray]'")
         return launcher
 

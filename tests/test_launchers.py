@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 import time
 
@@ -47,3 +48,14 @@ def test_cancel_sends_sigterm_and_the_wait_reports_it(tmp_path):
     end = job.wait(timeout=30, grace=1)
     assert (end.code, end.timed_out) == (-signal.SIGTERM, False)
     job.cancel()  # a second cancel of an ended job is harmless
+
+
+def test_launcher_ray_without_the_ray_package_is_a_one_line_config_error(tmp_path):
+    code = ("import sys; sys.modules['ray'] = None\n"  # as if it were not installed
+            "from tuneloop.monitor.config import ConfigError, load_settings\n"
+            "try:\n    load_settings(retrain={'launcher': 'ray'})\n"
+            "except ConfigError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == ("config error: retrain.launcher: Value error, 'ray' needs the ray package: "
+                          "pip install 'tuneloop[ray]' (got 'ray')\n")
