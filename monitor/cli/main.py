@@ -137,7 +137,7 @@ def serve(
         s.server.host = host
     if port is not None:
         s.server.port = port
-    from tuneloop.monitor.app import create_app
+    from tuneloop.monitor.api.app import create_app
     from tuneloop.monitor.store import Store, StoreError
 
     try:
@@ -756,15 +756,12 @@ def adopt(
         while (run := api_call(client, "GET", f"/v1/retrain/runs/{out['run_id']}"))["status"] in ("queued", "running"):
             time.sleep(1.0)
     else:  # no server: run the job from here and wait for it (the run needs this process to finish)
-        from tuneloop.monitor.app import Context
-        from tuneloop.monitor.auth import TokenRegistry
         from tuneloop.monitor.retraining import RetrainService
 
         store = _offline_store(s)
         try:
-            ctx = Context(settings=s, store=store, tokens=TokenRegistry(store))
-            ctx.services["retrain"] = service = RetrainService(ctx)
-            out = adopt_project(ctx, project, actor="cli")
+            service = RetrainService(store, s)
+            out = adopt_project(store, s, service, project, actor="cli")
             typer.echo(_adopt_line(out))
             run = service.wait(out["run_id"], timeout=s.retrain.timeout_seconds + 60)
         except (CannotAdopt, LookupError) as e:
@@ -912,13 +909,11 @@ def retrain(
             return
         run = _follow(lambda i: api_call(client, "GET", f"/v1/retrain/runs/{i}"), out["run_id"])
     else:
-        from types import SimpleNamespace
-
         from tuneloop.monitor.retraining import RetrainError, RetrainService
 
         store = open_store(s)
         try:
-            service = RetrainService(SimpleNamespace(store=store, settings=s, services={}))
+            service = RetrainService(store, s)
             service.recover()
             try:
                 run_id = service.trigger(project, reason, "cli", respect_cooldown=not now)
@@ -947,13 +942,11 @@ def retrain_runs(
     else:
         if not s.db_path.exists():
             fail(f"no database at {s.db_path}; run `tuneloop init` first")
-        from types import SimpleNamespace
-
         from tuneloop.monitor.retraining import RetrainService
 
         store = open_store(s, read_only=True)
         try:
-            runs = RetrainService(SimpleNamespace(store=store, settings=s, services={})).list_runs(project, limit)
+            runs = RetrainService(store, s).list_runs(project, limit)
         finally:
             store.close()
     if as_json:
@@ -1065,7 +1058,7 @@ app.add_typer(config_app, name="config")
 @config_app.command("show")
 def config_show(as_json: JsonOpt = False) -> None:
     """Every effective setting with its source (env, command line, file, default); secrets masked."""
-    from tuneloop.monitor.config_show import effective_settings
+    from tuneloop.monitor.cli.config_show import effective_settings
 
     rows = effective_settings(settings(), _options.get("config"), _cli_overrides())
     if as_json:
