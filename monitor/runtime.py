@@ -1,9 +1,9 @@
 """The composition root: builds every long-lived service of a process in one fixed order.
 
-The server (the FastAPI lifespan), the CLI's local mode and the demo all go through
-:class:`Runtime`, so there is one place that says what exists, what it needs and in which order
-it starts and stops. Each service receives only what it uses (the store, the settings, the
-serving it hot-swaps), never the runtime itself.
+The server (the FastAPI lifespan, which the demo runs too) goes through :class:`Runtime`, the
+CLI without a server through :class:`LocalRuntime`: one place says what exists, what it needs
+and in which order it starts and stops. Each service receives only what it uses (the store, the
+settings, the serving it hot-swaps), never the runtime itself.
 
 Order: store -> tokens -> scheduler -> writer -> serving -> drift -> retrain -> embedder ->
 model health -> scheduled jobs. :meth:`Runtime.stop` runs in reverse: the scheduler waits for
@@ -57,13 +57,10 @@ class Runtime:
     _stops: list[tuple[str, Callable[[], Any]]] = field(default_factory=list, repr=False)
 
     @classmethod
-    def build(cls, settings: Settings, store: Store | None = None, *, read_only: bool = False) -> Runtime:
+    def build(cls, settings: Settings, store: Store | None = None) -> Runtime:
         """Open the store (unless given) and construct every service; nothing runs until :meth:`start`."""
         own_store = store is None
-        if store is None:
-            if not read_only:
-                settings.data_dir.mkdir(parents=True, exist_ok=True)
-            store = Store(settings.db_path, read_only=read_only)
+        store = store or open_store(settings)
         serving = Serving(store, settings)
         health = CollectorRegistry(auto_describe=False)
         health.register(ModelHealthCollector(store))
@@ -138,9 +135,29 @@ class Runtime:
         return checks, {"serving": self.serving.readiness_info()}
 
 
+@dataclass
+class LocalRuntime:
+    """A process without a server (the CLI's local mode): the store and the services that need no thread.
+
+    Nothing serves models here, so a promotion (even a retrain's auto-promotion) changes only the
+    registry; a server started later loads the champion.
+    """
+
+    settings: Settings
+    store: Store
+    retrain: RetrainService
+
+
+def open_store(settings: Settings, *, read_only: bool = False) -> Store:
+    """The settings' DB file (created with its data directory unless ``read_only``)."""
+    if not read_only:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return Store(settings.db_path, read_only=read_only)
+
+
 @contextmanager
 def running(settings: Settings, store: Store | None = None) -> Iterator[Runtime]:
-    """A built and started runtime, stopped on exit (the server's lifespan, the demo)."""
+    """A built and started runtime, stopped on exit (the server's lifespan)."""
     runtime = Runtime.build(settings, store)
     runtime.start()
     try:
@@ -150,10 +167,10 @@ def running(settings: Settings, store: Store | None = None) -> Iterator[Runtime]
 
 
 @contextmanager
-def opened(settings: Settings, *, read_only: bool = False) -> Iterator[Runtime]:
-    """A built runtime whose background services never start (the CLI's local mode); store closed on exit."""
-    runtime = Runtime.build(settings, read_only=read_only)
+def local(settings: Settings, *, read_only: bool = False) -> Iterator[LocalRuntime]:
+    """The store and the thread-free services for a process without a server; the store closes on exit."""
+    store = open_store(settings, read_only=read_only)
     try:
-        yield runtime
+        yield LocalRuntime(settings=settings, store=store, retrain=RetrainService(store, settings))
     finally:
-        runtime.stop()
+        store.close()
