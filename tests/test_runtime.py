@@ -61,9 +61,8 @@ def test_the_local_runtime_promotes_without_serving_and_closes_its_store(tmp_pat
     with local(s) as runtime:
         assert runtime.retrain.serving is None  # no model is loaded in a process without a server
         runtime.store.schema_version()
-    with local(s, read_only=True) as runtime:
-        with pytest.raises(StoreError):
-            runtime.store.execute("CREATE TABLE t (x INT)")
+    with local(s, read_only=True) as runtime, pytest.raises(StoreError):
+        runtime.store.execute("CREATE TABLE t (x INT)")
 
 
 def test_the_writer_and_the_runtime_do_not_import_the_web_framework():
