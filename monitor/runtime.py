@@ -17,21 +17,22 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry
-
-from tuneloop.monitor.auth import TokenRegistry
-from tuneloop.monitor.checks import DriftService
 from tuneloop.monitor.config import Settings
-from tuneloop.monitor.embedder import BackgroundEmbedder
-from tuneloop.monitor.model_health import ModelHealthCollector
-from tuneloop.monitor.operations import RETENTION_FIRST_RUN_SECONDS, run_retention
-from tuneloop.monitor.retraining import RetrainService
-from tuneloop.monitor.scheduler import Scheduler
-from tuneloop.monitor.serving import Serving
 from tuneloop.monitor.store import DEFAULT_PROJECT, Store
-from tuneloop.monitor.writer import Writer
+
+if TYPE_CHECKING:  # imported where they are built: a CLI command without a server must start fast
+    from prometheus_client import CollectorRegistry
+
+    from tuneloop.monitor.auth import TokenRegistry
+    from tuneloop.monitor.checks import DriftService
+    from tuneloop.monitor.embedder import BackgroundEmbedder
+    from tuneloop.monitor.retraining import RetrainService
+    from tuneloop.monitor.scheduler import Scheduler
+    from tuneloop.monitor.serving import Serving
+    from tuneloop.monitor.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,17 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings, store: Store | None = None) -> Runtime:
         """Open the store (unless given) and construct every service; nothing runs until :meth:`start`."""
+        from prometheus_client import CollectorRegistry
+
+        from tuneloop.monitor.auth import TokenRegistry
+        from tuneloop.monitor.checks import DriftService
+        from tuneloop.monitor.embedder import BackgroundEmbedder
+        from tuneloop.monitor.model_health import ModelHealthCollector
+        from tuneloop.monitor.retraining import RetrainService
+        from tuneloop.monitor.scheduler import Scheduler
+        from tuneloop.monitor.serving import Serving
+        from tuneloop.monitor.writer import Writer
+
         own_store = store is None
         store = store or open_store(settings)
         serving = Serving(store, settings)
@@ -98,6 +110,8 @@ class Runtime:
         self._stops.append(("scheduler", self.scheduler.stop))
 
     def _schedule_jobs(self) -> None:
+        from tuneloop.monitor.operations import RETENTION_FIRST_RUN_SECONDS, run_retention
+
         s = self.settings
         self.scheduler.every("drift-checks", s.drift.interval_seconds, self.drift.run_all)
         if s.retrain.enabled:
@@ -137,15 +151,18 @@ class Runtime:
 
 @dataclass
 class LocalRuntime:
-    """A process without a server (the CLI's local mode): the store and the services that need no thread.
-
-    Nothing serves models here, so a promotion (even a retrain's auto-promotion) changes only the
-    registry; a server started later loads the champion.
-    """
+    """A process without a server (the CLI's local mode): the store and the services that need no thread."""
 
     settings: Settings
     store: Store
-    retrain: RetrainService
+
+    @cached_property
+    def retrain(self) -> RetrainService:
+        """Built on first use. Nothing serves models here, so a promotion (even a retrain's
+        auto-promotion) changes only the registry; a server started later loads the champion."""
+        from tuneloop.monitor.retraining import RetrainService
+
+        return RetrainService(self.store, self.settings)
 
 
 def open_store(settings: Settings, *, read_only: bool = False) -> Store:
@@ -171,6 +188,6 @@ def local(settings: Settings, *, read_only: bool = False) -> Iterator[LocalRunti
     """The store and the thread-free services for a process without a server; the store closes on exit."""
     store = open_store(settings, read_only=read_only)
     try:
-        yield LocalRuntime(settings=settings, store=store, retrain=RetrainService(store, settings))
+        yield LocalRuntime(settings=settings, store=store)
     finally:
         store.close()

@@ -21,9 +21,9 @@ class LocalBackend:
     remote = False
 
     def __init__(self, runtime: LocalRuntime) -> None:
+        self.runtime = runtime
         self.store = runtime.store
         self.settings = runtime.settings
-        self.retrain = runtime.retrain
         self.where = str(runtime.settings.db_path)
 
     def status(self, project: str) -> dict[str, Any]:
@@ -129,7 +129,7 @@ class LocalBackend:
         from tuneloop.monitor.projects import CannotAdopt, adopt
 
         try:
-            return adopt(self.store, self.settings, self.retrain, project, actor=ACTOR)
+            return adopt(self.store, self.settings, self.runtime.retrain, project, actor=ACTOR)
         except (CannotAdopt, LookupError) as e:
             fail(str(e))
 
@@ -137,20 +137,20 @@ class LocalBackend:
     def start_retrain(self, project: str, reason: str, now: bool) -> int:
         from tuneloop.monitor.retraining import RetrainError
 
-        self.retrain.recover()
+        self.runtime.retrain.recover()
         try:
-            return self.retrain.trigger(project, reason, ACTOR, respect_cooldown=not now)
+            return self.runtime.retrain.trigger(project, reason, ACTOR, respect_cooldown=not now)
         except RetrainError as e:
             fail(str(e))
 
     def get_run(self, run_id: int) -> dict[str, Any]:
-        return self.retrain.get_run(run_id, log_lines=0)
+        return self.runtime.retrain.get_run(run_id, log_lines=0)
 
     def wait_run(self, run_id: int) -> dict[str, Any]:
-        return self.retrain.wait(run_id, timeout=self.settings.retrain.timeout_seconds + 60)
+        return self.runtime.retrain.wait(run_id, timeout=self.settings.retrain.timeout_seconds + 60)
 
     def list_runs(self, project: str, limit: int) -> list[dict[str, Any]]:
-        return self.retrain.list_runs(project, limit)
+        return self.runtime.retrain.list_runs(project, limit)
 
     # -- operations
     def backup(self, dest: Path, models: bool) -> dict[str, Any]:
