@@ -19,8 +19,8 @@ ConfigOpt = Annotated[
 ]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Overrides paths.data_dir.")]
 ProjectOpt = Annotated[str, typer.Option("--project", "-p", help="Monitored project (model).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the full rows as JSON instead of a table.")]
-"""The one --json option of every listing command."""
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the full data as JSON instead of the summary.")]
+"""The one --json option of every command that prints a summary."""
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -100,7 +100,7 @@ def data_check(
     labels: Annotated[str | None, typer.Option(help="Comma-separated label set (default: as found).")] = None,
     encoding: Annotated[str, typer.Option(help="Text encoding of CSV/TSV/JSONL.")] = "utf-8",
     embed: Annotated[bool, typer.Option(help="Run the encoder-based checks (near duplicates, label errors).")] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Data-quality report of a labelled file: balance, lengths, duplicates, charset, suspected label errors."""
     from tuneloop.monitor.datasets import DatasetError, detect_format, parse, validate

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from tuneloop.monitor.cli.backend import NO_DB_HINT, connect
-from tuneloop.monitor.cli.common import ProjectOpt, settings, show
+from tuneloop.monitor.cli.common import JsonOpt, ProjectOpt, settings, show
 
 app = typer.Typer(help="Retrain from feedback now (`tuneloop retrain [--now]`), or list runs.",
                   invoke_without_command=True)
@@ -66,7 +66,7 @@ def retrain(
 def retrain_runs(
     project: ProjectOpt = "default",
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the full rows as JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Recent retrain runs with status, version and gate reasons."""
     with connect(settings(), missing_db=NO_DB_HINT) as backend:
