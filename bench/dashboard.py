@@ -35,7 +35,7 @@ import uvicorn
 
 from tuneloop.dashboard.api import Api
 from tuneloop.dashboard.data import PAGE_LOADERS
-from tuneloop.monitor.app import create_app
+from tuneloop.monitor.api.app import create_app
 from tuneloop.monitor.auth import create_token
 from tuneloop.monitor.config import Settings, load_settings
 from tuneloop.monitor.store import PREDICTION_COLUMNS, Store, utcnow

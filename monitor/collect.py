@@ -4,7 +4,7 @@ Two wire formats carry the same columns (``id, text, label, confidence, probs, e
 model_version, ts, metadata, latency_ms``):
 
 * JSON (``application/json``): ``{"records": [{...}], "project": ...}``, parsed by pydantic
-  (:class:`~tuneloop.monitor.schemas.PredictionBatch`) straight from the bytes;
+  (:class:`~tuneloop.monitor.wire.PredictionBatch`) straight from the bytes;
 * Arrow IPC stream (``application/vnd.apache.arrow.stream``): one table, column names as above,
   ``probs`` a ``map<string, float>``, ``embedding`` a (fixed-size) list of floats, ``ts`` a
   timestamp (UTC when naive), ``metadata`` JSON text. No per-row Python work on the server, which
@@ -33,8 +33,8 @@ import pyarrow.ipc as ipc
 
 from tuneloop.monitor.config import Settings
 from tuneloop.monitor.projects import require_project
-from tuneloop.monitor.schemas import ID_MAX_CHARS, FeedbackBatch, PredictionBatch
 from tuneloop.monitor.store import DEFAULT_PROJECT, Store, new_id, utcnow
+from tuneloop.monitor.wire import ID_MAX_CHARS, FeedbackBatch, PredictionBatch
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 MAX_ERRORS = 50

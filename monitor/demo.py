@@ -356,7 +356,7 @@ def cached_v1(settings: Settings, plan: DemoPlan, say: Any) -> Path:
 def start_server(settings: Settings, store: Any) -> tuple[Any, threading.Thread]:
     import uvicorn
 
-    from tuneloop.monitor.app import create_app
+    from tuneloop.monitor.api.app import create_app
 
     config = uvicorn.Config(create_app(settings, store=store), host=settings.server.host, port=settings.server.port,
                             log_level="warning", access_log=False)

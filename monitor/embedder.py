@@ -329,12 +329,3 @@ def _registry() -> Any:
 
     return REGISTRY
 
-
-def start_embedder(ctx: Any) -> Callable[[], None] | None:
-    """Start-up hook: run the background embedder when ``[embedder] enabled``."""
-    if not ctx.settings.embedder.enabled:
-        return None
-    embedder = BackgroundEmbedder(ctx.store, ctx.settings)
-    ctx.services["embedder"] = embedder
-    embedder.start()
-    return embedder.stop

@@ -16,7 +16,8 @@
   is frozen into ``feedback_hourly`` in the same transaction, so dashboards keep their history.
 
 HTTP (role admin): ``POST /v1/admin/backup``, ``GET /v1/admin/backups``,
-``POST /v1/admin/retention``. The scheduler runs retention every ``retention.interval_hours``.
+``POST /v1/admin/retention`` (:mod:`tuneloop.monitor.api.routes.operations`). The runtime's
+scheduler runs retention every ``retention.interval_hours``.
 """
 
 from __future__ import annotations
@@ -30,17 +31,12 @@ import shutil
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import duckdb
-from fastapi import APIRouter, Body, Depends, HTTPException
-from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field
 
-from tuneloop.monitor.app import STARTUP_HOOKS, Context
-from tuneloop.monitor.deps import Admin, get_ctx
 from tuneloop.monitor.store import Store, StoreError, StoreFull, StoreLockedError, is_disk_full, utcnow
 
 log = logging.getLogger(__name__)
@@ -384,103 +380,3 @@ def run_retention(
                  "%d hours of labelled accuracy rolled up", raw_days, cutoff, n_predictions, n_feedback, n_pending,
                  hours)
     return result
-
-
-# -- HTTP and scheduling ---------------------------------------------------------------------------
-
-router = APIRouter(prefix="/v1/admin", tags=["admin"])
-CtxDep = Annotated[Context, Depends(get_ctx)]
-
-
-class BackupRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str | None = Field(None, pattern=NAME_PATTERN,
-                             description="Directory name under <data_dir>/backups (default backup-<UTC time>).")
-    include_models: bool = Field(True, strict=True, description="Copy the registered model version directories too.")
-
-
-class BackupInfo(BaseModel):
-    path: str
-    name: str
-    created_at: str
-    schema_version: int
-    tables: dict[str, int]
-    models: list[str]
-    bytes: int
-    seconds: float
-
-
-class BackupListItem(BaseModel):
-    name: str
-    path: str
-    created_at: str
-    schema_version: int
-    tables: dict[str, int]
-    models: list[str]
-
-
-class RetentionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    raw_days: int | None = Field(None, ge=1, le=1_000_000, strict=True, description="Default retention.raw_days.")
-
-
-class RetentionInfo(BaseModel):
-    cutoff: datetime
-    predictions: int
-    feedback: int
-    pending_feedback: int
-    hours_rolled_up: int
-    seconds: float
-
-
-def backups_dir(ctx: Context) -> Path:
-    return ctx.settings.data_dir / "backups"
-
-
-@router.post("/backup", response_model=BackupInfo, summary="Back up the store (consistent, while serving)",
-             responses={409: {"description": "A backup with this name exists"},
-                        507: {"description": "The disk is full (nothing half-written is left behind)"}})
-async def post_backup(_: Admin, ctx: CtxDep, body: Annotated[BackupRequest | None, Body()] = None) -> Any:
-    """Export every table (Parquet, one snapshot) and the model versions to ``<data_dir>/backups/<name>``.
-
-    Writes keep flowing meanwhile; the backup holds every row acknowledged before it started.
-    Restore it offline with ``tuneloop restore``.
-    """
-    body = body or BackupRequest()
-    name = body.name or default_backup_name()
-    dest = backups_dir(ctx) / name
-    try:
-        result = await run_in_threadpool(backup, ctx.store, dest,
-                                         models_dir=ctx.settings.models_dir if body.include_models else None)
-    except FileExistsError as e:
-        raise HTTPException(409, str(e)) from None
-    return result.as_json()
-
-
-@router.get("/backups", response_model=list[BackupListItem], summary="Backups under <data_dir>/backups")
-def get_backups(_: Admin, ctx: CtxDep) -> Any:
-    return list_backups(backups_dir(ctx))
-
-
-@router.post("/retention", response_model=RetentionInfo, summary="Delete raw rows older than retention.raw_days")
-async def post_retention(_: Admin, ctx: CtxDep, body: Annotated[RetentionRequest | None, Body()] = None) -> Any:
-    """Run the retention job now (it also runs every ``retention.interval_hours``): hourly rollups stay."""
-    raw_days = (body.raw_days if body else None) or ctx.settings.retention.raw_days
-    result = await run_in_threadpool(run_retention, ctx.store, raw_days,
-                                     pending_hours=ctx.settings.retention.pending_feedback_hours)
-    return {**result.as_json(), "cutoff": result.cutoff.replace(tzinfo=UTC)}  # the store's naive UTC, made explicit
-
-
-def start(ctx: Context) -> None:
-    """Start-up hook: schedule the retention job."""
-    scheduler = ctx.services.get("scheduler")
-    if scheduler is None:
-        return None
-    r = ctx.settings.retention
-    scheduler.every("retention", r.interval_hours * 3600,
-                    lambda: run_retention(ctx.store, r.raw_days, pending_hours=r.pending_feedback_hours),
-                    first_run_in=RETENTION_FIRST_RUN_SECONDS)
-    return None
-
-
-STARTUP_HOOKS.append(start)

@@ -19,13 +19,16 @@ import threading
 import weakref
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from tuneloop.monitor.config import DriftSettings, Settings
 from tuneloop.monitor.store import DEFAULT_PROJECT, Store, utcnow
 from tuneloop.monitor.webhooks import redact_webhooks
+
+if TYPE_CHECKING:
+    from tuneloop.monitor.retraining import RetrainService
 
 PROJECT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _NAME_RE = re.compile(PROJECT_PATTERN)
@@ -280,7 +283,7 @@ def labelled_baseline(store: Store, project: str, labels: list[str]) -> tuple[in
     return int(row[0]), None if row[1] is None else float(row[1])
 
 
-def adopt(ctx: Any, project: str, actor: str = "") -> dict[str, Any]:
+def adopt(store: Store, settings: Settings, service: RetrainService, project: str, actor: str = "") -> dict[str, Any]:
     """Start training a tuneloop model for a project that so far only logged an external model.
 
     One retrain run "from the base" (the project has no champion) on the project's labelled
@@ -290,9 +293,8 @@ def adopt(ctx: Any, project: str, actor: str = "") -> dict[str, Any]:
     and the external model's labelled accuracy; follow the run at ``/v1/retrain/runs/{run_id}``.
     """
     from tuneloop.monitor import registry
-    from tuneloop.monitor.retraining import RetrainError, RetrainService
+    from tuneloop.monitor.retraining import RetrainError
 
-    store, settings = ctx.store, ctx.settings
     labels = labels_for(store, settings, project)
     champion = registry.champion(store, project)
     if champion is not None:
@@ -304,7 +306,6 @@ def adopt(ctx: Any, project: str, actor: str = "") -> dict[str, Any]:
     if n < need:
         raise CannotAdopt(f"project {project} has {n} labelled predictions; adopting needs at least {need} so that "
                           f"the gate's holdout has {r.min_holdout} rows (import labels: tuneloop feedback import)")
-    service = ctx.services.get("retrain") or RetrainService(ctx)
     try:
         run_id = service.trigger(project, "adopt: first tuneloop model from the external model's labels", actor)
     except RetrainError as e:

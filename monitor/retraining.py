@@ -1,6 +1,6 @@
 """The retrain loop on the server side: policy -> snapshot -> child job -> register -> gate -> promote.
 
-:class:`RetrainService` (``ctx.services["retrain"]``) runs at most one retrain at a time per
+:class:`RetrainService` (``Runtime.retrain``) runs at most one retrain at a time per
 server. A run is a ``retrain_runs`` row that moves ``queued -> running`` and ends in one of
 
 * ``promoted``  — the gate passed and the challenger now serves (``retrain.auto_promote``);
@@ -38,7 +38,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -46,6 +46,10 @@ from tuneloop.monitor import launchers, registry
 from tuneloop.monitor.alerts import open_alert_count
 from tuneloop.monitor.store import DEFAULT_PROJECT, Store, utcnow
 from tuneloop.retrain import gate
+
+if TYPE_CHECKING:
+    from tuneloop.monitor.config import Settings
+    from tuneloop.monitor.serving import Serving
 
 log = logging.getLogger(__name__)
 
@@ -244,10 +248,11 @@ def export_frames(store: Store, project: str, cutoff: datetime | None, labels: l
 class RetrainService:
     """Triggers, runs, watches and finishes retrains for one server (see the module docstring)."""
 
-    def __init__(self, ctx: Any) -> None:
-        self.ctx = ctx
-        self.store: Store = ctx.store
-        self.settings = ctx.settings
+    def __init__(self, store: Store, settings: Settings, serving: Serving | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.serving = serving
+        """Hot-swaps a promoted challenger in; None (no server running) only updates the registry."""
         self._lock = threading.Lock()
         self._active: _Active | None = None
         self._closing = False
@@ -531,7 +536,7 @@ class RetrainService:
         elif s.retrain.auto_promote:
             from tuneloop.monitor.serving import activate
 
-            activate(self.ctx, project, version, actor=f"retrain run {run_id}", reason=decision.summary)
+            activate(self.store, self.serving, project, version, actor=f"retrain run {run_id}", reason=decision.summary)
             self._finish(run_id, "promoted", decision.reasons, metrics=summary)
         else:
             self._finish(run_id, "passed", decision.reasons, metrics=summary)
@@ -661,18 +666,4 @@ def _headline(metrics: dict[str, Any] | None) -> dict[str, Any]:
     hold, gold = m.get("holdout") or {}, m.get("golden") or {}
     return {"holdout_accuracy": hold.get("accuracy"), "holdout_macro_f1": hold.get("macro_f1"),
             "holdout_recall": hold.get("per_class_recall"), "golden_accuracy": gold.get("accuracy") if gold else None}
-
-
-def start(ctx: Any) -> Any:
-    """Start-up hook: recover interrupted runs, schedule the policy check and the cron schedule."""
-    service = RetrainService(ctx)
-    ctx.services["retrain"] = service
-    service.recover()
-    r = ctx.settings.retrain
-    scheduler = ctx.services.get("scheduler")
-    if scheduler is not None and r.enabled:
-        scheduler.every("retrain-policy", r.check_interval_seconds, service.check_policies)
-        if r.cron:
-            scheduler.cron("retrain-cron", r.cron, service.run_scheduled)
-    return service.stop
 

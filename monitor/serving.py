@@ -36,7 +36,6 @@ from tuneloop.monitor import registry
 from tuneloop.monitor.store import DEFAULT_PROJECT, Store
 
 if TYPE_CHECKING:
-    from tuneloop.monitor.app import Context
     from tuneloop.monitor.config import Settings
     from tuneloop.retrain.model import TextClassifier
 
@@ -337,7 +336,7 @@ class ModelServer:
 
 
 class Serving:
-    """The model servers of one process, one per project (``ctx.services["serving"]``).
+    """The model servers of one process, one per project (``Runtime.serving``).
 
     A project's champion is loaded when its server is first asked for (the default project's at
     start-up). Readiness never fails for a project without a champion; it only reports it.
@@ -402,41 +401,37 @@ class Serving:
             srv.stop()
 
 
-def _serving(ctx: Context) -> Serving | None:
-    return ctx.services.get("serving")
-
-
-def activate(ctx: Context, project: str, version: str, actor: str = "api", reason: str | None = None,
-             force: bool = False) -> dict[str, Any]:
+def activate(store: Store, serving: Serving | None, project: str, version: str, actor: str = "api",
+             reason: str | None = None, force: bool = False) -> dict[str, Any]:
     """Promote ``version`` in the registry and serve it (the only way to change the champion in a server).
 
     The new model is loaded first (off the request path, requests keep flowing on the old one); then
     the registry transaction and the swap happen under the project's swap lock. A load failure
-    leaves both the registry and serving unchanged.
+    leaves both the registry and serving unchanged. Without ``serving`` (no server running) only the
+    registry changes.
     """
-    row = registry.get_version(ctx.store, project, version)
+    row = registry.get_version(store, project, version)
     registry.check_promotable(row, force)
-    serving = _serving(ctx)
     if serving is None:
-        return registry.promote(ctx.store, project, version, actor, reason, force)
+        return registry.promote(store, project, version, actor, reason, force)
     srv = serving.server(project)
     with srv.swap_lock:
         loaded = srv.load(version, row["path"])
-        result = registry.promote(ctx.store, project, version, actor, reason, force)
+        result = registry.promote(store, project, version, actor, reason, force)
         srv.install(loaded)
     return result
 
 
-def activate_rollback(ctx: Context, project: str, actor: str = "api", reason: str | None = None) -> dict[str, Any]:
+def activate_rollback(store: Store, serving: Serving | None, project: str, actor: str = "api",
+                      reason: str | None = None) -> dict[str, Any]:
     """Roll the registry back to the previous champion and serve it (see :func:`registry.rollback`)."""
-    serving = _serving(ctx)
     if serving is None:
-        return registry.rollback(ctx.store, project, actor, reason)
+        return registry.rollback(store, project, actor, reason)
     srv = serving.server(project)
     with srv.swap_lock:
-        target = registry.get_version(ctx.store, project, registry.rollback_target(ctx.store, project))
+        target = registry.get_version(store, project, registry.rollback_target(store, project))
         loaded = srv.load(target["version"], target["path"])
-        result = registry.rollback(ctx.store, project, actor, reason)
+        result = registry.rollback(store, project, actor, reason)
         if result["version"] != loaded.version:  # cannot happen under the lock; never serve a stale pick
             loaded = srv.load(result["version"], result["path"])
         srv.install(loaded)

@@ -20,7 +20,6 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -295,9 +294,3 @@ def _count(kind: str, result: AppendResult | FeedbackResult) -> None:
     if isinstance(result, FeedbackResult):
         metrics.ROWS.labels(kind, "pending").inc(result.pending)
 
-
-def start_writer(ctx: Any) -> Callable[[], None]:
-    """Start-up hook: the app's writer at ``ctx.services["writer"]``; its stop drains the queue."""
-    writer = Writer.from_settings(ctx.store, ctx.settings).start()
-    ctx.services["writer"] = writer
-    return writer.stop

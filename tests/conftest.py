@@ -112,7 +112,7 @@ class RunningServer:
             )
             log.close()
         else:
-            from tuneloop.monitor.app import create_app
+            from tuneloop.monitor.api.app import create_app
 
             if self.store is None:
                 self.store = Store(self.settings.db_path)

@@ -99,7 +99,7 @@ PATH_VALUES = {"feedback_id": "no-such-feedback", "check_id": "999999", "alert_i
 
 def app_routes(settings: Settings) -> set[tuple[str, str]]:
     """Every (method, path) the app routes, whether or not it is in the OpenAPI schema."""
-    from tuneloop.monitor.app import create_app
+    from tuneloop.monitor.api.app import create_app
 
     def walk(routes: list[Any], prefix: str = "") -> set[tuple[str, str]]:
         out = set()

@@ -512,8 +512,8 @@ def test_unexpected_errors_are_500_json_without_traceback(tmp_path):
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
+    from tuneloop.monitor.api.errors import install
     from tuneloop.monitor.config import load_settings
-    from tuneloop.monitor.routes_collect import install
 
     app = FastAPI()
     install(app, load_settings(paths={"data_dir": str(tmp_path)}))

@@ -20,7 +20,6 @@ from typer.testing import CliRunner
 
 from tuneloop.monitor import operations
 from tuneloop.monitor.cli import app as cli_app
-from tuneloop.monitor.scheduler import Scheduler
 from tuneloop.monitor.store import Store, StoreLockedError, utcnow
 
 LABELS = ("negative", "neutral", "positive")
@@ -255,17 +254,12 @@ def test_retention_deletes_old_raw_rows_and_keeps_rollups_and_stats(running_serv
 
 def test_retention_is_scheduled_by_the_server(tmp_path):
     from tuneloop.monitor.config import load_settings
+    from tuneloop.monitor.runtime import running
 
     settings = load_settings(paths={"data_dir": str(tmp_path)}, retention={"interval_hours": 6})
-    scheduler = Scheduler()
-    with Store(settings.db_path) as store:
-        ctx = type("Ctx", (), {"store": store, "settings": settings, "services": {"scheduler": scheduler}})()
-        operations.start(ctx)
-        scheduler.start()
-        try:
-            (job,) = [j for j in scheduler.jobs() if j["id"] == "retention"]
-            assert job["next_run"] != "None"
-            trigger = scheduler._scheduler.get_job("retention").trigger
-            assert trigger.interval == timedelta(hours=6)
-        finally:
-            scheduler.stop()
+    with Store(settings.db_path) as store, running(settings, store) as runtime:
+        (job,) = [j for j in runtime.scheduler.jobs() if j["id"] == "retention"]
+        assert job["next_run"] != "None"
+        trigger = runtime.scheduler._scheduler.get_job("retention").trigger
+        assert trigger.interval == timedelta(hours=6)
+    assert not runtime.ready and not runtime.scheduler._scheduler.running  # stopped on exit

@@ -22,8 +22,8 @@ from fastapi.exceptions import RequestValidationError
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from tuneloop.monitor.api.routes.collect import parse_predictions
 from tuneloop.monitor.client import arrow_stream, predictions_table
-from tuneloop.monitor.routes_collect import parse_predictions
 
 LABELS = ["negative", "neutral", "positive"]
 ARROW = {"Content-Type": "application/vnd.apache.arrow.stream"}

@@ -310,8 +310,7 @@ def test_interrupted_runs_are_failed_on_start(tmp_path):
     with Store(settings.db_path) as store:
         store.execute("INSERT INTO retrain_runs (id, project, started, trigger, status) VALUES "
                       "(nextval('retrain_run_ids'), 'default', ?, 'manual', 'running')", [utcnow()])
-        ctx = type("Ctx", (), {"store": store, "settings": settings, "services": {}})()
-        service = RetrainService(ctx)
+        service = RetrainService(store, settings)
         assert service.recover() == 1
         (run,) = service.list_runs()
         assert run["status"] == "failed" and run["reasons"] == ["server restarted while the run was in progress"]
@@ -324,8 +323,7 @@ def test_policy_needs_labels_and_respects_drift_alerts_and_cooldown(tmp_path):
     settings = load_settings(paths={"data_dir": str(tmp_path)},
                              retrain={"on_drift_min_labels": 5, "min_new_labels": 20, "cooldown_seconds": 600})
     with Store(settings.db_path) as store:
-        ctx = type("Ctx", (), {"store": store, "settings": settings, "services": {}})()
-        service = RetrainService(ctx)
+        service = RetrainService(store, settings)
         with pytest.raises(NothingToTrain):
             service.trigger("default")
         store.append_predictions([{"id": f"p{i}", "text": f"t {i}", "label": "neutral"} for i in range(30)])
@@ -356,8 +354,7 @@ def test_retrain_is_deferred_while_the_holdout_cannot_detect_the_target_gain(tmp
     settings = load_settings(paths={"data_dir": str(tmp_path)}, retrain={"cooldown_seconds": 600})
     r = settings.retrain
     with Store(settings.db_path) as store:
-        ctx = type("Ctx", (), {"store": store, "settings": settings, "services": {}})()
-        service = RetrainService(ctx)
+        service = RetrainService(store, settings)
         ids = [f"p{i}" for i in range(400)]
         store.append_predictions([{"id": i, "text": f"t {i}", "label": "neutral"} for i in ids])
         store.append_feedback([{"prediction_id": i, "label": "positive"} for i in ids[:150]])
@@ -401,8 +398,7 @@ def test_a_rejected_policy_run_is_followed_by_another_once_new_labels_arrive(tmp
     with Store(settings.db_path) as store:
         registry.register_dir(store, "default", settings.models_dir, "v1")
         registry.promote(store, "default", "v1", actor="test")
-        ctx = type("Ctx", (), {"store": store, "settings": settings, "services": {}})()
-        service = RetrainService(ctx)
+        service = RetrainService(store, settings)
         store.append_predictions([{"id": f"s{i}", "text": t, "label": "neutral"} for i, t in enumerate(stream["text"])])
 
         def label(rows: range) -> None:

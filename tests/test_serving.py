@@ -174,7 +174,7 @@ class Gated:
 def test_full_model_queue_answers_503_with_retry_after_and_serves_what_it_took(live):
     with live.client("admin") as admin:
         promote(admin, "v1")
-    srv = live._server.config.app.state.ctx.services["serving"].get("default")
+    srv = live._server.config.app.state.runtime.serving.get("default")
     assert srv.max_queue == live.settings.model.serve_max_queue == 1024
     served = srv.model
     gated = Gated(served.classifier)

@@ -18,91 +18,25 @@ from typing import Annotated, Any
 import numpy as np
 import orjson
 import pyarrow as pa
-from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tuneloop.monitor.app import STARTUP_HOOKS, Context
-from tuneloop.monitor.deps import PROJECT_PATTERN, Ingest, Labeller, get_ctx
-from tuneloop.monitor.serving import (
-    NoModelLoaded,
-    ServeQueueFull,
-    ServeResult,
-    ServerStopping,
-    Serving,
-    no_model_message,
-)
+from tuneloop.monitor.api.deps import PROJECT_PATTERN, Ingest, Labeller, RuntimeDep, require_known, resolve_project
+from tuneloop.monitor.api.schemas import PredictRequest, PredictResponse
+from tuneloop.monitor.runtime import Runtime
+from tuneloop.monitor.serving import NoModelLoaded, ServeQueueFull, ServeResult, ServerStopping, no_model_message
 from tuneloop.monitor.store import DEFAULT_PROJECT, utcnow
 
 router = APIRouter(prefix="/v1", tags=["serve"])
-CtxDep = Annotated[Context, Depends(get_ctx)]
-
-
-def _start(ctx: Context):  # type: ignore[no-untyped-def]
-    serving = Serving(ctx.store, ctx.settings)
-    ctx.services["serving"] = serving
-    serving.server(DEFAULT_PROJECT)  # loads the champion now when one is registered
-    return serving.stop
-
-
-STARTUP_HOOKS.append(_start)
-
-
-class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    texts: list[str] = Field(description="Texts to classify (1 to server.max_batch, each at most "
-                                         "server.max_text_chars characters).",
-                             json_schema_extra={"minItems": 1, "items": {"type": "string", "minLength": 1,
-                                                                         "pattern": r"\S"}})
-    project: str | None = Field(None, pattern=PROJECT_PATTERN, description="Project; default 'default'.")
-    metadata: dict[str, Any] | None = Field(None, description="Stored with every prediction of this request.")
-
-    @field_validator("texts")
-    @classmethod
-    def _texts(cls, texts: list[str]) -> list[str]:
-        if not texts:
-            raise ValueError("texts is empty: send at least one text")
-        empty = [i for i, t in enumerate(texts) if not t.strip()]
-        if empty:
-            raise ValueError(f"texts {empty[:10]} are empty or blank; every text needs content")
-        for i, t in enumerate(texts):
-            try:
-                t.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ValueError(f"text {i} is not valid Unicode (lone surrogate escape)") from None
-        return texts
-
-    @field_validator("metadata")
-    @classmethod
-    def _metadata(cls, metadata: dict[str, Any] | None) -> dict[str, Any] | None:
-        if metadata is not None:
-            try:
-                json.dumps(metadata, allow_nan=False)
-            except ValueError as e:
-                raise ValueError(f"metadata must be plain JSON: {e}") from None
-        return metadata
-
-
-class Prediction(BaseModel):
-    id: str = Field(description="Prediction id: send feedback for it with POST /v1/feedback.")
-    label: str
-    probs: dict[str, float]
-    confidence: float
-
-
-class PredictResponse(BaseModel):
-    model_version: str
-    predictions: list[Prediction]
 
 
 def _invalid(loc: tuple[Any, ...], message: str, kind: str = "value_error") -> RequestValidationError:
     return RequestValidationError([{"type": kind, "loc": loc, "msg": message, "input": None}])
 
 
-def _check_limits(texts: list[str], ctx: Context) -> None:
-    server = ctx.settings.server
+def _check_limits(texts: list[str], rt: Runtime) -> None:
+    server = rt.settings.server
     if len(texts) > server.max_batch:
         raise _invalid(("body", "texts"), f"{len(texts)} texts in one request; the limit is "
                                           f"server.max_batch = {server.max_batch}")
@@ -141,53 +75,34 @@ def prediction_table(texts: list[str], result: ServeResult, latency_ms: float, m
     return table, prob_dicts
 
 
-async def log_predictions(ctx: Context, table: pa.Table, project: str) -> None:
-    """Append through the group-commit writer (returns after the commit); direct append without one."""
-    writer = ctx.services.get("writer")
-    if writer is not None:
-        await writer.append_predictions(table, project)
-    else:
-        await run_in_threadpool(ctx.store.append_predictions, table, project)
-
-
 @router.post(
     "/predict", response_model=PredictResponse, summary="Classify texts with the champion (every prediction logged)",
     responses={503: {"description": "No champion model is loaded for the project, or the model's queue is "
                                     "full (see Retry-After)"}},
 )
 async def predict(
-    body: PredictRequest, _: Ingest, ctx: CtxDep,
+    body: PredictRequest, _: Ingest, rt: RuntimeDep,
     project: Annotated[str | None, Query(pattern=PROJECT_PATTERN, description="Project (or in the body).")] = None,
 ) -> Response:
     t0 = time.perf_counter()
-    if project and body.project and project != body.project:
-        raise _invalid(("body", "project"), f"project {body.project!r} in the body differs from {project!r} "
-                                            "in the query")
-    project = body.project or project or DEFAULT_PROJECT
-    _check_limits(body.texts, ctx)
-    serving: Serving | None = ctx.services.get("serving")
-    if serving is None:
-        raise HTTPException(503, "model serving is not running in this server")
+    project = resolve_project(body.project, project)
+    _check_limits(body.texts, rt)
     if project != DEFAULT_PROJECT:
-        from tuneloop.monitor.projects import UnknownProject, require_project
-
-        try:
-            await run_in_threadpool(require_project, ctx.store, ctx.settings, project)  # a DB read: off the loop
-        except UnknownProject as e:
-            raise HTTPException(404, str(e)) from None
+        await run_in_threadpool(require_known, rt, project)  # a DB read: off the loop
+    serving = rt.serving
     srv = serving.get(project) or await run_in_threadpool(serving.server, project)
     if srv.model is None:
         raise HTTPException(503, srv.load_error or no_model_message(project))
     try:
         result = await asyncio.wrap_future(srv.submit(body.texts))
     except ServeQueueFull as e:
-        retry_after = str(ctx.settings.server.retry_after_seconds)
+        retry_after = str(rt.settings.server.retry_after_seconds)
         raise HTTPException(503, str(e), headers={"Retry-After": retry_after}) from None
     except (NoModelLoaded, ServerStopping) as e:
         raise HTTPException(503, str(e)) from None
     latency_ms = (time.perf_counter() - t0) * 1000
     table, prob_dicts = prediction_table(body.texts, result, latency_ms, result.version, body.metadata)
-    await log_predictions(ctx, table, project)
+    await rt.writer.append_predictions(table, project)  # answered only after COMMIT
     # built by hand and serialised by orjson: the shape is PredictResponse (declared for the schema)
     ids = table.column("id").to_pylist()
     confidence = table.column("confidence").to_pylist()
@@ -198,8 +113,5 @@ async def predict(
 
 
 @router.get("/serving", summary="Served model and dynamic-batching counters per project")
-def serving_stats(_: Labeller, ctx: CtxDep) -> dict[str, Any]:
-    serving: Serving | None = ctx.services.get("serving")
-    if serving is None:
-        return {"projects": {}}
-    return {"projects": serving.stats()}
+def serving_stats(_: Labeller, rt: RuntimeDep) -> dict[str, Any]:
+    return {"projects": rt.serving.stats()}

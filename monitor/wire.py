@@ -1,10 +1,11 @@
-"""Request and response models of the collector API (pydantic v2), shared by the routers.
+"""The collector's wire format: predictions and feedback as clients send them (pydantic v2).
 
 These declare the shape and the limits that do not depend on configuration; the limits that do
 (labels of the project, ``server.max_text_chars``, ``server.max_batch``, ``project.embedding_dim``,
 ``server.max_future_seconds``) are checked on the whole batch at once by
 :func:`tuneloop.monitor.collect.validate_batch`, for JSON and Arrow bodies alike. Errors of both
-kinds come back as 422 with the field path, e.g. ``["body", "records", 3, "probs"]``.
+kinds come back as 422 with the field path, e.g. ``["body", "records", 3, "probs"]``. The HTTP API
+(:mod:`tuneloop.monitor.api.schemas`) builds every request body on :class:`Strict`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ FeedbackSource = Literal["human", "import", "rule"]
 
 
 class Strict(BaseModel):
+    """Request bodies: unknown fields and non-finite numbers are refused (422), never ignored."""
+
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
@@ -76,15 +79,6 @@ class PredictionBatch(Strict):
     project: str | None = Field(None, pattern=PROJECT_PATTERN, description="Default 'default' (or ?project=).")
 
 
-class IngestResult(BaseModel):
-    """Rows written (after the commit) and rows skipped because their id was already stored."""
-
-    model_config = ConfigDict(json_schema_extra={"examples": [{"accepted": 998, "duplicates": 2}]})
-
-    accepted: int
-    duplicates: int
-
-
 class FeedbackRecord(Strict):
     """The true label of a logged prediction."""
 
@@ -111,79 +105,3 @@ class FeedbackBatch(Strict):
 
     records: list[FeedbackRecord] = Field(min_length=1, description="1 to server.max_batch records.")
     project: str | None = Field(None, pattern=PROJECT_PATTERN, description="Default 'default' (or ?project=).")
-
-
-class FeedbackResult(BaseModel):
-    """``pending``: rows parked until their prediction arrives; ``unknown``: those prediction ids."""
-
-    model_config = ConfigDict(json_schema_extra={"examples": [
-        {"accepted": 1, "duplicates": 0, "pending": 0, "unknown": []}
-    ]})
-
-    accepted: int
-    duplicates: int
-    pending: int
-    unknown: list[str]
-
-
-class PredictionItem(BaseModel):
-    id: str
-    ts: datetime
-    model_version: str | None
-    text: str
-    label: str
-    confidence: float | None
-    probs: dict[str, float] | None
-    latency_ms: float | None
-    metadata: dict[str, Any] | None
-    true_label: str | None = Field(description="Latest feedback (human beats import beats rule); null if none.")
-    feedback_source: FeedbackSource | None
-    feedback_ts: datetime | None
-    embedding: list[float] | None = Field(None, description="Only with include_embedding=true.")
-
-
-class PredictionPage(BaseModel):
-    items: list[PredictionItem]
-    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page.")
-
-
-class ModelVersionTraffic(BaseModel):
-    model_version: str
-    n: int
-    mean_confidence: float | None
-
-
-class StatsBucket(BaseModel):
-    bucket: datetime = Field(description="Start of the hour or day (UTC).")
-    n: int = Field(description="Predictions made in the bucket.")
-    mean_confidence: float | None
-    n_labelled: int = Field(description="Predictions of the bucket that have feedback.")
-    accuracy: float | None = Field(description="Accuracy over the labelled ones; null without labels.")
-    estimated_accuracy: float | None = Field(
-        None, description="Label-free accuracy estimate from calibrated confidence; null until computed."
-    )
-    by_model_version: list[ModelVersionTraffic]
-
-
-class Stats(BaseModel):
-    project: str
-    bucket: Literal["minute", "hour", "day"]
-    items: list[StatsBucket]
-
-
-class TokenCreate(Strict):
-    role: Literal["ingest", "label", "admin"]
-    name: str = Field("", max_length=128, description="A name to recognise (and revoke) the token by.")
-
-
-class TokenCreated(BaseModel):
-    token: str = Field(description="Shown once; only its hash is stored.")
-    name: str
-    role: str
-
-
-class TokenInfo(BaseModel):
-    name: str
-    role: str
-    created_at: datetime
-    revoked_at: datetime | None

@@ -10,16 +10,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field
 
 from tuneloop.monitor import registry
-from tuneloop.monitor.app import Context
-from tuneloop.monitor.deps import DEFAULT, PROJECT_PATTERN, Admin, Labeller, ProjectQuery, get_ctx
+from tuneloop.monitor.api.deps import DEFAULT, Admin, Labeller, ProjectQuery, RuntimeDep, resolve_project
+from tuneloop.monitor.api.schemas import PromoteRequest, RegisterRequest, RollbackRequest
+from tuneloop.monitor.runtime import Runtime
 from tuneloop.monitor.serving import activate, activate_rollback
 from tuneloop.retrain.versions import NAME_RE, is_complete, read_version_info, validate_version_name
 
 router = APIRouter(prefix="/v1", tags=["models"])
-CtxDep = Annotated[Context, Depends(get_ctx)]
 
 
 def version_param(
@@ -36,37 +35,8 @@ def version_param(
 Version = Annotated[str, Depends(version_param)]
 
 
-class PromoteRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    reason: str | None = Field(None, max_length=1000)
-    force: bool = Field(False, description="Promote even a version the gate rejected.")
-    project: str | None = Field(None, pattern=PROJECT_PATTERN)
-
-
-class RollbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    reason: str | None = Field(None, max_length=1000)
-    project: str | None = Field(None, pattern=PROJECT_PATTERN)
-
-
-class RegisterRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    status: str = Field("challenger", pattern="^(challenger|archived|rejected)$")
-    parent: str | None = Field(None, description="Defaults to the parent in the version's training_config.json.")
-    data_snapshot: str | None = None
-    project: str | None = Field(None, pattern=PROJECT_PATTERN)
-
-
-def _project(query: str, body: str | None) -> str:
-    if body and query != DEFAULT and body != query:
-        raise RequestValidationError([{"type": "value_error", "loc": ("body", "project"), "input": body,
-                                       "msg": f"project {body!r} in the body differs from {query!r} in the query"}])
-    return body or query
-
-
-def _served(ctx: Context, project: str) -> str | None:
-    serving = ctx.services.get("serving")
-    srv = serving.get(project) if serving is not None else None
+def _served(rt: Runtime, project: str) -> str | None:
+    srv = rt.serving.get(project)
     return srv.version if srv is not None else None
 
 
@@ -81,39 +51,39 @@ def _errors(e: Exception) -> HTTPException | RequestValidationError:
 
 
 @router.get("/models", summary="Registered model versions with status and metrics, and the promotion history")
-def list_models(_: Labeller, ctx: CtxDep, project: ProjectQuery = DEFAULT) -> dict[str, Any]:
+def list_models(_: Labeller, rt: RuntimeDep, project: ProjectQuery = DEFAULT) -> dict[str, Any]:
     """``items``: versions oldest first; ``promotions``: champion changes newest first (promote | rollback)."""
-    items = registry.list_versions(ctx.store, project)
+    items = registry.list_versions(rt.store, project)
     champion = next((r["version"] for r in items if r["status"] == "champion"), None)
-    return {"project": project, "champion": champion, "serving": _served(ctx, project), "items": items,
-            "promotions": registry.promotions(ctx.store, project, limit=1000)}
+    return {"project": project, "champion": champion, "serving": _served(rt, project), "items": items,
+            "promotions": registry.promotions(rt.store, project, limit=1000)}
 
 
 @router.get("/models/{version}", summary="One version: registry row, training config, data manifest, promotions")
-def show_model(_: Labeller, ctx: CtxDep, version: Version, project: ProjectQuery = DEFAULT) -> dict[str, Any]:
+def show_model(_: Labeller, rt: RuntimeDep, version: Version, project: ProjectQuery = DEFAULT) -> dict[str, Any]:
     try:
-        row = registry.get_version(ctx.store, project, version)
+        row = registry.get_version(rt.store, project, version)
     except LookupError as e:
         raise _errors(e) from None
     info: dict[str, Any] = {}
-    root = ctx.settings.models_dir.resolve()
+    root = rt.settings.models_dir.resolve()
     path = (root / version).resolve()
     if path.parent == root and is_complete(path):
         full = read_version_info(path)
         info = {k: full[k] for k in ("labels", "training_config", "manifest")}
-    history = registry.promotions(ctx.store, project, version=version)
+    history = registry.promotions(rt.store, project, version=version)
     return {**row, **info, "promotions": history}
 
 
 @router.post("/models/{version}/register", summary="Register a version directory written under models_dir")
-def register_model(principal: Admin, ctx: CtxDep, version: Version, body: RegisterRequest | None = None,
+def register_model(principal: Admin, rt: RuntimeDep, version: Version, body: RegisterRequest | None = None,
                    project: ProjectQuery = DEFAULT) -> dict[str, Any]:
     body = body or RegisterRequest()
-    project = _project(project, body.project)
+    project = resolve_project(body.project, None if project == DEFAULT else project)
     if body.parent is not None:
         version_param(body.parent)
     try:
-        return registry.register_dir(ctx.store, project, ctx.settings.models_dir, version, status=body.status,
+        return registry.register_dir(rt.store, project, rt.settings.models_dir, version, status=body.status,
                                      parent=body.parent, data_snapshot=body.data_snapshot)
     except FileNotFoundError as e:
         raise HTTPException(404, str(e)) from None
@@ -122,24 +92,25 @@ def register_model(principal: Admin, ctx: CtxDep, version: Version, body: Regist
 
 
 @router.post("/models/{version}/promote", summary="Make a version the champion; serving hot-swaps to it")
-def promote_model(principal: Admin, ctx: CtxDep, version: Version, body: PromoteRequest | None = None,
+def promote_model(principal: Admin, rt: RuntimeDep, version: Version, body: PromoteRequest | None = None,
                   project: ProjectQuery = DEFAULT) -> dict[str, Any]:
     body = body or PromoteRequest()
-    project = _project(project, body.project)
+    project = resolve_project(body.project, None if project == DEFAULT else project)
     try:
-        row = activate(ctx, project, version, actor=principal.name, reason=body.reason, force=body.force)
+        row = activate(rt.store, rt.serving, project, version, actor=principal.name, reason=body.reason,
+                       force=body.force)
     except (LookupError, ValueError, OSError) as e:
         raise _errors(e) from None
-    return {"champion": row, "previous": row.get("previous"), "serving": _served(ctx, project)}
+    return {"champion": row, "previous": row.get("previous"), "serving": _served(rt, project)}
 
 
 @router.post("/models/rollback", summary="Re-promote the previous champion; serving hot-swaps to it")
-def rollback_model(principal: Admin, ctx: CtxDep, body: RollbackRequest | None = None,
+def rollback_model(principal: Admin, rt: RuntimeDep, body: RollbackRequest | None = None,
                    project: ProjectQuery = DEFAULT) -> dict[str, Any]:
     body = body or RollbackRequest()
-    project = _project(project, body.project)
+    project = resolve_project(body.project, None if project == DEFAULT else project)
     try:
-        row = activate_rollback(ctx, project, actor=principal.name, reason=body.reason)
+        row = activate_rollback(rt.store, rt.serving, project, actor=principal.name, reason=body.reason)
     except (LookupError, ValueError, OSError) as e:
         raise _errors(e) from None
-    return {"champion": row, "previous": row.get("previous"), "serving": _served(ctx, project)}
+    return {"champion": row, "previous": row.get("previous"), "serving": _served(rt, project)}

@@ -15,9 +15,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
 
-from tuneloop.monitor.app import Context
+from tuneloop.monitor.api.deps import DEFAULT, PROJECT_PATTERN, Admin, Labeller, ProjectQuery, RuntimeDep
+from tuneloop.monitor.api.schemas import FixesRequest, TrainRequest
 from tuneloop.monitor.datasets import (
     DatasetError,
     DatasetNotFound,
@@ -27,16 +27,15 @@ from tuneloop.monitor.datasets import (
     preview,
     validate,
 )
-from tuneloop.monitor.deps import DEFAULT, PROJECT_PATTERN, Admin, Labeller, ProjectQuery, get_ctx
+from tuneloop.monitor.runtime import Runtime
 
 router = APIRouter(prefix="/v1", tags=["datasets"])
-CtxDep = Annotated[Context, Depends(get_ctx)]
 DatasetId = Annotated[str, Path(pattern=r"^ds-[0-9a-f]{12}$", description="Dataset id (ds-...)")]
 _quality_lock = threading.Lock()  # one report at a time: each one encodes every row
 
 
-def _datasets(ctx: Context) -> DatasetStore:
-    return DatasetStore(ctx.settings.data_dir / "datasets")
+def _datasets(rt: Runtime) -> DatasetStore:
+    return DatasetStore(rt.settings.data_dir / "datasets")
 
 
 def _error(e: DatasetError) -> JSONResponse:
@@ -72,10 +71,10 @@ def upload_params(
 @router.post("/datasets/preview", summary="Parse an uploaded file, guess its text and label columns (stores nothing)",
              responses={413: {"description": "file over the upload limit"}, 415: {"description": "unknown format"},
                         422: {"description": "unreadable file"}})
-async def preview_upload(_: Admin, ctx: CtxDep, request: Request,
+async def preview_upload(_: Admin, rt: RuntimeDep, request: Request,
                          params: Annotated[UploadParams, Depends(upload_params)]) -> Any:
     try:
-        raw = await _read_upload(request, ctx.settings.server.max_body_bytes)
+        raw = await _read_upload(request, rt.settings.server.max_body_bytes)
         return preview(raw, detect_format(params["filename"], params["format"]), params["encoding"])
     except DatasetError as e:
         return _error(e)
@@ -85,7 +84,7 @@ async def preview_upload(_: Admin, ctx: CtxDep, request: Request,
              responses={413: {"description": "file over the upload limit"}, 415: {"description": "unknown format"},
                         422: {"description": "invalid file; `errors` lists the problems with their row numbers"}})
 async def upload_dataset(
-    _: Admin, ctx: CtxDep, request: Request, params: Annotated[UploadParams, Depends(upload_params)],
+    _: Admin, rt: RuntimeDep, request: Request, params: Annotated[UploadParams, Depends(upload_params)],
     name: Annotated[str | None, Query(max_length=200)] = None,
     text_column: Annotated[str | None, Query(max_length=200)] = None,
     label_column: Annotated[str | None, Query(max_length=200)] = None,
@@ -93,19 +92,19 @@ async def upload_dataset(
                                                           "labels found in the file")] = None,
 ) -> Any:
     try:
-        raw = await _read_upload(request, ctx.settings.server.max_body_bytes)
+        raw = await _read_upload(request, rt.settings.server.max_body_bytes)
         fmt = detect_format(params["filename"], params["format"])
         rows, label_set = validate(parse(raw, fmt, params["encoding"]), text_column, label_column, labels)
     except DatasetError as e:
         return _error(e)
     meta = {"name": name or params["filename"] or "dataset", "filename": params["filename"], "format": fmt,
             "text_column": text_column, "label_column": label_column}
-    return _datasets(ctx).create(rows, label_set, meta)
+    return _datasets(rt).create(rows, label_set, meta)
 
 
 @router.get("/datasets", summary="Uploaded datasets, newest first")
-def list_datasets(_: Admin, ctx: CtxDep) -> dict[str, Any]:
-    return {"items": _datasets(ctx).list()}
+def list_datasets(_: Admin, rt: RuntimeDep) -> dict[str, Any]:
+    return {"items": _datasets(rt).list()}
 
 
 def _found(fn):  # type: ignore[no-untyped-def]
@@ -116,28 +115,28 @@ def _found(fn):  # type: ignore[no-untyped-def]
 
 
 @router.get("/datasets/{dataset_id}", summary="One dataset: labels, columns, versions")
-def get_dataset(_: Admin, ctx: CtxDep, dataset_id: DatasetId) -> dict[str, Any]:
-    return _found(lambda: _datasets(ctx).describe(dataset_id))
+def get_dataset(_: Admin, rt: RuntimeDep, dataset_id: DatasetId) -> dict[str, Any]:
+    return _found(lambda: _datasets(rt).describe(dataset_id))
 
 
 @router.get("/datasets/{dataset_id}/rows", summary="Rows of one dataset version (row_id, text, label)")
-def get_rows(_: Admin, ctx: CtxDep, dataset_id: DatasetId, version: Annotated[int | None, Query(ge=1)] = None,
+def get_rows(_: Admin, rt: RuntimeDep, dataset_id: DatasetId, version: Annotated[int | None, Query(ge=1)] = None,
              row_ids: Annotated[list[int] | None, Query(description="Only these rows")] = None,
              offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=5000)] = 100,
              ) -> dict[str, Any]:
-    df = _found(lambda: _datasets(ctx).rows(dataset_id, version))
+    df = _found(lambda: _datasets(rt).rows(dataset_id, version))
     if row_ids:
         df = df[df["row_id"].isin(row_ids)]
     return {"total": len(df), "items": df.iloc[offset:offset + limit].to_dict("records")}
 
 
 @router.get("/datasets/{dataset_id}/quality", summary="Data-quality report of a version (computed once, then cached)")
-def get_quality(_: Admin, ctx: CtxDep, dataset_id: DatasetId,
+def get_quality(_: Admin, rt: RuntimeDep, dataset_id: DatasetId,
                 version: Annotated[int | None, Query(ge=1)] = None) -> dict[str, Any]:
     from tuneloop.monitor.embedder import encoder_for
     from tuneloop.retrain.quality import quality_report
 
-    store = _datasets(ctx)
+    store = _datasets(rt)
     version = _found(lambda: store.resolve_version(dataset_id, version))
     cached = store.path(dataset_id, version, "quality.json")
     if cached.is_file():
@@ -145,11 +144,11 @@ def get_quality(_: Admin, ctx: CtxDep, dataset_id: DatasetId,
     with _quality_lock:
         if cached.is_file():
             return json.loads(cached.read_text(encoding="utf-8"))
-        encoder = encoder_for(ctx.settings)
+        encoder = encoder_for(rt.settings)
         encoder.encode(["warm up"])  # loads the model, so its tokenizer is there
         report = quality_report(store.rows(dataset_id, version), store.info(dataset_id)["labels"],
                                 embed=encoder.encode, tokenizer=encoder._encoder.tokenizer,
-                                max_tokens=ctx.settings.model.max_length)
+                                max_tokens=rt.settings.model.max_length)
         report.update(dataset_id=dataset_id, version=version)
         tmp = cached.with_suffix(".tmp")
         tmp.write_text(json.dumps(report), encoding="utf-8")
@@ -157,58 +156,33 @@ def get_quality(_: Admin, ctx: CtxDep, dataset_id: DatasetId,
     return report
 
 
-class Relabel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    row_id: int = Field(ge=1)
-    label: str = Field(min_length=1, max_length=200)
-
-
-class FixesRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    version: int | None = Field(None, ge=1, description="The version the fixes apply to (default: latest)")
-    drop: list[int] = Field([], max_length=1_000_000)
-    relabel: list[Relabel] = Field([], max_length=1_000_000)
-    note: str = Field("", max_length=500)
-
-
 @router.post("/datasets/{dataset_id}/fixes", status_code=201,
              summary="Drop and relabel rows: writes the next dataset version (the old one stays)")
-def apply_fixes(_: Admin, ctx: CtxDep, dataset_id: DatasetId, body: FixesRequest) -> Any:
+def apply_fixes(_: Admin, rt: RuntimeDep, dataset_id: DatasetId, body: FixesRequest) -> Any:
     try:
-        return _found(lambda: _datasets(ctx).apply_fixes(
+        return _found(lambda: _datasets(rt).apply_fixes(
             dataset_id, body.drop, {r.row_id: r.label for r in body.relabel}, body.version, body.note))
     except DatasetError as e:
         return _error(e)
 
 
-class TrainRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    version: int | None = Field(None, ge=1, description="Dataset version (default: latest)")
-    project: str = Field("default", pattern=PROJECT_PATTERN)
-    create_project: bool = Field(False, description="Create the project with the dataset's labels first")
-    holdout_fraction: float = Field(0.2, gt=0, lt=0.5, description="Share of rows held out for the evaluation")
-    seed: int = Field(0, ge=0)
-
-
 @router.post("/datasets/{dataset_id}/train", status_code=202,
              summary="Train a new model from the base on a dataset version (child-process job; 409 while one runs)")
-def train_from_dataset(principal: Admin, ctx: CtxDep, dataset_id: DatasetId, body: TrainRequest) -> Any:
+def train_from_dataset(principal: Admin, rt: RuntimeDep, dataset_id: DatasetId, body: TrainRequest) -> Any:
     from tuneloop.monitor.datasets import training_snapshot
     from tuneloop.monitor.projects import ProjectExists, create_project, get_project
     from tuneloop.monitor.retraining import RetrainBusy, RetrainError
 
-    store = _datasets(ctx)
+    store = _datasets(rt)
     info = _found(lambda: store.describe(dataset_id))
     version = _found(lambda: store.resolve_version(dataset_id, body.version))
-    service = ctx.services.get("retrain")
-    if service is None:
-        raise HTTPException(503, "the retrain service is not running")
-    project = get_project(ctx.store, ctx.settings, body.project)
+    service = rt.retrain
+    project = get_project(rt.store, rt.settings, body.project)
     if project is None:
         if not body.create_project:
             raise HTTPException(404, f"unknown project {body.project}; set create_project to create it")
         try:
-            project = create_project(ctx.store, body.project, info["labels"], settings=ctx.settings)
+            project = create_project(rt.store, body.project, info["labels"], settings=rt.settings)
         except (ProjectExists, ValueError) as e:
             raise HTTPException(409 if isinstance(e, ProjectExists) else 422, str(e)) from None
     if sorted(project.labels) != sorted(info["labels"]):
@@ -231,12 +205,10 @@ def train_from_dataset(principal: Admin, ctx: CtxDep, dataset_id: DatasetId, bod
 
 
 @router.get("/training/{run_id}", summary="A training run's status and live progress (epoch, loss, samples/s, ETA)")
-def training_progress(_: Admin, ctx: CtxDep, run_id: Annotated[int, Path(ge=0, le=2**63 - 1)]) -> dict[str, Any]:
+def training_progress(_: Admin, rt: RuntimeDep, run_id: Annotated[int, Path(ge=0, le=2**63 - 1)]) -> dict[str, Any]:
     from tuneloop.monitor.retraining import RunNotFound
 
-    service = ctx.services.get("retrain")
-    if service is None:
-        raise HTTPException(503, "the retrain service is not running")
+    service = rt.retrain
     try:
         run = service.get_run(run_id, log_lines=20)
     except RunNotFound as e:
@@ -269,13 +241,14 @@ _cards: dict[tuple[str, str, str], dict[str, Any]] = {}  # (project, version, pa
 
 
 @router.get("/models/{version}/evaluation", summary="A version's evaluation in plain words, against a simple baseline")
-def get_evaluation(_: Admin, ctx: CtxDep, version: Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")],
+def get_evaluation(_: Admin, rt: RuntimeDep,
+                   version: Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")],
                    project: Annotated[str, Query(pattern=PROJECT_PATTERN)] = "default") -> dict[str, Any]:
     from tuneloop.monitor import registry
     from tuneloop.retrain.scorecard import scorecard
 
     try:
-        row = registry.get_version(ctx.store, project, version)
+        row = registry.get_version(rt.store, project, version)
     except LookupError as e:
         raise HTTPException(404, str(e)) from None
     snapshot = row.get("data_snapshot") or ((row.get("metrics") or {}).get("snapshot") or {}).get("path")
@@ -289,10 +262,10 @@ def get_evaluation(_: Admin, ctx: CtxDep, version: Annotated[str, Path(pattern=r
 
 
 @router.get("/feedback/quality", summary="Labels that look mislabelled, and annotator agreement, for a project")
-def feedback_quality(_: Labeller, ctx: CtxDep, project: ProjectQuery = DEFAULT) -> dict[str, Any]:
+def feedback_quality(_: Labeller, rt: RuntimeDep, project: ProjectQuery = DEFAULT) -> dict[str, Any]:
     from tuneloop.monitor.feedback_quality import annotator_agreement, suspected_feedback
     from tuneloop.monitor.projects import labels_for
 
-    labels = labels_for(ctx.store, ctx.settings, project)
-    return {"project": project, "suspected": suspected_feedback(ctx.store, project, labels),
-            "agreement": annotator_agreement(ctx.store, project)}
+    labels = labels_for(rt.store, rt.settings, project)
+    return {"project": project, "suspected": suspected_feedback(rt.store, project, labels),
+            "agreement": annotator_agreement(rt.store, project)}

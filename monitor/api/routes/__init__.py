@@ -1,0 +1,1 @@
+"""One router per resource; :data:`tuneloop.monitor.api.app.ROUTERS` lists them all."""

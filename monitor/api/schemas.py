@@ -1,0 +1,292 @@
+"""Request and response models of the HTTP API (pydantic v2): every route's bodies and answers.
+
+Request bodies derive from the one :class:`~tuneloop.monitor.wire.Strict` base; the collector's
+records (:mod:`tuneloop.monitor.wire`) are re-exported here with them.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tuneloop.monitor.operations import NAME_PATTERN as BACKUP_NAME_PATTERN
+from tuneloop.monitor.projects import PROJECT_PATTERN
+from tuneloop.monitor.store import DEFAULT_PROJECT
+from tuneloop.monitor.wire import (
+    ID_MAX_CHARS,
+    FeedbackBatch,
+    FeedbackRecord,
+    FeedbackSource,
+    PredictionBatch,
+    PredictionRecord,
+    Strict,
+)
+
+__all__ = ["ID_MAX_CHARS", "FeedbackBatch", "FeedbackRecord", "PredictionBatch", "PredictionRecord"]  # the wire format
+
+
+class IngestResult(BaseModel):
+    """Rows written (after the commit) and rows skipped because their id was already stored."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"accepted": 998, "duplicates": 2}]})
+
+    accepted: int
+    duplicates: int
+
+
+class FeedbackResult(BaseModel):
+    """``pending``: rows parked until their prediction arrives; ``unknown``: those prediction ids."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"accepted": 1, "duplicates": 0, "pending": 0, "unknown": []}
+    ]})
+
+    accepted: int
+    duplicates: int
+    pending: int
+    unknown: list[str]
+
+
+class PredictionItem(BaseModel):
+    id: str
+    ts: datetime
+    model_version: str | None
+    text: str
+    label: str
+    confidence: float | None
+    probs: dict[str, float] | None
+    latency_ms: float | None
+    metadata: dict[str, Any] | None
+    true_label: str | None = Field(description="Latest feedback (human beats import beats rule); null if none.")
+    feedback_source: FeedbackSource | None
+    feedback_ts: datetime | None
+    embedding: list[float] | None = Field(None, description="Only with include_embedding=true.")
+
+
+class PredictionPage(BaseModel):
+    items: list[PredictionItem]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page.")
+
+
+class ModelVersionTraffic(BaseModel):
+    model_version: str
+    n: int
+    mean_confidence: float | None
+
+
+class StatsBucket(BaseModel):
+    bucket: datetime = Field(description="Start of the hour or day (UTC).")
+    n: int = Field(description="Predictions made in the bucket.")
+    mean_confidence: float | None
+    n_labelled: int = Field(description="Predictions of the bucket that have feedback.")
+    accuracy: float | None = Field(description="Accuracy over the labelled ones; null without labels.")
+    estimated_accuracy: float | None = Field(
+        None, description="Label-free accuracy estimate from calibrated confidence; null until computed."
+    )
+    by_model_version: list[ModelVersionTraffic]
+
+
+class Stats(BaseModel):
+    project: str
+    bucket: Literal["minute", "hour", "day"]
+    items: list[StatsBucket]
+
+
+class TokenCreate(Strict):
+    role: Literal["ingest", "label", "admin"]
+    name: str = Field("", max_length=128, description="A name to recognise (and revoke) the token by.")
+
+
+class TokenCreated(BaseModel):
+    token: str = Field(description="Shown once; only its hash is stored.")
+    name: str
+    role: str
+
+
+class TokenInfo(BaseModel):
+    name: str
+    role: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+# -- POST /v1/predict -------------------------------------------------------------------------------
+class PredictRequest(Strict):
+    texts: list[str] = Field(description="Texts to classify (1 to server.max_batch, each at most "
+                                         "server.max_text_chars characters).",
+                             json_schema_extra={"minItems": 1, "items": {"type": "string", "minLength": 1,
+                                                                         "pattern": r"\S"}})
+    project: str | None = Field(None, pattern=PROJECT_PATTERN, description="Project; default 'default'.")
+    metadata: dict[str, Any] | None = Field(None, description="Stored with every prediction of this request.")
+
+    @field_validator("texts")
+    @classmethod
+    def _texts(cls, texts: list[str]) -> list[str]:
+        if not texts:
+            raise ValueError("texts is empty: send at least one text")
+        empty = [i for i, t in enumerate(texts) if not t.strip()]
+        if empty:
+            raise ValueError(f"texts {empty[:10]} are empty or blank; every text needs content")
+        for i, t in enumerate(texts):
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"text {i} is not valid Unicode (lone surrogate escape)") from None
+        return texts
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+        if metadata is not None:
+            try:
+                json.dumps(metadata, allow_nan=False)
+            except ValueError as e:
+                raise ValueError(f"metadata must be plain JSON: {e}") from None
+        return metadata
+
+
+class Prediction(BaseModel):
+    id: str = Field(description="Prediction id: send feedback for it with POST /v1/feedback.")
+    label: str
+    probs: dict[str, float]
+    confidence: float
+
+
+class PredictResponse(BaseModel):
+    model_version: str
+    predictions: list[Prediction]
+
+
+# -- Models -----------------------------------------------------------------------------------------
+class PromoteRequest(Strict):
+    reason: str | None = Field(None, max_length=1000)
+    force: bool = Field(False, description="Promote even a version the gate rejected.")
+    project: str | None = Field(None, pattern=PROJECT_PATTERN)
+
+
+class RollbackRequest(Strict):
+    reason: str | None = Field(None, max_length=1000)
+    project: str | None = Field(None, pattern=PROJECT_PATTERN)
+
+
+class RegisterRequest(Strict):
+    status: str = Field("challenger", pattern="^(challenger|archived|rejected)$")
+    parent: str | None = Field(None, description="Defaults to the parent in the version's training_config.json.")
+    data_snapshot: str | None = None
+    project: str | None = Field(None, pattern=PROJECT_PATTERN)
+
+
+# -- Retraining -------------------------------------------------------------------------------------
+class RetrainRequest(Strict):
+    project: str | None = Field(None, pattern=PROJECT_PATTERN)
+    reason: str | None = Field(None, max_length=500, description="Why (recorded with the run).")
+    now: bool = Field(True, description="Skip the cooldown after the last run (one run at a time still holds).")
+
+
+# -- Projects and bulk imports ----------------------------------------------------------------------
+ProjectField = Field(DEFAULT_PROJECT, pattern=PROJECT_PATTERN, description="Monitored project (model).")
+MAX_IMPORT_RECORDS = 100_000
+
+
+class ProjectCreate(Strict):
+    project: str = Field(pattern=PROJECT_PATTERN, description="Name: 1-64 of A-Z a-z 0-9 . _ -")
+    labels: list[Annotated[str, Field(pattern=r"\S")]] = Field(
+        min_length=2, json_schema_extra={"uniqueItems": True},
+        description="The model's label set, at least two distinct labels.")
+    settings: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description='Overrides of config sections, e.g. {"drift": {"window_size": 200}}.'
+    )
+
+
+class ReferenceRecord(Strict):
+    text: str = Field(min_length=1)
+    prediction: str = Field(min_length=1, description="What the model predicted.")
+    label: str | None = Field(None, description="The true label, when known (calibrates the accuracy estimate).")
+    probabilities: dict[str, float] | None = Field(None, description="{label: probability}; its max is the confidence.")
+    confidence: float | None = Field(None, ge=0, le=1)
+    embedding: list[float] | None = None
+
+
+class ReferenceImportBody(Strict):
+    project: str = ProjectField
+    records: list[ReferenceRecord] = Field(min_length=1, max_length=MAX_IMPORT_RECORDS)
+
+
+class FeedbackImportRecord(Strict):
+    prediction_id: str | None = Field(None, description="With by = 'id'.")
+    key: str | None = Field(None, description="With by = 'key': the value of metadata.<key_field>.")
+    label: str
+    ts: datetime | None = None
+    annotator: str | None = None
+
+
+class FeedbackImportBody(Strict):
+    project: str = ProjectField
+    by: Literal["id", "key"] = "id"
+    key_field: str | None = Field(None, description="Metadata field holding the client key (by = 'key').")
+    annotator: str | None = None
+    records: list[FeedbackImportRecord] = Field(min_length=1, max_length=MAX_IMPORT_RECORDS)
+
+
+# -- Datasets ---------------------------------------------------------------------------------------
+class Relabel(Strict):
+    row_id: int = Field(ge=1)
+    label: str = Field(min_length=1, max_length=200)
+
+
+class FixesRequest(Strict):
+    version: int | None = Field(None, ge=1, description="The version the fixes apply to (default: latest)")
+    drop: list[int] = Field([], max_length=1_000_000)
+    relabel: list[Relabel] = Field([], max_length=1_000_000)
+    note: str = Field("", max_length=500)
+
+
+class TrainRequest(Strict):
+    version: int | None = Field(None, ge=1, description="Dataset version (default: latest)")
+    project: str = Field("default", pattern=PROJECT_PATTERN)
+    create_project: bool = Field(False, description="Create the project with the dataset's labels first")
+    holdout_fraction: float = Field(0.2, gt=0, lt=0.5, description="Share of rows held out for the evaluation")
+    seed: int = Field(0, ge=0)
+
+
+# -- Backups and retention --------------------------------------------------------------------------
+class BackupRequest(Strict):
+    name: str | None = Field(None, pattern=BACKUP_NAME_PATTERN,
+                             description="Directory name under <data_dir>/backups (default backup-<UTC time>).")
+    include_models: bool = Field(True, strict=True, description="Copy the registered model version directories too.")
+
+
+class BackupInfo(BaseModel):
+    path: str
+    name: str
+    created_at: str
+    schema_version: int
+    tables: dict[str, int]
+    models: list[str]
+    bytes: int
+    seconds: float
+
+
+class BackupListItem(BaseModel):
+    name: str
+    path: str
+    created_at: str
+    schema_version: int
+    tables: dict[str, int]
+    models: list[str]
+
+
+class RetentionRequest(Strict):
+    raw_days: int | None = Field(None, ge=1, le=1_000_000, strict=True, description="Default retention.raw_days.")
+
+
+class RetentionInfo(BaseModel):
+    cutoff: datetime
+    predictions: int
+    feedback: int
+    pending_feedback: int
+    hours_rolled_up: int
+    seconds: float

@@ -1,0 +1,171 @@
+"""Model versions: ``train``, ``data check``, ``models list|show|promote|rollback``."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tuneloop.monitor.cli.backend import NO_DB_HINT, connect
+from tuneloop.monitor.cli.common import JsonOpt, ProjectOpt, fail, print_json, settings, show, split_labels
+from tuneloop.monitor.config import Settings
+
+app = typer.Typer(help="List, inspect, promote and roll back model versions.", no_args_is_help=True)
+data_app = typer.Typer(help="Check a labelled file before training on it.", no_args_is_help=True)
+
+
+def train(
+    data: Annotated[Path, typer.Argument(help="Labelled CSV/TSV/Parquet with columns text and label.")],
+    labels: Annotated[str | None, typer.Option(help="Comma-separated label set (default: project.labels).")] = None,
+    from_version: Annotated[str | None, typer.Option("--from", help="Continue this version's adapter.")] = None,
+    promote: Annotated[bool, typer.Option(help="Make the new version the champion (hot-swapped).")] = False,
+    version: Annotated[str | None, typer.Option(help="Name of the new version (default: next vN).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Overrides model.epochs.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Promote as the project's first champion even a model "
+                                        "that does not beat the simple baselines.")] = False,
+    project: ProjectOpt = "default",
+) -> None:
+    """Train a model version, write it under models_dir and register it (through the server when one runs).
+
+    Prints the model beside the simple baselines fitted on the same split. A model that does not beat the
+    best of them is still registered, but becomes a project's first champion only with ``--force``.
+    """
+    s = settings()
+    if epochs is not None:
+        s.model.epochs = epochs
+    trained = _train(s, data, split_labels(labels), version, from_version)
+    guard = promote and not force and trained.metrics.get("beats_baselines") is False
+    with connect(s, write=True) as backend:
+        row = backend.register_version(project, trained.version)
+        if promote:
+            if guard and not backend.promotions(project):
+                fail(f"not promoting {trained.version} (registered as a challenger): it does not beat the best "
+                     "simple baseline and would be the project's first champion; pass --force to promote it anyway")
+            backend.promote(project, trained.version, "tuneloop train --promote")
+    if backend.remote:
+        typer.echo(f"registered {trained.version} with the server at {backend.where}"
+                   + (" and promoted it (now serving)" if promote else f" as {row['status']}"))
+    else:
+        typer.echo(f"registered {trained.version} in {backend.where}"
+                   + (" as champion" if promote else " as challenger"))
+
+
+def _train(s: Settings, data: Path, labels: list[str] | None, version: str | None, from_version: str | None) -> Any:
+    """Check the file, train the version here, print its scores beside the baselines."""
+    from tuneloop.monitor import registry
+    from tuneloop.retrain.baselines import baseline_table
+    from tuneloop.retrain.quality import summary_lines
+    from tuneloop.retrain.trainer import read_labelled
+
+    try:
+        df = read_labelled(data)
+        for line in summary_lines(data_report(df, labels, s)):
+            typer.echo(f"data check: {line}", err=True)
+        trained = registry.train_version(s, df, labels, version=version, from_version=from_version,
+                                         progress=sys.stderr.isatty(), log=lambda m: typer.echo(m, err=True))
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        fail(str(e))
+    m = trained.metrics
+    typer.echo(f"trained {trained.version} in {trained.path}: val_accuracy {m.get('val_accuracy', 0):.3f} "
+               f"val_macro_f1 {m.get('val_macro_f1', 0):.3f}")
+    if "baselines" in m:
+        typer.echo("validation, same split:")
+        for line in baseline_table({"accuracy": m["val_accuracy"], "macro_f1": m["val_macro_f1"]}, m["baselines"]):
+            typer.echo(line)
+        typer.echo(m["baseline_verdict"])
+    return trained
+
+
+def data_report(df: Any, labels: list[str] | None, s: Settings, embed: bool = True) -> dict[str, Any]:
+    """The data-quality report of ``df`` (text, label); with ``embed`` the encoder-based checks too."""
+    from tuneloop.retrain.quality import quality_report
+
+    encoder = None
+    if embed:
+        from tuneloop.retrain.encoder import Encoder
+
+        encoder = Encoder(s.embedder.base or s.model.base, s.model.max_length)
+    return quality_report(df, labels, embed=encoder.encode if encoder else None,
+                          tokenizer=encoder.tokenizer if encoder else None, max_tokens=s.model.max_length)
+
+
+@data_app.command("check")
+def data_check(
+    file: Annotated[Path, typer.Argument(help="Labelled CSV, TSV, Parquet or JSONL file.")],
+    text_column: Annotated[str | None, typer.Option(help="Text column (default: guessed).")] = None,
+    label_column: Annotated[str | None, typer.Option(help="Label column (default: guessed).")] = None,
+    labels: Annotated[str | None, typer.Option(help="Comma-separated label set (default: as found).")] = None,
+    encoding: Annotated[str, typer.Option(help="Text encoding of CSV/TSV/JSONL.")] = "utf-8",
+    embed: Annotated[bool, typer.Option(help="Run the encoder-based checks (near duplicates, label errors).")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Data-quality report of a labelled file: balance, lengths, duplicates, charset, suspected label errors."""
+    from tuneloop.monitor.datasets import DatasetError, detect_format, parse, validate
+    from tuneloop.retrain.quality import summary_lines
+
+    s = settings()
+    try:
+        if not file.is_file():
+            raise DatasetError(f"{file}: no such file")
+        rows, found = validate(parse(file.read_bytes(), detect_format(file.name), encoding), text_column,
+                               label_column, split_labels(labels))
+    except DatasetError as e:
+        fail("; ".join([str(e), *(f"row {x.get('row', x.get('line'))}: {x['error']}" for x in e.errors[:10])]))
+    report = data_report(rows, found, s, embed)
+    show(report, as_json, lambda: summary_lines(report))
+
+
+@app.command("list")
+def models_list(project: ProjectOpt = "default", as_json: JsonOpt = False) -> None:
+    """Versions with status and validation metrics."""
+    with connect(settings(), missing_db=NO_DB_HINT) as backend:
+        items = backend.list_versions(project)
+
+    def lines() -> Iterator[str]:
+        if not items:
+            yield f"no model versions for project {project}; train one with tuneloop train"
+            return
+        yield f"{'version':<12}{'status':<12}{'created_at':<21}{'parent':<10}{'val_acc':>8}{'val_f1':>8}"
+        for r in items:
+            m = r.get("metrics") or {}
+            acc, f1 = m.get("val_accuracy"), m.get("val_macro_f1")
+            yield (f"{r['version']:<12}{r['status']:<12}{str(r['created_at'])[:19]:<21}{r['parent'] or '-':<10}"
+                   f"{'-' if acc is None else f'{acc:.3f}':>8}{'-' if f1 is None else f'{f1:.3f}':>8}")
+
+    show(items, as_json, lines)
+
+
+@app.command("show")
+def models_show(version: str, project: ProjectOpt = "default") -> None:
+    """One version: registry row, metrics and promotion history (JSON)."""
+    with connect(settings(), missing_db=NO_DB_HINT) as backend:
+        print_json(backend.show_version(project, version))
+
+
+@app.command("promote")
+def models_promote(
+    version: str,
+    reason: Annotated[str | None, typer.Option(help="Recorded in the promotion history.")] = None,
+    force: Annotated[bool, typer.Option(help="Promote even a rejected version.")] = False,
+    project: ProjectOpt = "default",
+) -> None:
+    """Make VERSION the champion (a running server hot-swaps to it)."""
+    with connect(settings(), write=True, missing_db=NO_DB_HINT) as backend:
+        out = backend.promote(project, version, reason, force)
+    typer.echo(f"champion of {project}: {out['champion']['version']} (was {out['previous'] or 'none'})"
+               + (f"; serving {out['serving']}" if backend.remote else ""))
+
+
+@app.command("rollback")
+def models_rollback(
+    reason: Annotated[str | None, typer.Option(help="Recorded in the promotion history.")] = None,
+    project: ProjectOpt = "default",
+) -> None:
+    """Re-promote the previous champion (a running server hot-swaps to it)."""
+    with connect(settings(), write=True, missing_db=NO_DB_HINT) as backend:
+        out = backend.rollback(project, reason)
+    typer.echo(f"rolled back {project} to {out['champion']['version']} (was {out['previous']})"
+               + (f"; serving {out['serving']}" if backend.remote else ""))
