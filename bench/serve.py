@@ -201,7 +201,7 @@ def main() -> None:
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
 
-    from tuneloop.monitor.demo_data import load_tweets
+    from tuneloop.monitor.demo.data import load_tweets
     from tuneloop.retrain.model import set_threads
     from tuneloop.retrain.versions import load_version
 

@@ -27,9 +27,9 @@ import torch
 from conftest import wait_run
 from job_control import held, running_job
 
-from tuneloop.monitor import demo_data as dd
 from tuneloop.monitor import registry
 from tuneloop.monitor.config import load_settings
+from tuneloop.monitor.demo import data as dd
 from tuneloop.monitor.store import Store, utcnow
 
 LABELS = ["negative", "neutral", "positive"]
