@@ -144,9 +144,9 @@ def reference_sample(splits: Sequence[str | None], max_rows: int, seed: int = 0)
 
 def run(args: argparse.Namespace, stop: threading.Event, progress: Progress) -> Path:
     """The job proper; returns the version directory written."""
-    from tuneloop.monitor.config import ModelSettings, RetrainSettings
     from tuneloop.retrain.dataset import read_manifest, read_snapshot
     from tuneloop.retrain.evaluate import classification_metrics, evaluate, with_rows
+    from tuneloop.retrain.settings import ModelSettings, RetrainSettings
     from tuneloop.retrain.trainer import effective_batch_size, train
     from tuneloop.retrain.versions import load_version, validate_version_name, write_version
 
