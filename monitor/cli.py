@@ -344,6 +344,7 @@ def train(
     """
     from tuneloop.monitor import registry
     from tuneloop.retrain.baselines import baseline_table
+    from tuneloop.retrain.build import train_version
     from tuneloop.retrain.trainer import read_labelled
 
     s = settings()
@@ -356,8 +357,9 @@ def train(
 
         for line in summary_lines(data_report(df, label_list, s)):
             typer.echo(f"data check: {line}", err=True)
-        trained = registry.train_version(s, df, label_list, version=version, from_version=from_version,
-                                         progress=sys.stderr.isatty(), log=lambda m: typer.echo(m, err=True))
+        trained = train_version(s.models_dir, s.model, df, label_list or (None if from_version else s.project.labels),
+                                version=version, from_version=from_version, progress=sys.stderr.isatty(),
+                                log=lambda m: typer.echo(m, err=True))
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         fail(str(e))
     m = trained.metrics

@@ -72,7 +72,7 @@ def check_labelled(df: pd.DataFrame, source: str = "data") -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def _split(df: pd.DataFrame, val_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def validation_split(df: pd.DataFrame, val_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Seeded train/validation split, stratified when every class can appear on both sides."""
     n_val = max(1, round(len(df) * val_fraction))
     counts = df["label"].value_counts()
@@ -179,7 +179,7 @@ def train(
     check_labels(data["label"].unique().tolist(), clf.labels)
 
     # ---- data: split, settings sized to it, class weights ---------------------------------------------
-    tr, va = _split(data, settings.val_fraction, settings.seed)
+    tr, va = validation_split(data, settings.val_fraction, settings.seed)
     texts, lengths = tr["text"].tolist(), tr["text"].str.len().to_numpy()
     settings = clf.settings = resolve_settings(settings, clf, texts, epochs)
     epochs = settings.epochs

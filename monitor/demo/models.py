@@ -36,7 +36,7 @@ def cached_v1(settings: Settings, plan: DemoPlan, say: Any) -> Path:
     """Train v1 once per (data, settings) and keep it under ``<data_dir>/cache``."""
     import shutil
 
-    from tuneloop.monitor.registry import train_version
+    from tuneloop.retrain.build import train_version
 
     data = v1_training_data(plan)
     cache = v1_cache(settings, plan)
@@ -50,7 +50,8 @@ def cached_v1(settings: Settings, plan: DemoPlan, say: Any) -> Path:
         t0 = time.monotonic()
         say(f"v1: fine-tuning on {len(data)} labelled '{plan.start_topic}' tweets (cached for next time)…")
         (cache / "models").mkdir(parents=True, exist_ok=True)
-        trained = train_version(cache_settings, data, list(LABELS), version="v1", progress=True, log=say)
+        trained = train_version(cache_settings.models_dir, cache_settings.model, data, list(LABELS), version="v1",
+                                progress=True, log=say)
         shutil.move(str(trained.path), str(cache / "v1"))
         say(f"v1: trained in {time.monotonic() - t0:.0f}s, validation accuracy "
             f"{trained.metrics.get('val_accuracy', float('nan')):.3f}")
