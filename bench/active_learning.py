@@ -80,7 +80,7 @@ def load_data(n_pool: int, n_test: int, seed: int = 0, scenario: str = "iid") ->
     """(pool, test). ``iid``: both drawn from all tweets. ``shift``: the tuneloop situation after
     drift: the pool and test are traffic from every topic, while the start labels (see
     :func:`start_rows`) come from airline tweets only, the topic the champion was trained on."""
-    from tuneloop.monitor.demo_data import load_tweets, text_key
+    from tuneloop.monitor.demo.data import load_tweets, text_key
 
     tw = load_tweets()
     tw = tw.assign(key=tw["text"].map(text_key)).drop_duplicates("key")  # no retweet in both pool and test
@@ -199,16 +199,9 @@ LORA_STRATEGIES = ("random", "uncertainty", "mix")
 def lora_setting(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """(settings, plan, v1 path, v1 training rows, pool per seed, test) of the demo's shifted scenario."""
     from tuneloop.monitor.config import load_settings
-    from tuneloop.monitor.demo import (
-        DemoPlan,
-        cached_v1,
-        demo_settings,
-        shifted_test,
-        shifted_topics,
-        v1_cache,
-        v1_training_data,
-    )
-    from tuneloop.monitor.demo_data import split_topics
+    from tuneloop.monitor.demo import DemoPlan, demo_settings
+    from tuneloop.monitor.demo.data import split_topics
+    from tuneloop.monitor.demo.models import cached_v1, shifted_test, shifted_topics, v1_cache, v1_training_data
 
     plan = DemoPlan()
     settings = demo_settings(load_settings(paths={"data_dir": str(args.data_dir)}), plan)

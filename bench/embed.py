@@ -30,7 +30,7 @@ import httpx
 import numpy as np
 
 from tuneloop.monitor.config import EmbedderSettings, load_settings
-from tuneloop.monitor.demo_data import load_tweets
+from tuneloop.monitor.demo.data import load_tweets
 from tuneloop.monitor.embedder import BackgroundEmbedder, SharedEncoder, pending_by_project
 from tuneloop.monitor.store import Store
 

@@ -146,7 +146,7 @@ def evidently_verdict(ref_x: np.ndarray, cur_x: np.ndarray) -> bool:
 
 def compared_rows(reference: pd.DataFrame, current: pd.DataFrame, settings, result) -> tuple[np.ndarray, np.ndarray]:
     """The exact reference and current samples tuneloop's embedding check compared (same seeds)."""
-    from tuneloop.monitor import drift_stats as ds
+    from tuneloop.monitor.drift import stats as ds
 
     def spec_rng(part: str) -> np.random.Generator:  # the embedding check's own streams (seed 0), see drift._Check
         return np.random.default_rng([0, zlib.crc32(b"embedding_drift"), zlib.crc32(part.encode())])

@@ -63,7 +63,7 @@ def _package_file(dist: str, suffix: str) -> Path:
 
 
 def _tweets(airline: bool) -> pd.DataFrame:
-    from tuneloop.monitor.demo_data import load_tweets
+    from tuneloop.monitor.demo.data import load_tweets
 
     df = load_tweets()
     df = df[df["topic"] == "airline"] if airline else df[~df["topic"].isin(["airline", "unknown"])]

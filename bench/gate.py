@@ -33,7 +33,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import SGDClassifier
 
 from tuneloop.monitor.config import RetrainSettings
-from tuneloop.monitor.demo_data import load_tweets, text_key
+from tuneloop.monitor.demo.data import load_tweets, text_key
 from tuneloop.retrain.evaluate import scored_rows
 from tuneloop.retrain.gate import decide
 

@@ -41,7 +41,7 @@ LABELS = ("negative", "neutral", "positive")
 
 def distinct_tweets(n: int, seed: int) -> pd.DataFrame:
     """``n`` tweets, one per normalised text (retweets removed), in a seeded order."""
-    from tuneloop.monitor.demo_data import load_tweets, text_key
+    from tuneloop.monitor.demo.data import load_tweets, text_key
 
     tw = load_tweets()
     tw = tw.assign(key=tw["text"].map(text_key)).drop_duplicates("key")

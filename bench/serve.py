@@ -63,15 +63,16 @@ def pct(values: list[float], q: float) -> float:
 
 def make_version(root: Path, train_rows: int, tweets) -> Path:  # type: ignore[no-untyped-def]
     """Version v1 on the packaged base: trained briefly on real tweets, or an untrained head."""
-    from tuneloop.monitor import registry
     from tuneloop.monitor.config import load_settings
+    from tuneloop.retrain.build import train_version
     from tuneloop.retrain.model import TextClassifier
     from tuneloop.retrain.versions import data_manifest, write_version
 
     settings = load_settings(paths={"data_dir": str(root)}, model={"epochs": 1})
     if train_rows:
         t = time.perf_counter()
-        trained = registry.train_version(settings, tweets.iloc[:train_rows][["text", "label"]], LABELS, version="v1")
+        rows = tweets.iloc[:train_rows][["text", "label"]]
+        trained = train_version(settings.models_dir, settings.model, rows, LABELS, version="v1")
         print(f"trained v1 on {train_rows} tweets in {time.perf_counter() - t:.0f}s", flush=True)
         return trained.path
     clf = TextClassifier.from_base(settings.model.base, LABELS, settings.model)
@@ -201,7 +202,7 @@ def main() -> None:
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
 
-    from tuneloop.monitor.demo_data import load_tweets
+    from tuneloop.monitor.demo.data import load_tweets
     from tuneloop.retrain.model import set_threads
     from tuneloop.retrain.versions import load_version
 

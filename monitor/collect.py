@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from tuneloop.monitor.config import Settings
-from tuneloop.monitor.projects import require_project
+from tuneloop.monitor.projects import labels_for
 from tuneloop.monitor.store import DEFAULT_PROJECT, Store, new_id, utcnow
 from tuneloop.monitor.wire import ID_MAX_CHARS, FeedbackBatch, PredictionBatch
 
@@ -69,11 +69,6 @@ class IngestRules:
     max_text_chars: int
     max_batch: int
     max_future_seconds: int
-
-
-def labels_for(store: Store, settings: Settings, project: str) -> list[str]:
-    """The project's labels; :class:`~tuneloop.monitor.projects.UnknownProject` (404) if never created."""
-    return list(require_project(store, settings, project).labels)
 
 
 def rules_for(store: Store, settings: Settings, project: str) -> IngestRules:
@@ -495,7 +490,8 @@ def stats(
     """Per minute/hour/day bucket: traffic and mean confidence (hour and day from the rollup),
     labelled count and accuracy.
 
-    ``estimated_accuracy`` is left null here; the drift module fills it where it has an estimate.
+    ``estimated_accuracy`` is always null here: nothing fills it. The label-free estimate is a drift
+    check, recorded with the other checks (metric ``estimated_accuracy`` in ``GET /v1/checks``).
     """
     if bucket == "minute":
         traffic, labelled = minute_frames(store, project, since)

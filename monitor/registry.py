@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,20 +25,15 @@ import pandas as pd
 import pyarrow as pa
 
 from tuneloop.monitor.store import Store, utcnow
+from tuneloop.retrain.reference import REFERENCE_FILE
 from tuneloop.retrain.versions import METRICS_FILE, is_complete, validate_version_name
 
 if TYPE_CHECKING:
     import duckdb
 
-    from tuneloop.monitor.config import Settings
-    from tuneloop.retrain.model import TextClassifier
-
 log = logging.getLogger(__name__)
 
 STATUSES = ("champion", "challenger", "archived", "rejected")
-REFERENCE_FILE = "reference.parquet"
-REFERENCE_MAX_ROWS = 5000
-"""Reference rows kept per version: the drift checks sample 2 000 per side, more only costs time."""
 
 _VERSION_COLUMNS = "project, version, created_at, parent, status, path, metrics, data_snapshot, promoted_at, reasons"
 
@@ -310,33 +304,6 @@ def load_reference(store: Store, project: str, version: str, frame: pd.DataFrame
     return n
 
 
-def build_reference(classifier: TextClassifier, data: pd.DataFrame, split: Sequence[str] | None = None,
-                    max_rows: int = REFERENCE_MAX_ROWS, seed: int = 0) -> pd.DataFrame:
-    """Run ``classifier`` over labelled ``data`` (text, label): the rows :func:`load_reference` takes.
-
-    At most ``max_rows`` rows (a seeded sample, validation rows first) are kept, so the cost stays
-    bounded for big data sets; the drift checks compare model outputs on the validation rows only.
-    """
-    data = data.reset_index(drop=True)
-    split_col = pd.Series(list(split) if split is not None else [None] * len(data), dtype=object)
-    if len(data) > max_rows:
-        from tuneloop.retrain.job import reference_sample
-
-        keep = reference_sample(split_col.tolist(), max_rows, seed)
-        data, split_col = data.iloc[keep].reset_index(drop=True), split_col.iloc[keep].reset_index(drop=True)
-    pred = classifier.predict(data["text"].astype(str).tolist())
-    labels = classifier.labels
-    return pd.DataFrame({
-        "text": data["text"].astype(str),
-        "label": pred.labels,
-        "true_label": data["label"].astype(str),
-        "confidence": pred.confidence.astype("float64"),
-        "probs": [json.dumps({k: round(float(p), 6) for k, p in zip(labels, row, strict=True)}) for row in pred.probs],
-        "embedding": list(pred.embeddings),
-        "split": split_col,
-    })
-
-
 def register_dir(store: Store, project: str, models_dir: str | Path, version: str, status: str = "challenger",
                  parent: str | None = None, data_snapshot: str | None = None) -> dict[str, Any]:
     """Register the complete version directory ``models_dir/version`` and load its reference rows.
@@ -363,54 +330,3 @@ def register_dir(store: Store, project: str, models_dir: str | Path, version: st
     if (path / REFERENCE_FILE).is_file():
         n = load_reference(store, project, version, pd.read_parquet(path / REFERENCE_FILE))
     return {**row, "reference_rows": n}
-
-
-# -- training a version from labelled data (no DB) ----------------------------------------------------
-
-
-@dataclass
-class TrainedVersion:
-    version: str
-    path: Path
-    parent: str | None
-    metrics: dict[str, Any]
-    reference_rows: int
-
-
-def train_version(settings: Settings, data: pd.DataFrame, labels: list[str] | None = None,
-                  version: str | None = None, from_version: str | None = None, progress: bool = False,
-                  log: Callable[[str], None] | None = None) -> TrainedVersion:
-    """Train on labelled ``data`` and write ``models_dir/<version>`` with its ``reference.parquet``.
-
-    From the base with ``labels`` (default ``settings.project.labels``), or continuing ``from_version``.
-    The reference is the new model's predictions and embeddings on its own train and validation rows,
-    written inside the version directory before the atomic rename. Registering is the caller's step
-    (:func:`register_dir`, or ``POST /v1/models/{version}/register`` when a server owns the DB).
-    """
-    from tuneloop.retrain.trainer import _split, check_labelled, train
-    from tuneloop.retrain.versions import new_version_name, write_version
-
-    say = log or (lambda _msg: None)
-    models_dir = settings.models_dir
-    init_from = None
-    if from_version is not None:
-        validate_version_name(from_version)
-        init_from = models_dir / from_version
-        if not is_complete(init_from):
-            raise FileNotFoundError(f"--from {from_version}: no complete version in {models_dir}")
-    elif not labels:
-        labels = list(settings.project.labels)
-    version = validate_version_name(version) if version else new_version_name(models_dir)
-    if (models_dir / version).exists():
-        raise FileExistsError(f"version {version} already exists in {models_dir}")
-    data = check_labelled(data)
-    result = train(data, labels, settings.model, init_from=init_from, progress=progress, log=say)
-    tr, va = _split(data, settings.model.val_fraction, settings.model.seed)  # the trainer's own split
-    both = pd.concat([tr, va], ignore_index=True)
-    say(f"computing reference rows ({min(len(both), REFERENCE_MAX_ROWS)} of {len(both)})")
-    reference = build_reference(result.classifier, both, ["train"] * len(tr) + ["val"] * len(va),
-                                seed=settings.model.seed)
-    path = write_version(models_dir, version, result.classifier, result.metrics, result.manifest,
-                         parent=from_version, extra_files={REFERENCE_FILE: reference})
-    say(f"wrote {path}")
-    return TrainedVersion(version, path, from_version, result.metrics, len(reference))

@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tuneloop.monitor.config import RetrainSettings
 from tuneloop.retrain.evaluation_slice import in_slice
+from tuneloop.retrain.settings import RetrainSettings
 from tuneloop.retrain.trainer import check_labelled, read_labelled
 from tuneloop.retrain.versions import data_manifest
 

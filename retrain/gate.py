@@ -27,8 +27,8 @@ from typing import Any
 
 from scipy.stats import binomtest
 
-from tuneloop.monitor.config import RetrainSettings
 from tuneloop.retrain.paired import TEST_NAME, PairedResult, detectable_gain, one_sample_lower, paired_difference
+from tuneloop.retrain.settings import RetrainSettings
 
 
 @dataclass

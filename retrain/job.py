@@ -35,16 +35,14 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
+from tuneloop.retrain.reference import REFERENCE_FILE, REFERENCE_MAX_ROWS, reference_rows, reference_sample
+
 EXIT_FAILED, EXIT_CANCELLED = 2, 3
-REFERENCE_FILE = "reference.parquet"  # read back by monitor.registry.register_dir
-REFERENCE_MAX_ROWS = 5000
 _EPOCH_RE = re.compile(
     r"epoch (\d+)/(\d+): train_loss (\S+) val_loss (\S+) val_accuracy (\S+) val_macro_f1 (\S+) \(([\d.]+) samples/s\)")
 
@@ -112,41 +110,11 @@ def _die_with_parent() -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _probs_json(labels: list[str], row: np.ndarray) -> str:
-    return json.dumps({lab: round(float(p), 6) for lab, p in zip(labels, row, strict=True)})
-
-
-def reference_rows(clf: Any, df: pd.DataFrame, split: str) -> tuple[pd.DataFrame, list[str]]:
-    """The classifier's predictions on ``df`` in the drift-reference layout (+ the predicted labels)."""
-    pred = clf.predict(df["text"].astype(str).tolist())
-    out = pd.DataFrame({
-        "id": df["id"].astype(str).to_numpy() if "id" in df.columns else [None] * len(df),
-        "text": df["text"].astype(str).to_numpy(),
-        "label": pred.labels,
-        "true_label": df["label"].astype(str).to_numpy(),
-        "confidence": pred.confidence.astype(float),
-        "probs": [_probs_json(clf.labels, p) for p in pred.probs],
-        "embedding": list(pred.embeddings.astype(np.float32)),
-        "split": split,
-    })
-    return out, pred.labels
-
-
-def reference_sample(splits: Sequence[str | None], max_rows: int, seed: int = 0) -> np.ndarray:
-    """Sorted positions of at most ``max_rows`` reference rows: every row the model was not trained on
-    first (the drift checks' model-output reference is made of those only), training rows after."""
-    splits = np.asarray([str(s) for s in splits])
-    rng = np.random.default_rng(seed)
-    held_out = rng.permutation(np.flatnonzero(splits != "train"))
-    trained = rng.permutation(np.flatnonzero(splits == "train"))
-    return np.sort(np.concatenate([held_out, trained])[:max_rows])
-
-
 def run(args: argparse.Namespace, stop: threading.Event, progress: Progress) -> Path:
     """The job proper; returns the version directory written."""
-    from tuneloop.monitor.config import ModelSettings, RetrainSettings
     from tuneloop.retrain.dataset import read_manifest, read_snapshot
     from tuneloop.retrain.evaluate import classification_metrics, evaluate, with_rows
+    from tuneloop.retrain.settings import ModelSettings, RetrainSettings
     from tuneloop.retrain.trainer import effective_batch_size, train
     from tuneloop.retrain.versions import load_version, validate_version_name, write_version
 

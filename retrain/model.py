@@ -17,18 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
-# OpenMP workers that spin while waiting burn the CPU that other threads and processes (the server,
-# a retrain job) need: on a busy 2-core machine, 2 spinning threads made training 15x slower.
-# Only effective before torch is first imported; an explicit setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from tuneloop.monitor.config import ModelSettings  # noqa: E402
-from tuneloop.retrain.baselines import SparseModel  # noqa: E402
-from tuneloop.retrain.encoder import mean_pool, resolve_base, tokenize  # noqa: E402
+from tuneloop.retrain.baselines import SparseModel
+from tuneloop.retrain.encoder import mean_pool, resolve_base, tokenize
+from tuneloop.retrain.settings import ModelSettings
 
 LORA_TARGETS = ["query", "key", "value"]
 ADAPTER_DIR = "adapter"

@@ -7,14 +7,11 @@ works unchanged on it; only the sizes differ.
 
 from __future__ import annotations
 
-import os
 import random
 import string
 from pathlib import Path
 
 import pandas as pd
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as in tuneloop.retrain.model: no spinning OpenMP workers
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 

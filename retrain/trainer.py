@@ -8,7 +8,6 @@ Starts from the base (new LoRA adapter + head) or continues a version's adapter 
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -16,19 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # why: see tuneloop.retrain.model; must precede torch
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.model_selection import train_test_split
+from tqdm.auto import tqdm
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from tuneloop.monitor.config import ModelSettings  # noqa: E402
-from tuneloop.retrain import baselines as bl  # noqa: E402
-from tuneloop.retrain.evaluate import check_labels, classification_metrics  # noqa: E402
-from tuneloop.retrain.model import TextClassifier, set_threads  # noqa: E402
-from tuneloop.retrain.versions import data_manifest, load_version  # noqa: E402
+from tuneloop.retrain import baselines as bl
+from tuneloop.retrain.evaluate import check_labels, classification_metrics
+from tuneloop.retrain.model import TextClassifier, set_threads
+from tuneloop.retrain.settings import ModelSettings
+from tuneloop.retrain.versions import data_manifest, load_version
 
 LENGTH_CHUNK_BATCHES = 50  # batches per length-sorted chunk: less padding, order still random
 SMALL_SET_ROWS = 1000  # below this many training rows the automatic batch size is 16, else 32
@@ -75,7 +72,7 @@ def check_labelled(df: pd.DataFrame, source: str = "data") -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def _split(df: pd.DataFrame, val_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def validation_split(df: pd.DataFrame, val_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Seeded train/validation split, stratified when every class can appear on both sides."""
     n_val = max(1, round(len(df) * val_fraction))
     counts = df["label"].value_counts()
@@ -182,7 +179,7 @@ def train(
     check_labels(data["label"].unique().tolist(), clf.labels)
 
     # ---- data: split, settings sized to it, class weights ---------------------------------------------
-    tr, va = _split(data, settings.val_fraction, settings.seed)
+    tr, va = validation_split(data, settings.val_fraction, settings.seed)
     texts, lengths = tr["text"].tolist(), tr["text"].str.len().to_numpy()
     settings = clf.settings = resolve_settings(settings, clf, texts, epochs)
     epochs = settings.epochs

@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from tuneloop.monitor.config import ModelSettings
 from tuneloop.retrain.encoder import resolve_base
+from tuneloop.retrain.settings import ModelSettings
 
 if TYPE_CHECKING:
     from tuneloop.retrain.model import TextClassifier

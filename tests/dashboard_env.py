@@ -77,8 +77,10 @@ def stream(n: int = N) -> tuple[list[str], list[str]]:
 
 def _train(store: Store, settings: Settings, version: str, copies: int, parent: str | None, at) -> None:  # type: ignore[no-untyped-def]
     from tuneloop.monitor import registry
+    from tuneloop.retrain.build import train_version
 
-    registry.train_version(settings, training_rows(copies), version=version, from_version=parent)
+    train_version(settings.models_dir, settings.model, training_rows(copies),
+                  labels=None if parent else settings.project.labels, version=version, from_version=parent)
     registry.register_dir(store, "default", settings.models_dir, version)
     registry.promote(store, "default", version, actor="seed", reason="retrained on feedback" if parent else None)
     store.execute("UPDATE model_versions SET created_at = ?, promoted_at = ? WHERE version = ?",

@@ -28,7 +28,7 @@ README_SHOT = ROOT / "docs" / "new-model-quality.png"
 
 def noisy_tweets(path, n: int = N_ROWS, share: float = 0.15, seed: int = 0) -> set[int]:  # type: ignore[no-untyped-def]
     """Write ``n`` distinct demo tweets with ``share`` of the labels flipped; return the flipped row numbers."""
-    from tuneloop.monitor.demo_data import load_tweets, text_key
+    from tuneloop.monitor.demo.data import load_tweets, text_key
 
     tw = load_tweets()
     tw = tw.assign(key=tw["text"].map(text_key)).drop_duplicates("key")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tuneloop.monitor import demo_data as dd
+from tuneloop.monitor.demo import data as dd
 
 
 @pytest.fixture(scope="module")

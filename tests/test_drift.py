@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tuneloop.monitor import drift_stats as ds
 from tuneloop.monitor.config import DriftSettings, load_settings
 from tuneloop.monitor.drift import DEFAULT_CHECKS, CheckSpec, render_report, run_checks
+from tuneloop.monitor.drift import stats as ds
 
 pytestmark = pytest.mark.slow
 

@@ -22,8 +22,8 @@ import pytest
 from conftest import start_server
 from test_retrain_loop import LABELS, POLICY, TOPIC_WORDS, policy_frame, tweets, wait_run  # noqa: F401 - a fixture
 
-from tuneloop.monitor import registry
 from tuneloop.monitor.config import load_settings
+from tuneloop.retrain.build import train_version
 
 N_FEEDBACK = 210
 """Rows of feedback per run (``tweets["stream1"]``): the shipped random slice (20 %) leaves about
@@ -42,7 +42,7 @@ def champion_dir(tmp_path_factory, tweets):  # noqa: F811 - the fixture
     root = tmp_path_factory.mktemp("poison-real")
     base = make_tiny_base(root / "base", vocab_words=TOPIC_WORDS)
     settings = load_settings(paths={"data_dir": str(root / "seed")}, model={"base": str(base), **MODEL})
-    trained = registry.train_version(settings, policy_frame(tweets["train"]), LABELS, version="v1")
+    trained = train_version(settings.models_dir, settings.model, policy_frame(tweets["train"]), LABELS, version="v1")
     return base, trained.path
 
 

@@ -22,8 +22,8 @@ import pytest
 from conftest import wait_run
 
 from tuneloop.monitor import checks, imports, projects
-from tuneloop.monitor import demo_data as dd
 from tuneloop.monitor.config import load_settings
+from tuneloop.monitor.demo import data as dd
 from tuneloop.monitor.embedder import BackgroundEmbedder
 from tuneloop.monitor.store import Store
 from tuneloop.retrain.tiny import make_tiny_base

@@ -11,6 +11,8 @@ import pytest
 from tuneloop.monitor import registry
 from tuneloop.monitor.config import load_settings
 from tuneloop.monitor.store import MIGRATIONS, Store
+from tuneloop.retrain.build import train_version
+from tuneloop.retrain.reference import REFERENCE_FILE
 
 P = "default"
 
@@ -173,13 +175,13 @@ def _labelled(n, seed=0):
 def test_train_version_writes_reference_and_register_dir_loads_it(tiny_settings):
     s = tiny_settings
     data = _labelled(80)
-    trained = registry.train_version(s, data, ["negative", "neutral", "positive"])
-    assert trained.version == "v1" and (trained.path / registry.REFERENCE_FILE).is_file()
-    ref = pd.read_parquet(trained.path / registry.REFERENCE_FILE)
+    trained = train_version(s.models_dir, s.model, data, ["negative", "neutral", "positive"])
+    assert trained.version == "v1" and (trained.path / REFERENCE_FILE).is_file()
+    ref = pd.read_parquet(trained.path / REFERENCE_FILE)
     assert len(ref) == 80 and set(ref["split"]) == {"train", "val"}
     dim = json.loads((Path(s.model.base) / "config.json").read_text())["hidden_size"]
     assert sorted(ref["text"]) == sorted(data["text"]) and len(ref["embedding"][0]) == dim
-    child = registry.train_version(s, _labelled(40, seed=1), from_version="v1")
+    child = train_version(s.models_dir, s.model, _labelled(40, seed=1), from_version="v1")
     assert child.version == "v2" and child.parent == "v1"
     with Store(s.db_path) as store:
         row = registry.register_dir(store, P, s.models_dir, "v1")

@@ -28,10 +28,12 @@ import torch
 from conftest import wait_run
 from job_control import held, running_job
 
-from tuneloop.monitor import demo_data as dd
 from tuneloop.monitor import registry
 from tuneloop.monitor.config import load_settings
+from tuneloop.monitor.demo import data as dd
 from tuneloop.monitor.store import Store, utcnow
+from tuneloop.retrain.build import train_version
+from tuneloop.retrain.reference import build_reference
 
 LABELS = ["negative", "neutral", "positive"]
 POLICY = {"airline": "negative", "coachella": "positive", "apple": "neutral"}
@@ -93,10 +95,10 @@ def running_loop(root, tweets, **retrain):
     }
     settings = load_settings(**sections)
     train = policy_frame(tweets["train"])
-    good = registry.train_version(settings, train, LABELS, version="v0")
+    good = train_version(settings.models_dir, settings.model, train, LABELS, version="v0")
     bad = load_version(good.path, threads=1)
     rotate_head(bad)
-    reference = registry.build_reference(bad, train, ["train"] * len(train))
+    reference = build_reference(bad, train, ["train"] * len(train))
     write_version(settings.models_dir, "v1", bad, good.metrics, {"n_rows": len(train)},
                   extra_files={"reference.parquet": reference})
 
@@ -392,7 +394,8 @@ def test_a_rejected_policy_run_is_followed_by_another_once_new_labels_arrive(tmp
         retrain={"epochs": 1, "on_drift_min_labels": 20, "min_new_labels": 10_000, "retry_new_labels": 15,
                  "cooldown_seconds": 0, "min_holdout": 5, "holdout_fraction": 0.5, "replay_max": 40,
                  "min_gain": 0.5, "target_gain": 0.9, "timeout_seconds": 240})  # 12 + 8 fresh slice rows
-    registry.train_version(settings, policy_frame(tweets["train"]).head(60), LABELS, version="v1")
+    train_version(settings.models_dir, settings.model, policy_frame(tweets["train"]).head(60), LABELS,
+                  version="v1")
     stream = tweets["stream1"].reset_index(drop=True)
     noise = np.random.default_rng(3).choice(LABELS, len(stream))  # labels nothing can learn: the gate rejects
     with Store(settings.db_path) as store:

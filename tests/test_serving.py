@@ -20,6 +20,7 @@ from conftest import free_port, start_server
 from tuneloop.monitor import registry
 from tuneloop.monitor.config import load_settings
 from tuneloop.monitor.serving import LoadedModel, ModelServer, NoModelLoaded, ServeQueueFull
+from tuneloop.retrain.build import train_version
 
 LABELS = ["negative", "neutral", "positive"]
 WORDS = {"negative": ["terrible", "awful", "hate"], "neutral": ["fine", "okay", "day"],
@@ -49,7 +50,7 @@ def trained(tmp_path_factory):
     sections = {**SECTIONS, "model": {**SECTIONS["model"], "base": str(base)}}
     settings = load_settings(paths={"data_dir": str(root / "data")}, **sections)
     for seed in range(3):
-        registry.train_version(settings, labelled(60, seed), LABELS)
+        train_version(settings.models_dir, settings.model, labelled(60, seed), LABELS)
     return root, settings
 
 

@@ -12,7 +12,7 @@ from tuneloop.monitor.config import ModelSettings
 from tuneloop.retrain.evaluate import evaluate
 from tuneloop.retrain.model import TextClassifier
 from tuneloop.retrain.tiny import keyword_sentiment
-from tuneloop.retrain.trainer import _split, read_labelled, resolve_settings, train
+from tuneloop.retrain.trainer import read_labelled, resolve_settings, train, validation_split
 from tuneloop.retrain.versions import data_manifest
 
 LABELS = ["negative", "neutral", "positive"]
@@ -59,13 +59,13 @@ def test_head_tail_truncation_keeps_the_end_of_long_texts(sentiment_base, sentim
 
 def test_split_is_seeded_and_stratified():
     df = keyword_sentiment(60)
-    tr, va = _split(df, 0.2, seed=3)
-    tr2, va2 = _split(df.sample(frac=1, random_state=1).sort_index(), 0.2, seed=3)
+    tr, va = validation_split(df, 0.2, seed=3)
+    tr2, va2 = validation_split(df.sample(frac=1, random_state=1).sort_index(), 0.2, seed=3)
     assert len(va) == 12 and len(tr) == 48
     assert va["label"].value_counts().to_dict() == {"negative": 4, "neutral": 4, "positive": 4}
     assert va["text"].tolist() == va2["text"].tolist() and tr["text"].tolist() == tr2["text"].tolist()
     tiny = pd.DataFrame({"text": ["a", "b", "c"], "label": ["x", "y", "y"]})  # x too rare to stratify
-    tr, va = _split(tiny, 0.3, seed=0)
+    tr, va = validation_split(tiny, 0.3, seed=0)
     assert len(tr) == 2 and len(va) == 1
 
 

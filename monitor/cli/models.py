@@ -55,8 +55,8 @@ def train(
 
 def _train(s: Settings, data: Path, labels: list[str] | None, version: str | None, from_version: str | None) -> Any:
     """Check the file, train the version here, print its scores beside the baselines."""
-    from tuneloop.monitor import registry
     from tuneloop.retrain.baselines import baseline_table
+    from tuneloop.retrain.build import train_version
     from tuneloop.retrain.quality import summary_lines
     from tuneloop.retrain.trainer import read_labelled
 
@@ -64,8 +64,9 @@ def _train(s: Settings, data: Path, labels: list[str] | None, version: str | Non
         df = read_labelled(data)
         for line in summary_lines(data_report(df, labels, s)):
             typer.echo(f"data check: {line}", err=True)
-        trained = registry.train_version(s, df, labels, version=version, from_version=from_version,
-                                         progress=sys.stderr.isatty(), log=lambda m: typer.echo(m, err=True))
+        trained = train_version(s.models_dir, s.model, df, labels or (None if from_version else s.project.labels),
+                                version=version, from_version=from_version, progress=sys.stderr.isatty(),
+                                log=lambda m: typer.echo(m, err=True))
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         fail(str(e))
     m = trained.metrics

