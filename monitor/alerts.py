@@ -23,7 +23,7 @@ import httpx
 import pandas as pd
 
 from tuneloop.monitor.config import DriftSettings
-from tuneloop.monitor.store import Store, utcnow
+from tuneloop.monitor.storage import Store, utcnow
 from tuneloop.monitor.webhooks import Webhook, as_webhook, payload, redact_url
 
 log = logging.getLogger(__name__)

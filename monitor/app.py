@@ -19,7 +19,7 @@ from tuneloop.monitor.auth import AuthError, TokenRegistry
 from tuneloop.monitor.config import Settings
 from tuneloop.monitor.projects import UnknownProject
 from tuneloop.monitor.scheduler import Scheduler
-from tuneloop.monitor.store import Store, StoreFull
+from tuneloop.monitor.storage import Store, StoreFull
 
 log = logging.getLogger(__name__)
 

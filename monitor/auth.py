@@ -13,7 +13,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from tuneloop.monitor.store import Store, utcnow
+from tuneloop.monitor.storage import Store, utcnow
 
 ROLES = ("ingest", "label", "admin")
 ROLE_RANK = {r: i for i, r in enumerate(ROLES)}

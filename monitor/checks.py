@@ -21,7 +21,7 @@ import pandas as pd
 from tuneloop.monitor.alerts import AlertChange, WebhookNotifier, update_alerts
 from tuneloop.monitor.config import Settings
 from tuneloop.monitor.projects import labels_for, project_names, settings_for
-from tuneloop.monitor.store import DEFAULT_PROJECT, Store, utcnow
+from tuneloop.monitor.storage import DEFAULT_PROJECT, Store, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -85,7 +85,7 @@ def settings() -> Settings:
 
 def open_store(s: Settings, read_only: bool = False):  # type: ignore[no-untyped-def]
     """Open the DB directly (only when no server owns it); clear message otherwise."""
-    from tuneloop.monitor.store import Store, StoreError
+    from tuneloop.monitor.storage import Store, StoreError
 
     try:
         return Store(s.db_path, read_only=read_only)
@@ -138,7 +138,7 @@ def serve(
     if port is not None:
         s.server.port = port
     from tuneloop.monitor.app import create_app
-    from tuneloop.monitor.store import Store, StoreError
+    from tuneloop.monitor.storage import Store, StoreError
 
     try:
         store = Store(s.db_path)
@@ -1015,7 +1015,7 @@ def restore_cmd(
 ) -> None:
     """Rebuild the database file from a backup (offline: stop the server first)."""
     from tuneloop.monitor import operations
-    from tuneloop.monitor.store import StoreError
+    from tuneloop.monitor.storage import StoreError
 
     s = settings()
     try:

@@ -34,7 +34,7 @@ import pyarrow.ipc as ipc
 from tuneloop.monitor.config import Settings
 from tuneloop.monitor.projects import require_project
 from tuneloop.monitor.schemas import ID_MAX_CHARS, FeedbackBatch, PredictionBatch
-from tuneloop.monitor.store import DEFAULT_PROJECT, Store, new_id, utcnow
+from tuneloop.monitor.storage import DEFAULT_PROJECT, Store, new_id, utcnow
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 MAX_ERRORS = 50

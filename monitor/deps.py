@@ -9,7 +9,7 @@ from fastapi import Depends, Header, HTTPException, Query, Request
 from tuneloop.monitor.app import Context
 from tuneloop.monitor.auth import ANONYMOUS_ADMIN, AuthError, Principal
 from tuneloop.monitor.projects import PROJECT_PATTERN, UnknownProject, require_project
-from tuneloop.monitor.store import DEFAULT_PROJECT, Store
+from tuneloop.monitor.storage import DEFAULT_PROJECT, Store
 
 
 def get_ctx(request: Request) -> Context:

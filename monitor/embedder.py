@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from tuneloop.monitor.config import Settings
-from tuneloop.monitor.store import Store
+from tuneloop.monitor.storage import Store
 
 log = logging.getLogger(__name__)
 

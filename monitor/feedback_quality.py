@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from tuneloop.monitor.store import Store
+from tuneloop.monitor.storage import Store
 from tuneloop.retrain.quality import label_errors
 from tuneloop.retrain.scorecard import accuracy_interval
 

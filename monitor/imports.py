@@ -27,7 +27,7 @@ import pyarrow as pa
 from tuneloop.monitor.config import Settings
 from tuneloop.monitor.embedder import embedding_array, encoder_for
 from tuneloop.monitor.projects import labels_for
-from tuneloop.monitor.store import Store, utcnow
+from tuneloop.monitor.storage import Store, utcnow
 
 IMPORTED_REFERENCE = "imported"
 EXAMPLES = 10  # unmatched keys/ids shown in a report

@@ -36,7 +36,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from tuneloop.monitor.store import DEFAULT_PROJECT, Store
+from tuneloop.monitor.storage import DEFAULT_PROJECT, Store
 from tuneloop.retrain.evaluation_slice import in_slice, random_order, random_positions
 
 Strategy = Literal["uncertainty", "novelty", "mix", "random"]

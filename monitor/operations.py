@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tuneloop.monitor.app import STARTUP_HOOKS, Context
 from tuneloop.monitor.deps import Admin, get_ctx
-from tuneloop.monitor.store import Store, StoreError, StoreFull, StoreLockedError, is_disk_full, utcnow
+from tuneloop.monitor.storage import Store, StoreError, StoreFull, StoreLockedError, is_disk_full, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from tuneloop.monitor.config import DriftSettings, Settings
-from tuneloop.monitor.store import DEFAULT_PROJECT, Store, utcnow
+from tuneloop.monitor.storage import DEFAULT_PROJECT, Store, utcnow
 from tuneloop.monitor.webhooks import redact_webhooks
 
 PROJECT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"

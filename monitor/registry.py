@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from tuneloop.monitor.store import Store, utcnow
+from tuneloop.monitor.storage import Store, utcnow
 from tuneloop.retrain.versions import METRICS_FILE, is_complete, validate_version_name
 
 if TYPE_CHECKING:

@@ -46,7 +46,7 @@ import pandas as pd
 
 from tuneloop.monitor import registry
 from tuneloop.monitor.alerts import open_alert_count
-from tuneloop.monitor.store import DEFAULT_PROJECT, Store, utcnow
+from tuneloop.monitor.storage import DEFAULT_PROJECT, Store, utcnow
 from tuneloop.retrain import gate
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends
 
 from tuneloop.monitor.deps import DEFAULT, Ingest, Labeller, ProjectQuery, get_store
 from tuneloop.monitor.status import status_summary
-from tuneloop.monitor.store import Store
+from tuneloop.monitor.storage import Store
 
 router = APIRouter(prefix="/v1", tags=["admin"])
 

@@ -37,7 +37,7 @@ from tuneloop.monitor.schemas import (
     TokenCreated,
     TokenInfo,
 )
-from tuneloop.monitor.store import DEFAULT_PROJECT
+from tuneloop.monitor.storage import DEFAULT_PROJECT
 from tuneloop.monitor.writer import UnknownPredictions, WriteQueueFull, Writer, WriterStopped, start_writer
 
 log = logging.getLogger(__name__)

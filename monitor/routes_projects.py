@@ -18,7 +18,7 @@ from tuneloop.monitor.app import STARTUP_HOOKS, Context
 from tuneloop.monitor.deps import Admin, Labeller, get_ctx
 from tuneloop.monitor.embedder import start_embedder
 from tuneloop.monitor.projects import PROJECT_PATTERN
-from tuneloop.monitor.store import DEFAULT_PROJECT
+from tuneloop.monitor.storage import DEFAULT_PROJECT
 
 router = APIRouter(prefix="/v1", tags=["projects"])
 CtxDep = Annotated[Context, Depends(get_ctx)]

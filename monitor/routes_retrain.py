@@ -111,7 +111,7 @@ def get_label_queue(
                                        "msg": f"unknown strategy; choose one of {', '.join(STRATEGIES)}"}])
     _require_project(ctx, project)
     from tuneloop.monitor.projects import labels_for
-    from tuneloop.monitor.store import utcnow
+    from tuneloop.monitor.storage import utcnow
 
     items = label_queue(ctx.store, project, strategy, limit or ctx.settings.label_queue.page_size, seed,
                         random_share=ctx.settings.retrain.holdout_fraction)

@@ -33,7 +33,7 @@ from tuneloop.monitor.serving import (
     Serving,
     no_model_message,
 )
-from tuneloop.monitor.store import DEFAULT_PROJECT, utcnow
+from tuneloop.monitor.storage import DEFAULT_PROJECT, utcnow
 
 router = APIRouter(prefix="/v1", tags=["serve"])
 CtxDep = Annotated[Context, Depends(get_ctx)]

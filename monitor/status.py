@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuneloop.monitor.store import DEFAULT_PROJECT, Store
+from tuneloop.monitor.storage import DEFAULT_PROJECT, Store
 
 
 def status_summary(store: Store, project: str = DEFAULT_PROJECT) -> dict[str, Any]:

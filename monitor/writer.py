@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from tuneloop.monitor import metrics
 from tuneloop.monitor.config import Settings
-from tuneloop.monitor.store import DEFAULT_PROJECT, AppendResult, FeedbackResult, Store
+from tuneloop.monitor.storage import DEFAULT_PROJECT, AppendResult, FeedbackResult, Store
 
 log = logging.getLogger(__name__)
 

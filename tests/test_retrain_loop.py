@@ -30,7 +30,7 @@ from job_control import held, running_job
 from tuneloop.monitor import demo_data as dd
 from tuneloop.monitor import registry
 from tuneloop.monitor.config import load_settings
-from tuneloop.monitor.store import Store, utcnow
+from tuneloop.monitor.storage import Store, utcnow
 
 LABELS = ["negative", "neutral", "positive"]
 POLICY = {"airline": "negative", "coachella": "positive", "apple": "neutral"}
