@@ -154,8 +154,8 @@ def test_locked_file_gives_clear_error(tmp_path):
 def test_hourly_rollup_is_exact_through_partial_rows_and_compaction(store, monkeypatch):
     from datetime import datetime, timedelta
 
-    from tuneloop.monitor.storage import store as store_module
     from tuneloop.monitor.collect import stats
+    from tuneloop.monitor.storage import store as store_module
 
     t0 = datetime(2025, 5, 1, 10, 0)
     rng = np.random.default_rng(1)
