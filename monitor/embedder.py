@@ -111,8 +111,7 @@ def embedding_array(vectors: np.ndarray) -> pa.Array:
 
 def pending_by_project(store: Store) -> dict[str, int]:
     """Rows still waiting for an embedding, per project."""
-    df = store.query("SELECT project, count(*) AS n FROM predictions WHERE embedding IS NULL GROUP BY project")
-    return {str(p): int(n) for p, n in zip(df["project"], df["n"], strict=True)}
+    return store.predictions.missing_embeddings_per_project()
 
 
 def write_embeddings(store: Store, rowids: Sequence[int], projects: Sequence[str], ids: Sequence[str],
@@ -128,17 +127,7 @@ def write_embeddings(store: Store, rowids: Sequence[int], projects: Sequence[str
         return 0
     table = pa.table({"rid": pa.array(list(rowids), pa.int64()), "project": pa.array(list(projects), pa.string()),
                       "id": pa.array(list(ids), pa.string()), "embedding": embedding_array(vectors)})
-    with store.transaction() as cur:
-        cur.register("computed_embeddings", table)
-        try:
-            updated = cur.execute(
-                """UPDATE predictions SET embedding = e.embedding FROM computed_embeddings e
-                   WHERE predictions.rowid = e.rid AND predictions.project = e.project AND predictions.id = e.id
-                     AND predictions.embedding IS NULL"""
-            ).fetchall()[0][0]
-        finally:
-            cur.unregister("computed_embeddings")
-    return int(updated)
+    return store.predictions.fill_embeddings(table)
 
 
 class BackgroundEmbedder:
@@ -181,11 +170,7 @@ class BackgroundEmbedder:
     def run_once(self, limit: int | None = None) -> int:
         """Embed up to ``limit`` (default ``batch_size``) of the oldest rows without one; returns rows written."""
         started = time.monotonic()
-        rows = self.store.cursor().execute(
-            """SELECT rowid, project, id, text FROM predictions WHERE embedding IS NULL
-               ORDER BY ingest_seq, project, id LIMIT ?""",
-            [limit or self.batch_size],
-        ).fetchall()
+        rows = self.store.predictions.oldest_without_embedding(limit or self.batch_size)
         if not rows:
             return 0
         rowids, projects, ids, texts = (list(col) for col in zip(*rows, strict=True))

@@ -168,17 +168,7 @@ def import_reference(
         "probs": pa.array([json.dumps(p) if p else None for p in probs], pa.string()),
         "embedding": embedding_array(vectors),
     })
-    with store.transaction() as cur:
-        replaced = cur.execute(
-            "SELECT count(*) FROM reference_rows WHERE project = ? AND reference = ?", [project, IMPORTED_REFERENCE]
-        ).fetchall()[0][0]
-        cur.execute("DELETE FROM reference_rows WHERE project = ? AND reference = ?",
-                    [project, IMPORTED_REFERENCE]).fetchall()
-        cur.register("imported_reference", table)
-        try:
-            cur.execute("INSERT INTO reference_rows BY NAME SELECT * FROM imported_reference").fetchall()
-        finally:
-            cur.unregister("imported_reference")
+    replaced = store.references.replace(project, IMPORTED_REFERENCE, table)
     return ReferenceImport(project, IMPORTED_REFERENCE, n, sum(t is not None for t in true),
                            sum(p is not None for p in probs), int(vectors.shape[1]), int(replaced))
 
@@ -306,21 +296,7 @@ def _json_path(key_field: str) -> str:
 
 def _match_keys(store: Store, project: str, keys: list[str], key_field: str) -> tuple[list[str | None], int]:
     """For each key, the id of the most recent prediction whose metadata carries it (None: no match)."""
-    table = pa.table({"row": pa.array(range(len(keys)), pa.int64()), "key": pa.array(keys, pa.string())})
-    cur = store.cursor()
-    cur.register("import_keys", table)
-    try:
-        rows = cur.execute(
-            """
-            SELECT k.row, p.id, count(p.id) OVER (PARTITION BY k.row) AS n
-            FROM import_keys k LEFT JOIN predictions p
-              ON p.project = ? AND json_extract_string(p.metadata, ?) = k.key
-            QUALIFY row_number() OVER (PARTITION BY k.row ORDER BY p.ts DESC, p.ingest_seq DESC) = 1
-            """,
-            [project, _json_path(key_field)],
-        ).fetchall()
-    finally:
-        cur.unregister("import_keys")
+    rows = store.predictions.match_metadata_keys(project, keys, _json_path(key_field))
     ids: list[str | None] = [None] * len(keys)
     ambiguous = 0
     for row, pid, n in rows:
@@ -333,15 +309,4 @@ def _logged_accuracy(store: Store, project: str, pairs: list[tuple[str, str]]) -
     """How often the logged prediction agrees with the imported label (None when nothing matched)."""
     if not pairs:
         return None
-    table = pa.table({"prediction_id": [p for p, _ in pairs], "label": [lab for _, lab in pairs]})
-    cur = store.cursor()
-    cur.register("import_pairs", table)
-    try:
-        value = cur.execute(
-            """SELECT avg((p.label = i.label)::INT) FROM import_pairs i JOIN predictions p
-               ON p.project = ? AND p.id = i.prediction_id""",
-            [project],
-        ).fetchall()[0][0]
-    finally:
-        cur.unregister("import_pairs")
-    return None if value is None else float(value)
+    return store.predictions.agreement(project, pairs)

@@ -283,9 +283,7 @@ class Writer:
 
 def missing_prediction_ids(store: Store, project: str, ids: list[str]) -> list[str]:
     """The distinct ``ids`` with no stored prediction in ``project``, in first-seen order."""
-    found = set(store.query(
-        "SELECT id FROM predictions WHERE project = ? AND id IN (SELECT unnest(?))", [project, list(set(ids))]
-    )["id"])
+    found = store.predictions.existing_ids(project, ids)
     return list(dict.fromkeys(i for i in ids if i not in found))
 
 

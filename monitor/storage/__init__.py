@@ -6,6 +6,7 @@ write path); repositories grouped by table family hang off it as attributes
 A second backend implements the same classes.
 """
 
+from tuneloop.monitor.storage.projects import ProjectExistsError
 from tuneloop.monitor.storage.store import (
     DEFAULT_PROJECT,
     FEEDBACK_COLUMNS,
@@ -26,6 +27,6 @@ from tuneloop.monitor.storage.store import (
 
 __all__ = [
     "DEFAULT_PROJECT", "FEEDBACK_COLUMNS", "FEEDBACK_SOURCES", "MIGRATIONS", "PREDICTION_COLUMNS",
-    "AppendResult", "FeedbackResult", "Store", "StoreError", "StoreFull", "StoreLockedError",
+    "AppendResult", "ProjectExistsError", "FeedbackResult", "Store", "StoreError", "StoreFull", "StoreLockedError",
     "hourly_part", "is_disk_full", "new_id", "utcnow",
 ]

@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from tuneloop.monitor.storage.alerts import AlertRepository, CheckRepository, DeliveryRepository
+from tuneloop.monitor.storage.clock import new_id, utcnow
+from tuneloop.monitor.storage.predictions import FeedbackRepository, PredictionRepository
+from tuneloop.monitor.storage.projects import ProjectRepository
+from tuneloop.monitor.storage.runs import RunRepository
+from tuneloop.monitor.storage.tokens import TokenRepository
+from tuneloop.monitor.storage.versions import ReferenceRepository, VersionRepository
 
 log = logging.getLogger(__name__)
 
@@ -290,15 +297,6 @@ FEEDBACK_COLUMNS = ["project", "id", "prediction_id", "label", "ts", "source", "
 FEEDBACK_SOURCES = ("human", "import", "rule")
 
 
-def utcnow() -> datetime:
-    """Naive UTC now: every TIMESTAMP column holds UTC."""
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
-
-
 def _as_arrow(batch: pa.Table | pd.DataFrame | Sequence[dict[str, Any]]) -> pa.Table:
     if isinstance(batch, pa.Table):
         return batch
@@ -379,6 +377,16 @@ class Store:
         self._ingest_seq = self._scalar("SELECT coalesce(max(ingest_seq), 0) FROM predictions") or 0
         self._has_pending = bool(self._scalar("SELECT count(*) FROM pending_feedback"))
         self._rollup_parts = 0  # partial rollup rows appended since the last compaction
+        self.checks = CheckRepository(self)
+        self.alerts = AlertRepository(self)
+        self.deliveries = DeliveryRepository(self)
+        self.versions = VersionRepository(self)
+        self.references = ReferenceRepository(self)
+        self.predictions = PredictionRepository(self)
+        self.feedback = FeedbackRepository(self)
+        self.projects = ProjectRepository(self)
+        self.runs = RunRepository(self)
+        self.tokens = TokenRepository(self)
 
     # -- connection handling -------------------------------------------------------------------
     def cursor(self) -> duckdb.DuckDBPyConnection:
