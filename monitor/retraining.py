@@ -252,6 +252,97 @@ class RetrainService:
         run["pid"] = active.proc.pid if active and active.run_id == run_id and active.proc else None
         return run
 
+    def cooldown_left(self, project: str) -> float:
+        last = self.store.runs.last_finished_at(project)
+        if last is None:
+            return 0.0
+        left = self.settings.retrain.cooldown_seconds - (utcnow() - last).total_seconds()
+        return max(0.0, left)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def recover(self) -> int:
+        """Mark runs a previous server process left queued/running as failed; return how many."""
+        ids = self.store.runs.ids_with_status(list(ACTIVE))
+        for run_id in ids:
+            self._finish(run_id, "failed", ["server restarted while the run was in progress"])
+        if ids:
+            log.warning("marked %d interrupted retrain run(s) failed", len(ids))
+        return len(ids)
+
+    def stop(self) -> None:
+        """Server shutdown: cancel a running job and wait for it briefly."""
+        self._closing = True
+        active = self._active
+        if active is not None:
+            self._cancel_active(active, "server shutting down")
+            if active.thread is not None:
+                active.thread.join(timeout=KILL_GRACE_SECONDS + 5)
+
+    # -- trigger ---------------------------------------------------------------------------------
+    def trigger(self, project: str = DEFAULT_PROJECT, reason: str = "manual", actor: str = "",
+                *, respect_cooldown: bool = False, snapshot: Any = None) -> int:
+        """Start a run and return its id. :class:`RetrainBusy` while one runs (any project),
+        :class:`CoolingDown` (only with ``respect_cooldown``), :class:`NothingToTrain` without new labels,
+        :class:`HoldoutTooSmall` (recorded as a ``deferred`` run) while the holdout cannot detect the target gain.
+
+        ``snapshot`` (a prepared :class:`tuneloop.retrain.dataset.Snapshot`) trains a new model from the
+        base on exactly those rows instead of the project's feedback; the run ends ``passed`` without
+        the gate, and an admin promotes it after reading its evaluation.
+        """
+        labels = self._labels(project)
+        with self._lock:
+            if self._closing:
+                raise RetrainError("the server is shutting down")
+            if self._active is not None:
+                raise RetrainBusy(self._active.run_id, self._active.project)
+            if respect_cooldown and (left := self.cooldown_left(project)) > 0:
+                raise CoolingDown(left)
+            n_new = len(snapshot.train) if snapshot is not None else count_new_labels(self.store, project,
+                                                                                      labels=labels)
+            if n_new < MIN_NEW_LABELS:
+                raise NothingToTrain(f"project {project} has {n_new} new label(s) since the champion was trained; "
+                                     f"a retrain needs at least {MIN_NEW_LABELS}")
+            trigger = f"{reason}" + (f" (by {actor})" if actor else "")
+            if snapshot is None:  # a dataset run is evaluated for an admin, not gated against a champion
+                plan = holdout_plan(self.store, project, self.settings, labels)
+                if not plan.enough:
+                    message = plan.message(self.settings.retrain.target_gain, self.settings.retrain.power)
+                    raise HoldoutTooSmall(self._defer(project, trigger, message, plan), message)
+            run_id = self.store.runs.add_queued(project, trigger[:500], self._run_paths)
+            active = _Active(run_id, project, snapshot=snapshot)
+            active.thread = threading.Thread(target=self._run, args=(active,), name=f"retrain-{run_id}", daemon=True)
+            self._active = active
+        log.info("retrain run %d started for project %s: %s", run_id, project, trigger)
+        active.thread.start()
+        return run_id
+
+    def _defer(self, project: str, trigger: str, message: str, plan: HoldoutPlan) -> int:
+        """Record the refusal as a ``deferred`` run: the project's latest run if already deferred, else new."""
+        last = self.store.runs.latest(project)
+        now = utcnow()
+        metrics = {"holdout_plan": plan.as_json()}
+        if last is not None and last[1] == "deferred":
+            self._set(last[0], finished=now, trigger=trigger[:500], reasons=[message], metrics=metrics)
+            return last[0]
+        return self.store.runs.add_deferred(project, trigger[:500], [message], metrics, now)
+
+    def cancel(self, run_id: int, actor: str = "") -> dict[str, Any]:
+        """Cancel a queued or running run (SIGTERM to the job, kill after a grace period)."""
+        run = self.get_run(run_id, log_lines=0)
+        active = self._active
+        if run["status"] not in ACTIVE or active is None or active.run_id != run_id:
+            raise RetrainError(f"retrain run {run_id} is {run['status']}; only a queued or running run can be "
+                               "cancelled")
+        self._cancel_active(active, f"cancelled by {actor}" if actor else "cancelled")
+        return self.get_run(run_id, log_lines=0)
+
+    def _cancel_active(self, active: _Active, why: str) -> None:
+        active.why = why
+        active.cancel.set()
+        proc = active.proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+
     def wait(self, run_id: int, timeout: float = 300.0, poll: float = 0.2) -> dict[str, Any]:
         """Block until the run reaches a final status (tests, the offline CLI)."""
         deadline = time.monotonic() + timeout
@@ -261,12 +352,12 @@ class RetrainService:
                 return run
             time.sleep(poll)
 
+    # -- the run ---------------------------------------------------------------------------------
     def _run_paths(self, run_id: int) -> tuple[str, str]:
         """(log file, snapshot dir) of a run, recorded on its row."""
         directory = run_dir(self.settings.runs_dir, run_id)
         return str(directory / "job.log"), str(directory / "snapshot")
 
-    # -- the run ---------------------------------------------------------------------------------
     def _set(self, run_id: int, **values: Any) -> None:
         self.store.runs.update(run_id, **values)
 
