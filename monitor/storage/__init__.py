@@ -6,6 +6,7 @@ write path); repositories grouped by table family hang off it as attributes
 A second backend implements the same classes.
 """
 
+from tuneloop.monitor.storage.maintenance import import_export
 from tuneloop.monitor.storage.projects import ProjectExistsError
 from tuneloop.monitor.storage.store import (
     DEFAULT_PROJECT,
@@ -28,5 +29,5 @@ from tuneloop.monitor.storage.store import (
 __all__ = [
     "DEFAULT_PROJECT", "FEEDBACK_COLUMNS", "FEEDBACK_SOURCES", "MIGRATIONS", "PREDICTION_COLUMNS",
     "AppendResult", "ProjectExistsError", "FeedbackResult", "Store", "StoreError", "StoreFull", "StoreLockedError",
-    "hourly_part", "is_disk_full", "new_id", "utcnow",
+    "hourly_part", "import_export", "is_disk_full", "new_id", "utcnow",
 ]

@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 
 from tuneloop.monitor.storage.alerts import AlertRepository, CheckRepository, DeliveryRepository
 from tuneloop.monitor.storage.clock import new_id, utcnow
+from tuneloop.monitor.storage.maintenance import MaintenanceRepository
 from tuneloop.monitor.storage.predictions import FeedbackRepository, PredictionRepository
 from tuneloop.monitor.storage.projects import ProjectRepository
 from tuneloop.monitor.storage.runs import RunRepository
@@ -387,6 +388,7 @@ class Store:
         self.projects = ProjectRepository(self)
         self.runs = RunRepository(self)
         self.tokens = TokenRepository(self)
+        self.maintenance = MaintenanceRepository(self)
 
     # -- connection handling -------------------------------------------------------------------
     def cursor(self) -> duckdb.DuckDBPyConnection:
