@@ -220,8 +220,46 @@ class PredictionRepository(Repository):
         return None if value is None else float(value)
 
 
+class FeedbackNotFound(LookupError):
+    """No feedback row (stored or pending) with that id in the project."""
+
+
+class RetractRefused(PermissionError):
+    """The row was sent with another token; ``annotator`` names who sent it."""
+
+    def __init__(self, annotator: str | None) -> None:
+        super().__init__(annotator)
+        self.annotator = annotator
+
+
 class FeedbackRepository(Repository):
-    """Reads of ``feedback`` (appends go through :meth:`Store.append_feedback`)."""
+    """Reads of ``feedback`` (appends go through :meth:`Store.append_feedback`) and retraction."""
+
+    def retract(self, project: str, feedback_id: str, token_id: str | None, any_writer: bool = False) -> None:
+        """Delete one feedback row (stored or still pending) and its writer record, in one transaction.
+
+        Only the token that sent it may (``any_writer``: anyone, e.g. an admin): otherwise
+        :class:`RetractRefused`. :class:`FeedbackNotFound` when no row has the id.
+        """
+        with self.store.transaction() as cur:
+            for table in ("feedback", "pending_feedback"):
+                rows = cur.execute(
+                    f"""SELECT f.annotator, w.token_id FROM {table} f LEFT JOIN feedback_writers w
+                        ON w.project = f.project AND w.id = f.id WHERE f.project = ? AND f.id = ?""",
+                    [project, feedback_id]).fetchall()
+                if rows:
+                    annotator, writer = rows[0]
+                    if not any_writer and (not writer or writer != token_id):
+                        raise RetractRefused(annotator)
+                    cur.execute(f"DELETE FROM {table} WHERE project = ? AND id = ?", [project, feedback_id]).fetchall()
+                    cur.execute("DELETE FROM feedback_writers WHERE project = ? AND id = ?",
+                                [project, feedback_id]).fetchall()
+                    return
+        raise FeedbackNotFound(feedback_id)
+
+    def count_since(self, project: str, since: datetime) -> int:
+        """Feedback rows of ``project`` given at or after ``since`` (every row, not only the latest label)."""
+        return int(self._scalar("SELECT count(*) FROM feedback WHERE project = ? AND ts >= ?", [project, since]))
 
     def count_latest_after(self, project: str, after: datetime, labels: list[str] | None = None) -> int:
         """Predictions whose latest label was given after ``after`` (and is one of ``labels``, if given)."""

@@ -417,6 +417,10 @@ class Store:
         rows = self.cursor().execute(sql, list(params)).fetchall()
         return rows[0][0] if rows else None
 
+    def ping(self) -> None:
+        """Raise when the database cannot answer a trivial query (readiness)."""
+        self._scalar("SELECT 1")
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
         """Run a read query on this thread's cursor and return a DataFrame."""
         return self.cursor().execute(sql, list(params)).df()

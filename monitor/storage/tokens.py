@@ -26,6 +26,10 @@ class TokenRepository(Repository):
                         [utcnow(), name]).fetchall()
         return int(n[0][0])
 
+    def count_live(self) -> int:
+        """Tokens not revoked (none: the server is on its first start)."""
+        return int(self._scalar("SELECT count(*) FROM tokens WHERE revoked_at IS NULL"))
+
     def live(self) -> list[tuple[str, str, str]]:
         """(token_hash, name, role) of every token not revoked."""
         return self._rows("SELECT token_hash, name, role FROM tokens WHERE revoked_at IS NULL")
