@@ -22,7 +22,7 @@ import httpx
 import pandas as pd
 
 from tuneloop.monitor.config import DriftSettings
-from tuneloop.monitor.storage import Store, utcnow
+from tuneloop.monitor.storage import Store, none_if_missing, utcnow
 from tuneloop.monitor.webhooks import Webhook, as_webhook, payload, redact_url
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ class WebhookNotifier:
         closed = found.get("closed_at")
         return {**change.as_json(), "severity": found.get("severity", SEVERITY.get(change.kind, "warning")),
                 "started_at": found.get("ts") or utcnow(),
-                "ended_at": None if closed is None or closed != closed else closed}
+                "ended_at": none_if_missing(closed)}
 
     def _deliver(self, client: httpx.Client, change: AlertChange, hook: Webhook, queued_at: datetime) -> None:
         body = payload(hook.format, self._event(change), self.external_url)

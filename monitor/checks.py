@@ -21,7 +21,7 @@ import pandas as pd
 from tuneloop.monitor.alerts import AlertChange, WebhookNotifier, update_alerts
 from tuneloop.monitor.config import Settings
 from tuneloop.monitor.projects import labels_for, project_names, settings_for
-from tuneloop.monitor.storage import DEFAULT_PROJECT, Store, utcnow
+from tuneloop.monitor.storage import DEFAULT_PROJECT, Store, is_missing, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def _drop_missing_embeddings(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     if "embedding" not in df.columns:
         return df, 0
     # A NULL list arrives as None, NaN or pd.NA depending on the pandas conversion.
-    has = df["embedding"].map(lambda e: e is not None and e is not pd.NA and not (isinstance(e, float) and np.isnan(e)))
+    has = df["embedding"].map(lambda e: not is_missing(e))
     return df[has].reset_index(drop=True), int((~has).sum())
 
 

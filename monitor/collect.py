@@ -34,7 +34,8 @@ import pyarrow.ipc as ipc
 from tuneloop.monitor.config import Settings
 from tuneloop.monitor.projects import require_project
 from tuneloop.monitor.schemas import ID_MAX_CHARS, FeedbackBatch, PredictionBatch
-from tuneloop.monitor.storage import DEFAULT_PROJECT, Store, new_id, utcnow
+from tuneloop.monitor.storage import DEFAULT_PROJECT, Store, clean_record, new_id, utcnow
+from tuneloop.monitor.storage import is_missing as missing
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 MAX_ERRORS = 50
@@ -423,22 +424,13 @@ def list_predictions(
 
 
 def _clean_row(row: dict[str, Any], include_embedding: bool) -> dict[str, Any]:
-    out = {k: (None if missing(v) else v) for k, v in row.items()}
-    for key in ("probs", "metadata"):
-        out[key] = json.loads(out[key]) if out[key] is not None else None
+    out = clean_record(row, ("probs", "metadata"))
     for key in ("ts", "feedback_ts"):
         if out[key] is not None:
             out[key] = pd.Timestamp(out[key]).to_pydatetime()
     if include_embedding and row.get("embedding") is not None:
         out["embedding"] = [float(x) for x in row["embedding"]]
     return out
-
-
-def missing(value: Any) -> bool:
-    """None, NaN or NaT: what pandas gives for a SQL NULL."""
-    if value is None or value is pd.NaT:
-        return True
-    return isinstance(value, float) and math.isnan(value)
 
 
 MINUTE_SPAN = timedelta(hours=48)

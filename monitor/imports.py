@@ -27,7 +27,7 @@ import pyarrow as pa
 from tuneloop.monitor.config import Settings
 from tuneloop.monitor.embedder import embedding_array, encoder_for
 from tuneloop.monitor.projects import labels_for
-from tuneloop.monitor.storage import Store, utcnow
+from tuneloop.monitor.storage import Store, is_missing, utcnow
 
 IMPORTED_REFERENCE = "imported"
 EXAMPLES = 10  # unmatched keys/ids shown in a report
@@ -59,12 +59,8 @@ def read_records(path: str | Path) -> pd.DataFrame:
     raise ImportDataError(f"{path}: expected .csv, .tsv, .parquet, .jsonl or .json, got {suffix or 'no suffix'!r}")
 
 
-def _missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA or v is pd.NaT
-
-
 def _strings(df: pd.DataFrame, col: str, required: bool) -> list[str | None]:
-    values = [None if _missing(v) else str(v) for v in df[col]]
+    values = [None if is_missing(v) else str(v) for v in df[col]]
     if required:
         empty = [i for i, v in enumerate(values) if v is None or not v.strip()]
         if empty:
@@ -81,7 +77,7 @@ def _check_labels(values: list[str | None], labels: list[str], col: str) -> None
 def _probabilities(df: pd.DataFrame, col: str, labels: list[str]) -> list[dict[str, float] | None]:
     out: list[dict[str, float] | None] = []
     for i, v in enumerate(df[col]):
-        if _missing(v):
+        if is_missing(v):
             out.append(None)
             continue
         if isinstance(v, str):
@@ -91,7 +87,7 @@ def _probabilities(df: pd.DataFrame, col: str, labels: list[str]) -> list[dict[s
                 raise ImportDataError(f"column {col!r} row {i}: not a JSON object of label: probability") from None
         if not isinstance(v, dict):
             raise ImportDataError(f"column {col!r} row {i}: expected an object of label: probability")
-        probs = {str(k): float(p) for k, p in v.items() if not _missing(p)}
+        probs = {str(k): float(p) for k, p in v.items() if not is_missing(p)}
         bad = sorted(set(probs) - set(labels))
         if bad:
             raise ImportDataError(f"column {col!r} row {i}: labels {bad} outside the project's labels {labels}")
@@ -150,7 +146,7 @@ def import_reference(
     prob_col = next((c for c in ("probabilities", "probs") if c in df.columns), None)
     probs = _probabilities(df, prob_col, labels) if prob_col else [None] * len(df)
     if prob_col is None and "confidence" in df.columns:
-        confidence = [None if _missing(v) else float(v) for v in pd.to_numeric(df["confidence"], errors="coerce")]
+        confidence = [None if is_missing(v) else float(v) for v in pd.to_numeric(df["confidence"], errors="coerce")]
     else:
         confidence = [max(p.values()) if p else None for p in probs]
 

@@ -36,7 +36,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from tuneloop.monitor.storage import DEFAULT_PROJECT, Store
+from tuneloop.monitor.storage import DEFAULT_PROJECT, Store, is_missing
 from tuneloop.retrain.evaluation_slice import in_slice, random_order, random_positions
 
 Strategy = Literal["uncertainty", "novelty", "mix", "random"]
@@ -85,7 +85,7 @@ def prob_matrix(values: Sequence[Any]) -> np.ndarray:
         for (i, _), d in zip(texts, decoded, strict=True):
             parsed[i] = d
     for i, v in enumerate(values):
-        if not isinstance(v, str) and v is not None and not (isinstance(v, float) and np.isnan(v)):
+        if not isinstance(v, str) and not is_missing(v):
             parsed[i] = v
     dict_rows = [i for i, v in enumerate(parsed) if isinstance(v, dict)]
     other_rows = [i for i, v in enumerate(parsed) if v is not None and not isinstance(v, dict)]
@@ -148,8 +148,7 @@ def _unit(matrix: np.ndarray) -> np.ndarray:
 
 def embedding_matrix(values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     """(unit vectors [n, d] with zeros where missing, mask of rows that have one)."""
-    has = np.array([v is not None and not (isinstance(v, float) and np.isnan(v)) and len(v) > 0 for v in values],
-                   dtype=bool)
+    has = np.array([not is_missing(v) and len(v) > 0 for v in values], dtype=bool)
     if not has.any():
         return np.zeros((len(values), 1), np.float32), has
     if has.all() and len({len(v) for v in values}) == 1:  # the usual case: one stack, no loop
@@ -332,7 +331,7 @@ def queue_size(store: Store, project: str = DEFAULT_PROJECT) -> int:
 
 
 def _probs_dict(value: Any) -> dict[str, float] | None:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if is_missing(value):
         return None
     if isinstance(value, str):
         try:

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from tuneloop.monitor.storage import Store, utcnow
+from tuneloop.monitor.storage import Store, is_missing, utcnow
 from tuneloop.retrain.versions import METRICS_FILE, is_complete, validate_version_name
 
 if TYPE_CHECKING:
@@ -216,7 +216,7 @@ def reject(store: Store, project: str, version: str, reasons: Sequence[str] | st
 
 
 def _json_cell(value: Any) -> str | None:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if is_missing(value):
         return None
     if isinstance(value, str):
         return value
@@ -240,10 +240,10 @@ def load_reference(store: Store, project: str, version: str, frame: pd.DataFrame
         return frame[name] if name in frame.columns else pd.Series([None] * n, index=frame.index, dtype=object)
 
     def strings(name: str) -> pa.Array:
-        return pa.array([None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in col(name)],
+        return pa.array([None if is_missing(v) else str(v) for v in col(name)],
                         pa.string())
 
-    embeddings = [None if v is None or (isinstance(v, float) and np.isnan(v)) else np.asarray(v, np.float32)
+    embeddings = [None if is_missing(v) else np.asarray(v, np.float32)
                   for v in col("embedding")]
     table = pa.table({
         "project": pa.array([project] * n, pa.string()),
