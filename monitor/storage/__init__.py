@@ -23,8 +23,10 @@ implements the same classes.
 """
 
 from tuneloop.monitor.storage.alerts import AlertRepository, CheckRepository, DeliveryRepository
+from tuneloop.monitor.storage.batches import FEEDBACK_COLUMNS, FEEDBACK_SOURCES, PREDICTION_COLUMNS, hourly_part
 from tuneloop.monitor.storage.clock import new_id, utcnow
 from tuneloop.monitor.storage.maintenance import MaintenanceRepository, import_export
+from tuneloop.monitor.storage.migrations import MIGRATIONS
 from tuneloop.monitor.storage.predictions import (
     FeedbackNotFound,
     FeedbackRepository,
@@ -36,17 +38,12 @@ from tuneloop.monitor.storage.rows import clean_record, is_missing, none_if_miss
 from tuneloop.monitor.storage.runs import RunRepository
 from tuneloop.monitor.storage.store import (
     DEFAULT_PROJECT,
-    FEEDBACK_COLUMNS,
-    FEEDBACK_SOURCES,
-    MIGRATIONS,
-    PREDICTION_COLUMNS,
     AppendResult,
     FeedbackResult,
     Store,
     StoreError,
     StoreFull,
     StoreLockedError,
-    hourly_part,
     is_disk_full,
 )
 from tuneloop.monitor.storage.tokens import TokenRepository
