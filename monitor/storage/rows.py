@@ -11,6 +11,11 @@ import pandas as pd
 import pyarrow as pa
 
 
+def to_json(value: Any) -> str | None:
+    """A JSON column's text for ``value`` (None stays NULL; dates and other objects as strings)."""
+    return None if value is None else json.dumps(value, default=str)
+
+
 def is_missing(value: Any) -> bool:
     """Whether ``value`` is how a SQL NULL came back (None, NaN, NaT or pd.NA); lists are never missing."""
     if value is None or value is pd.NaT or value is pd.NA:

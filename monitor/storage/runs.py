@@ -11,7 +11,7 @@ import pandas as pd
 
 from tuneloop.monitor.storage.clock import utcnow
 from tuneloop.monitor.storage.repository import Repository
-from tuneloop.monitor.storage.rows import is_missing
+from tuneloop.monitor.storage.rows import is_missing, to_json
 
 JSON_COLUMNS = ("metrics", "reasons")
 PRIVATE_COLUMNS = ("log_path", "snapshot_path")
@@ -121,5 +121,5 @@ class RunRepository(Repository):
         if unknown:
             raise ValueError(f"retrain_runs has no column {sorted(unknown)[0]!r}")
         cols = ", ".join(f"{k} = ?" for k in values)
-        vals = [json.dumps(v, default=str) if k in JSON_COLUMNS and v is not None else v for k, v in values.items()]
+        vals = [to_json(v) if k in JSON_COLUMNS else v for k, v in values.items()]
         self._execute(f"UPDATE retrain_runs SET {cols} WHERE id = ?", [*vals, run_id])

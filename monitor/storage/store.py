@@ -8,7 +8,6 @@ are recorded in ``schema_migrations``, so re-opening is a no-op.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections import Counter
@@ -563,11 +562,6 @@ class Store:
             """,
             [project, since, project, since],
         )
-
-    # -- small JSON helpers used by several tables ---------------------------------------------
-    @staticmethod
-    def to_json(value: Any) -> str | None:
-        return None if value is None else json.dumps(value, default=str)
 
     def table_counts(self) -> dict[str, int]:
         names = [

@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from tuneloop.monitor.storage.clock import utcnow
 from tuneloop.monitor.storage.repository import Repository
+from tuneloop.monitor.storage.rows import to_json
 
 VERSION_COLUMNS = "project, version, created_at, parent, status, path, metrics, data_snapshot, promoted_at, reasons"
 REFERENCE_COLUMNS = "text, label, true_label, confidence, probs, embedding"
@@ -84,8 +85,7 @@ class VersionRepository(Repository):
         tx.execute(
             "INSERT INTO model_versions (project, version, created_at, parent, status, path, metrics, data_snapshot) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [project, version, utcnow(), parent, status, path, None if metrics is None else json.dumps(
-                metrics, default=str), data_snapshot],
+            [project, version, utcnow(), parent, status, path, to_json(metrics), data_snapshot],
         ).fetchall()
 
     def make_champion(self, tx: duckdb.DuckDBPyConnection, project: str, version: str, now: datetime) -> None:
