@@ -62,7 +62,8 @@ class VersionRepository(Repository):
 
     def champion_name(self, project: str) -> str | None:
         """The champion's version name, or None."""
-        return self._scalar("SELECT version FROM model_versions WHERE project = ? AND status = 'champion'", [project])
+        row = self.champion(project)
+        return None if row is None else str(row["version"])
 
     def champions(self) -> list[tuple[str, str]]:
         """(project, version) of every project's champion, by project."""
