@@ -3,19 +3,19 @@
 Drift detection compares sentence embeddings; a client that only logs ``text`` and ``label``
 cannot send them. :class:`BackgroundEmbedder` is a thread in the server that repeatedly takes the
 oldest rows whose ``embedding IS NULL``, encodes their texts with the packaged encoder and writes
-the vectors back, one ``UPDATE ... FROM`` a registered Arrow table per batch.
+the vectors back in one statement per batch (``store.predictions.fill_embeddings``).
 
 * Off the ingest path: ingestion stores rows as they come; the write lock is held only for the
-  short UPDATE, never while encoding.
+  short write-back, never while encoding.
 * Resumable: the only state is "which rows still have a NULL embedding", so a restart carries on.
 * Lazy: the encoder is loaded on the first batch that needs it; a server whose rows all carry
   embeddings never loads it.
 * Visible: pending rows, rows embedded and rows/s are Prometheus gauges and per-project counts in
   ``GET /v1/projects/{p}``.
 
-DuckDB implements an UPDATE of a list column as delete + insert of the row; with the
+DuckDB implements an update of a list column as delete + insert of the row; with the
 ``(project, id)`` primary key this is fine because the key is unchanged, and the writer's
-appends are serialised with it by the store's write lock. Because the UPDATE holds that lock,
+appends are serialised with it by the store's write lock. Because the write-back holds that lock,
 it is kept short (rows addressed by rowid) and infrequent (``batch_size`` rows at a time), and
 the thread runs at a lower OS priority (``[embedder] nice``) so request handling comes first.
 """
@@ -118,7 +118,7 @@ def write_embeddings(store: Store, rowids: Sequence[int], projects: Sequence[str
                      vectors: np.ndarray) -> int:
     """Set ``embedding`` of the given rows where it is still NULL, in one transaction; returns rows updated.
 
-    Rows are addressed by the ``rowid`` read when they were selected, so the UPDATE fetches them
+    Rows are addressed by the ``rowid`` read when they were selected, so the write fetches them
     directly instead of scanning for them (its cost, and so the time the write lock is held, stays
     flat as the table grows). ``project`` and ``id`` must match too: a row whose rowid changed
     meanwhile (a checkpoint may compact the table) is simply left NULL for the next round.
