@@ -146,7 +146,7 @@ def queue_scale(n_rows: int, repeats: int = 3) -> None:
     import pyarrow as pa
 
     from tuneloop.monitor.label_queue import label_queue, queue_size
-    from tuneloop.monitor.store import Store
+    from tuneloop.monitor.storage import Store
 
     rng = np.random.default_rng(0)
     labels = ["negative", "neutral", "positive"]

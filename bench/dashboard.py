@@ -38,7 +38,7 @@ from tuneloop.dashboard.data import PAGE_LOADERS
 from tuneloop.monitor.api.app import create_app
 from tuneloop.monitor.auth import create_token
 from tuneloop.monitor.config import Settings, load_settings
-from tuneloop.monitor.store import PREDICTION_COLUMNS, Store, utcnow
+from tuneloop.monitor.storage import PREDICTION_COLUMNS, Store, utcnow
 
 LABELS = np.array(["negative", "neutral", "positive"])
 DAYS = 30

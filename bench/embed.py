@@ -32,7 +32,7 @@ import numpy as np
 from tuneloop.monitor.config import EmbedderSettings, load_settings
 from tuneloop.monitor.demo.data import load_tweets
 from tuneloop.monitor.embedder import BackgroundEmbedder, SharedEncoder, pending_by_project
-from tuneloop.monitor.store import Store
+from tuneloop.monitor.storage import Store
 
 
 def tweets(n: int, seed: int) -> list[str]:

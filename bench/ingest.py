@@ -43,7 +43,7 @@ import pyarrow as pa
 from tuneloop.monitor.auth import create_token
 from tuneloop.monitor.client import Client, arrow_stream
 from tuneloop.monitor.collect import to_store_table
-from tuneloop.monitor.store import MIGRATIONS, Store
+from tuneloop.monitor.storage import MIGRATIONS, Store
 
 DIM, BATCH, CLIENTS = 384, 1000, 4
 LABELS = np.array(["negative", "neutral", "positive"])

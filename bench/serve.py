@@ -82,7 +82,7 @@ def make_version(root: Path, train_rows: int, tweets) -> Path:  # type: ignore[n
 
 def start_server(data_dir: Path, version_dir: Path, max_batch: int, threads: int) -> tuple[subprocess.Popen, str]:
     from tuneloop.monitor import registry
-    from tuneloop.monitor.store import Store
+    from tuneloop.monitor.storage import Store
 
     models = data_dir / "models"
     models.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from tuneloop.monitor.store import MIGRATIONS, PREDICTION_COLUMNS, Store, utcnow
+from tuneloop.monitor.storage import MIGRATIONS, PREDICTION_COLUMNS, Store, utcnow
 
 LABELS = np.array(["negative", "neutral", "positive"])
 

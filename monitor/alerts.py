@@ -10,7 +10,6 @@ URL redaction: :mod:`tuneloop.monitor.webhooks`.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -23,7 +22,7 @@ import httpx
 import pandas as pd
 
 from tuneloop.monitor.config import DriftSettings
-from tuneloop.monitor.store import Store, utcnow
+from tuneloop.monitor.storage import Store, none_if_missing, utcnow
 from tuneloop.monitor.webhooks import Webhook, as_webhook, payload, redact_url
 
 log = logging.getLogger(__name__)
@@ -70,66 +69,38 @@ def update_alerts(store: Store, project: str, metrics: list[str], settings: Drif
     changes: list[AlertChange] = []
     depth = max(settings.open_after, settings.close_after)
     for metric in metrics:
-        history = disjoint_windows(store.query(
-            """SELECT drifted, value, threshold, window_start, window_end FROM drift_checks
-               WHERE project = ? AND metric = ? ORDER BY ts DESC, id DESC LIMIT ?""",
-            [project, metric, depth * HISTORY_PER_STEP],
-        ))
+        history = disjoint_windows(store.checks.history(project, metric, depth * HISTORY_PER_STEP))
         flags = history["drifted"].tolist()
-        open_alert = store.query(
-            "SELECT id FROM alerts WHERE project = ? AND kind = ? AND status = 'open'", [project, metric]
-        )
-        if open_alert.empty and len(flags) >= settings.open_after and all(flags[: settings.open_after]):
+        open_id = store.alerts.open_id(project, metric)
+        if open_id is None and len(flags) >= settings.open_after and all(flags[: settings.open_after]):
             last = history.iloc[0]
             message = (f"{metric} breached its threshold for {settings.open_after} consecutive checks "
                        f"(latest value {last['value']:.4g}, threshold {last['threshold']:.4g})")
-            with store.transaction() as cur:
-                alert_id = cur.execute("SELECT nextval('alert_ids')").fetchall()[0][0]
-                cur.execute(
-                    "INSERT INTO alerts VALUES (?, ?, ?, ?, ?, ?, 'open', NULL, NULL, NULL, ?)",
-                    [alert_id, project, utcnow(), metric, SEVERITY.get(metric, "warning"), message,
-                     json.dumps({"value": float(last["value"]), "threshold": float(last["threshold"])})],
-                ).fetchall()
-            changes.append(AlertChange(int(alert_id), project, metric, "opened", message))
-        elif (not open_alert.empty and len(flags) >= settings.close_after
-              and not any(flags[: settings.close_after])):
-            alert_id = int(open_alert["id"][0])
-            store.execute("UPDATE alerts SET status = 'closed', closed_at = ? WHERE id = ?", [utcnow(), alert_id])
-            changes.append(AlertChange(alert_id, project, metric, "closed",
+            alert_id = store.alerts.open(
+                project, metric, SEVERITY.get(metric, "warning"), message,
+                {"value": float(last["value"]), "threshold": float(last["threshold"])},
+            )
+            changes.append(AlertChange(alert_id, project, metric, "opened", message))
+        elif open_id is not None and len(flags) >= settings.close_after and not any(flags[: settings.close_after]):
+            store.alerts.close(open_id)
+            changes.append(AlertChange(open_id, project, metric, "closed",
                                        f"{metric} back under its threshold for {settings.close_after} checks"))
     return changes
 
 
 def list_alerts(store: Store, project: str, status: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
-    sql = "SELECT * FROM alerts WHERE project = ?"
-    params: list[Any] = [project]
-    if status:
-        sql += " AND status = ?"
-        params.append(status)
-    df = store.query(sql + " ORDER BY ts DESC LIMIT ?", [*params, limit])
-    out = []
-    for r in df.to_dict("records"):
-        r["details"] = json.loads(r["details"]) if r.get("details") else None
-        out.append({k: (None if v is None or v != v else v) for k, v in r.items()})
-    return out
+    return store.alerts.list(project, status, limit)
 
 
 def ack_alert(store: Store, alert_id: int, who: str) -> dict[str, Any] | None:
-    found = store.query("SELECT id FROM alerts WHERE id = ?", [alert_id])
-    if found.empty:
+    if store.alerts.get(alert_id) is None:
         return None
-    store.execute("UPDATE alerts SET acked_at = ?, acked_by = ? WHERE id = ? AND acked_at IS NULL",
-                  [utcnow(), who, alert_id])
-    return store.query("SELECT * FROM alerts WHERE id = ?", [alert_id]).to_dict("records")[0]
+    store.alerts.acknowledge(alert_id, who)
+    return store.alerts.get(alert_id)
 
 
 def open_alert_count(store: Store, project: str, kinds: list[str] | None = None) -> int:
-    sql = "SELECT count(*) AS n FROM alerts WHERE project = ? AND status = 'open'"
-    params: list[Any] = [project]
-    if kinds:
-        sql += " AND list_contains(?, kind)"
-        params.append(kinds)
-    return int(store.query(sql, params)["n"][0])
+    return store.alerts.count_open(project, kinds)
 
 
 class WebhookNotifier:
@@ -157,9 +128,7 @@ class WebhookNotifier:
         jobs = [(change, hook, queued_at) for change in changes for hook in self.webhooks.values()]
         if jobs:
             try:
-                with self.store.transaction() as cur:
-                    cur.executemany("INSERT INTO alert_deliveries VALUES (?, ?, ?, 'pending', 0, NULL)",
-                                    [[c.alert_id, h.url, queued_at] for c, h, _ in jobs])
+                self.store.deliveries.add_pending([(c.alert_id, h.url) for c, h, _ in jobs], queued_at)
             except Exception:  # never fail the check because the delivery log could not be written
                 log.exception("could not record pending webhook deliveries")
         for job in jobs:
@@ -170,14 +139,7 @@ class WebhookNotifier:
 
         A pending row queued at or after the alert closed announced the closing; before, the opening.
         """
-        rows = self.store.query(
-            """SELECT d.alert_id, d.url, d.ts,
-                      CASE WHEN a.closed_at IS NOT NULL AND a.closed_at <= d.ts THEN 'closed' ELSE 'opened' END
-                        AS action,
-                      a.project, a.kind, a.message
-               FROM alert_deliveries d JOIN alerts a ON a.id = d.alert_id
-               WHERE d.status = 'pending' ORDER BY d.ts""",
-        )
+        rows = self.store.deliveries.pending()
         for r in rows.itertuples():
             hook = self.webhooks.get(r.url)
             if hook is None:
@@ -200,12 +162,11 @@ class WebhookNotifier:
 
     def _event(self, change: AlertChange) -> dict[str, Any]:
         """tuneloop's JSON for the change, plus what the other formats need from the alert row."""
-        row = self.store.query("SELECT ts, closed_at, severity, details FROM alerts WHERE id = ?", [change.alert_id])
-        found = row.to_dict("records")[0] if len(row) else {}
+        found = self.store.alerts.get(change.alert_id) or {}
         closed = found.get("closed_at")
         return {**change.as_json(), "severity": found.get("severity", SEVERITY.get(change.kind, "warning")),
                 "started_at": found.get("ts") or utcnow(),
-                "ended_at": None if closed is None or closed != closed else closed}
+                "ended_at": none_if_missing(closed)}
 
     def _deliver(self, client: httpx.Client, change: AlertChange, hook: Webhook, queued_at: datetime) -> None:
         body = payload(hook.format, self._event(change), self.external_url)
@@ -229,11 +190,7 @@ class WebhookNotifier:
     def _finish(self, alert_id: int, url: str, queued_at: datetime, status: str, attempts: int,
                 error: str | None) -> None:
         try:
-            self.store.execute(
-                """UPDATE alert_deliveries SET ts = ?, status = ?, attempts = ?, error = ?
-                   WHERE alert_id = ? AND url = ? AND ts = ? AND status = 'pending'""",
-                [utcnow(), status, attempts, error, alert_id, url, queued_at],
-            )
+            self.store.deliveries.finish(alert_id, url, queued_at, status, attempts, error)
         except Exception:  # the store may be closing; the row stays pending and is retried at start
             log.warning("could not record webhook delivery for alert %s", alert_id)
 

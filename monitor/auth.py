@@ -13,7 +13,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from tuneloop.monitor.store import Store, utcnow
+from tuneloop.monitor.storage import Store, utcnow
 
 ROLES = ("ingest", "label", "admin")
 ROLE_RANK = {r: i for i, r in enumerate(ROLES)}
@@ -54,23 +54,17 @@ def create_token(store: Store, role: str, name: str = "") -> str:
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
     token = f"tl_{role}_{secrets.token_urlsafe(24)}"
-    store.execute(
-        "INSERT INTO tokens VALUES (?, ?, ?, ?, NULL)",
-        [hash_token(token), name or role, role, utcnow()],
-    )
+    store.tokens.add(hash_token(token), name or role, role, utcnow())
     return token
 
 
 def list_tokens(store: Store) -> list[dict[str, object]]:
     """Token names, roles and dates — never the tokens or their hashes."""
-    df = store.query("SELECT name, role, created_at, revoked_at FROM tokens ORDER BY created_at")
-    return df.to_dict("records")
+    return store.tokens.list()
 
 
 def revoke_token(store: Store, name: str) -> int:
-    n = int(store.query("SELECT count(*) AS n FROM tokens WHERE name = ? AND revoked_at IS NULL", [name])["n"][0])
-    store.execute("UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", [utcnow(), name])
-    return n
+    return store.tokens.revoke(name)
 
 
 class TokenRegistry:
@@ -91,8 +85,7 @@ class TokenRegistry:
         self.refresh()
 
     def refresh(self) -> None:
-        rows = self.store.query("SELECT token_hash, name, role FROM tokens WHERE revoked_at IS NULL")
-        by_hash = {r.token_hash: Principal(r.name, r.role, token_id(r.token_hash)) for r in rows.itertuples()}
+        by_hash = {digest: Principal(name, role, token_id(digest)) for digest, name, role in self.store.tokens.live()}
         with self._lock:
             self._by_hash = by_hash
             self._unknown.clear()

@@ -21,11 +21,9 @@ import pandas as pd
 from tuneloop.monitor.alerts import AlertChange, WebhookNotifier, update_alerts
 from tuneloop.monitor.config import Settings
 from tuneloop.monitor.projects import labels_for, project_names, settings_for
-from tuneloop.monitor.store import DEFAULT_PROJECT, Store, utcnow
+from tuneloop.monitor.storage import DEFAULT_PROJECT, Store, is_missing, utcnow
 
 log = logging.getLogger(__name__)
-
-REFERENCE_COLUMNS = "text, label, true_label, confidence, probs, embedding"
 
 
 class NotEnoughData(Exception):
@@ -54,8 +52,7 @@ class CheckRun:
 
 
 def champion_version(store: Store, project: str) -> str | None:
-    df = store.query("SELECT version FROM model_versions WHERE project = ? AND status = 'champion'", [project])
-    return None if df.empty else str(df["version"][0])
+    return store.versions.champion_name(project)
 
 
 PRE_PROMOTION_ROWS = 5000
@@ -99,11 +96,7 @@ def reference_frames(store: Store, settings: Settings, project: str = DEFAULT_PR
         return Reference(f"pinned:{start.isoformat()}..{end.isoformat()}", pinned, pinned)
     champion = champion_version(store, project)
     for name in filter(None, [champion, "imported"]):
-        df = store.query(
-            f"""SELECT {REFERENCE_COLUMNS}, split FROM reference_rows WHERE project = ? AND reference = ?
-                ORDER BY rowid""",
-            [project, name],
-        )
+        df = store.references.rows(project, name)
         if df.empty:
             continue
         if name != champion:
@@ -112,24 +105,13 @@ def reference_frames(store: Store, settings: Settings, project: str = DEFAULT_PR
         if len(traffic) >= PRE_PROMOTION_MIN_ROWS:
             return Reference(name, traffic, df, name, f"{len(traffic)} traffic rows before {name} was promoted")
         return Reference(name, df, df, name)
-    first = store.query(
-        """SELECT p.id, p.ts, p.model_version, p.text, p.label, p.confidence, p.probs, p.embedding FROM predictions p
-           WHERE p.project = ? ORDER BY p.ingest_seq, p.ts, p.id LIMIT ?""",
-        [project, drift.window_size],
-    )
+    first = store.predictions.first_traffic(project, drift.window_size)
     return Reference("first-traffic", first, first)
 
 
 def pre_promotion_traffic(store: Store, project: str, version: str, limit: int = PRE_PROMOTION_ROWS) -> pd.DataFrame:
     """The last ``limit`` embedded predictions logged before ``version`` was promoted, in time order."""
-    df = store.query(
-        """SELECT p.id, p.ts, p.text, p.embedding FROM predictions p
-           JOIN model_versions v ON v.project = p.project AND v.version = ? AND v.promoted_at IS NOT NULL
-           WHERE p.project = ? AND p.ts < v.promoted_at AND p.embedding IS NOT NULL
-           ORDER BY p.ingest_seq DESC, p.ts DESC, p.id DESC LIMIT ?""",
-        [version, project, limit],
-    )
-    return df.iloc[::-1].reset_index(drop=True)
+    return store.predictions.before_promotion(project, version, limit)
 
 
 def reference_frame(store: Store, settings: Settings, project: str = DEFAULT_PROJECT) -> tuple[str, pd.DataFrame]:
@@ -151,7 +133,7 @@ def _drop_missing_embeddings(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     if "embedding" not in df.columns:
         return df, 0
     # A NULL list arrives as None, NaN or pd.NA depending on the pandas conversion.
-    has = df["embedding"].map(lambda e: e is not None and e is not pd.NA and not (isinstance(e, float) and np.isnan(e)))
+    has = df["embedding"].map(lambda e: not is_missing(e))
     return df[has].reset_index(drop=True), int((~has).sum())
 
 
@@ -190,8 +172,7 @@ def run_drift_checks(
     window_start = current["ts"].min() if "ts" in current.columns else None
     window_end = current["ts"].max() if "ts" in current.columns else None
     now = utcnow()
-    with store.transaction() as cur:
-        check_id = int(cur.execute("SELECT nextval('drift_check_ids')").fetchall()[0][0])
+    check_id = store.checks.next_id()
     report_path: Path | None = None
     if render:
         report_path = settings.reports_dir / project / f"check-{check_id}.html"
@@ -204,15 +185,13 @@ def run_drift_checks(
     rows = [r.as_json() if hasattr(r, "as_json") else dict(r.__dict__) for r in results]
     if skipped:  # say on every recorded result that some current rows were left out
         rows = [{**r, "details": {**(r.get("details") or {}), "rows_without_embedding": skipped}} for r in rows]
-    with store.transaction() as cur:
-        for r in rows:
-            cur.execute(
-                "INSERT INTO drift_checks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [check_id, project, now, _naive(window_start), _naive(window_end), reference_name, r["metric"],
-                 _finite(r["value"]), _finite(r["threshold"]), bool(r["drifted"]),
-                 json.dumps(r.get("details") or {}, default=str),
-                 str(report_path.relative_to(settings.reports_dir)) if report_path else None],
-            ).fetchall()
+    store.checks.record([
+        [check_id, project, now, _naive(window_start), _naive(window_end), reference_name, r["metric"],
+         _finite(r["value"]), _finite(r["threshold"]), bool(r["drifted"]),
+         json.dumps(r.get("details") or {}, default=str),
+         str(report_path.relative_to(settings.reports_dir)) if report_path else None]
+        for r in rows
+    ])
     changes = update_alerts(store, project, [r["metric"] for r in rows], settings.drift)
     if notifier is not None and changes:
         notifier.notify(changes)
@@ -222,21 +201,16 @@ def run_drift_checks(
 
 def check_failure_alert(store: Store, project: str, error: Exception | None) -> AlertChange | None:
     """Open the project's ``check_failed`` alert for ``error`` or, with ``None``, close it."""
-    open_alert = store.query("SELECT id FROM alerts WHERE project = ? AND kind = 'check_failed' AND status = 'open'",
-                             [project])
+    open_id = store.alerts.open_id(project, "check_failed")
     if error is None:
-        if open_alert.empty:
+        if open_id is None:
             return None
-        alert_id = int(open_alert["id"][0])
-        store.execute("UPDATE alerts SET status = 'closed', closed_at = ? WHERE id = ?", [utcnow(), alert_id])
-        return AlertChange(alert_id, project, "check_failed", "closed", "drift checks run again")
-    if not open_alert.empty:
+        store.alerts.close(open_id)
+        return AlertChange(open_id, project, "check_failed", "closed", "drift checks run again")
+    if open_id is not None:
         return None
     message = f"the drift check failed: {type(error).__name__}: {error}"[:1000]
-    with store.transaction() as cur:
-        alert_id = int(cur.execute("SELECT nextval('alert_ids')").fetchall()[0][0])
-        cur.execute("INSERT INTO alerts VALUES (?, ?, ?, 'check_failed', 'critical', ?, 'open', NULL, NULL, NULL, ?)",
-                    [alert_id, project, utcnow(), message, json.dumps({"error": type(error).__name__})]).fetchall()
+    alert_id = store.alerts.open(project, "check_failed", "critical", message, {"error": type(error).__name__})
     return AlertChange(alert_id, project, "check_failed", "opened", message)
 
 

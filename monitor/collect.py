@@ -33,7 +33,8 @@ import pyarrow.ipc as ipc
 
 from tuneloop.monitor.config import Settings
 from tuneloop.monitor.projects import labels_for
-from tuneloop.monitor.store import DEFAULT_PROJECT, Store, new_id, utcnow
+from tuneloop.monitor.storage import DEFAULT_PROJECT, Store, clean_record, new_id, utcnow
+from tuneloop.monitor.storage import is_missing as missing
 from tuneloop.monitor.wire import ID_MAX_CHARS, FeedbackBatch, PredictionBatch
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
@@ -405,36 +406,10 @@ def list_predictions(
     """
     if order not in ("asc", "desc"):
         raise ValueError("order must be 'asc' or 'desc'")
-    where = ["p.project = ?"]
-    params: list[Any] = [project, project]
-    if since is not None:
-        where.append("p.ts >= ?")
-        params.append(since)
-    if until is not None:
-        where.append("p.ts < ?")
-        params.append(until)
-    if model_version is not None:
-        where.append("p.model_version = ?")
-        params.append(model_version)
-    if labelled is not None:
-        where.append("fb.label IS NOT NULL" if labelled else "fb.label IS NULL")
-    if cursor:
-        ts, row_id = decode_cursor(cursor)
-        where.append("(p.ts, p.id) < (?, ?)" if order == "desc" else "(p.ts, p.id) > (?, ?)")
-        params += [ts, row_id]
-    emb = ", p.embedding" if include_embedding else ""
-    direction = "DESC" if order == "desc" else "ASC"
-    df = store.query(
-        f"""
-        WITH fb AS ({store.latest_feedback_sql()})
-        SELECT p.id, p.ts, p.model_version, p.text, p.label, p.confidence, p.probs, p.latency_ms, p.metadata{emb},
-               fb.label AS true_label, fb.source AS feedback_source, fb.ts AS feedback_ts
-        FROM predictions p LEFT JOIN fb ON p.id = fb.prediction_id
-        WHERE {" AND ".join(where)}
-        ORDER BY p.ts {direction}, p.id {direction}
-        LIMIT ?
-        """,
-        [*params, limit + 1],
+    df = store.predictions.page(
+        project, since=since, until=until, model_version=model_version, labelled=labelled,
+        after=decode_cursor(cursor) if cursor else None, descending=order == "desc",
+        include_embedding=include_embedding, limit=limit + 1,
     )
     rows = [_clean_row(r, include_embedding) for r in df.to_dict("records")]
     more = len(rows) > limit
@@ -444,22 +419,13 @@ def list_predictions(
 
 
 def _clean_row(row: dict[str, Any], include_embedding: bool) -> dict[str, Any]:
-    out = {k: (None if missing(v) else v) for k, v in row.items()}
-    for key in ("probs", "metadata"):
-        out[key] = json.loads(out[key]) if out[key] is not None else None
+    out = clean_record(row, ("probs", "metadata"))
     for key in ("ts", "feedback_ts"):
         if out[key] is not None:
             out[key] = pd.Timestamp(out[key]).to_pydatetime()
     if include_embedding and row.get("embedding") is not None:
         out["embedding"] = [float(x) for x in row["embedding"]]
     return out
-
-
-def missing(value: Any) -> bool:
-    """None, NaN or NaT: what pandas gives for a SQL NULL."""
-    if value is None or value is pd.NaT:
-        return True
-    return isinstance(value, float) and math.isnan(value)
 
 
 MINUTE_SPAN = timedelta(hours=48)
@@ -470,18 +436,8 @@ def minute_frames(store: Store, project: str, since: datetime | None) -> tuple[p
     """(traffic, labelled accuracy) per minute since ``since`` (clamped to ``MINUTE_SPAN`` ago), shaped
     like ``Store.traffic`` and ``Store.labelled_accuracy``: a short run (a demo) needs finer buckets."""
     since = max(since or datetime.min, utcnow() - MINUTE_SPAN)
-    traffic = store.query(
-        """SELECT date_trunc('minute', ts) AS bucket, model_version, count(*)::BIGINT AS n,
-                  avg(confidence) AS mean_confidence
-           FROM predictions WHERE project = ? AND ts >= ? GROUP BY ALL ORDER BY bucket, model_version""",
-        [project, since])
-    labelled = store.query(
-        f"""WITH fb AS ({store.latest_feedback_sql()})
-            SELECT date_trunc('minute', prediction_ts) AS bucket, count(*)::BIGINT AS n_labelled,
-                   avg((label = predicted_label)::DOUBLE) AS accuracy
-            FROM fb WHERE prediction_ts >= ? GROUP BY ALL ORDER BY bucket""",
-        [project, since])
-    return traffic, labelled
+    return store.predictions.traffic_per_minute(project, since), store.predictions.labelled_accuracy_per_minute(
+        project, since)
 
 
 def stats(

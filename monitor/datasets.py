@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from tuneloop.monitor.store import utcnow
+from tuneloop.monitor.storage import utcnow
 
 FORMATS = ("csv", "tsv", "parquet", "jsonl")
 MAX_ERRORS = 50

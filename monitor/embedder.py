@@ -3,19 +3,19 @@
 Drift detection compares sentence embeddings; a client that only logs ``text`` and ``label``
 cannot send them. :class:`BackgroundEmbedder` is a thread in the server that repeatedly takes the
 oldest rows whose ``embedding IS NULL``, encodes their texts with the packaged encoder and writes
-the vectors back, one ``UPDATE ... FROM`` a registered Arrow table per batch.
+the vectors back in one statement per batch (``store.predictions.fill_embeddings``).
 
 * Off the ingest path: ingestion stores rows as they come; the write lock is held only for the
-  short UPDATE, never while encoding.
+  short write-back, never while encoding.
 * Resumable: the only state is "which rows still have a NULL embedding", so a restart carries on.
 * Lazy: the encoder is loaded on the first batch that needs it; a server whose rows all carry
   embeddings never loads it.
 * Visible: pending rows, rows embedded and rows/s are Prometheus gauges and per-project counts in
   ``GET /v1/projects/{p}``.
 
-DuckDB implements an UPDATE of a list column as delete + insert of the row; with the
+DuckDB implements an update of a list column as delete + insert of the row; with the
 ``(project, id)`` primary key this is fine because the key is unchanged, and the writer's
-appends are serialised with it by the store's write lock. Because the UPDATE holds that lock,
+appends are serialised with it by the store's write lock. Because the write-back holds that lock,
 it is kept short (rows addressed by rowid) and infrequent (``batch_size`` rows at a time), and
 the thread runs at a lower OS priority (``[embedder] nice``) so request handling comes first.
 """
@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from tuneloop.monitor.config import Settings
-from tuneloop.monitor.store import Store
+from tuneloop.monitor.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -111,15 +111,14 @@ def embedding_array(vectors: np.ndarray) -> pa.Array:
 
 def pending_by_project(store: Store) -> dict[str, int]:
     """Rows still waiting for an embedding, per project."""
-    df = store.query("SELECT project, count(*) AS n FROM predictions WHERE embedding IS NULL GROUP BY project")
-    return {str(p): int(n) for p, n in zip(df["project"], df["n"], strict=True)}
+    return store.predictions.missing_embeddings_per_project()
 
 
 def write_embeddings(store: Store, rowids: Sequence[int], projects: Sequence[str], ids: Sequence[str],
                      vectors: np.ndarray) -> int:
     """Set ``embedding`` of the given rows where it is still NULL, in one transaction; returns rows updated.
 
-    Rows are addressed by the ``rowid`` read when they were selected, so the UPDATE fetches them
+    Rows are addressed by the ``rowid`` read when they were selected, so the write fetches them
     directly instead of scanning for them (its cost, and so the time the write lock is held, stays
     flat as the table grows). ``project`` and ``id`` must match too: a row whose rowid changed
     meanwhile (a checkpoint may compact the table) is simply left NULL for the next round.
@@ -128,17 +127,7 @@ def write_embeddings(store: Store, rowids: Sequence[int], projects: Sequence[str
         return 0
     table = pa.table({"rid": pa.array(list(rowids), pa.int64()), "project": pa.array(list(projects), pa.string()),
                       "id": pa.array(list(ids), pa.string()), "embedding": embedding_array(vectors)})
-    with store.transaction() as cur:
-        cur.register("computed_embeddings", table)
-        try:
-            updated = cur.execute(
-                """UPDATE predictions SET embedding = e.embedding FROM computed_embeddings e
-                   WHERE predictions.rowid = e.rid AND predictions.project = e.project AND predictions.id = e.id
-                     AND predictions.embedding IS NULL"""
-            ).fetchall()[0][0]
-        finally:
-            cur.unregister("computed_embeddings")
-    return int(updated)
+    return store.predictions.fill_embeddings(table)
 
 
 class BackgroundEmbedder:
@@ -181,11 +170,7 @@ class BackgroundEmbedder:
     def run_once(self, limit: int | None = None) -> int:
         """Embed up to ``limit`` (default ``batch_size``) of the oldest rows without one; returns rows written."""
         started = time.monotonic()
-        rows = self.store.cursor().execute(
-            """SELECT rowid, project, id, text FROM predictions WHERE embedding IS NULL
-               ORDER BY ingest_seq, project, id LIMIT ?""",
-            [limit or self.batch_size],
-        ).fetchall()
+        rows = self.store.predictions.oldest_without_embedding(limit or self.batch_size)
         if not rows:
             return 0
         rowids, projects, ids, texts = (list(col) for col in zip(*rows, strict=True))

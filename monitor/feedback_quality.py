@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from tuneloop.monitor.store import Store
+from tuneloop.monitor.storage import Store
 from tuneloop.retrain.quality import label_errors
 from tuneloop.retrain.scorecard import accuracy_interval
 
@@ -22,12 +22,7 @@ MAX_ROWS = 5000
 
 def suspected_feedback(store: Store, project: str, labels: list[str], limit: int = MAX_ROWS) -> dict[str, Any]:
     """The latest labels whose out-of-fold prediction confidently disagrees with them, most suspect first."""
-    df = store.query(
-        f"""WITH fb AS ({store.latest_feedback_sql()})
-            SELECT fb.id AS feedback_id, fb.prediction_id, p.text, fb.label, fb.annotator, fb.source, p.embedding
-            FROM fb JOIN predictions p ON p.project = fb.project AND p.id = fb.prediction_id
-            WHERE p.embedding IS NOT NULL AND list_contains(?, fb.label)
-            ORDER BY fb.ts DESC LIMIT ?""", [project, labels, limit])
+    df = store.feedback.latest_with_embeddings(project, labels, limit)
     if len(df) < 10 or df["label"].nunique() < 2:
         return {"n_checked": len(df), "items": [], "note": "too few labelled predictions with embeddings to check"}
     emb = np.stack([np.asarray(e, dtype=np.float32) for e in df["embedding"]])
@@ -43,11 +38,7 @@ def suspected_feedback(store: Store, project: str, labels: list[str], limit: int
 
 def annotator_agreement(store: Store, project: str) -> dict[str, Any]:
     """Pairwise agreement on predictions labelled by two or more annotators: overall, per annotator, per class."""
-    df = store.query(
-        """SELECT prediction_id, annotator, label FROM feedback
-           WHERE project = ? AND source = 'human' AND annotator IS NOT NULL
-           QUALIFY row_number() OVER (PARTITION BY prediction_id, annotator ORDER BY ts DESC, id DESC) = 1""",
-        [project])
+    df = store.feedback.latest_per_annotator(project)
     pairs: list[tuple[str, str, str, str]] = []  # (annotator a, label a, annotator b, label b)
     for _, group in df.groupby("prediction_id"):
         rows = list(zip(group["annotator"], group["label"], strict=True))

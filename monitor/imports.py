@@ -27,7 +27,7 @@ import pyarrow as pa
 from tuneloop.monitor.config import Settings
 from tuneloop.monitor.embedder import embedding_array, encoder_for
 from tuneloop.monitor.projects import labels_for
-from tuneloop.monitor.store import Store, utcnow
+from tuneloop.monitor.storage import Store, is_missing, utcnow
 
 IMPORTED_REFERENCE = "imported"
 EXAMPLES = 10  # unmatched keys/ids shown in a report
@@ -59,12 +59,8 @@ def read_records(path: str | Path) -> pd.DataFrame:
     raise ImportDataError(f"{path}: expected .csv, .tsv, .parquet, .jsonl or .json, got {suffix or 'no suffix'!r}")
 
 
-def _missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA or v is pd.NaT
-
-
 def _strings(df: pd.DataFrame, col: str, required: bool) -> list[str | None]:
-    values = [None if _missing(v) else str(v) for v in df[col]]
+    values = [None if is_missing(v) else str(v) for v in df[col]]
     if required:
         empty = [i for i, v in enumerate(values) if v is None or not v.strip()]
         if empty:
@@ -81,7 +77,7 @@ def _check_labels(values: list[str | None], labels: list[str], col: str) -> None
 def _probabilities(df: pd.DataFrame, col: str, labels: list[str]) -> list[dict[str, float] | None]:
     out: list[dict[str, float] | None] = []
     for i, v in enumerate(df[col]):
-        if _missing(v):
+        if is_missing(v):
             out.append(None)
             continue
         if isinstance(v, str):
@@ -91,7 +87,7 @@ def _probabilities(df: pd.DataFrame, col: str, labels: list[str]) -> list[dict[s
                 raise ImportDataError(f"column {col!r} row {i}: not a JSON object of label: probability") from None
         if not isinstance(v, dict):
             raise ImportDataError(f"column {col!r} row {i}: expected an object of label: probability")
-        probs = {str(k): float(p) for k, p in v.items() if not _missing(p)}
+        probs = {str(k): float(p) for k, p in v.items() if not is_missing(p)}
         bad = sorted(set(probs) - set(labels))
         if bad:
             raise ImportDataError(f"column {col!r} row {i}: labels {bad} outside the project's labels {labels}")
@@ -150,7 +146,7 @@ def import_reference(
     prob_col = next((c for c in ("probabilities", "probs") if c in df.columns), None)
     probs = _probabilities(df, prob_col, labels) if prob_col else [None] * len(df)
     if prob_col is None and "confidence" in df.columns:
-        confidence = [None if _missing(v) else float(v) for v in pd.to_numeric(df["confidence"], errors="coerce")]
+        confidence = [None if is_missing(v) else float(v) for v in pd.to_numeric(df["confidence"], errors="coerce")]
     else:
         confidence = [max(p.values()) if p else None for p in probs]
 
@@ -168,17 +164,7 @@ def import_reference(
         "probs": pa.array([json.dumps(p) if p else None for p in probs], pa.string()),
         "embedding": embedding_array(vectors),
     })
-    with store.transaction() as cur:
-        replaced = cur.execute(
-            "SELECT count(*) FROM reference_rows WHERE project = ? AND reference = ?", [project, IMPORTED_REFERENCE]
-        ).fetchall()[0][0]
-        cur.execute("DELETE FROM reference_rows WHERE project = ? AND reference = ?",
-                    [project, IMPORTED_REFERENCE]).fetchall()
-        cur.register("imported_reference", table)
-        try:
-            cur.execute("INSERT INTO reference_rows BY NAME SELECT * FROM imported_reference").fetchall()
-        finally:
-            cur.unregister("imported_reference")
+    replaced = store.references.replace(project, IMPORTED_REFERENCE, table)
     return ReferenceImport(project, IMPORTED_REFERENCE, n, sum(t is not None for t in true),
                            sum(p is not None for p in probs), int(vectors.shape[1]), int(replaced))
 
@@ -306,21 +292,7 @@ def _json_path(key_field: str) -> str:
 
 def _match_keys(store: Store, project: str, keys: list[str], key_field: str) -> tuple[list[str | None], int]:
     """For each key, the id of the most recent prediction whose metadata carries it (None: no match)."""
-    table = pa.table({"row": pa.array(range(len(keys)), pa.int64()), "key": pa.array(keys, pa.string())})
-    cur = store.cursor()
-    cur.register("import_keys", table)
-    try:
-        rows = cur.execute(
-            """
-            SELECT k.row, p.id, count(p.id) OVER (PARTITION BY k.row) AS n
-            FROM import_keys k LEFT JOIN predictions p
-              ON p.project = ? AND json_extract_string(p.metadata, ?) = k.key
-            QUALIFY row_number() OVER (PARTITION BY k.row ORDER BY p.ts DESC, p.ingest_seq DESC) = 1
-            """,
-            [project, _json_path(key_field)],
-        ).fetchall()
-    finally:
-        cur.unregister("import_keys")
+    rows = store.predictions.match_metadata_keys(project, keys, _json_path(key_field))
     ids: list[str | None] = [None] * len(keys)
     ambiguous = 0
     for row, pid, n in rows:
@@ -333,15 +305,4 @@ def _logged_accuracy(store: Store, project: str, pairs: list[tuple[str, str]]) -
     """How often the logged prediction agrees with the imported label (None when nothing matched)."""
     if not pairs:
         return None
-    table = pa.table({"prediction_id": [p for p, _ in pairs], "label": [lab for _, lab in pairs]})
-    cur = store.cursor()
-    cur.register("import_pairs", table)
-    try:
-        value = cur.execute(
-            """SELECT avg((p.label = i.label)::INT) FROM import_pairs i JOIN predictions p
-               ON p.project = ? AND p.id = i.prediction_id""",
-            [project],
-        ).fetchall()[0][0]
-    finally:
-        cur.unregister("import_pairs")
-    return None if value is None else float(value)
+    return store.predictions.agreement(project, pairs)

@@ -36,7 +36,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from tuneloop.monitor.store import DEFAULT_PROJECT, Store
+from tuneloop.monitor.storage import DEFAULT_PROJECT, Store, is_missing
 from tuneloop.retrain.evaluation_slice import in_slice, random_order, random_positions
 
 Strategy = Literal["uncertainty", "novelty", "mix", "random"]
@@ -85,7 +85,7 @@ def prob_matrix(values: Sequence[Any]) -> np.ndarray:
         for (i, _), d in zip(texts, decoded, strict=True):
             parsed[i] = d
     for i, v in enumerate(values):
-        if not isinstance(v, str) and v is not None and not (isinstance(v, float) and np.isnan(v)):
+        if not isinstance(v, str) and not is_missing(v):
             parsed[i] = v
     dict_rows = [i for i, v in enumerate(parsed) if isinstance(v, dict)]
     other_rows = [i for i, v in enumerate(parsed) if v is not None and not isinstance(v, dict)]
@@ -148,8 +148,7 @@ def _unit(matrix: np.ndarray) -> np.ndarray:
 
 def embedding_matrix(values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     """(unit vectors [n, d] with zeros where missing, mask of rows that have one)."""
-    has = np.array([v is not None and not (isinstance(v, float) and np.isnan(v)) and len(v) > 0 for v in values],
-                   dtype=bool)
+    has = np.array([not is_missing(v) and len(v) > 0 for v in values], dtype=bool)
     if not has.any():
         return np.zeros((len(values), 1), np.float32), has
     if has.all() and len({len(v) for v in values}) == 1:  # the usual case: one stack, no loop
@@ -262,24 +261,6 @@ def _with_score(pool: pd.DataFrame, picked: list[int], score: np.ndarray) -> pd.
 # ---- from the store -------------------------------------------------------------------------
 
 
-def _frame_with_embeddings(store: Store, sql: str, params: Sequence[Any]) -> pd.DataFrame:
-    """Run ``sql`` through Arrow: the ``embedding`` list column becomes one float32 block whose rows are
-    handed out as views (converting 5 000 lists one by one through pandas costs far more)."""
-    table = store.cursor().sql(sql, params=list(params)).to_arrow_table()
-    if "embedding" not in table.column_names:
-        return table.to_pandas()
-    col = table.column("embedding").combine_chunks()
-    df = table.drop(["embedding"]).to_pandas()
-    lengths = col.value_lengths().to_numpy(zero_copy_only=False) if len(col) else np.zeros(0)
-    valid = ~col.is_null().to_numpy(zero_copy_only=False) if len(col) else np.zeros(0, bool)
-    if len(col) and valid.all() and len(set(lengths.tolist())) == 1:
-        block = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(col), -1)
-        df["embedding"] = list(block)
-    else:
-        df["embedding"] = [None if v is None else np.asarray(v, np.float32) for v in col.to_pylist()]
-    return df
-
-
 def candidate_pool(store: Store, project: str = DEFAULT_PROJECT, size: int = POOL_SIZE,
                    with_embedding: bool = True) -> pd.DataFrame:
     """The ``size`` most recent predictions that have no feedback (not even pending).
@@ -289,27 +270,13 @@ def candidate_pool(store: Store, project: str = DEFAULT_PROJECT, size: int = POO
     row group, so the cost does not grow with the table. The window doubles while labelled rows
     leave fewer than ``size`` candidates in it.
     """
-    emb = ", p.embedding" if with_embedding else ""
-    total = int(store.query("SELECT count(*) AS n FROM predictions WHERE project = ?", [project])["n"][0])
+    total = store.count_predictions(project)
     window = 2 * size
     while True:
         floor = 0
         if window < total:
-            floor = int(store.query(
-                "SELECT ingest_seq FROM predictions WHERE project = ? ORDER BY ingest_seq DESC LIMIT 1 OFFSET ?",
-                [project, window - 1])["ingest_seq"][0])
-        pool = _frame_with_embeddings(
-            store,
-            f"""SELECT p.id, p.ts, p.model_version, p.text, p.label, p.confidence, p.margin, p.probs{emb}
-                FROM predictions p
-                WHERE p.project = ? AND p.ingest_seq >= ?
-                  AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.project = p.project AND f.prediction_id = p.id)
-                  AND NOT EXISTS (SELECT 1 FROM pending_feedback f
-                                  WHERE f.project = p.project AND f.prediction_id = p.id)
-                ORDER BY p.ingest_seq DESC, p.ts DESC
-                LIMIT ?""",
-            [project, floor, size],
-        )
+            floor = store.predictions.nth_newest_seq(project, window)
+        pool = store.predictions.unlabelled_since_seq(project, floor, size, with_embedding)
         if len(pool) >= size or floor == 0:
             return pool
         window *= 4
@@ -338,29 +305,19 @@ def reference_embeddings(store: Store, project: str = DEFAULT_PROJECT, size: int
                          seed: int = 0) -> np.ndarray | None:
     """A fixed-size seeded sample of the reference embeddings: the champion's reference rows, else the
     imported reference, else the project's first predictions. Cached briefly per champion."""
-    champion = store.query("SELECT version FROM model_versions WHERE project = ? AND status = 'champion'", [project])
-    key = (str(store.path), project, champion["version"][0] if len(champion) else "", size, seed)
+    champion = store.versions.champion_name(project)
+    key = (str(store.path), project, champion or "", size, seed)
     hit = _reference_cache.get(key)
     if hit is not None and time.monotonic() - hit[0] < REFERENCE_CACHE_SECONDS:
         return hit[1]
     found = None
-    for name in [*champion["version"].tolist(), "imported"]:
-        df = _frame_with_embeddings(
-            store,
-            """SELECT embedding FROM reference_rows WHERE project = ? AND reference = ? AND embedding IS NOT NULL
-               ORDER BY hash(text || ?) LIMIT ?""",
-            [project, name, str(seed), size],
-        )
+    for name in filter(None, [champion, "imported"]):
+        df = store.references.embedding_sample(project, name, size, seed)
         if len(df):
             found = np.stack([np.asarray(e, np.float32) for e in df["embedding"]])
             break
     if found is None:
-        df = _frame_with_embeddings(
-            store,
-            """SELECT embedding FROM predictions WHERE project = ? AND embedding IS NOT NULL
-               ORDER BY ingest_seq LIMIT ?""",
-            [project, size],
-        )
+        df = store.predictions.first_embeddings(project, size)
         found = np.stack([np.asarray(e, np.float32) for e in df["embedding"]]) if len(df) else None
         if found is None or len(found) < size:  # the first traffic is still arriving: do not cache it
             return found
@@ -370,16 +327,11 @@ def reference_embeddings(store: Store, project: str = DEFAULT_PROJECT, size: int
 
 def queue_size(store: Store, project: str = DEFAULT_PROJECT) -> int:
     """How many predictions of the project still have no label (two counts, no join)."""
-    row = store.cursor().execute(
-        """SELECT (SELECT count(*) FROM predictions WHERE project = $1),
-                  (SELECT count(DISTINCT prediction_id) FROM feedback WHERE project = $1)""",
-        [project],
-    ).fetchall()[0]
-    return max(0, int(row[0]) - int(row[1]))
+    return store.predictions.count_unlabelled(project)
 
 
 def _probs_dict(value: Any) -> dict[str, float] | None:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if is_missing(value):
         return None
     if isinstance(value, str):
         try:
@@ -456,8 +408,7 @@ def labels_saved(store: Store, project: str = DEFAULT_PROJECT, share: float = 0.
     """
     from scipy.stats import binomtest
 
-    fb = store.query(f"SELECT prediction_id, label, predicted_label FROM ({store.latest_feedback_sql()}) f "
-                     "WHERE source = 'human' AND predicted_label IS NOT NULL", [project])
+    fb = store.feedback.latest_human(project)
     random_rows = in_slice(fb["prediction_id"], share)
     wrong = (fb["label"] != fb["predicted_label"]).to_numpy()
     sides = {}

@@ -22,12 +22,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tuneloop.monitor.store import DEFAULT_PROJECT, Store
+from tuneloop.monitor.storage import DEFAULT_PROJECT, Store
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +40,6 @@ class ModelHealthCollector(Collector):
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def _rows(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
-        return self.store.cursor().execute(sql, params or []).fetchall()
-
     def collect(self) -> Iterator[Metric]:
         try:
             families = [*self._drift(), self._alerts(), self._champion(), self._queue(), *self._retrain()]
@@ -53,7 +49,7 @@ class ModelHealthCollector(Collector):
         yield from families
 
     def _projects(self) -> list[str]:
-        names = {r[0] for r in self._rows("SELECT project FROM projects")}
+        names = set(self.store.projects.names())
         return sorted(names | {DEFAULT_PROJECT})
 
     def _drift(self) -> list[Metric]:
@@ -69,11 +65,7 @@ class ModelHealthCollector(Collector):
                                      "(labelled: from feedback; estimated: label-free)", labels=["project", "kind"])
         accuracy_rows = GaugeMetricFamily("tuneloop_accuracy_rows", "Rows behind tuneloop_accuracy (labelled rows "
                                           "or current-window rows)", labels=["project", "kind"])
-        latest = self._rows(
-            """SELECT project, metric, value, threshold, drifted, epoch_ms(ts) / 1000.0, details FROM drift_checks
-               QUALIFY row_number() OVER (PARTITION BY project, metric ORDER BY ts DESC, id DESC) = 1
-               ORDER BY project, metric"""
-        )
+        latest = self.store.checks.latest_all_projects()
         for project, metric, val, thr, breached, ts, details in latest:
             labels = [project, metric]
             if val is not None:
@@ -93,8 +85,7 @@ class ModelHealthCollector(Collector):
 
     def _alerts(self) -> Metric:
         family = GaugeMetricFamily("tuneloop_alerts_open", "Open alerts by severity", labels=["project", "severity"])
-        counts = {(p, s): n for p, s, n in self._rows(
-            "SELECT project, severity, count(*) FROM alerts WHERE status = 'open' GROUP BY ALL")}
+        counts = {(p, s): n for p, s, n in self.store.alerts.open_by_severity()}
         projects = sorted(set(self._projects()) | {p for p, _ in counts})
         for project in projects:
             for severity in sorted(set(SEVERITIES) | {s for p, s in counts if p == project}):
@@ -103,16 +94,15 @@ class ModelHealthCollector(Collector):
 
     def _champion(self) -> Metric:
         family = InfoMetricFamily("tuneloop_champion", "The version each project serves", labels=["project"])
-        for project, version in self._rows(
-                "SELECT project, version FROM model_versions WHERE status = 'champion' ORDER BY project"):
+        for project, version in self.store.versions.champions():
             family.add_metric([project], {"version": str(version)})
         return family
 
     def _queue(self) -> Metric:
         family = GaugeMetricFamily("tuneloop_label_queue_size", "Predictions still without a label",
                                    labels=["project"])
-        predicted = dict(self._rows("SELECT project, count(*) FROM predictions GROUP BY project"))
-        labelled = dict(self._rows("SELECT project, count(DISTINCT prediction_id) FROM feedback GROUP BY project"))
+        predicted = self.store.predictions.count_per_project()
+        labelled = self.store.predictions.labelled_per_project()
         for project in sorted(set(self._projects()) | set(predicted)):
             family.add_metric([project], float(max(0, predicted.get(project, 0) - labelled.get(project, 0))))
         return family
@@ -125,11 +115,7 @@ class ModelHealthCollector(Collector):
                                    labels=["project", "status"])
         failed = GaugeMetricFamily("tuneloop_retrain_last_failed", "1 when the latest retrain run failed",
                                    labels=["project"])
-        for project, state, ts in self._rows(
-            """SELECT project, status, epoch_ms(coalesce(finished, started)) / 1000.0 FROM retrain_runs
-               QUALIFY row_number() OVER (PARTITION BY project ORDER BY started DESC, id DESC) = 1
-               ORDER BY project"""
-        ):
+        for project, state, ts in self.store.runs.latest_per_project():
             when.add_metric([project], float(ts))
             status.add_metric([project, state], 1.0)
             failed.add_metric([project], 1.0 if state == "failed" else 0.0)

@@ -22,7 +22,6 @@ scheduler runs retention every ``retention.interval_hours``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -37,7 +36,7 @@ from typing import Any
 
 import duckdb
 
-from tuneloop.monitor.store import Store, StoreError, StoreFull, StoreLockedError, is_disk_full, utcnow
+from tuneloop.monitor.storage import Store, StoreError, StoreFull, StoreLockedError, import_export, is_disk_full, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -72,19 +71,6 @@ class BackupResult:
         return asdict(self)
 
 
-def _sql_path(path: Path) -> str:
-    """A path as a SQL string literal."""
-    return "'" + str(path).replace("'", "''") + "'"
-
-
-def _tables(cur: duckdb.DuckDBPyConnection) -> list[str]:
-    rows = cur.execute(
-        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() AND schema_name = 'main' "
-        "ORDER BY table_name"
-    ).fetchall()
-    return [r[0] for r in rows]
-
-
 def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -106,7 +92,7 @@ def _version_dirs(store: Store, models_dir: Path) -> list[Path]:
 
     root = models_dir.resolve()
     out: dict[str, Path] = {}
-    for (path,) in store.cursor().execute("SELECT DISTINCT path FROM model_versions").fetchall():
+    for path in store.maintenance.version_paths():
         p = Path(path).resolve()
         if p.parent == root and is_complete(p):
             out[p.name] = p
@@ -128,20 +114,7 @@ def backup(store: Store, dest: str | os.PathLike[str], *, models_dir: str | os.P
     tmp = dest.parent / f".tmp-{dest.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        cur = store.cursor()
-        cur.execute("BEGIN TRANSACTION").fetchall()
-        try:
-            # One snapshot for the export and the counts: the manifest describes exactly what was copied.
-            cur.execute(f"EXPORT DATABASE {_sql_path(tmp / 'db')} (FORMAT PARQUET)").fetchall()
-            tables = {t: int(cur.execute(f'SELECT count(*) FROM "{t}"').fetchall()[0][0]) for t in _tables(cur)}
-            schema_version = int(cur.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
-                                 .fetchall()[0][0])
-        except BaseException:
-            # A read-only snapshot: roll it back, and never let that hide the cause (a full disk is 507).
-            with contextlib.suppress(duckdb.Error):
-                cur.execute("ROLLBACK").fetchall()
-            raise
-        cur.execute("COMMIT").fetchall()
+        tables, schema_version = store.maintenance.export(tmp / "db")
         models: list[str] = []
         if models_dir is not None:
             for version_dir in _version_dirs(store, Path(models_dir)):
@@ -247,17 +220,11 @@ def restore(src: str | os.PathLike[str], db_path: str | os.PathLike[str], *,
     db_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = db_path.with_name(f".{db_path.name}.restore-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        con = duckdb.connect(str(tmp))
-        try:
-            con.execute(f"IMPORT DATABASE {_sql_path(src / 'db')}").fetchall()
-            got = {t: int(con.execute(f'SELECT count(*) FROM "{t}"').fetchall()[0][0]) for t in _tables(con)}
-            if got != manifest["tables"]:
-                diff = {t: (manifest["tables"].get(t), got.get(t)) for t in set(got) | set(manifest["tables"])
-                        if manifest["tables"].get(t) != got.get(t)}
-                raise BackupError(f"restored row counts differ from the backup's manifest: {diff}")
-            con.execute("CHECKPOINT").fetchall()
-        finally:
-            con.close()
+        got = import_export(src / "db", tmp)
+        if got != manifest["tables"]:
+            diff = {t: (manifest["tables"].get(t), got.get(t)) for t in set(got) | set(manifest["tables"])
+                    if manifest["tables"].get(t) != got.get(t)}
+            raise BackupError(f"restored row counts differ from the backup's manifest: {diff}")
         replaced = None
         if db_path.exists():
             stamp = utcnow().strftime("%Y%m%d-%H%M%S")
@@ -292,12 +259,13 @@ def _restore_models(src: Path, db_path: Path, models_dir: Path) -> list[str]:
             shutil.copytree(version_dir, tmp)
             os.rename(tmp, target)
             copied.append(version_dir.name)
-    with Store(db_path) as store, store.transaction() as cur:
-        for project, version, path in cur.execute("SELECT project, version, path FROM model_versions").fetchall():
-            candidate = root / Path(path).name  # the restored data dir's own copy, when it has one
-            if Path(path).resolve() != candidate and is_complete(candidate):
-                cur.execute("UPDATE model_versions SET path = ? WHERE project = ? AND version = ?",
-                            [str(candidate), project, version]).fetchall()
+
+    def restored_copy(path: str) -> str | None:
+        candidate = root / Path(path).name  # the restored data dir's own copy, when it has one
+        return str(candidate) if Path(path).resolve() != candidate and is_complete(candidate) else None
+
+    with Store(db_path) as store:
+        store.maintenance.relocate_versions(restored_copy)
     return copied
 
 
@@ -345,35 +313,8 @@ def run_retention(
     pending_cutoff = cutoff
     if pending_hours is not None:
         pending_cutoff = max(cutoff, (now or utcnow()) - timedelta(hours=pending_hours))
-    with store.transaction() as cur:
-        projects = [r[0] for r in cur.execute(
-            "SELECT DISTINCT project FROM feedback WHERE prediction_ts < ?", [cutoff]).fetchall()]
-        hours = 0
-        for project in projects:
-            rows = cur.execute(
-                f"""
-                INSERT INTO feedback_hourly
-                SELECT project, date_trunc('hour', prediction_ts), coalesce(model_version, ''),
-                       count(*), sum((label = predicted_label)::BIGINT)
-                FROM ({store.latest_feedback_sql()}) WHERE prediction_ts < ?
-                GROUP BY ALL
-                ON CONFLICT DO UPDATE SET n_labelled = n_labelled + excluded.n_labelled,
-                                          n_correct = n_correct + excluded.n_correct
-                RETURNING hour
-                """,
-                [project, cutoff],
-            ).fetchall()
-            hours += len({r[0] for r in rows})
-        n_feedback = cur.execute("DELETE FROM feedback WHERE prediction_ts < ?", [cutoff]).fetchall()[0][0]
-        n_predictions = cur.execute("DELETE FROM predictions WHERE ts < ?", [cutoff]).fetchall()[0][0]
-        n_pending = cur.execute("DELETE FROM pending_feedback WHERE ts < ?", [pending_cutoff]).fetchall()[0][0]
-        if n_feedback or n_pending:  # who wrote the rows that are gone no longer matters
-            cur.execute("""DELETE FROM feedback_writers w WHERE NOT EXISTS (
-                               SELECT 1 FROM feedback f WHERE f.project = w.project AND f.id = w.id)
-                           AND NOT EXISTS (
-                               SELECT 1 FROM pending_feedback f WHERE f.project = w.project AND f.id = w.id)"""
-                        ).fetchall()
-    result = RetentionResult(cutoff, int(n_predictions), int(n_feedback), int(n_pending), hours,
+    n_predictions, n_feedback, n_pending, hours = store.maintenance.delete_before(cutoff, pending_cutoff)
+    result = RetentionResult(cutoff, n_predictions, n_feedback, n_pending, hours,
                              round(time.perf_counter() - t0, 3))
     if n_predictions or n_feedback or n_pending:
         log.info("retention (raw_days=%d, cutoff %s): deleted %d predictions, %d feedback, %d pending feedback; "

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from tuneloop.monitor.config import DriftSettings, Settings
-from tuneloop.monitor.store import DEFAULT_PROJECT, Store, utcnow
+from tuneloop.monitor.storage import DEFAULT_PROJECT, ProjectExistsError, Store, utcnow
 from tuneloop.monitor.webhooks import redact_webhooks
 
 if TYPE_CHECKING:
@@ -145,10 +145,10 @@ def get_project(store: Store, settings: Settings, project: str) -> Project | Non
     hit = cache.get(project)
     if hit is not None:
         return hit
-    df = store.query("SELECT * FROM projects WHERE project = ?", [project])
-    if df.empty:
+    row = store.projects.get(project)
+    if row is None:
         return None
-    found = _row_to_project(df.to_dict("records")[0])
+    found = _row_to_project(row)
     cache[project] = found
     return found
 
@@ -198,14 +198,10 @@ def create_project(
     labels = validate_labels(labels)
     overrides = validate_overrides(overrides, settings)
     now = utcnow()
-    with store.transaction() as cur:
-        exists = cur.execute("SELECT count(*) FROM projects WHERE project = ?", [name]).fetchall()[0][0]
-        if exists:
-            raise ProjectExists(name)
-        cur.execute(
-            "INSERT INTO projects VALUES (?, ?, ?, ?)",
-            [name, json.dumps(labels), now, json.dumps(overrides) if overrides else None],
-        ).fetchall()
+    try:
+        store.projects.create(name, labels, now, overrides)
+    except ProjectExistsError:
+        raise ProjectExists(name) from None
     created = Project(name, labels, now, overrides)
     _cached(store)[name] = created
     return created
@@ -213,14 +209,12 @@ def create_project(
 
 def project_names(store: Store) -> list[str]:
     """``default`` plus every created project, sorted."""
-    df = store.query("SELECT project FROM projects")
-    return sorted(set(df["project"]) | {DEFAULT_PROJECT})
+    return sorted(set(store.projects.names()) | {DEFAULT_PROJECT})
 
 
 def list_projects(store: Store, settings: Settings) -> list[dict[str, Any]]:
     """Every project with its labels, overrides and prediction count (from the hourly rollup)."""
-    counts = store.query("SELECT project, sum(n)::BIGINT AS n FROM prediction_hourly GROUP BY project")
-    n_by = dict(zip(counts["project"], counts["n"], strict=True))
+    n_by = store.projects.prediction_counts()
     out = []
     for name in project_names(store):
         p = get_project(store, settings, name)
@@ -232,25 +226,7 @@ def list_projects(store: Store, settings: Settings) -> list[dict[str, Any]]:
 def project_summary(store: Store, settings: Settings, project: str) -> dict[str, Any]:
     """The project with its counts: predictions, labels, embeddings still to compute, references, models."""
     p = require_project(store, settings, project)
-    names = ["predictions", "pending_embeddings", "last_prediction_ts", "feedback", "labelled", "pending_feedback",
-             "imported_reference", "model_versions", "champion", "open_alerts"]
-    row = store.cursor().execute(
-        """
-        SELECT
-          (SELECT count(*) FROM predictions WHERE project = $1),
-          (SELECT count(*) FROM predictions WHERE project = $1 AND embedding IS NULL),
-          (SELECT max(ts) FROM predictions WHERE project = $1),
-          (SELECT count(*) FROM feedback WHERE project = $1),
-          (SELECT count(DISTINCT prediction_id) FROM feedback WHERE project = $1),
-          (SELECT count(*) FROM pending_feedback WHERE project = $1),
-          (SELECT count(*) FROM reference_rows WHERE project = $1 AND reference = 'imported'),
-          (SELECT count(*) FROM model_versions WHERE project = $1),
-          (SELECT any_value(version) FROM model_versions WHERE project = $1 AND status = 'champion'),
-          (SELECT count(*) FROM alerts WHERE project = $1 AND status = 'open')
-        """,
-        [project],
-    ).fetchall()[0]
-    counts = dict(zip(names, row, strict=True))
+    counts = store.projects.summary_counts(project)
     return {**p.as_json(), "counts": counts, "drift": drift_settings_for(store, settings, project).model_dump()}
 
 
@@ -273,14 +249,7 @@ class CannotAdopt(Exception):
 
 def labelled_baseline(store: Store, project: str, labels: list[str]) -> tuple[int, float | None]:
     """(labelled predictions, accuracy of the logged predictions on them): the external model's record."""
-    row = store.cursor().execute(
-        f"""WITH fb AS ({store.latest_feedback_sql()})
-            SELECT count(*), avg((p.label = fb.label)::INT) FROM fb JOIN predictions p
-              ON p.project = fb.project AND p.id = fb.prediction_id
-            WHERE list_contains(?, fb.label)""",
-        [project, labels],
-    ).fetchall()[0]
-    return int(row[0]), None if row[1] is None else float(row[1])
+    return store.projects.labelled_agreement(project, labels)
 
 
 def adopt(store: Store, settings: Settings, service: RetrainService, project: str, actor: str = "") -> dict[str, Any]:

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from tuneloop.monitor.store import Store, utcnow
+from tuneloop.monitor.storage import Store, is_missing, utcnow
 from tuneloop.retrain.reference import REFERENCE_FILE
 from tuneloop.retrain.versions import METRICS_FILE, is_complete, validate_version_name
 
@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 
 STATUSES = ("champion", "challenger", "archived", "rejected")
 
-_VERSION_COLUMNS = "project, version, created_at, parent, status, path, metrics, data_snapshot, promoted_at, reasons"
 
 
 class VersionNotFound(LookupError):
@@ -57,27 +56,8 @@ class PromotionRefused(ValueError):
 # -- reading -----------------------------------------------------------------------------------------
 
 
-def _records(cur: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
-    cur.execute(sql, list(params))
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-
-
-def _decode(row: dict[str, Any]) -> dict[str, Any]:
-    for key in ("metrics", "reasons"):
-        if isinstance(row.get(key), str):
-            row[key] = json.loads(row[key])
-    return row
-
-
-def _get(cur: duckdb.DuckDBPyConnection, project: str, version: str) -> dict[str, Any] | None:
-    rows = _records(cur, f"SELECT {_VERSION_COLUMNS} FROM model_versions WHERE project = ? AND version = ?",
-                    [project, version])
-    return _decode(rows[0]) if rows else None
-
-
-def _require(cur: duckdb.DuckDBPyConnection, project: str, version: str) -> dict[str, Any]:
-    row = _get(cur, project, version)
+def _require(store: Store, project: str, version: str, tx: duckdb.DuckDBPyConnection | None = None) -> dict[str, Any]:
+    row = store.versions.get(project, version, tx)
     if row is None:
         raise VersionNotFound(f"no version {version!r} registered for project {project!r}")
     return row
@@ -85,41 +65,29 @@ def _require(cur: duckdb.DuckDBPyConnection, project: str, version: str) -> dict
 
 def list_versions(store: Store, project: str) -> list[dict[str, Any]]:
     """Every registered version of ``project``, oldest first, with status, metrics and reasons."""
-    rows = _records(store.cursor(), f"SELECT {_VERSION_COLUMNS} FROM model_versions WHERE project = ? "
-                                    "ORDER BY created_at, version", [project])
-    return [_decode(r) for r in rows]
+    return store.versions.list(project)
 
 
 def get_version(store: Store, project: str, version: str) -> dict[str, Any]:
     """One version's row; :class:`VersionNotFound` (a LookupError) when it is not registered."""
     validate_version_name(version)
-    return _require(store.cursor(), project, version)
+    return _require(store, project, version)
 
 
 def used_holdout_ids(store: Store, project: str) -> set[str]:
     """Prediction ids some gate decision of ``project`` already tested on (never a holdout again)."""
-    df = store.query(
-        """SELECT DISTINCT unnest(CAST(json_extract(metrics, '$.holdout.rows.id') AS VARCHAR[])) AS id
-           FROM model_versions WHERE project = ? AND json_extract(metrics, '$.holdout.rows.id') IS NOT NULL""",
-        [project])
-    return set(df["id"].dropna().astype(str))
+    return store.versions.used_holdout_ids(project)
 
 
 def champion(store: Store, project: str) -> dict[str, Any] | None:
     """The serving version of ``project``, or None before the first promotion."""
-    rows = _records(store.cursor(), f"SELECT {_VERSION_COLUMNS} FROM model_versions "
-                                    "WHERE project = ? AND status = 'champion'", [project])
-    return _decode(rows[0]) if rows else None
+    return store.versions.champion(project)
 
 
 def promotions(store: Store, project: str, version: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
     """Champion changes of ``project`` (those to or from ``version`` if given), newest first:
     version, ts, actor, reason, kind (promote | rollback), previous."""
-    where, params = "project = ?", [project]
-    if version is not None:
-        where, params = where + " AND (version = ? OR previous = ?)", [*params, version, version]
-    return _records(store.cursor(), "SELECT version, ts, actor, reason, kind, previous FROM promotions "
-                                    f"WHERE {where} ORDER BY id DESC LIMIT ?", [*params, limit])
+    return store.versions.promotions(project, version, limit)
 
 
 # -- transitions -------------------------------------------------------------------------------------
@@ -139,36 +107,28 @@ def register_version(store: Store, project: str, version: str, path: str | Path,
         raise ValueError(f"status {status!r}: register as challenger, archived or rejected, then promote")
     path = str(Path(path).resolve())
     with store.transaction() as cur:
-        existing = _get(cur, project, version)
+        existing = store.versions.get(project, version, cur)
         if existing is not None:
             if existing["path"] == path:
                 return existing
             raise VersionConflict(f"version {version!r} of project {project!r} is already registered "
                                   f"at {existing['path']}")
-        cur.execute(
-            "INSERT INTO model_versions (project, version, created_at, parent, status, path, metrics, data_snapshot) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [project, version, utcnow(), parent, status, path, Store.to_json(metrics), data_snapshot],
-        ).fetchall()
-        return _require(cur, project, version)
+        store.versions.insert(cur, project, version, path, status, metrics, parent, data_snapshot)
+        return _require(store, project, version, cur)
 
 
-def _promote_in(cur: duckdb.DuckDBPyConnection, project: str, version: str, actor: str, reason: str | None,
-                kind: str, force: bool) -> dict[str, Any]:
-    row = _require(cur, project, version)
+def _promote_in(store: Store, cur: duckdb.DuckDBPyConnection, project: str, version: str, actor: str,
+                reason: str | None, kind: str, force: bool) -> dict[str, Any]:
+    row = _require(store, project, version, cur)
     if row["status"] == "champion":
         return {**row, "previous": None, "changed": False}
     check_promotable(row, force)
-    old = _records(cur, "SELECT version FROM model_versions WHERE project = ? AND status = 'champion'", [project])
-    previous = old[0]["version"] if old else None
+    old = store.versions.champion(project, cur)
+    previous = old["version"] if old else None
     now = utcnow()
-    cur.execute("UPDATE model_versions SET status = 'archived' WHERE project = ? AND status = 'champion'",
-                [project]).fetchall()
-    cur.execute("UPDATE model_versions SET status = 'champion', promoted_at = ? WHERE project = ? AND version = ?",
-                [now, project, version]).fetchall()
-    cur.execute("INSERT INTO promotions VALUES (nextval('promotion_ids'), ?, ?, ?, ?, ?, ?, ?)",
-                [project, version, now, actor, reason, kind, previous]).fetchall()
-    return {**_require(cur, project, version), "previous": previous, "changed": True}
+    store.versions.make_champion(cur, project, version, now)
+    store.versions.add_promotion(cur, project, version, now, actor, reason, kind, previous)
+    return {**_require(store, project, version, cur), "previous": previous, "changed": True}
 
 
 def check_promotable(row: dict[str, Any], force: bool = False) -> None:
@@ -189,26 +149,24 @@ def promote(store: Store, project: str, version: str, actor: str, reason: str | 
     """
     validate_version_name(version)
     with store.transaction() as cur:
-        return _promote_in(cur, project, version, actor, reason, "promote", force)
+        return _promote_in(store, cur, project, version, actor, reason, "promote", force)
 
 
-def _champion_stack(cur: duckdb.DuckDBPyConnection, project: str) -> list[str]:
+def _champion_stack(store: Store, cur: duckdb.DuckDBPyConnection | None, project: str) -> list[str]:
     """Replay the history: a promotion pushes, a rollback to V truncates after V's last entry."""
     stack: list[str] = []
-    for r in _records(cur, "SELECT version, kind FROM promotions WHERE project = ? ORDER BY id", [project]):
-        v = r["version"]
-        if r["kind"] == "rollback" and v in stack:
+    for v, kind in store.versions.promotion_kinds(project, cur):
+        if kind == "rollback" and v in stack:
             del stack[len(stack) - stack[::-1].index(v):]
         elif not stack or stack[-1] != v:
             stack.append(v)
     return stack
 
 
-def _rollback_target(cur: duckdb.DuckDBPyConnection, project: str) -> str:
-    status = {r["version"]: r["status"] for r in _records(
-        cur, "SELECT version, status FROM model_versions WHERE project = ?", [project])}
+def _rollback_target(store: Store, cur: duckdb.DuckDBPyConnection | None, project: str) -> str:
+    status = store.versions.statuses(project, cur)
     current = next((v for v, s in status.items() if s == "champion"), None)
-    stack = _champion_stack(cur, project)
+    stack = _champion_stack(store, cur, project)
     while stack and (stack[-1] == current or status.get(stack[-1]) in (None, "rejected")):
         stack.pop()
     if not stack:
@@ -220,7 +178,7 @@ def _rollback_target(cur: duckdb.DuckDBPyConnection, project: str) -> str:
 
 def rollback_target(store: Store, project: str) -> str:
     """The version :func:`rollback` would promote now (no write); :class:`NothingToRollBack` if none."""
-    return _rollback_target(store.cursor(), project)
+    return _rollback_target(store, None, project)
 
 
 def rollback(store: Store, project: str, actor: str, reason: str | None = None) -> dict[str, Any]:
@@ -229,11 +187,10 @@ def rollback(store: Store, project: str, actor: str, reason: str | None = None) 
     Repeated rollbacks keep walking back; rejected or unregistered versions are skipped.
     """
     with store.transaction() as cur:
-        target = _rollback_target(cur, project)
-        current = _records(cur, "SELECT version FROM model_versions WHERE project = ? AND status = 'champion'",
-                           [project])
-        why = reason or (f"rollback from {current[0]['version']}" if current else "rollback")
-        return _promote_in(cur, project, target, actor, why, "rollback", force=False)
+        target = _rollback_target(store, cur, project)
+        current = store.versions.champion(project, cur)
+        why = reason or (f"rollback from {current['version']}" if current else "rollback")
+        return _promote_in(store, cur, project, target, actor, why, "rollback", force=False)
 
 
 def reject(store: Store, project: str, version: str, reasons: Sequence[str] | str) -> dict[str, Any]:
@@ -241,20 +198,19 @@ def reject(store: Store, project: str, version: str, reasons: Sequence[str] | st
     validate_version_name(version)
     reasons = [reasons] if isinstance(reasons, str) else [str(r) for r in reasons]
     with store.transaction() as cur:
-        row = _require(cur, project, version)
+        row = _require(store, project, version, cur)
         if row["status"] == "champion":
             raise PromotionRefused(f"version {version!r} is the champion of project {project!r}; promote another "
                                    "version or roll back before rejecting it")
-        cur.execute("UPDATE model_versions SET status = 'rejected', reasons = ? WHERE project = ? AND version = ?",
-                    [json.dumps(reasons), project, version]).fetchall()
-        return _require(cur, project, version)
+        store.versions.reject(cur, project, version, reasons)
+        return _require(store, project, version, cur)
 
 
 # -- reference rows ----------------------------------------------------------------------------------
 
 
 def _json_cell(value: Any) -> str | None:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if is_missing(value):
         return None
     if isinstance(value, str):
         return value
@@ -278,10 +234,10 @@ def load_reference(store: Store, project: str, version: str, frame: pd.DataFrame
         return frame[name] if name in frame.columns else pd.Series([None] * n, index=frame.index, dtype=object)
 
     def strings(name: str) -> pa.Array:
-        return pa.array([None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in col(name)],
+        return pa.array([None if is_missing(v) else str(v) for v in col(name)],
                         pa.string())
 
-    embeddings = [None if v is None or (isinstance(v, float) and np.isnan(v)) else np.asarray(v, np.float32)
+    embeddings = [None if is_missing(v) else np.asarray(v, np.float32)
                   for v in col("embedding")]
     table = pa.table({
         "project": pa.array([project] * n, pa.string()),
@@ -294,13 +250,7 @@ def load_reference(store: Store, project: str, version: str, frame: pd.DataFrame
         "embedding": pa.array(embeddings, pa.list_(pa.float32())),
         "split": strings("split"),
     })
-    with store.transaction() as cur:
-        cur.execute("DELETE FROM reference_rows WHERE project = ? AND reference = ?", [project, version]).fetchall()
-        cur.register("incoming_reference", table)
-        try:
-            cur.execute("INSERT INTO reference_rows BY NAME SELECT * FROM incoming_reference").fetchall()
-        finally:
-            cur.unregister("incoming_reference")
+    store.references.replace(project, version, table)
     return n
 
 

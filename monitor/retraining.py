@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import signal
 import sys
 import threading
@@ -40,11 +39,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
 from tuneloop.monitor import launchers, registry
 from tuneloop.monitor.alerts import open_alert_count
-from tuneloop.monitor.store import DEFAULT_PROJECT, Store, utcnow
+from tuneloop.monitor.storage import DEFAULT_PROJECT, Store, utcnow
+from tuneloop.monitor.training_data import HoldoutPlan, count_new_labels, export_frames, feedback_cutoff, holdout_plan
 from tuneloop.retrain import gate
 
 if TYPE_CHECKING:
@@ -130,118 +128,6 @@ def last_progress(path: Path) -> dict[str, Any] | None:
     return None
 
 
-# ---- what "new" and "older" labelled data are -------------------------------------------------
-
-
-def feedback_cutoff(store: Store, project: str) -> datetime | None:
-    """When the champion's training data was exported (feedback after it is new); None: no champion."""
-    row = registry.champion(store, project)
-    if row is None:
-        return None
-    meta = ((row.get("metrics") or {}).get("snapshot") or {}).get("meta") or {}
-    if meta.get("feedback_until"):
-        return datetime.fromisoformat(str(meta["feedback_until"]))
-    return row["created_at"]
-
-
-def count_new_labels(store: Store, project: str, cutoff: datetime | None = None,
-                     labels: list[str] | None = None) -> int:
-    """Predictions whose latest label was given after ``cutoff`` (default: the champion's)."""
-    cutoff = cutoff if cutoff is not None else feedback_cutoff(store, project)
-    sql = f"SELECT count(*) AS n FROM ({store.latest_feedback_sql()}) fb WHERE fb.ts > ?"
-    params: list[Any] = [project, cutoff or datetime.min]
-    if labels:
-        sql += " AND list_contains(?, fb.label)"
-        params.append(labels)
-    return int(store.query(sql, params)["n"][0])
-
-
-@dataclass(frozen=True)
-class HoldoutPlan:
-    """Fresh evaluation-slice labels available now vs what detecting ``target_gain`` needs."""
-
-    available: int
-    needed: int
-    detectable_gain: float | None  # the smallest gain ``available`` rows detect (planning discordance)
-    share: float
-
-    @property
-    def enough(self) -> bool:
-        return self.available >= self.needed
-
-    def as_json(self) -> dict[str, Any]:
-        return {"available": self.available, "needed": self.needed, "detectable_gain": self.detectable_gain,
-                "more_slice_labels": max(0, self.needed - self.available),
-                "more_queue_labels": self.more_queue_labels}
-
-    @property
-    def more_queue_labels(self) -> int:
-        return math.ceil(max(0, self.needed - self.available) / self.share)
-
-    def message(self, target_gain: float, power: float) -> str:
-        return (f"{gate.detectable_phrase(self.available, self.detectable_gain)} (fresh labels of the random "
-                f"evaluation slice); detecting a gain of {100 * target_gain:.0f} pts at {power:.0%} power needs "
-                f"{self.needed}: {self.needed - self.available} more random-slice labels, about "
-                f"{self.more_queue_labels} more labels from the label queue ({self.share:.0%} of it is random)")
-
-
-def holdout_plan(store: Store, project: str, settings: Any, labels: list[str]) -> HoldoutPlan:
-    """How many new labelled rows of the evaluation slice, unused by earlier decisions, exist now."""
-    from tuneloop.retrain.evaluation_slice import in_slice
-    from tuneloop.retrain.paired import detectable_gain, rows_needed
-
-    r = settings.retrain
-    cutoff = feedback_cutoff(store, project)
-    ids = store.query(f"SELECT fb.prediction_id AS id FROM ({store.latest_feedback_sql()}) fb "
-                      "WHERE fb.ts > ? AND list_contains(?, fb.label)", [project, cutoff or datetime.min, labels])["id"]
-    used = registry.used_holdout_ids(store, project)
-    fresh = [i for i, member in zip(ids.astype(str), in_slice(ids, r.holdout_fraction), strict=True)
-             if member and i not in used]
-    needed = max(r.min_holdout, rows_needed(r.target_gain, r.planning_discordance, r.alpha, r.power))
-    return HoldoutPlan(len(fresh), needed, detectable_gain(len(fresh), r.planning_discordance, r.alpha, r.power),
-                       r.holdout_fraction)
-
-
-def export_frames(store: Store, project: str, cutoff: datetime | None, labels: list[str],
-                  older_cap: int, seed: int = 0, until: datetime | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(new, older) labelled frames for :func:`tuneloop.retrain.dataset.assemble_snapshot`.
-
-    new: one row per prediction whose latest label (human beats rule) came after ``cutoff`` and
-    at most at ``until`` (the export's time, the next run's cutoff: a label written while the
-    export runs is new for the next run, not for both).
-    older: the other labelled predictions plus the champion's own training rows (its reference
-    rows with a true label), at most ``older_cap`` of them (a seeded, stable sample).
-    """
-    fb = store.latest_feedback_sql()
-    since = cutoff or datetime.min
-    until = until or datetime.max
-    new = store.query(
-        f"""WITH fb AS ({fb})
-            SELECT p.id, p.text, fb.label, p.label AS predicted_label, p.ts
-            FROM fb JOIN predictions p ON p.project = fb.project AND p.id = fb.prediction_id
-            WHERE fb.ts > ? AND fb.ts <= ? AND list_contains(?, fb.label)
-            ORDER BY p.ts, p.id""",
-        [project, since, until, labels],
-    )
-    champion = registry.champion(store, project)
-    older = store.query(
-        f"""WITH fb AS ({fb}),
-            older AS (
-                SELECT p.id, p.text, fb.label FROM fb JOIN predictions p
-                  ON p.project = fb.project AND p.id = fb.prediction_id
-                WHERE fb.ts <= ? AND list_contains(?, fb.label)
-                UNION ALL
-                SELECT 'ref-' || CAST(row_number() OVER (ORDER BY text, true_label) AS VARCHAR) AS id, text,
-                       true_label AS label
-                FROM reference_rows
-                WHERE project = ? AND reference = ? AND true_label IS NOT NULL AND list_contains(?, true_label)
-            )
-            SELECT * FROM older ORDER BY hash(id || ?), id LIMIT ?""",
-        [project, since, labels, project, champion["version"] if champion else "", labels, str(seed), older_cap],
-    )
-    return new, older
-
-
 # ---- the service -------------------------------------------------------------------------------
 
 
@@ -268,19 +154,13 @@ class RetrainService:
         return None if a is None else a.run_id
 
     def list_runs(self, project: str | None = DEFAULT_PROJECT, limit: int = 50) -> list[dict[str, Any]]:
-        sql, params = "SELECT * FROM retrain_runs", []
-        if project is not None:
-            sql += " WHERE project = ?"
-            params.append(project)
-        df = self.store.query(sql + " ORDER BY id DESC LIMIT ?", [*params, limit])
-        return [self._decode(r) for r in df.to_dict("records")]
+        return self.store.runs.list(project, limit)
 
     def get_run(self, run_id: int, log_lines: int = 50) -> dict[str, Any]:
         """The run row plus its latest progress event and the last ``log_lines`` lines of its log."""
-        df = self.store.query("SELECT * FROM retrain_runs WHERE id = ?", [run_id])
-        if df.empty:
+        run = self.store.runs.get(run_id)
+        if run is None:
             raise RunNotFound(f"no retrain run {run_id}")
-        run = self._decode(df.to_dict("records")[0])
         root = self.settings.runs_dir.resolve()
         directory = run_dir(root, run_id).resolve()
         inside = directory.is_relative_to(root)
@@ -290,41 +170,22 @@ class RetrainService:
         run["pid"] = active.job.pid if active and active.run_id == run_id and active.job else None
         return run
 
-    @staticmethod
-    def _decode(row: dict[str, Any]) -> dict[str, Any]:
-        """A JSON-ready run: JSON columns parsed, NaN/NaT as None, numpy scalars as Python values."""
-        out: dict[str, Any] = {}
-        for key, value in row.items():
-            if key in ("log_path", "snapshot_path"):
-                continue
-            if key in ("metrics", "reasons") and isinstance(value, str):
-                value = json.loads(value)
-            elif value is not None and not isinstance(value, list | dict) and pd.isna(value):
-                value = None
-            elif isinstance(value, pd.Timestamp):
-                value = value.to_pydatetime()
-            elif hasattr(value, "item"):
-                value = value.item()
-            out[key] = value
-        return out
-
     def cooldown_left(self, project: str) -> float:
-        last = self.store.query("SELECT max(finished) AS t FROM retrain_runs WHERE project = ? "
-                                "AND status != 'deferred'", [project])["t"][0]
-        if last is None or pd.isna(last):
+        last = self.store.runs.last_finished_at(project)
+        if last is None:
             return 0.0
-        left = self.settings.retrain.cooldown_seconds - (utcnow() - pd.Timestamp(last).to_pydatetime()).total_seconds()
+        left = self.settings.retrain.cooldown_seconds - (utcnow() - last).total_seconds()
         return max(0.0, left)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def recover(self) -> int:
         """Mark runs a previous server process left queued/running as failed; return how many."""
-        df = self.store.query("SELECT id FROM retrain_runs WHERE list_contains(?, status)", [list(ACTIVE)])
-        for run_id in df["id"].tolist():
-            self._finish(int(run_id), "failed", ["server restarted while the run was in progress"])
-        if len(df):
-            log.warning("marked %d interrupted retrain run(s) failed", len(df))
-        return len(df)
+        ids = self.store.runs.ids_with_status(list(ACTIVE))
+        for run_id in ids:
+            self._finish(run_id, "failed", ["server restarted while the run was in progress"])
+        if ids:
+            log.warning("marked %d interrupted retrain run(s) failed", len(ids))
+        return len(ids)
 
     def stop(self) -> None:
         """Server shutdown: cancel a running job and wait for it briefly."""
@@ -365,15 +226,7 @@ class RetrainService:
                 if not plan.enough:
                     message = plan.message(self.settings.retrain.target_gain, self.settings.retrain.power)
                     raise HoldoutTooSmall(self._defer(project, trigger, message, plan), message)
-            with self.store.transaction() as cur:
-                run_id = int(cur.execute("SELECT nextval('retrain_run_ids')").fetchall()[0][0])
-                directory = run_dir(self.settings.runs_dir, run_id)
-                cur.execute(
-                    "INSERT INTO retrain_runs (id, project, started, trigger, status, log_path, snapshot_path) "
-                    "VALUES (?, ?, ?, ?, 'queued', ?, ?)",
-                    [run_id, project, utcnow(), trigger[:500], str(directory / "job.log"),
-                     str(directory / "snapshot")],
-                ).fetchall()
+            run_id = self.store.runs.add_queued(project, trigger[:500], self._run_paths)
             active = _Active(run_id, project, snapshot=snapshot)
             active.thread = threading.Thread(target=self._run, args=(active,), name=f"retrain-{run_id}", daemon=True)
             self._active = active
@@ -383,21 +236,13 @@ class RetrainService:
 
     def _defer(self, project: str, trigger: str, message: str, plan: HoldoutPlan) -> int:
         """Record the refusal as a ``deferred`` run: the project's latest run if already deferred, else new."""
-        last = self.store.query("SELECT id, status FROM retrain_runs WHERE project = ? ORDER BY id DESC LIMIT 1",
-                                [project])
+        last = self.store.runs.latest(project)
         now = utcnow()
         metrics = {"holdout_plan": plan.as_json()}
-        if len(last) and last["status"][0] == "deferred":
-            run_id = int(last["id"][0])
-            self._set(run_id, finished=now, trigger=trigger[:500], reasons=[message], metrics=metrics)
-            return run_id
-        with self.store.transaction() as cur:
-            run_id = int(cur.execute("SELECT nextval('retrain_run_ids')").fetchall()[0][0])
-            cur.execute("INSERT INTO retrain_runs (id, project, started, finished, trigger, status, reasons, metrics) "
-                        "VALUES (?, ?, ?, ?, ?, 'deferred', ?, ?)",
-                        [run_id, project, now, now, trigger[:500], json.dumps([message]), json.dumps(metrics)]
-                        ).fetchall()
-        return run_id
+        if last is not None and last[1] == "deferred":
+            self._set(last[0], finished=now, trigger=trigger[:500], reasons=[message], metrics=metrics)
+            return last[0]
+        return self.store.runs.add_deferred(project, trigger[:500], [message], metrics, now)
 
     def cancel(self, run_id: int, actor: str = "") -> dict[str, Any]:
         """Cancel a queued or running run (SIGTERM to the job, kill after a grace period)."""
@@ -425,11 +270,13 @@ class RetrainService:
             time.sleep(poll)
 
     # -- the run ---------------------------------------------------------------------------------
+    def _run_paths(self, run_id: int) -> tuple[str, str]:
+        """(log file, snapshot dir) of a run, recorded on its row."""
+        directory = run_dir(self.settings.runs_dir, run_id)
+        return str(directory / "job.log"), str(directory / "snapshot")
+
     def _set(self, run_id: int, **values: Any) -> None:
-        cols = ", ".join(f"{k} = ?" for k in values)
-        vals = [json.dumps(v, default=str) if k in ("metrics", "reasons") and v is not None else v
-                for k, v in values.items()]
-        self.store.execute(f"UPDATE retrain_runs SET {cols} WHERE id = ?", [*vals, run_id])
+        self.store.runs.update(run_id, **values)
 
     def _finish(self, run_id: int, status: str, reasons: list[str], **values: Any) -> None:
         self._set(run_id, status=status, finished=utcnow(), reasons=reasons, **values)
@@ -544,7 +391,7 @@ class RetrainService:
     def _new_version_name(self) -> str:
         from tuneloop.retrain.versions import new_version_name
 
-        taken = set(self.store.query("SELECT version FROM model_versions")["version"])
+        taken = self.store.versions.all_names()
         name = new_version_name(self.settings.models_dir)
         while name in taken:
             name = f"v{int(name[1:]) + 1}"
@@ -557,8 +404,7 @@ class RetrainService:
 
         for p in self.settings.models_dir.glob(f".tmp-{version}-{pid}-*"):
             shutil.rmtree(p, ignore_errors=True)
-        registered = self.store.query("SELECT count(*) AS n FROM model_versions WHERE version = ?", [version])["n"][0]
-        if not registered:
+        if version not in self.store.versions.all_names():
             shutil.rmtree(self.settings.models_dir / version, ignore_errors=True)
 
     @staticmethod
@@ -608,21 +454,11 @@ class RetrainService:
     def last_run_since_champion(self, project: str) -> dict[str, Any] | None:
         """The latest finished run started after the champion's training data was exported."""
         cutoff = feedback_cutoff(self.store, project)
-        df = self.store.query(
-            "SELECT id, status, started FROM retrain_runs WHERE project = ? AND started > ? "
-            "AND NOT list_contains(?, status) ORDER BY id DESC LIMIT 1",
-            [project, cutoff or datetime.min, list(ACTIVE)])
-        if df.empty:
-            return None
-        row = df.to_dict("records")[0]
-        return {**row, "started": pd.Timestamp(row["started"]).to_pydatetime()}
+        return self.store.runs.last_finished_since(project, cutoff or datetime.min, list(ACTIVE))
 
     def seconds_since_last_label(self, project: str) -> float | None:
-        last = self.store.query(f"SELECT max(ts) AS t FROM ({self.store.latest_feedback_sql()}) fb",
-                                [project])["t"][0]
-        if last is None or pd.isna(last):
-            return None
-        return (utcnow() - pd.Timestamp(last).to_pydatetime()).total_seconds()
+        last = self.store.feedback.last_label_ts(project)
+        return None if last is None else (utcnow() - last).total_seconds()
 
     def check_policies(self) -> int | None:
         """Scheduler job: start at most one run for the first project whose policy fires."""

@@ -21,7 +21,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from tuneloop.monitor.config import Settings
-from tuneloop.monitor.store import DEFAULT_PROJECT, Store
+from tuneloop.monitor.storage import DEFAULT_PROJECT, Store
 
 if TYPE_CHECKING:  # imported where they are built: a CLI command without a server must start fast
     from prometheus_client import CollectorRegistry

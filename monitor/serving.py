@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tuneloop.monitor import registry
-from tuneloop.monitor.store import DEFAULT_PROJECT, Store
+from tuneloop.monitor.storage import DEFAULT_PROJECT, Store
 
 if TYPE_CHECKING:
     from tuneloop.monitor.config import Settings

@@ -4,36 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuneloop.monitor.store import DEFAULT_PROJECT, Store
+from tuneloop.monitor.storage import DEFAULT_PROJECT, Store
 
 
 def status_summary(store: Store, project: str = DEFAULT_PROJECT) -> dict[str, Any]:
     counts = store.table_counts()
-    champion = store.query(
-        "SELECT version, promoted_at FROM model_versions WHERE project = ? AND status = 'champion'", [project]
-    )
-    checks = store.query(
-        """SELECT metric, value, threshold, drifted, ts FROM drift_checks
-           WHERE project = ? QUALIFY row_number() OVER (PARTITION BY metric ORDER BY ts DESC) = 1
-           ORDER BY metric""",
-        [project],
-    )
-    open_alerts = store.query(
-        "SELECT count(*) AS n FROM alerts WHERE project = ? AND status = 'open'", [project]
-    )["n"][0]
+    champion = store.versions.champion(project)
+    checks = store.checks.latest_per_metric(project)
     return {
         "project": project,
         "db": str(store.path),
         "schema_version": store.schema_version(),
         "rows": counts,
         "project_predictions": store.count_predictions(project),
-        "champion": None if champion.empty else {
-            "version": champion["version"][0], "since": str(champion["promoted_at"][0])
+        "champion": None if champion is None else {
+            "version": champion["version"], "since": str(champion["promoted_at"])
         },
-        "versions": int(store.query(
-            "SELECT count(*) AS n FROM model_versions WHERE project = ?", [project])["n"][0]),
+        "versions": store.versions.count(project),
         "last_checks": [
             {**r, "ts": str(r["ts"])} for r in checks.to_dict("records")
         ],
-        "open_alerts": int(open_alerts),
+        "open_alerts": store.alerts.count_open(project),
     }

@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from tuneloop.monitor import metrics
 from tuneloop.monitor.config import Settings
-from tuneloop.monitor.store import DEFAULT_PROJECT, AppendResult, FeedbackResult, Store
+from tuneloop.monitor.storage import DEFAULT_PROJECT, AppendResult, FeedbackResult, Store
 
 log = logging.getLogger(__name__)
 
@@ -282,9 +282,7 @@ class Writer:
 
 def missing_prediction_ids(store: Store, project: str, ids: list[str]) -> list[str]:
     """The distinct ``ids`` with no stored prediction in ``project``, in first-seen order."""
-    found = set(store.query(
-        "SELECT id FROM predictions WHERE project = ? AND id IN (SELECT unnest(?))", [project, list(set(ids))]
-    )["id"])
+    found = store.predictions.existing_ids(project, ids)
     return list(dict.fromkeys(i for i in ids if i not in found))
 
 

@@ -33,7 +33,7 @@ import uvicorn
 
 from tuneloop.monitor.auth import ROLES, create_token
 from tuneloop.monitor.config import Settings, load_settings
-from tuneloop.monitor.store import Store
+from tuneloop.monitor.storage import Store
 
 READY_TIMEOUT = 60.0
 

@@ -19,7 +19,7 @@ import pandas as pd
 from conftest import RunningServer, start_server
 
 from tuneloop.monitor.config import Settings, load_settings
-from tuneloop.monitor.store import Store, utcnow
+from tuneloop.monitor.storage import Store, utcnow
 
 LABELS = ["negative", "neutral", "positive"]
 PHRASES = {  # in-domain traffic (what the models were trained on)

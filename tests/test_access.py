@@ -34,7 +34,7 @@ from starlette.routing import Route
 from tuneloop.monitor.auth import ROLE_RANK, create_token, revoke_token
 from tuneloop.monitor.auth import ROLES as ROLE_ORDER
 from tuneloop.monitor.config import Settings, load_settings
-from tuneloop.monitor.store import Store
+from tuneloop.monitor.storage import Store
 
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/openapi.json"), ("GET", "/docs"),
           ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc")}

@@ -9,7 +9,7 @@ import pytest
 
 from tuneloop.monitor.alerts import WebhookNotifier, ack_alert, list_alerts, update_alerts
 from tuneloop.monitor.config import DriftSettings
-from tuneloop.monitor.store import Store
+from tuneloop.monitor.storage import Store
 
 
 @pytest.fixture

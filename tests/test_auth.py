@@ -158,7 +158,7 @@ def test_first_serve_writes_its_admin_token_to_a_private_file_when_stdout_is_not
     from conftest import free_port
 
     from tuneloop.monitor.cli import FIRST_TOKEN_FILE, _first_admin_token
-    from tuneloop.monitor.store import Store
+    from tuneloop.monitor.storage import Store
 
     port = free_port()
     proc = subprocess.Popen(

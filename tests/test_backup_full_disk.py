@@ -8,12 +8,12 @@ import signal
 import subprocess
 import sys
 
-from tuneloop.monitor.store import Store
+from tuneloop.monitor.storage import Store
 
 SCRIPT = """
 import sys
 from tuneloop.monitor.operations import backup
-from tuneloop.monitor.store import Store, StoreFull
+from tuneloop.monitor.storage import Store, StoreFull
 store = Store(sys.argv[1])
 try:
     backup(store, sys.argv[2])

@@ -11,7 +11,7 @@ from tuneloop.monitor.alerts import list_alerts
 from tuneloop.monitor.checks import DriftService
 from tuneloop.monitor.config import load_settings
 from tuneloop.monitor.projects import create_project
-from tuneloop.monitor.store import Store
+from tuneloop.monitor.storage import Store
 
 BROKEN = {"drift": {"reference": "pinned", "pinned_start": "not a date", "pinned_end": "never"}}
 

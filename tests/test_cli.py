@@ -83,7 +83,7 @@ def test_serve_prints_url_and_answers(tmp_path):
 def test_check_and_alerts_commands_offline(tmp_path):
     import numpy as np
 
-    from tuneloop.monitor.store import Store
+    from tuneloop.monitor.storage import Store
 
     rng = np.random.default_rng(0)
     store = Store(tmp_path / "d" / "tuneloop.duckdb")

@@ -112,7 +112,7 @@ def test_rows_logged_while_the_server_is_down_arrive_exactly_once(tmp_path, runn
     assert tl.flush(60)
     assert tl.close() and tl.errors == []
     srv.stop()
-    from tuneloop.monitor.store import Store
+    from tuneloop.monitor.storage import Store
 
     with Store(srv.settings.db_path) as store:
         assert store.count_predictions() == 500  # each row once: the acknowledged ones survived the kill

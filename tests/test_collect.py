@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tuneloop.monitor.client import arrow_stream
-from tuneloop.monitor.store import Store
+from tuneloop.monitor.storage import Store
 from tuneloop.monitor.writer import UnknownPredictions, WriteQueueFull, Writer
 
 ARROW = {"Content-Type": "application/vnd.apache.arrow.stream"}

@@ -25,7 +25,7 @@ import httpx
 import pytest
 from conftest import RunningServer, start_server
 
-from tuneloop.monitor.store import Store
+from tuneloop.monitor.storage import Store
 
 SEED = 20251125
 CI_KILLS = 10

@@ -25,7 +25,7 @@ from job_control import held, running_job
 from streamlit.testing.v1 import AppTest
 
 from tuneloop.monitor.auth import list_tokens
-from tuneloop.monitor.store import Store
+from tuneloop.monitor.storage import Store
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 

@@ -173,7 +173,7 @@ def test_bad_fixes_change_nothing(server) -> None:
 def test_feedback_quality_flags_mislabels_and_measures_annotator_agreement(server) -> None:
     from datetime import timedelta
 
-    from tuneloop.monitor.store import utcnow
+    from tuneloop.monitor.storage import utcnow
 
     rng = np.random.default_rng(0)
     n, project = 150, "loop"

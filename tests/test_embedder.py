@@ -10,7 +10,7 @@ import pytest
 
 from tuneloop.monitor.config import load_settings
 from tuneloop.monitor.embedder import BackgroundEmbedder, SharedEncoder, pending_by_project, write_embeddings
-from tuneloop.monitor.store import Store
+from tuneloop.monitor.storage import Store
 from tuneloop.retrain.encoder import Encoder
 from tuneloop.retrain.tiny import make_tiny_base
 

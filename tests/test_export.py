@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from tuneloop.monitor.retraining import count_new_labels, export_frames
-from tuneloop.monitor.store import Store, utcnow
+from tuneloop.monitor.storage import Store, utcnow
 
 LABELS = ["negative", "neutral", "positive"]
 

@@ -16,7 +16,7 @@ from tuneloop.monitor.label_queue import (
     rank_pool,
     uncertainty,
 )
-from tuneloop.monitor.store import Store
+from tuneloop.monitor.storage import Store
 
 LABELS = ["negative", "neutral", "positive"]
 

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from tuneloop.monitor import operations
 from tuneloop.monitor.cli import app as cli_app
-from tuneloop.monitor.store import Store, StoreLockedError, utcnow
+from tuneloop.monitor.storage import Store, StoreLockedError, utcnow
 
 LABELS = ("negative", "neutral", "positive")
 

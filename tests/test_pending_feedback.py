@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from tuneloop.monitor.operations import run_retention
-from tuneloop.monitor.store import Store, utcnow
+from tuneloop.monitor.storage import Store, utcnow
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import pytest
 
 from tuneloop.monitor import registry
 from tuneloop.monitor.config import RetrainSettings
-from tuneloop.monitor.store import Store
+from tuneloop.monitor.storage import Store
 from tuneloop.retrain import gate
 from tuneloop.retrain.evaluate import evaluate
 from tuneloop.retrain.tiny import keyword_sentiment

@@ -25,7 +25,7 @@ from tuneloop.monitor import checks, imports, projects
 from tuneloop.monitor.config import load_settings
 from tuneloop.monitor.demo import data as dd
 from tuneloop.monitor.embedder import BackgroundEmbedder
-from tuneloop.monitor.store import Store
+from tuneloop.monitor.storage import Store
 from tuneloop.retrain.tiny import make_tiny_base
 
 WORDS = ["refund", "invoice", "charge", "card", "password", "login", "crash", "error", "screen", "slow", "the", "my",

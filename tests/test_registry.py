@@ -10,7 +10,7 @@ import pytest
 
 from tuneloop.monitor import registry
 from tuneloop.monitor.config import load_settings
-from tuneloop.monitor.store import MIGRATIONS, Store
+from tuneloop.monitor.storage import MIGRATIONS, Store
 from tuneloop.retrain.build import train_version
 from tuneloop.retrain.reference import REFERENCE_FILE
 

@@ -32,7 +32,7 @@ import psutil
 import pytest
 from conftest import RunningServer, start_server, wait_run
 
-from tuneloop.monitor.store import Store
+from tuneloop.monitor.storage import Store
 from tuneloop.retrain.tiny import keyword_sentiment
 from tuneloop.retrain.versions import TMP_PREFIX, is_complete, list_versions
 

@@ -31,7 +31,7 @@ from job_control import held, running_job
 from tuneloop.monitor import registry
 from tuneloop.monitor.config import load_settings
 from tuneloop.monitor.demo import data as dd
-from tuneloop.monitor.store import Store, utcnow
+from tuneloop.monitor.storage import Store, utcnow
 from tuneloop.retrain.build import train_version
 from tuneloop.retrain.reference import build_reference
 

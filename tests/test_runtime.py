@@ -10,7 +10,7 @@ import pytest
 
 from tuneloop.monitor.config import load_settings
 from tuneloop.monitor.runtime import Runtime, local, running
-from tuneloop.monitor.store import Store, StoreError
+from tuneloop.monitor.storage import Store, StoreError
 
 
 def settings_for(tmp_path, **overrides):  # type: ignore[no-untyped-def]

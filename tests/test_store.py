@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tuneloop.monitor.store import MIGRATIONS, Store, StoreLockedError
+from tuneloop.monitor.storage import MIGRATIONS, Store, StoreLockedError
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def test_existing_db_gets_only_new_migrations(tmp_path, monkeypatch):
     path = tmp_path / "old.duckdb"
     Store(path).close()
     extra = (max(v for v, _ in MIGRATIONS) + 1, "CREATE TABLE extra_things (x INTEGER)")
-    monkeypatch.setattr("tuneloop.monitor.store.MIGRATIONS", [*MIGRATIONS, extra])
+    monkeypatch.setattr("tuneloop.monitor.storage.store.MIGRATIONS", [*MIGRATIONS, extra])
     s = Store(path)
     assert s.schema_version() == extra[0]
     assert s.query("SELECT count(*) AS n FROM extra_things")["n"][0] == 0
@@ -137,7 +137,7 @@ def test_locked_file_gives_clear_error(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys, time
-            from tuneloop.monitor.store import Store
+            from tuneloop.monitor.storage import Store
             s = Store({str(path)!r}); print("open", flush=True); time.sleep(60)
         """)],
         stdout=subprocess.PIPE, text=True,
@@ -154,8 +154,8 @@ def test_locked_file_gives_clear_error(tmp_path):
 def test_hourly_rollup_is_exact_through_partial_rows_and_compaction(store, monkeypatch):
     from datetime import datetime, timedelta
 
-    from tuneloop.monitor import store as store_module
     from tuneloop.monitor.collect import stats
+    from tuneloop.monitor.storage import store as store_module
 
     t0 = datetime(2025, 5, 1, 10, 0)
     rng = np.random.default_rng(1)
@@ -213,7 +213,7 @@ def test_hourly_rollup_is_exact_through_partial_rows_and_compaction(store, monke
 
 
 def test_rollup_migration_keeps_existing_sums(tmp_path, monkeypatch):
-    from tuneloop.monitor import store as store_module
+    from tuneloop.monitor.storage import store as store_module
 
     path = tmp_path / "old.duckdb"
     monkeypatch.setattr(store_module, "MIGRATIONS", [m for m in MIGRATIONS if m[0] < 5])

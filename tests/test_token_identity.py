@@ -7,7 +7,7 @@ import pytest
 from conftest import start_server
 
 from tuneloop.monitor.auth import TokenRegistry, create_token
-from tuneloop.monitor.store import Store
+from tuneloop.monitor.storage import Store
 
 
 def test_a_repeated_unknown_token_reloads_the_table_once_not_on_every_request(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 
 from tuneloop.monitor.alerts import WebhookNotifier, update_alerts
 from tuneloop.monitor.config import DriftSettings
-from tuneloop.monitor.store import Store, utcnow
+from tuneloop.monitor.storage import Store, utcnow
 from tuneloop.monitor.webhooks import redact_url
 
 # The body Alertmanager 0.27's webhook receiver posted for one firing alert (webhook_config,

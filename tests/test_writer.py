@@ -8,7 +8,7 @@ import threading
 import pyarrow as pa
 import pytest
 
-from tuneloop.monitor.store import Store
+from tuneloop.monitor.storage import Store
 from tuneloop.monitor.writer import Writer, WriterStopped
 
 

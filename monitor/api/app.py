@@ -30,7 +30,7 @@ from tuneloop.monitor.api.routes import (
 from tuneloop.monitor.api.routes import metrics as metrics_route
 from tuneloop.monitor.config import Settings
 from tuneloop.monitor.runtime import running
-from tuneloop.monitor.store import Store
+from tuneloop.monitor.storage import Store
 
 API_TITLE = "tuneloop"
 API_DESCRIPTION = (

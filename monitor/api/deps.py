@@ -12,7 +12,7 @@ from tuneloop.monitor.auth import ANONYMOUS_ADMIN, AuthError, Principal
 from tuneloop.monitor.config import Settings
 from tuneloop.monitor.projects import PROJECT_PATTERN, require_project
 from tuneloop.monitor.runtime import Runtime
-from tuneloop.monitor.store import DEFAULT_PROJECT, Store
+from tuneloop.monitor.storage import DEFAULT_PROJECT, Store
 
 __all__ = ["DEFAULT", "PROJECT_PATTERN", "Admin", "Ingest", "Labeller", "OptionalProject", "ProjectQuery",
            "RuntimeDep", "SettingsDep", "StoreDep", "check_role", "require_known", "resolve_project"]

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from tuneloop.monitor.auth import AuthError
 from tuneloop.monitor.config import Settings
 from tuneloop.monitor.projects import UnknownProject
-from tuneloop.monitor.store import StoreFull
+from tuneloop.monitor.storage import StoreFull
 from tuneloop.monitor.writer import WriteQueueFull, WriterStopped
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tuneloop.monitor.operations import NAME_PATTERN as BACKUP_NAME_PATTERN
 from tuneloop.monitor.projects import PROJECT_PATTERN
-from tuneloop.monitor.store import DEFAULT_PROJECT
+from tuneloop.monitor.storage import DEFAULT_PROJECT
 from tuneloop.monitor.wire import (
     ID_MAX_CHARS,
     FeedbackBatch,

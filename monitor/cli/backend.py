@@ -98,7 +98,7 @@ def local(s: Settings, *, write: bool = True) -> Iterator[LocalBackend]:
     """The database file opened by this process (only when no server owns it); one-line failure otherwise."""
     from tuneloop.monitor.cli.local import LocalBackend
     from tuneloop.monitor.runtime import local as local_runtime
-    from tuneloop.monitor.store import StoreError
+    from tuneloop.monitor.storage import StoreError
 
     with ExitStack() as stack:
         try:

@@ -35,7 +35,7 @@ def restore_cmd(
 ) -> None:
     """Rebuild the database file from a backup (offline: stop the server first)."""
     from tuneloop.monitor import operations
-    from tuneloop.monitor.store import StoreError
+    from tuneloop.monitor.storage import StoreError
 
     s = settings()
     try:

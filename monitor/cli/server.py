@@ -35,7 +35,7 @@ def serve(
 
     from tuneloop.monitor.api.app import create_app
     from tuneloop.monitor.runtime import open_store
-    from tuneloop.monitor.store import StoreError
+    from tuneloop.monitor.storage import StoreError
 
     s = settings()
     s.server.host = host or s.server.host

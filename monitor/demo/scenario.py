@@ -257,7 +257,7 @@ def run_demo(settings: Settings, plan: DemoPlan, say: Any = print) -> dict[str, 
     """
     from tuneloop.monitor.auth import create_token
     from tuneloop.monitor.registry import promote, register_dir
-    from tuneloop.monitor.store import Store
+    from tuneloop.monitor.storage import Store
 
     settings = demo_settings(settings, plan)
     prepare_data_dir(settings)

@@ -33,7 +33,7 @@ from tuneloop.monitor.api.schemas import (
     Stats,
 )
 from tuneloop.monitor.runtime import Runtime
-from tuneloop.monitor.store import DEFAULT_PROJECT
+from tuneloop.monitor.storage import DEFAULT_PROJECT
 from tuneloop.monitor.writer import UnknownPredictions
 
 router = APIRouter(prefix="/v1", tags=["collect"])

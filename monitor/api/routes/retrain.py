@@ -86,7 +86,7 @@ def get_label_queue(
                                        "msg": f"unknown strategy; choose one of {', '.join(STRATEGIES)}"}])
     require_known(rt, project)
     from tuneloop.monitor.projects import labels_for
-    from tuneloop.monitor.store import utcnow
+    from tuneloop.monitor.storage import utcnow
 
     items = label_queue(rt.store, project, strategy, limit or rt.settings.label_queue.page_size, seed,
                         random_share=rt.settings.retrain.holdout_fraction)

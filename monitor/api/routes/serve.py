@@ -26,7 +26,7 @@ from tuneloop.monitor.api.deps import PROJECT_PATTERN, Ingest, Labeller, Runtime
 from tuneloop.monitor.api.schemas import PredictRequest, PredictResponse
 from tuneloop.monitor.runtime import Runtime
 from tuneloop.monitor.serving import NoModelLoaded, ServeQueueFull, ServeResult, ServerStopping, no_model_message
-from tuneloop.monitor.store import DEFAULT_PROJECT, utcnow
+from tuneloop.monitor.storage import DEFAULT_PROJECT, utcnow
 
 router = APIRouter(prefix="/v1", tags=["serve"])
 

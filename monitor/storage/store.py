@@ -8,242 +8,44 @@ are recorded in ``schema_migrations``, so re-opening is a no-op.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from tuneloop.monitor.storage.alerts import AlertRepository, CheckRepository, DeliveryRepository
+from tuneloop.monitor.storage.batches import (
+    FEEDBACK_COLUMNS,
+    PREDICTION_COLUMNS,
+    ROLLUP_KEY,
+    as_arrow,
+    fill_columns,
+    first_rows,
+    hourly_part,
+)
+from tuneloop.monitor.storage.clock import new_id, utcnow
+from tuneloop.monitor.storage.maintenance import MaintenanceRepository
+from tuneloop.monitor.storage.migrations import MIGRATIONS
+from tuneloop.monitor.storage.predictions import FeedbackRepository, PredictionRepository
+from tuneloop.monitor.storage.projects import ProjectRepository
+from tuneloop.monitor.storage.runs import RunRepository
+from tuneloop.monitor.storage.tokens import TokenRepository
+from tuneloop.monitor.storage.versions import ReferenceRepository, VersionRepository
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PROJECT = "default"
 
-MIGRATIONS: list[tuple[int, str]] = [
-    (
-        1,
-        """
-        CREATE TABLE predictions (
-            project VARCHAR NOT NULL,
-            id VARCHAR NOT NULL,
-            ts TIMESTAMP NOT NULL,
-            model_version VARCHAR,
-            text VARCHAR NOT NULL,
-            label VARCHAR NOT NULL,
-            confidence DOUBLE,
-            margin DOUBLE,
-            probs JSON,
-            embedding FLOAT[],
-            latency_ms DOUBLE,
-            metadata JSON,
-            ingest_seq BIGINT NOT NULL,
-            PRIMARY KEY (project, id)
-        );
-        CREATE TABLE feedback (
-            project VARCHAR NOT NULL,
-            id VARCHAR NOT NULL,
-            prediction_id VARCHAR NOT NULL,
-            label VARCHAR NOT NULL,
-            ts TIMESTAMP NOT NULL,
-            source VARCHAR NOT NULL,
-            annotator VARCHAR,
-            prediction_ts TIMESTAMP,
-            predicted_label VARCHAR,
-            model_version VARCHAR,
-            PRIMARY KEY (project, id)
-        );
-        CREATE TABLE pending_feedback (
-            project VARCHAR NOT NULL,
-            id VARCHAR NOT NULL,
-            prediction_id VARCHAR NOT NULL,
-            label VARCHAR NOT NULL,
-            ts TIMESTAMP NOT NULL,
-            source VARCHAR NOT NULL,
-            annotator VARCHAR,
-            PRIMARY KEY (project, id)
-        );
-        CREATE TABLE prediction_hourly (
-            project VARCHAR NOT NULL,
-            hour TIMESTAMP NOT NULL,
-            model_version VARCHAR NOT NULL,
-            label VARCHAR NOT NULL,
-            n BIGINT NOT NULL,
-            confidence_sum DOUBLE NOT NULL,
-            PRIMARY KEY (project, hour, model_version, label)
-        );
-        CREATE TABLE projects (
-            project VARCHAR PRIMARY KEY,
-            labels JSON NOT NULL,
-            created_at TIMESTAMP NOT NULL,
-            settings JSON
-        );
-        CREATE TABLE reference_rows (
-            project VARCHAR NOT NULL,
-            reference VARCHAR NOT NULL,
-            text VARCHAR NOT NULL,
-            label VARCHAR,
-            true_label VARCHAR,
-            confidence DOUBLE,
-            probs JSON,
-            embedding FLOAT[]
-        );
-        CREATE TABLE model_versions (
-            project VARCHAR NOT NULL,
-            version VARCHAR NOT NULL,
-            created_at TIMESTAMP NOT NULL,
-            parent VARCHAR,
-            status VARCHAR NOT NULL,
-            path VARCHAR NOT NULL,
-            metrics JSON,
-            data_snapshot VARCHAR,
-            promoted_at TIMESTAMP,
-            reasons JSON,
-            PRIMARY KEY (project, version)
-        );
-        CREATE SEQUENCE drift_check_ids;
-        CREATE TABLE drift_checks (
-            id BIGINT NOT NULL,
-            project VARCHAR NOT NULL,
-            ts TIMESTAMP NOT NULL,
-            window_start TIMESTAMP,
-            window_end TIMESTAMP,
-            reference VARCHAR,
-            metric VARCHAR NOT NULL,
-            value DOUBLE,
-            threshold DOUBLE,
-            drifted BOOLEAN NOT NULL,
-            details JSON,
-            report_path VARCHAR
-        );
-        CREATE SEQUENCE alert_ids;
-        CREATE TABLE alerts (
-            id BIGINT PRIMARY KEY,
-            project VARCHAR NOT NULL,
-            ts TIMESTAMP NOT NULL,
-            kind VARCHAR NOT NULL,
-            severity VARCHAR NOT NULL,
-            message VARCHAR NOT NULL,
-            status VARCHAR NOT NULL,
-            closed_at TIMESTAMP,
-            acked_at TIMESTAMP,
-            acked_by VARCHAR,
-            details JSON
-        );
-        CREATE SEQUENCE retrain_run_ids;
-        CREATE TABLE retrain_runs (
-            id BIGINT PRIMARY KEY,
-            project VARCHAR NOT NULL,
-            started TIMESTAMP NOT NULL,
-            finished TIMESTAMP,
-            trigger VARCHAR NOT NULL,
-            status VARCHAR NOT NULL,
-            n_examples BIGINT,
-            version VARCHAR,
-            metrics JSON,
-            reasons JSON,
-            log_path VARCHAR,
-            snapshot_path VARCHAR
-        );
-        CREATE TABLE tokens (
-            token_hash VARCHAR PRIMARY KEY,
-            name VARCHAR NOT NULL,
-            role VARCHAR NOT NULL,
-            created_at TIMESTAMP NOT NULL,
-            revoked_at TIMESTAMP
-        );
-        """,
-    ),
-    (
-        2,
-        """
-        ALTER TABLE reference_rows ADD COLUMN split VARCHAR;
-        CREATE TABLE alert_deliveries (
-            alert_id BIGINT NOT NULL,
-            url VARCHAR NOT NULL,
-            ts TIMESTAMP NOT NULL,
-            status VARCHAR NOT NULL,
-            attempts INTEGER NOT NULL,
-            error VARCHAR
-        );
-        """,
-    ),
-    (
-        3,
-        """
-        -- Promotion history (monitor/registry.py): every change of champion, so rollback can walk back.
-        CREATE SEQUENCE promotion_ids;
-        CREATE TABLE promotions (
-            id BIGINT NOT NULL,
-            project VARCHAR NOT NULL,
-            version VARCHAR NOT NULL,
-            ts TIMESTAMP NOT NULL,
-            actor VARCHAR,
-            reason VARCHAR,
-            kind VARCHAR NOT NULL,
-            previous VARCHAR
-        );
-        """,
-    ),
-    (
-        4,
-        """
-        -- Labelled accuracy of hours whose raw rows the retention job deleted (monitor/operations.py):
-        -- the latest label per prediction, frozen when its prediction ages out, so history survives.
-        CREATE TABLE feedback_hourly (
-            project VARCHAR NOT NULL,
-            hour TIMESTAMP NOT NULL,
-            model_version VARCHAR NOT NULL,
-            n_labelled BIGINT NOT NULL,
-            n_correct BIGINT NOT NULL,
-            PRIMARY KEY (project, hour, model_version)
-        );
-        """,
-    ),
-    (
-        5,
-        """
-        -- Which API token wrote each feedback row (stored or pending; same (project, id) in both):
-        -- retracting a row is allowed to that token, not to whoever reuses its name or annotator.
-        CREATE TABLE feedback_writers (
-            project VARCHAR NOT NULL,
-            id VARCHAR NOT NULL,
-            token_id VARCHAR NOT NULL,
-            PRIMARY KEY (project, id)
-        );
-        """,
-    ),
-    (
-        6,
-        """
-        -- prediction_hourly holds partial rollups: an append adds its own small aggregate (no upsert on
-        -- the write path), readers sum per key, and Store.compact_rollup folds the partial rows.
-        CREATE TABLE prediction_hourly_parts (
-            project VARCHAR NOT NULL,
-            hour TIMESTAMP NOT NULL,
-            model_version VARCHAR NOT NULL,
-            label VARCHAR NOT NULL,
-            n BIGINT NOT NULL,
-            confidence_sum DOUBLE NOT NULL
-        );
-        INSERT INTO prediction_hourly_parts SELECT * FROM prediction_hourly;
-        DROP TABLE prediction_hourly;
-        ALTER TABLE prediction_hourly_parts RENAME TO prediction_hourly;
-        """,
-    ),
-]
-
-ROLLUP_KEY = ["project", "hour", "model_version", "label"]
 ROLLUP_COMPACT_ROWS = 4096
 """Partial rollup rows appended since the last compaction that trigger the next one."""
 
@@ -282,71 +84,6 @@ class FeedbackResult:
     unknown_ids: list[str]
 
 
-PREDICTION_COLUMNS = [
-    "project", "id", "ts", "model_version", "text", "label", "confidence", "margin", "probs",
-    "embedding", "latency_ms", "metadata",
-]
-FEEDBACK_COLUMNS = ["project", "id", "prediction_id", "label", "ts", "source", "annotator"]
-FEEDBACK_SOURCES = ("human", "import", "rule")
-
-
-def utcnow() -> datetime:
-    """Naive UTC now: every TIMESTAMP column holds UTC."""
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
-
-
-def _as_arrow(batch: pa.Table | pd.DataFrame | Sequence[dict[str, Any]]) -> pa.Table:
-    if isinstance(batch, pa.Table):
-        return batch
-    if isinstance(batch, pd.DataFrame):
-        return pa.Table.from_pandas(batch, preserve_index=False)
-    return pa.Table.from_pylist(list(batch))
-
-
-def _fill(table: pa.Table, columns: list[str], defaults: dict[str, Any]) -> pa.Table:
-    """Add missing optional columns so every append has the full column list, in order."""
-    n = table.num_rows
-    for col in columns:
-        if col not in table.column_names:
-            value = defaults.get(col)
-            value = value() if callable(value) else value
-            table = table.append_column(col, pa.array([value] * n) if value is not None else pa.nulls(n))
-    return table.select(columns)
-
-
-def hourly_part(rows: pa.Table) -> pa.Table | None:
-    """Rows of ``prediction_hourly`` for ``rows`` (n and confidence sum per project, hour, version, label).
-
-    None when ``ts`` is not a naive timestamp column (the caller then aggregates in SQL, which casts).
-    """
-    ts_type = rows.schema.field("ts").type
-    if not pa.types.is_timestamp(ts_type) or ts_type.tz is not None:
-        return None
-    confidence = rows["confidence"]
-    if not pa.types.is_floating(confidence.type) and not pa.types.is_integer(confidence.type):
-        return None
-    keyed = pa.table({
-        "project": rows["project"],
-        "hour": pc.cast(pc.floor_temporal(rows["ts"], unit="hour"), pa.timestamp("us")),
-        "model_version": pc.fill_null(pc.cast(rows["model_version"], pa.string()), ""),
-        "label": rows["label"],
-        "confidence": pc.fill_null(pc.cast(confidence, pa.float64()), 0.0),
-    })
-    part = keyed.group_by(ROLLUP_KEY, use_threads=False).aggregate([([], "count_all"), ("confidence", "sum")])
-    return part.rename_columns({"count_all": "n"}).select([*ROLLUP_KEY, "n", "confidence_sum"])
-
-
-def _first_rows(table: pa.Table) -> pa.Table:
-    """Keep the first row of each (project, id): within one append, the earliest request wins."""
-    keys = pa.table({"project": table["project"], "id": table["id"], "row": pa.array(range(table.num_rows))})
-    first = keys.group_by(["project", "id"], use_threads=False).aggregate([("row", "min")])["row_min"]
-    return table.take(np.sort(first.to_numpy()))
-
-
 class Store:
     """Owner of one tuneloop DuckDB file.
 
@@ -379,6 +116,17 @@ class Store:
         self._ingest_seq = self._scalar("SELECT coalesce(max(ingest_seq), 0) FROM predictions") or 0
         self._has_pending = bool(self._scalar("SELECT count(*) FROM pending_feedback"))
         self._rollup_parts = 0  # partial rollup rows appended since the last compaction
+        self.checks = CheckRepository(self)
+        self.alerts = AlertRepository(self)
+        self.deliveries = DeliveryRepository(self)
+        self.versions = VersionRepository(self)
+        self.references = ReferenceRepository(self)
+        self.predictions = PredictionRepository(self)
+        self.feedback = FeedbackRepository(self)
+        self.projects = ProjectRepository(self)
+        self.runs = RunRepository(self)
+        self.tokens = TokenRepository(self)
+        self.maintenance = MaintenanceRepository(self)
 
     # -- connection handling -------------------------------------------------------------------
     def cursor(self) -> duckdb.DuckDBPyConnection:
@@ -406,6 +154,10 @@ class Store:
     def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         rows = self.cursor().execute(sql, list(params)).fetchall()
         return rows[0][0] if rows else None
+
+    def ping(self) -> None:
+        """Raise when the database cannot answer a trivial query (readiness)."""
+        self._scalar("SELECT 1")
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
         """Run a read query on this thread's cursor and return a DataFrame."""
@@ -492,7 +244,7 @@ class Store:
         parts: list[pa.Table] = []
         seqs: list[int | None] = []  # per pair; None for an empty batch
         for batch, project in batches:
-            table = _as_arrow(batch)
+            table = as_arrow(batch)
             if not table.num_rows:
                 seqs.append(None)
                 continue
@@ -507,7 +259,7 @@ class Store:
                 inserted = Counter(self._insert_predictions(cur, combined, ignore_existing=False))
         except duckdb.ConstraintException:
             with self.transaction() as cur:
-                inserted = Counter(self._insert_predictions(cur, _first_rows(combined), ignore_existing=True))
+                inserted = Counter(self._insert_predictions(cur, first_rows(combined), ignore_existing=True))
         if self._rollup_parts >= ROLLUP_COMPACT_ROWS:
             try:  # upkeep after the commit: the batches are stored whatever happens here
                 self.compact_rollup()
@@ -528,7 +280,7 @@ class Store:
         elif table.column("id").null_count:
             ids = [i if i is not None else new_id() for i in table.column("id").to_pylist()]
             table = table.set_column(table.column_names.index("id"), "id", pa.array(ids, pa.string()))
-        table = _fill(table, PREDICTION_COLUMNS, {"project": project, "ts": utcnow})
+        table = fill_columns(table, PREDICTION_COLUMNS, {"project": project, "ts": utcnow})
         return table.append_column("ingest_seq", pa.array([seq] * table.num_rows, pa.int64()))
 
     _INSERTED_COLUMNS = "project, id, ts, model_version, label, confidence, ingest_seq"
@@ -650,14 +402,14 @@ class Store:
         parked in ``pending_feedback`` (``keep_unknown``) or left out and reported. ``token_id``
         (the API token that sent it) is recorded for the rows that went in, to authorise retraction.
         """
-        table = _as_arrow(batch)
+        table = as_arrow(batch)
         if table.num_rows == 0:
             return FeedbackResult(0, 0, 0, [])
         if "id" not in table.column_names:
             table = table.append_column("id", pa.array([new_id() for _ in range(table.num_rows)]))
-        table = _fill(table, FEEDBACK_COLUMNS, {"project": project, "ts": utcnow, "source": "human"})
+        table = fill_columns(table, FEEDBACK_COLUMNS, {"project": project, "ts": utcnow, "source": "human"})
         sent = table.num_rows
-        table = _first_rows(table)  # an id repeated within the request: the first row wins, like a retry
+        table = first_rows(table)  # an id repeated within the request: the first row wins, like a retry
         with self.transaction() as cur:
             cur.register("incoming_fb", table)
             try:
@@ -810,11 +562,6 @@ class Store:
             """,
             [project, since, project, since],
         )
-
-    # -- small JSON helpers used by several tables ---------------------------------------------
-    @staticmethod
-    def to_json(value: Any) -> str | None:
-        return None if value is None else json.dumps(value, default=str)
 
     def table_counts(self) -> dict[str, int]:
         names = [

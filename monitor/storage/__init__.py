@@ -1,0 +1,59 @@
+"""The storage layer: the only package that speaks SQL.
+
+``Store`` owns the database (connection, transactions and their typed errors, migrations, and the
+prediction and feedback write path that the writer acknowledges after COMMIT). Repositories grouped
+by table family hang off it as attributes, so services receive the store and call typed methods:
+
+========================  ==========================================================================
+``store.predictions``     predictions beyond ingest: export pages, per-minute stats, embeddings, keys
+``store.feedback``        latest labels, training and replay rows, retraction
+``store.versions``        ``model_versions`` and ``promotions`` (champion lookups, transitions)
+``store.references``      ``reference_rows`` (a version's or an import's reference)
+``store.checks``          ``drift_checks``
+``store.alerts``          ``alerts``
+``store.deliveries``      ``alert_deliveries`` (webhook outbox)
+``store.runs``            ``retrain_runs``
+``store.tokens``          ``tokens``
+``store.projects``        ``projects`` and per-project counts
+``store.maintenance``     backup export, restore import, retention
+========================  ==========================================================================
+
+DuckDB-only syntax stays inside these modules, marked where PostgreSQL differs, so a second backend
+implements the same classes.
+"""
+
+from tuneloop.monitor.storage.alerts import AlertRepository, CheckRepository, DeliveryRepository
+from tuneloop.monitor.storage.batches import FEEDBACK_COLUMNS, FEEDBACK_SOURCES, PREDICTION_COLUMNS, hourly_part
+from tuneloop.monitor.storage.clock import new_id, utcnow
+from tuneloop.monitor.storage.maintenance import MaintenanceRepository, import_export
+from tuneloop.monitor.storage.migrations import MIGRATIONS
+from tuneloop.monitor.storage.predictions import (
+    FeedbackNotFound,
+    FeedbackRepository,
+    PredictionRepository,
+    RetractRefused,
+)
+from tuneloop.monitor.storage.projects import ProjectExistsError, ProjectRepository
+from tuneloop.monitor.storage.rows import clean_record, is_missing, none_if_missing, records
+from tuneloop.monitor.storage.runs import RunRepository
+from tuneloop.monitor.storage.store import (
+    DEFAULT_PROJECT,
+    AppendResult,
+    FeedbackResult,
+    Store,
+    StoreError,
+    StoreFull,
+    StoreLockedError,
+    is_disk_full,
+)
+from tuneloop.monitor.storage.tokens import TokenRepository
+from tuneloop.monitor.storage.versions import ReferenceRepository, VersionRepository
+
+__all__ = [
+    "DEFAULT_PROJECT", "FEEDBACK_COLUMNS", "FEEDBACK_SOURCES", "MIGRATIONS", "PREDICTION_COLUMNS",
+    "AlertRepository", "AppendResult", "CheckRepository", "DeliveryRepository", "FeedbackNotFound",
+    "FeedbackRepository", "FeedbackResult", "MaintenanceRepository", "PredictionRepository", "ProjectExistsError",
+    "ProjectRepository", "ReferenceRepository", "RetractRefused", "RunRepository", "Store", "StoreError", "StoreFull",
+    "StoreLockedError", "TokenRepository", "VersionRepository", "clean_record", "hourly_part", "import_export",
+    "is_disk_full", "is_missing", "new_id", "none_if_missing", "records", "utcnow",
+]

@@ -1,0 +1,38 @@
+"""The base of every repository: typed methods over the store's connection and transactions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from tuneloop.monitor.storage.rows import frame_with_embeddings
+
+if TYPE_CHECKING:
+    from tuneloop.monitor.storage.store import Store
+
+
+class Repository:
+    """One table family's queries. Reads use the calling thread's cursor; writes go through
+    ``store.transaction()``, so they are serialised with the ingest path and keep its typed errors."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def _frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+        return self.store.query(sql, params)
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.store.cursor().execute(sql, list(params)).fetchall()
+
+    def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = self._rows(sql, params)
+        return rows[0][0] if rows else None
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.store.execute(sql, params)
+
+    def _embedding_frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+        """A read through Arrow, with the ``embedding`` column as float32 rows (see ``frame_with_embeddings``)."""
+        return frame_with_embeddings(self.store.cursor().sql(sql, params=list(params)).to_arrow_table())
