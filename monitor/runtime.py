@@ -141,7 +141,7 @@ class Runtime:
         """(checks, info) for ``/readyz``: the DB answers, start-up finished, writer and models fine."""
         checks = {"db": True, "started": self.ready}
         try:
-            self.store.query("SELECT 1")
+            self.store.ping()
         except Exception:
             checks["db"] = False
         checks["writer"] = self.writer.ready

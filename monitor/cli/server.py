@@ -80,7 +80,7 @@ def _first_admin_token(store) -> str | None:  # type: ignore[no-untyped-def]
     """An admin token when the database has no active token yet (first start), else None."""
     from tuneloop.monitor.auth import create_token
 
-    if int(store.query("SELECT count(*) AS n FROM tokens WHERE revoked_at IS NULL")["n"][0]):
+    if store.tokens.count_live():
         return None
     return create_token(store, "admin", "admin")
 

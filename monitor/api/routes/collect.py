@@ -33,7 +33,7 @@ from tuneloop.monitor.api.schemas import (
     Stats,
 )
 from tuneloop.monitor.runtime import Runtime
-from tuneloop.monitor.storage import DEFAULT_PROJECT
+from tuneloop.monitor.storage import DEFAULT_PROJECT, FeedbackNotFound, RetractRefused
 from tuneloop.monitor.writer import UnknownPredictions
 
 router = APIRouter(prefix="/v1", tags=["collect"])
@@ -189,22 +189,14 @@ def retract_feedback(
     """Remove the feedback row with this client-chosen ``id`` (stored or still pending), so the
     prediction's earlier label, if any, applies again and it re-enters the label queue. A labeller
     may retract rows sent with the same token (not merely one with the same name); an admin any row."""
-    with rt.store.transaction() as cur:
-        for table in ("feedback", "pending_feedback"):
-            rows = cur.execute(
-                f"""SELECT f.annotator, w.token_id FROM {table} f LEFT JOIN feedback_writers w
-                    ON w.project = f.project AND w.id = f.id WHERE f.project = ? AND f.id = ?""",
-                [project, feedback_id]).fetchall()
-            if rows:
-                annotator, writer = rows[0]
-                if not principal.allows("admin") and (not writer or writer != principal.token_id):
-                    raise HTTPException(403, f"feedback {feedback_id} (annotator {annotator!r}) was sent with "
-                                             "another token; only that token or an admin may retract it")
-                cur.execute(f"DELETE FROM {table} WHERE project = ? AND id = ?", [project, feedback_id]).fetchall()
-                cur.execute("DELETE FROM feedback_writers WHERE project = ? AND id = ?",
-                            [project, feedback_id]).fetchall()
-                return {"retracted": feedback_id, "project": project}
-    raise HTTPException(404, f"no feedback {feedback_id} in project {project}")
+    try:
+        rt.store.feedback.retract(project, feedback_id, principal.token_id, any_writer=principal.allows("admin"))
+    except RetractRefused as e:
+        raise HTTPException(403, f"feedback {feedback_id} (annotator {e.annotator!r}) was sent with another token; "
+                                 "only that token or an admin may retract it") from e
+    except FeedbackNotFound as e:
+        raise HTTPException(404, f"no feedback {feedback_id} in project {project}") from e
+    return {"retracted": feedback_id, "project": project}
 
 
 def _utc(ts: datetime | None) -> datetime | None:

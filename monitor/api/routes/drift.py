@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -31,31 +30,18 @@ def recent_checks(
     metric: str | None = None, limit: Annotated[int, Query(ge=1, le=5000)] = 500,
     since: Annotated[datetime | None, Query(description="Only checks from this time on (UTC when no offset)")] = None,
 ) -> dict[str, Any]:
-    sql = "SELECT * FROM drift_checks WHERE project = ?"
-    params: list[Any] = [project]
-    if metric:
-        sql += " AND metric = ?"
-        params.append(metric)
-    if since is not None:
-        sql += " AND ts >= ?"
-        params.append(since.astimezone(UTC).replace(tzinfo=None) if since.tzinfo else since)
-    df = rt.store.query(sql + " ORDER BY ts DESC, metric LIMIT ?", [*params, limit])
-    items = []
-    for r in df.to_dict("records"):
-        r["details"] = json.loads(r["details"]) if r["details"] else {}
-        r["has_report"] = bool(r.pop("report_path"))
-        items.append({k: (None if v is None or v != v else v) for k, v in r.items()})  # NaN and NaT -> null
-    return {"items": items}
+    if since is not None and since.tzinfo:
+        since = since.astimezone(UTC).replace(tzinfo=None)
+    return {"items": rt.store.checks.recent(project, limit, metric, since)}
 
 
 @router.get("/checks/{check_id}/report", response_class=HTMLResponse, summary="The check's Evidently HTML report")
 def check_report(_: Labeller, rt: RuntimeDep, check_id: Annotated[int, Path(ge=0, le=2**63 - 1)]) -> HTMLResponse:
-    df = rt.store.query("SELECT report_path FROM drift_checks WHERE id = ? AND report_path IS NOT NULL LIMIT 1",
-                         [check_id])
-    if df.empty:
+    report = rt.store.checks.report_path(check_id)
+    if report is None:
         raise HTTPException(404, f"no report for check {check_id}")
     root = rt.settings.reports_dir.resolve()
-    path = (root / df["report_path"][0]).resolve()
+    path = (root / report).resolve()
     if not path.is_relative_to(root) or not path.is_file():
         raise HTTPException(404, f"report of check {check_id} is missing")
     return HTMLResponse(path.read_text(encoding="utf-8"))

@@ -91,8 +91,7 @@ def get_label_queue(
     items = label_queue(rt.store, project, strategy, limit or rt.settings.label_queue.page_size, seed,
                         random_share=rt.settings.retrain.holdout_fraction)
     today = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
-    labelled_today = int(rt.store.query("SELECT count(*) AS n FROM feedback WHERE project = ? AND ts >= ?",
-                                         [project, today])["n"][0])
+    labelled_today = rt.store.feedback.count_since(project, today)
     return {"project": project, "strategy": strategy, "items": items, "queue_size": queue_size(rt.store, project),
             "labels": labels_for(rt.store, rt.settings, project), "labelled_today": labelled_today}
 
