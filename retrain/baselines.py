@@ -27,6 +27,7 @@ from tuneloop.retrain.evaluate import classification_metrics
 
 TFIDF_FILE, TFIDF_WEIGHTS_FILE = "tfidf.json", "tfidf.safetensors"
 TFIDF_MAX_FEATURES = 50_000  # 1,000 long reviews give ~60k 1–2-grams; the rarest add nothing but size
+BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # TF-IDF shares tried on validation (model.blend_on_validation)
 BASELINE_NAMES = {"majority": "majority class", "tfidf_logreg": "TF-IDF + LR", "frozen_logreg": "frozen encoder + LR"}
 
 
@@ -164,6 +165,20 @@ def fit_baselines(train_texts: Sequence[str], train_y: Sequence[str], val_texts:
         scores["frozen_logreg"] = _scores(
             val_y, _argmax_labels(val_emb @ out.frozen_coef.T + out.frozen_intercept, labels), labels)
     return out
+
+
+def choose_blend(encoder_probs: np.ndarray, sparse_probs: np.ndarray, y: Sequence[str], labels: Sequence[str],
+                 weights: Sequence[float] = BLEND_WEIGHTS) -> tuple[float, dict[str, float]]:
+    """(TF-IDF weight, validation macro-F1 per weight): the blend of the two probability sets that validates best.
+
+    Weight 0 serves the fine-tuned encoder alone, 1 the TF-IDF model alone: the served model falls back
+    to whichever of the two, or of their blends, scores best. Ties go to the weight nearest 0.5, since
+    an even blend varies least on a small validation set.
+    """
+    scores = {w: _scores(y, _argmax_labels((1 - w) * encoder_probs + w * sparse_probs, labels), labels)["macro_f1"]
+              for w in weights}
+    best = max(weights, key=lambda w: (round(scores[w], 9), -abs(w - 0.5)))
+    return best, {f"{w:g}": round(v, 6) for w, v in scores.items()}
 
 
 def verdict(model: dict[str, float], baselines: dict[str, dict[str, float]]) -> tuple[bool, str]:
