@@ -156,7 +156,8 @@ def run_cell(name: str, size: int, seed: int, config: str) -> dict[str, Any]:
                                                     labels) for w in BLEND_WEIGHTS}
         extra.update(epochs_run=result.metrics["epochs_run"], best_epoch=result.metrics["best_epoch"],
                      max_length=clf.settings.max_length, batch_size=clf.settings.batch_size,
-                     blend_tfidf=clf.settings.blend_tfidf, seconds=round(seconds, 1))
+                     blend_tfidf=clf.settings.blend_tfidf, val_by_weight=result.metrics["blend_scores"],
+                     seconds=round(seconds, 1))
     return {**_scores(y_te, pred, labels), "seconds": round(time.perf_counter() - t0, 1),
             "n_train": len(tr), "n_test": len(te), **extra}  # a fine-tune's seconds exclude the record above
 

@@ -297,6 +297,9 @@ def train(
         served = clf.predict(va_texts)
         m = classification_metrics(va["label"].tolist(), served.labels, clf.labels)
         metrics.update({f"val_{k}": v for k, v in m.items()})
+        # validated as fitted on the training rows, then refitted on every row for serving (seconds): on
+        # 300 tweets the TF-IDF model alone gained 0.4 and 3 points of test macro-F1 from the 15 % more rows
+        clf.sparse = bl.SparseModel.fit(data["text"].tolist(), data["label"].tolist(), clf.labels, settings.seed)
     model_scores = {"accuracy": metrics["val_accuracy"], "macro_f1": metrics["val_macro_f1"]}
     metrics.update(best_epoch=best["epoch"], epochs_run=sum(h["epoch"] > 0 for h in history), stopped=stopped,
                    n_train=len(tr), n_val=len(va), train_seconds=round(train_seconds, 3),
