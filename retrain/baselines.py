@@ -181,6 +181,15 @@ def choose_blend(encoder_probs: np.ndarray, sparse_probs: np.ndarray, y: Sequenc
     return best, {f"{w:g}": round(v, 6) for w, v in scores.items()}
 
 
+def served_model(blend_tfidf: float) -> str:
+    """What a classifier with this TF-IDF weight serves, in plain words (for metrics and logs)."""
+    if blend_tfidf <= 0:
+        return "the fine-tuned encoder alone"
+    if blend_tfidf >= 1:
+        return "TF-IDF + LR alone (the fine-tuned encoder only gives the drift embedding)"
+    return f"a blend: {1 - blend_tfidf:g} fine-tuned encoder + {blend_tfidf:g} TF-IDF + LR"
+
+
 def verdict(model: dict[str, float], baselines: dict[str, dict[str, float]]) -> tuple[bool, str]:
     """(beats, plain words): does ``model`` beat (or at least match) the best baseline on validation macro-F1?"""
     best = max(baselines, key=lambda k: baselines[k]["macro_f1"])

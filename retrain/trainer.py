@@ -292,7 +292,7 @@ def train(
             weight, blend_scores = bl.choose_blend(clf.predict(va_texts).probs, base.sparse.predict_proba(va_texts),
                                                    va["label"].tolist(), clf.labels)
             settings = clf.settings = settings.model_copy(update={"blend_tfidf": weight})
-            say(f"TF-IDF weight {weight:g} in the served blend (validation macro-F1 per weight: {blend_scores})")
+            say(f"served: {bl.served_model(weight)}, chosen on validation macro-F1 per TF-IDF weight {blend_scores}")
         clf.sparse = base.sparse
         served = clf.predict(va_texts)
         m = classification_metrics(va["label"].tolist(), served.labels, clf.labels)
@@ -306,6 +306,7 @@ def train(
                    train_cpu_seconds=round(train_cpu_seconds, 3),
                    train_samples_per_s=seen_total / max(train_seconds, 1e-9),
                    fine_tuned_encoder=encoder_only, blend_tfidf=settings.blend_tfidf, blend_scores=blend_scores,
+                   served=bl.served_model(settings.blend_tfidf),
                    **bl.summary(model_scores, base.scores))
     say(f"best epoch {best['epoch']}: val_accuracy {metrics['val_accuracy']:.3f} "
         f"val_macro_f1 {metrics['val_macro_f1']:.3f}")

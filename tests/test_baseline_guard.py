@@ -15,7 +15,7 @@ import pytest
 from conftest import free_port
 
 from tuneloop.retrain import tiny
-from tuneloop.retrain.baselines import choose_blend, verdict
+from tuneloop.retrain.baselines import choose_blend, served_model, verdict
 from tuneloop.retrain.trainer import train
 
 LABELS = ["negative", "neutral", "positive"]
@@ -62,6 +62,7 @@ def test_with_the_blend_chosen_on_validation_the_served_model_does_not_lose_to_t
     assert m["blend_tfidf"] > 0 and m["blend_scores"][f"{m['blend_tfidf']:g}"] == max(m["blend_scores"].values())
     assert m["val_macro_f1"] >= m["baselines"]["tfidf_logreg"]["macro_f1"]
     assert m["beats_baselines"] is True
+    assert m["served"] == served_model(m["blend_tfidf"]) and "TF-IDF + LR" in m["served"]
 
 
 def test_choose_blend_takes_the_best_weight_on_validation_and_the_middle_on_ties():
@@ -71,7 +72,7 @@ def test_choose_blend_takes_the_best_weight_on_validation_and_the_middle_on_ties
     tfidf = np.array([[0.45, 0.55], [0.9, 0.1], [0.3, 0.7], [0.2, 0.8]])  # right on rows 1, 2 and 3
     weight, scores = choose_blend(encoder, tfidf, y, labels)
     assert scores["1"] == 0.733333 and scores["0"] == 0.5
-    assert weight == 0.5 and scores["0.25"] == scores["0.5"] == scores["0.75"] == 1.0  # neither alone is right everywhere
+    assert weight == 0.5 and scores["0.25"] == scores["0.5"] == scores["0.75"] == 1.0  # only blends get all
     weight, scores = choose_blend(tfidf, tfidf, y, labels)
     assert weight == 0.5 and len(set(scores.values())) == 1
     unsure = np.array([[0.45, 0.55], [0.6, 0.4], [0.3, 0.7], [0.4, 0.6]])  # right on rows 1, 2 and 3, by a little
