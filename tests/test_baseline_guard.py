@@ -75,6 +75,10 @@ def test_choose_blend_takes_the_best_weight_on_validation_and_the_middle_on_ties
     assert weight == 0.5 and scores["0.25"] == scores["0.5"] == scores["0.75"] == 1.0  # only blends get all
     weight, scores = choose_blend(tfidf, tfidf, y, labels)
     assert weight == 0.5 and len(set(scores.values())) == 1
+    near_tie = (np.vstack([np.tile(encoder, (20, 1)), [[0.3, 0.7]]]),
+                np.vstack([np.tile(tfidf, (20, 1)), [[0.8, 0.2]]]))
+    weight, scores = choose_blend(*near_tie, y * 20 + ["b"], labels)  # 0.25 gets one row more right of 81
+    assert scores["0.25"] > scores["0.5"] > scores["0.25"] - 0.03 and weight == 0.5
     unsure = np.array([[0.45, 0.55], [0.6, 0.4], [0.3, 0.7], [0.4, 0.6]])  # right on rows 1, 2 and 3, by a little
     weight, scores = choose_blend(np.eye(2)[[1, 1, 0, 0]], unsure, y, labels)  # an encoder sure and always wrong
     assert weight == 1.0 and scores["0"] == 0.0  # the served model falls back to TF-IDF alone
