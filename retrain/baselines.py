@@ -180,10 +180,13 @@ def choose_blend(encoder_probs: np.ndarray, sparse_probs: np.ndarray, y: Sequenc
     """
     scores = {w: _scores(y, _argmax_labels((1 - w) * encoder_probs + w * sparse_probs, labels), labels)["macro_f1"]
               for w in weights}
-    best = max(weights, key=lambda w: (round(scores[w], 9), -abs(w - 0.5)))
-    if 0.5 in scores and scores[best] - scores[0.5] <= BLEND_MARGIN:
-        best = 0.5
-    return best, {f"{w:g}": round(v, 6) for w, v in scores.items()}
+    return pick_blend_weight(scores), {f"{w:g}": round(v, 6) for w, v in scores.items()}
+
+
+def pick_blend_weight(scores: dict[float, float]) -> float:
+    """The rule of :func:`choose_blend` on given validation macro-F1 per TF-IDF weight."""
+    best = max(scores, key=lambda w: (round(scores[w], 9), -abs(w - 0.5)))
+    return 0.5 if 0.5 in scores and scores[best] - scores[0.5] <= BLEND_MARGIN else best
 
 
 def served_model(blend_tfidf: float) -> str:
