@@ -44,6 +44,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pandas as pd  # noqa: E402
 
+from tuneloop.retrain.baselines import BLEND_WEIGHTS, pick_blend_weight  # noqa: E402
+
 OUT = Path(__file__).parent / "out" / "finetune.json"
 TEST_ROWS = 400  # fixed test rows per dataset (drugs: its own 379)
 CONFIGS = ("majority", "tfidf_logreg", "frozen_logreg", "old", "new")
@@ -109,7 +111,8 @@ def _scores(y_true: list[str], pred: list[str], labels: list[str]) -> dict[str, 
     from tuneloop.retrain.evaluate import classification_metrics
 
     m = classification_metrics(y_true, pred, labels)
-    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+    recall = [m["per_class_recall"][c] for c in sorted(set(y_true))]
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "balanced_accuracy": statistics.mean(recall)}
 
 
 @functools.lru_cache(maxsize=1)
@@ -143,16 +146,20 @@ def run_cell(name: str, size: int, seed: int, config: str) -> dict[str, Any]:
     else:
         settings = ModelSettings(seed=seed, **(OLD_DEFAULTS if config == "old" else {}))
         result = train(tr, labels, settings, progress=False)
-        out = result.classifier.predict(te["text"].tolist())
-        pred = out.labels
-        if result.classifier.sparse is not None:  # the encoder alone, for the record
-            result.classifier.sparse = None
-            extra["encoder_only"] = _scores(y_te, result.classifier.predict(te["text"].tolist()).labels, labels)
+        clf, texts = result.classifier, te["text"].tolist()
+        pred = clf.predict(texts).labels
+        seconds = time.perf_counter() - t0
+        if clf.sparse is not None:  # for the record: the test scores of every blend weight, 0 = encoder alone
+            sparse, clf.sparse = clf.sparse, None
+            enc, tfidf = clf.predict(texts).probs, sparse.predict_proba(texts)
+            extra["by_weight"] = {f"{w:g}": _scores(y_te, [labels[i] for i in ((1 - w) * enc + w * tfidf).argmax(1)],
+                                                    labels) for w in BLEND_WEIGHTS}
         extra.update(epochs_run=result.metrics["epochs_run"], best_epoch=result.metrics["best_epoch"],
-                     max_length=result.classifier.settings.max_length,
-                     batch_size=result.classifier.settings.batch_size)
+                     max_length=clf.settings.max_length, batch_size=clf.settings.batch_size,
+                     blend_tfidf=clf.settings.blend_tfidf, val_by_weight=result.metrics["blend_scores"],
+                     seconds=round(seconds, 1))
     return {**_scores(y_te, pred, labels), "seconds": round(time.perf_counter() - t0, 1),
-            "n_train": len(tr), "n_test": len(te), **extra}
+            "n_train": len(tr), "n_test": len(te), **extra}  # a fine-tune's seconds exclude the record above
 
 
 def serving_cost(name: str = "drugs", n: int = 256, repeats: int = 3) -> dict[str, float]:
@@ -193,32 +200,49 @@ def _key(name: str, size: int, seed: int, config: str) -> str:
     return f"{name}|{size}|{seed}|{config}"
 
 
+def served(cell: dict[str, Any]) -> dict[str, Any]:
+    """A fine-tune cell's test scores as the current blend rule would serve them, from its recorded
+    validation and test scores per TF-IDF weight (the rule may have changed since the cell ran)."""
+    if not cell.get("val_by_weight"):
+        return cell
+    weight = pick_blend_weight({float(w): v for w, v in cell["val_by_weight"].items()})
+    return {**cell, **cell["by_weight"][f"{weight:g}"], "blend_tfidf": weight}
+
+
+def _mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+
+
 def _cell(rs: list[dict[str, Any]]) -> str:
     if not rs:
         return "–"
-    f1, acc = statistics.median(r["macro_f1"] for r in rs), statistics.median(r["accuracy"] for r in rs)
-    return f"F1 {f1:.3f} acc {acc:.3f} ({statistics.median(r['seconds'] for r in rs):.0f} s, n={len(rs)})"
+    return (f"F1 {_mean_sd([r['macro_f1'] for r in rs])}, acc {_mean_sd([r['accuracy'] for r in rs])} "
+            f"({statistics.median(r['seconds'] for r in rs):.0f} s)")
 
 
-def report(cells: dict[str, Any]) -> str:
-    """Median over seeds per dataset x size x config: macro-F1, accuracy, seconds (n seeds).
-
-    The last column: new defaults minus the best baseline, on the seeds where "new" ran.
+def report(cells: dict[str, Any], configs: tuple[str, ...] = CONFIGS) -> str:
+    """Per dataset x size x config: mean ± standard deviation over seeds of test macro-F1 and accuracy,
+    the median seconds, and for the new defaults: the seeds on which they beat the best baseline of the
+    same training sample on macro-F1, and their median wall time as a multiple of the old defaults'.
     """
-    groups: dict[tuple[str, int], dict[str, list[dict[str, Any]]]] = {}
+    groups: dict[tuple[str, int], dict[str, dict[str, dict[str, Any]]]] = {}
     for key, cell in cells.items():
         name, size, seed, config = key.split("|")
-        groups.setdefault((name, int(size)), {}).setdefault(config, []).append({**cell, "seed": seed})
-    lines = ["| dataset | rows | " + " | ".join(CONFIGS) + " | new − best baseline (F1 pts) |",
-             "|---|---|" + "---|" * (len(CONFIGS) + 1)]
+        groups.setdefault((name, int(size)), {}).setdefault(config, {})[seed] = served(cell)
+    shown = [c for c in configs if any(c in by for by in groups.values())]
+    lines = ["| dataset | rows | seeds | " + " | ".join(shown) + " | new beats best baseline | new ÷ old time |",
+             "|---|---|---|" + "---|" * (len(shown) + 2)]
     for (name, size), by in sorted(groups.items()):
-        gap = "–"
-        seeds = {r["seed"] for r in by.get("new", [])}  # the gap compares the same training samples only
-        base = [statistics.median(r["macro_f1"] for r in by[c] if r["seed"] in seeds) for c in CONFIGS[:3]
-                if any(r["seed"] in seeds for r in by.get(c, []))]
-        if "new" in by and base:
-            gap = f"{100 * (statistics.median(r['macro_f1'] for r in by['new']) - max(base)):+.1f}"
-        lines.append(f"| {name} | {size} | " + " | ".join(_cell(by.get(c, [])) for c in CONFIGS) + f" | {gap} |")
+        new = by.get("new", {})
+        baselines = [c for c in ("majority", "tfidf_logreg", "frozen_logreg") if c in by]
+        wins = [new[s]["macro_f1"] > max(by[c][s]["macro_f1"] for c in baselines) for s in new
+                if all(s in by[c] for c in baselines)]
+        ratios = [new[s]["seconds"] / by["old"][s]["seconds"] for s in new if s in by.get("old", {})]
+        seeds = max(len(v) for v in by.values())
+        lines.append(f"| {name} | {size} | {seeds} | " + " | ".join(_cell(list(by.get(c, {}).values())) for c in shown)
+                     + f" | {sum(wins)}/{len(wins)} | "
+                     + (f"{statistics.median(ratios):.2f} (n={len(ratios)})" if ratios else "–") + " |")
     return "\n".join(lines)
 
 

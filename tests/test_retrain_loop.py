@@ -98,6 +98,7 @@ def running_loop(root, tweets, **retrain):
     good = train_version(settings.models_dir, settings.model, train, LABELS, version="v0")
     bad = load_version(good.path, threads=1)
     rotate_head(bad)
+    bad.sparse = None  # no TF-IDF model in its served blend to make up for the head
     reference = build_reference(bad, train, ["train"] * len(train))
     write_version(settings.models_dir, "v1", bad, good.metrics, {"n_rows": len(train)},
                   extra_files={"reference.parquet": reference})
