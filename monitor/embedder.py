@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from tuneloop.monitor import metrics
 from tuneloop.monitor.config import Settings
 from tuneloop.monitor.storage import Store
 
@@ -152,7 +153,6 @@ class BackgroundEmbedder:
         self.pending_projects: dict[str, int] = {}
         self.last_error: str | None = None
         self._pending_at = 0.0
-        self._metrics = _Gauges.get()
 
     RATE_WINDOW = 10.0
 
@@ -178,7 +178,7 @@ class BackgroundEmbedder:
         written = write_embeddings(self.store, rowids, projects, ids, vectors)
         self.embedded_total += written
         self._rounds.append((started, time.monotonic(), written))
-        self._metrics.embedded.inc(written)
+        metrics.EMBEDDER_EMBEDDED.inc(written)
         return written
 
     def drain(self, timeout: float | None = None) -> int:
@@ -209,8 +209,8 @@ class BackgroundEmbedder:
             self.pending_projects = pending_by_project(self.store)
             self.pending = sum(self.pending_projects.values())
             self._pending_at = now
-        self._metrics.pending.set(self.pending)
-        self._metrics.rate.set(self.rows_per_second())
+        metrics.EMBEDDER_PENDING.set(self.pending)
+        metrics.EMBEDDER_RATE.set(self.rows_per_second())
 
     def status(self) -> dict[str, Any]:
         return {
@@ -283,34 +283,4 @@ def lower_priority(nice: int) -> None:
     except OSError as e:
         log.info("could not lower the embedder's priority: %s", e)
 
-
-class _Gauges:
-    """The embedder's Prometheus series, registered once per process."""
-
-    _instance: _Gauges | None = None
-    _lock = threading.Lock()
-
-    def __init__(self) -> None:
-        from prometheus_client import Counter, Gauge
-
-        registry = _registry()
-        self.pending = Gauge("tuneloop_embedder_pending_rows",
-                             "Predictions still waiting for a server-side embedding", registry=registry)
-        self.embedded = Counter("tuneloop_embedder_embedded_rows",
-                                "Predictions embedded by the background embedder", registry=registry)
-        self.rate = Gauge("tuneloop_embedder_rows_per_second",
-                          "Background embedding throughput over the last 10 s", registry=registry)
-
-    @classmethod
-    def get(cls) -> _Gauges:
-        with cls._lock:
-            if cls._instance is None:
-                cls._instance = cls()
-            return cls._instance
-
-
-def _registry() -> Any:
-    from tuneloop.monitor.metrics import REGISTRY
-
-    return REGISTRY
 

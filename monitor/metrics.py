@@ -55,3 +55,20 @@ GROUP_COMMIT_SECONDS = Histogram(
     "tuneloop_group_commit_seconds", "Duration of one group-commit write (including COMMIT)", registry=REGISTRY,
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+SERVE_BATCH_TEXTS = Histogram(
+    "tuneloop_serve_batch_texts", "Texts per forward pass (dynamic batching)", ["project"], registry=REGISTRY,
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+SERVE_FORWARD_SECONDS = Histogram(
+    "tuneloop_serve_forward_seconds", "Model forward pass duration per batch", ["project"], registry=REGISTRY,
+)
+MODEL_SWAPS = Counter("tuneloop_model_swaps", "Hot-swaps of the served model", ["project"], registry=REGISTRY)
+EMBEDDER_PENDING = Gauge(
+    "tuneloop_embedder_pending_rows", "Predictions still waiting for a server-side embedding", registry=REGISTRY,
+)
+EMBEDDER_EMBEDDED = Counter(
+    "tuneloop_embedder_embedded_rows", "Predictions embedded by the background embedder", registry=REGISTRY,
+)
+EMBEDDER_RATE = Gauge(
+    "tuneloop_embedder_rows_per_second", "Background embedding throughput over the last 10 s", registry=REGISTRY,
+)

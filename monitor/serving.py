@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tuneloop.monitor import registry
+from tuneloop.monitor import metrics, registry
 from tuneloop.monitor.storage import DEFAULT_PROJECT, Store
 
 if TYPE_CHECKING:
@@ -92,42 +92,6 @@ class _Request:
     t0: float = field(default_factory=time.perf_counter)
 
 
-class _Metrics:
-    """Prometheus series of the serving path, registered once per process."""
-
-    _instance: _Metrics | None = None
-    _lock = threading.Lock()
-
-    def __init__(self) -> None:
-        from prometheus_client import Counter as PCounter
-        from prometheus_client import Histogram
-
-        reg = _registry()
-        self.batch_texts = Histogram("tuneloop_serve_batch_texts", "Texts per forward pass (dynamic batching)",
-                                     ["project"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=reg)
-        self.forward = Histogram("tuneloop_serve_forward_seconds", "Model forward pass duration per batch",
-                                 ["project"], registry=reg)
-        self.swaps = PCounter("tuneloop_model_swaps", "Hot-swaps of the served model", ["project"], registry=reg)
-
-    @classmethod
-    def get(cls) -> _Metrics:
-        with cls._lock:
-            if cls._instance is None:
-                cls._instance = cls()
-            return cls._instance
-
-
-def _registry() -> Any:
-    """The service's metrics registry when the collector defines one, else prometheus' default."""
-    try:
-        from tuneloop.monitor import metrics
-    except ImportError:
-        from prometheus_client import REGISTRY
-
-        return REGISTRY
-    return getattr(metrics, "REGISTRY", None) or getattr(metrics, "registry", None)
-
-
 def _depth_bucket(texts: int) -> str:
     """Power-of-two bucket of a queue depth: '1', '2-3', '4-7', ..."""
     low = 1 << (max(texts, 1).bit_length() - 1)
@@ -168,7 +132,6 @@ class ModelServer:
         self.batch_sizes: Counter[int] = Counter()  # texts per batch taken -> number of batches
         self.by_queue_depth: dict[str, list[int]] = {}  # texts queued when a batch was taken -> [batches, texts]
         self.requests_served = 0
-        self._metrics = _Metrics.get()
 
     # -- model ---------------------------------------------------------------------------------------
     @property
@@ -202,7 +165,7 @@ class ModelServer:
         old, self._current = self._current, loaded
         if old is not None and old.version != loaded.version:
             self._previous = old
-            self._metrics.swaps.labels(self.project).inc()
+            metrics.MODEL_SWAPS.labels(self.project).inc()
         self.load_error = None
         return old
 
@@ -313,8 +276,8 @@ class ModelServer:
         forward_ms = (done - start) * 1000
         self.batch_sizes[len(texts)] += 1
         self.requests_served += len(batch)
-        self._metrics.batch_texts.labels(self.project).observe(len(texts))
-        self._metrics.forward.labels(self.project).observe(done - start)
+        metrics.SERVE_BATCH_TEXTS.labels(self.project).observe(len(texts))
+        metrics.SERVE_FORWARD_SECONDS.labels(self.project).observe(done - start)
         offset = 0
         for r in batch:
             sl = slice(offset, offset + len(r.texts))

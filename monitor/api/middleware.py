@@ -16,7 +16,24 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request body larger than server.max_body_bytes = {limit} bytes")
 
 
-class BodyLimit:
+class HttpOnly:
+    """Base of tuneloop's pure ASGI middleware: lifespan and websocket messages pass straight through,
+    HTTP requests go to :meth:`handle`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await self.handle(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class BodyLimit(HttpOnly):
     """Pure ASGI middleware: 413 for bodies over ``max_bytes``.
 
     Checks the declared Content-Length before reading anything, and counts the bytes actually
@@ -24,13 +41,10 @@ class BodyLimit:
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
+        super().__init__(app)
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._reject(scope, receive, send)
@@ -66,16 +80,10 @@ class BodyLimit:
             scope, receive, send)
 
 
-class RequestMetrics:
+class RequestMetrics(HttpOnly):
     """ASGI middleware: observe ``tuneloop_request_duration_seconds`` for every HTTP request."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
         status = 500
 

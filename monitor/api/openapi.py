@@ -24,7 +24,9 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
+
+from tuneloop.monitor.api.middleware import HttpOnly
 
 SCHEME = "bearerAuth"
 PUBLIC_PATHS = {"/healthz", "/readyz", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"}
@@ -180,16 +182,10 @@ def mark_utc(value: Any, key: str = "") -> Any:
     return value
 
 
-class UTCTimestamps:
+class UTCTimestamps(HttpOnly):
     """ASGI middleware: JSON answers get :func:`mark_utc` (the one place naive UTC becomes RFC 3339)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         start: Message | None = None
         chunks: list[bytes] = []
 

@@ -58,6 +58,11 @@ def show(data: Any, as_json: bool, lines: Callable[[], Iterable[str]]) -> None:
         typer.echo(line)
 
 
+def show_table(items: list[dict[str, Any]], as_json: bool, header: str, row: Callable[[dict[str, Any]], str]) -> None:
+    """``--json``: the items as JSON; otherwise a header line and one formatted line per item."""
+    show(items, as_json, lambda: [header, *map(row, items)])
+
+
 def split_labels(labels: str | None) -> list[str] | None:
     """``"a, b,c"`` -> ``["a", "b", "c"]``; None or empty -> None."""
     return [x.strip() for x in labels.split(",") if x.strip()] if labels else None

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from tuneloop.monitor.cli.backend import NO_DB_HINT, connect
-from tuneloop.monitor.cli.common import JsonOpt, ProjectOpt, fail, settings, show, split_labels
+from tuneloop.monitor.cli.common import JsonOpt, ProjectOpt, fail, settings, show_table, split_labels
 
 app = typer.Typer(help="Create and list projects (one monitored model each).", no_args_is_help=True)
 reference_app = typer.Typer(help="The drift reference of an external model.", no_args_is_help=True)
@@ -22,13 +21,8 @@ def projects_list(as_json: JsonOpt = False) -> None:
     """Every project with its labels and prediction count."""
     with connect(settings(), missing_db=NO_DB_HINT) as backend:
         items = backend.list_projects()
-
-    def lines() -> Iterator[str]:
-        yield f"{'project':<24}{'predictions':>12}  labels"
-        for p in items:
-            yield f"{p['project']:<24}{p['predictions']:>12}  {', '.join(p['labels'])}"
-
-    show(items, as_json, lines)
+    show_table(items, as_json, f"{'project':<24}{'predictions':>12}  labels",
+               lambda p: f"{p['project']:<24}{p['predictions']:>12}  {', '.join(p['labels'])}")
 
 
 @app.command("create")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Annotated
 
 import typer
 
 from tuneloop.monitor.cli.backend import connect
-from tuneloop.monitor.cli.common import JsonOpt, fail, settings, show
+from tuneloop.monitor.cli.common import JsonOpt, fail, settings, show_table
 
 app = typer.Typer(help="Create, list and revoke API tokens.", no_args_is_help=True)
 
@@ -32,13 +31,9 @@ def token_list(as_json: JsonOpt = False) -> None:
     """Token names and roles (never the tokens)."""
     with connect(settings()) as backend:
         items = backend.list_tokens()
-
-    def lines() -> Iterator[str]:
-        yield f"{'name':<32}{'role':<8}{'created_at':<21}revoked_at"
-        for t in items:
-            yield f"{t['name']:<32}{t['role']:<8}{str(t['created_at'])[:19]:<21}{str(t['revoked_at'] or '-')[:19]}"
-
-    show(items, as_json, lines)
+    show_table(items, as_json, f"{'name':<32}{'role':<8}{'created_at':<21}revoked_at",
+               lambda t: f"{t['name']:<32}{t['role']:<8}{str(t['created_at'])[:19]:<21}"
+                         f"{str(t['revoked_at'] or '-')[:19]}")
 
 
 @app.command("revoke")
