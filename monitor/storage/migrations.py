@@ -4,10 +4,20 @@
 Append new steps; never edit an applied one (a database that ran it would not run it again).
 """
 
+_LABEL_COLUMNS = """            project VARCHAR NOT NULL,
+            id VARCHAR NOT NULL,
+            prediction_id VARCHAR NOT NULL,
+            label VARCHAR NOT NULL,
+            ts TIMESTAMP NOT NULL,
+            source VARCHAR NOT NULL,
+            annotator VARCHAR,
+"""
+"""Columns of a label, stored (``feedback``) or waiting for its prediction (``pending_feedback``)."""
+
 MIGRATIONS: list[tuple[int, str]] = [
     (
         1,
-        """
+        f"""
         CREATE TABLE predictions (
             project VARCHAR NOT NULL,
             id VARCHAR NOT NULL,
@@ -25,27 +35,13 @@ MIGRATIONS: list[tuple[int, str]] = [
             PRIMARY KEY (project, id)
         );
         CREATE TABLE feedback (
-            project VARCHAR NOT NULL,
-            id VARCHAR NOT NULL,
-            prediction_id VARCHAR NOT NULL,
-            label VARCHAR NOT NULL,
-            ts TIMESTAMP NOT NULL,
-            source VARCHAR NOT NULL,
-            annotator VARCHAR,
-            prediction_ts TIMESTAMP,
+{_LABEL_COLUMNS}            prediction_ts TIMESTAMP,
             predicted_label VARCHAR,
             model_version VARCHAR,
             PRIMARY KEY (project, id)
         );
         CREATE TABLE pending_feedback (
-            project VARCHAR NOT NULL,
-            id VARCHAR NOT NULL,
-            prediction_id VARCHAR NOT NULL,
-            label VARCHAR NOT NULL,
-            ts TIMESTAMP NOT NULL,
-            source VARCHAR NOT NULL,
-            annotator VARCHAR,
-            PRIMARY KEY (project, id)
+{_LABEL_COLUMNS}            PRIMARY KEY (project, id)
         );
         CREATE TABLE prediction_hourly (
             project VARCHAR NOT NULL,
