@@ -18,7 +18,10 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from tuneloop.retrain.settings import RetrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +193,7 @@ def _first_line(error: object) -> str:
     return text.splitlines()[0][:300] if text else type(error).__name__
 
 
-def launcher_for(retrain: Any, kill_grace: float) -> Launcher:
+def launcher_for(retrain: RetrainSettings, kill_grace: float) -> Launcher:
     """The launcher ``retrain.launcher`` names (settings validation has already checked its values)."""
     if retrain.launcher == "ray":
         return RayLauncher(retrain.ray_address, retrain.ray_num_cpus, retrain.ray_num_gpus, kill_grace)

@@ -349,7 +349,7 @@ class RetrainService:
             active.job.cancel()
         end = active.job.wait(s.retrain.timeout_seconds, KILL_GRACE_SECONDS)
         if end.timed_out or end.code != 0:
-            self._cleanup_partial(version, active.job.pid or "*")  # "*": a remote job's pid is unknown here
+            self._cleanup_partial(version, active.job.pid)
             if end.timed_out:
                 self._finish(run_id, "failed", [f"timeout: the job ran longer than {s.retrain.timeout_seconds} s "
                                                 "and was stopped"], version=None)
@@ -397,12 +397,13 @@ class RetrainService:
             name = f"v{int(name[1:]) + 1}"
         return name
 
-    def _cleanup_partial(self, version: str, pid: int) -> None:
+    def _cleanup_partial(self, version: str, pid: int | None) -> None:
         """A failed job leaves nothing: its temp dir, or its finished version dir when it was killed
-        between the atomic rename and its exit (this run named the version, so nothing else owns it)."""
+        between the atomic rename and its exit (this run named the version, so nothing else owns it).
+        ``pid`` None: the job ran elsewhere (Ray), so every temp dir of the version is its."""
         import shutil
 
-        for p in self.settings.models_dir.glob(f".tmp-{version}-{pid}-*"):
+        for p in self.settings.models_dir.glob(f".tmp-{version}-{'*' if pid is None else pid}-*"):
             shutil.rmtree(p, ignore_errors=True)
         if version not in self.store.versions.all_names():
             shutil.rmtree(self.settings.models_dir / version, ignore_errors=True)
