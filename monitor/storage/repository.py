@@ -27,8 +27,7 @@ class Repository:
         return self.store.cursor().execute(sql, list(params)).fetchall()
 
     def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        rows = self._rows(sql, params)
-        return rows[0][0] if rows else None
+        return self.store.scalar(sql, params)
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self.store.execute(sql, params)

@@ -113,8 +113,8 @@ class Store:
         self._seq_lock = threading.Lock()
         if not read_only:
             self.migrate()
-        self._ingest_seq = self._scalar("SELECT coalesce(max(ingest_seq), 0) FROM predictions") or 0
-        self._has_pending = bool(self._scalar("SELECT count(*) FROM pending_feedback"))
+        self._ingest_seq = self.scalar("SELECT coalesce(max(ingest_seq), 0) FROM predictions") or 0
+        self._has_pending = bool(self.scalar("SELECT count(*) FROM pending_feedback"))
         self._rollup_parts = 0  # partial rollup rows appended since the last compaction
         self.checks = CheckRepository(self)
         self.alerts = AlertRepository(self)
@@ -151,13 +151,14 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+    def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """The first column of the first row of a read query on this thread's cursor (None: no row)."""
         rows = self.cursor().execute(sql, list(params)).fetchall()
         return rows[0][0] if rows else None
 
     def ping(self) -> None:
         """Raise when the database cannot answer a trivial query (readiness)."""
-        self._scalar("SELECT 1")
+        self.scalar("SELECT 1")
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
         """Run a read query on this thread's cursor and return a DataFrame."""
@@ -210,7 +211,7 @@ class Store:
         return applied
 
     def schema_version(self) -> int:
-        return int(self._scalar("SELECT coalesce(max(version), 0) FROM schema_migrations"))
+        return int(self.scalar("SELECT coalesce(max(version), 0) FROM schema_migrations"))
 
     # -- predictions --------------------------------------------------------------------------
     def _next_seq(self) -> int:
@@ -378,8 +379,8 @@ class Store:
 
     def count_predictions(self, project: str | None = DEFAULT_PROJECT) -> int:
         if project is None:
-            return int(self._scalar("SELECT count(*) FROM predictions"))
-        return int(self._scalar("SELECT count(*) FROM predictions WHERE project = ?", [project]))
+            return int(self.scalar("SELECT count(*) FROM predictions"))
+        return int(self.scalar("SELECT count(*) FROM predictions WHERE project = ?", [project]))
 
     def get_predictions(self, ids: Sequence[str], project: str = DEFAULT_PROJECT) -> pd.DataFrame:
         return self.query(
@@ -568,4 +569,4 @@ class Store:
             "predictions", "feedback", "pending_feedback", "model_versions", "drift_checks", "alerts",
             "retrain_runs", "tokens",
         ]
-        return {n: int(self._scalar(f"SELECT count(*) FROM {n}")) for n in names}
+        return {n: int(self.scalar(f"SELECT count(*) FROM {n}")) for n in names}
