@@ -196,6 +196,29 @@ def test_permutation_threshold_bounds_false_alarms_for_a_discrete_statistic():
     assert ds.permutation_threshold(null[:50], 0.01) == float("inf")  # 50 permutations cannot reach 1 %
 
 
+def test_labelled_accuracy_test_is_fishers_exact_and_bounds_false_alarms():
+    """The accuracy check's null is exact: Fisher's one-sided p-value, its critical accuracy the boundary of
+    significance, and windows of a model exactly as good as on the reference alarm at most 1 - quantile."""
+    from scipy.stats import fisher_exact
+
+    p, critical = ds.accuracy_drop_test(800, 1000, 150, 200, 0.01)
+    assert p == pytest.approx(fisher_exact([[150, 50], [800, 200]], alternative="less")[1])
+    k = round(critical * 200)
+    p_value = lambda correct: ds.accuracy_drop_test(800, 1000, correct, 200, 0.01)[0]  # noqa: E731
+    assert p_value(k - 1) <= 0.01 < p_value(k)
+    assert ds.accuracy_drop_test(8, 10, 0, 3, 0.01)[1] == 0.0  # 3 rows can never be significant at 1 %
+    rng = np.random.default_rng(0)
+    settings, spec = DriftSettings(accuracy_tolerance=0.0, threshold_margin=0.0), by_name("labelled_accuracy")
+    alarms = 0
+    for seed in range(300):
+        right = rng.random(1200) < 0.8
+        frame = pd.DataFrame({"label": "positive", "true_label": np.where(right, "positive", "negative")})
+        (r,) = run_checks(frame.iloc[:1000], frame.iloc[1000:], settings, LABELS, seed=seed, checks=spec)
+        assert (r.value < r.threshold) == (r.details["p_value"] <= 0.01)
+        alarms += r.drifted
+    assert alarms <= 7, alarms  # at most 1 % of 300 in expectation (Fisher is conservative); binomial 99th pct is 8
+
+
 def test_time_block_null_sees_slow_drift_inside_the_reference():
     """A reference whose mean wanders over time: contiguous blocks of it differ from a random reference sample
     far more than shuffled splits do, so a window that wanders the same way is not called drift."""

@@ -57,8 +57,10 @@ not trained on (:func:`output_sides`); input checks see every row.
 *Quality.* ``labelled_accuracy`` uses the current window's feedback; ``estimated_accuracy`` is a
 CBPE-style label-free estimate: isotonic regression of correctness on confidence, fitted on the
 reference's labelled rows, averaged over the current window, with a 95 % interval and a
-``reliable`` flag (:func:`mark_reliability`). Both alarm when accuracy falls below
-``min(reference accuracy - settings.accuracy_tolerance, bootstrap lower bound at the same n)``.
+``reliable`` flag (:func:`mark_reliability`). Both alarm only when accuracy falls more than
+``settings.accuracy_tolerance`` below the reference's, and significantly so: labelled accuracy by
+an exact one-sided test of the per-row outcomes (Fisher's, the complete permutation test, so no
+resampling error), the estimate below its bootstrap lower bound at the same n.
 """
 
 from tuneloop.monitor.drift.checks import DEFAULT_CHECKS, CheckKind, CheckResult, CheckSpec, Skip

@@ -58,25 +58,35 @@ def classification_summary(y_true: Sequence[Any], y_pred: Sequence[Any]) -> dict
 
 
 def check_labelled(c: CheckContext) -> CheckResult:
+    """Accuracy on the window's feedback against the reference's held-out labels, by an exact test.
+
+    Drift = the one-sided exact permutation test of the per-row outcomes (Fisher's, see
+    :func:`~tuneloop.monitor.drift.stats.accuracy_drop_test`) rejects at ``1 - quantile``, its
+    critical accuracy widened by ``threshold_margin`` times its distance below the reference
+    accuracy, *and* the drop exceeds ``accuracy_tolerance`` (so a huge window does not alarm on a
+    negligible dip). A resampled threshold would carry its own Monte Carlo error on a statistic
+    that takes few values; the exact null has none.
+    """
     label, truth = c.spec.columns
     cur_lab = _labelled(c.cur, label, truth)
     if len(cur_lab) < c.settings.min_labels:
         raise Skip(f"current has {len(cur_lab)} labelled rows, fewer than min_labels={c.settings.min_labels}")
     ref_correct = _correct(_reference_labelled(c, label, truth), label, truth)
     summary = classification_summary(cur_lab[truth].tolist(), cur_lab[label].tolist())
-    # Bootstrap of the reference's correctness at the current number of labels (capped like every sample).
-    n = min(len(cur_lab), c.settings.sample_size)
-    null = ref_correct[c.rng("bootstrap").integers(0, len(ref_correct), size=(c.settings.resamples, n))].mean(1)
-    ref_acc = float(ref_correct.mean())
-    threshold = _accuracy_threshold(c, null, ref_acc)
-    value = summary["accuracy"]
+    ref_acc, value = float(ref_correct.mean()), summary["accuracy"]
+    p_value, critical = ds.accuracy_drop_test(int(ref_correct.sum()), len(ref_correct),
+                                              int(round(value * len(cur_lab))), len(cur_lab), 1.0 - c.settings.quantile)
+    widened = critical - c.settings.threshold_margin * max(ref_acc - critical, 0.0)
+    threshold = max(min(widened, ref_acc - c.settings.accuracy_tolerance), 0.0)
     details = {
+        "method": "fisher_exact_one_sided",
         "direction": "below",
         "n_labelled": len(cur_lab),
         "reference_accuracy": ref_acc,
         "reference_labelled": len(ref_correct),
         "tolerance": c.settings.accuracy_tolerance,
-        "p_value": ds.exceedance(value, null, upper=False),
+        "p_value": p_value,
+        "exact_threshold": critical,
         **summary,
     }
     return c.result(value, threshold, value < threshold, details)

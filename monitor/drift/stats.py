@@ -128,6 +128,26 @@ def permutation_threshold(null: np.ndarray, alpha: float) -> float:
     return float(null[allowed]) if allowed >= 0 else float("inf")
 
 
+def accuracy_drop_test(ref_correct: int, ref_rows: int, cur_correct: int, cur_rows: int,
+                       alpha: float) -> tuple[float, float]:
+    """One-sided exact test that the current accuracy is lower than the reference's: (p-value, critical accuracy).
+
+    Fisher's exact test, which is the *complete* permutation test of the pooled per-row outcomes
+    (right/wrong) between the two sides: with the total number of correct rows fixed, the current
+    side's count is hypergeometric when both sides share one accuracy. No resampling, so no Monte
+    Carlo error, and the false-alarm rate is at most ``alpha`` however few rows there are. The
+    critical accuracy is the smallest accuracy of ``cur_rows`` rows that is *not* significant:
+    "accuracy < critical" is exactly "p-value <= alpha" (0 when no count is significant).
+    """
+    from scipy.stats import hypergeom
+
+    counts = np.arange(cur_rows + 1)
+    p = hypergeom.cdf(counts, ref_rows + cur_rows, ref_correct + counts, cur_rows)  # increasing in the count
+    significant = counts[p <= alpha]
+    critical = (int(significant.max()) + 1) / cur_rows if len(significant) else 0.0
+    return float(p[cur_correct]), critical
+
+
 def exceedance(value: float, null: np.ndarray, upper: bool = True) -> float:
     """p-value-like rank of ``value`` within ``null``: (1 + #null at least as extreme) / (1 + #null)."""
     null = np.asarray(null, dtype=float)
