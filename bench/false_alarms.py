@@ -259,21 +259,20 @@ def run_stream(topic: str, raw: pd.DataFrame, emb: np.ndarray, args, settings, c
     promoted.sequence(200, verdicts, settings)
 
 
+def per_check_table(title: str, tally: Tally, counts: dict[tuple[int, str], int], sizes: list[int]) -> None:
+    print(f"\n## {title}\n")
+    print("| check | " + " | ".join(f"window {s:,}" for s in sizes) + " |")
+    print("|---|" + "---|" * len(sizes))
+    for m in tally.names:
+        print(f"| {m} | " + " | ".join(rate(counts.get((s, m), 0), tally.runs.get((s, m), 0)) for s in sizes) + " |")
+
+
 def report(tally: Tally, promoted: Tally, sizes: list[int]) -> None:
     names = tally.names
-    print("\n## False alarms per check (same-distribution windows; goal <= 1 %; Clopper-Pearson 95 %)\n")
-    print("| check | " + " | ".join(f"window {s:,}" for s in sizes) + " |")
-    print("|---|" + "---|" * len(sizes))
-    for m in names:
-        print(f"| {m} | " + " | ".join(rate(tally.alarms.get((s, m), 0), tally.runs.get((s, m), 0)) for s in sizes)
-              + " |")
+    per_check_table("False alarms per check (same-distribution windows; goal <= 1 %; Clopper-Pearson 95 %)", tally,
+                    tally.alarms, sizes)
     print("| any check | " + " | ".join(rate(tally.any_alarm[(s, '')], tally.windows[(s, '')]) for s in sizes) + " |")
-    print("\n## Alerts opened after hysteresis, per window checked (goal <= 0.2 %)\n")
-    print("| check | " + " | ".join(f"window {s:,}" for s in sizes) + " |")
-    print("|---|" + "---|" * len(sizes))
-    for m in names:
-        print(f"| {m} | " + " | ".join(rate(tally.alerts.get((s, m), 0), tally.runs.get((s, m), 0)) for s in sizes)
-              + " |")
+    per_check_table("Alerts opened after hysteresis, per window checked (goal <= 0.2 %)", tally, tally.alerts, sizes)
     total = [(sum(tally.alerts.get((s, m), 0) for m in names), sum(tally.runs.get((s, m), 0) for m in names))
              for s in sizes]
     print("| all checks (check-windows) | " + " | ".join(rate(k, n) for k, n in total) + " |")
