@@ -1,4 +1,5 @@
-"""Repository behaviour of the storage layer on real DuckDB files (what the services' tests do not reach)."""
+"""Repository behaviour of the storage layer (what the services' tests do not reach), on both backends:
+a real DuckDB file and a real PostgreSQL database (tests/postgres_server.py)."""
 
 from datetime import datetime, timedelta
 
@@ -13,16 +14,28 @@ from tuneloop.monitor.storage import (
     ProjectExistsError,
     RetractRefused,
     Store,
+    StoreError,
     import_export,
     is_missing,
     records,
     utcnow,
 )
+from tuneloop.monitor.storage.postgres import PostgresStore
+
+
+@pytest.fixture(params=["duckdb", "postgresql"])
+def backend(request):
+    """A function opening a new store on the backend: a DuckDB file or a fresh PostgreSQL database."""
+    if request.param == "duckdb":
+        path = request.getfixturevalue("tmp_path") / "t.duckdb"
+        return lambda: Store(path)
+    url = request.getfixturevalue("postgres_url")
+    return lambda: PostgresStore(url)
 
 
 @pytest.fixture
-def store(tmp_path):
-    with Store(tmp_path / "t.duckdb") as s:
+def store(backend):
+    with backend() as s:
         yield s
 
 
@@ -35,7 +48,7 @@ def test_is_missing_covers_every_null_pandas_returns_and_nothing_else():
 
 def test_records_turn_nulls_into_none_and_parse_the_named_json_columns(store):
     store.alerts.open("p", "embedding_drift", "warning", "m", {"value": 0.5})
-    df = store.query("SELECT *, NULL::DOUBLE AS nothing FROM alerts")
+    df = store.query("SELECT *, NULL::FLOAT8 AS nothing FROM alerts")
     [row] = records(df, ("details",))
     assert row["details"] == {"value": 0.5}
     assert row["closed_at"] is None and row["acked_by"] is None and row["nothing"] is None
@@ -158,7 +171,12 @@ def test_projects_refuse_a_taken_name_and_tokens_count_only_live_ones(store):
     assert store.tokens.count_live() == 1 and [r[1] for r in store.tokens.live()] == ["ops"]
 
 
-def test_export_and_import_give_the_same_rows_per_table(store, tmp_path):
+def test_export_and_import_give_the_same_rows_per_table(tmp_path):
+    with Store(tmp_path / "t.duckdb") as store:  # the DuckDB file's own backup format
+        _export_and_import(store, tmp_path)
+
+
+def _export_and_import(store, tmp_path):
     store.append_predictions([{"id": str(i), "text": "x", "label": "pos", "confidence": 0.5} for i in range(7)], "p")
     store.projects.create("p", ["pos", "neg"], utcnow(), {"drift": {"window_size": 50}})
     tables, version = store.maintenance.export(tmp_path / "export")
@@ -180,9 +198,18 @@ def test_retention_rolls_up_labelled_hours_before_deleting(store):
     assert store.count_predictions("p") == 1
 
 
-def test_ping_fails_once_the_store_is_closed(tmp_path):
-    s = Store(tmp_path / "t.duckdb")
+def test_ping_fails_once_the_store_is_closed(backend):
+    s = backend()
     s.ping()
     s.close()
-    with pytest.raises(duckdb.Error):
+    with pytest.raises((duckdb.Error, StoreError)):
         s.ping()
+
+
+def test_reopening_applies_no_migration_and_keeps_the_rows(backend):
+    with backend() as s:
+        s.append_predictions([{"id": "a", "text": "x", "label": "pos"}], "p")
+        version = s.schema_version()
+    with backend() as s:
+        assert s.migrate() == [] and s.schema_version() == version
+        assert s.count_predictions("p") == 1
