@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from postgres_server import postgres_server, postgres_url  # noqa: F401 (fixtures: a real PostgreSQL)
+from postgres_server import postgres_server, postgres_url, store_backend  # noqa: F401 (fixtures: real PostgreSQL)
 
 from tuneloop.monitor.auth import ROLES, create_token
 from tuneloop.monitor.config import Settings, load_settings

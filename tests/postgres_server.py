@@ -15,11 +15,13 @@ import shutil
 import socket
 import subprocess as sp
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import count
 from pathlib import Path
 
 import pytest
+
+from tuneloop.monitor.storage import Store, open_postgres
 
 SERVER_USER = "postgres"
 
@@ -107,3 +109,14 @@ def postgres_server() -> Iterator[PostgresServer]:
 def postgres_url(postgres_server: PostgresServer) -> str:
     """The URL of a fresh database on the session's server."""
     return postgres_server.new_database()
+
+
+@pytest.fixture(params=["duckdb", "postgresql"])
+def store_backend(request: pytest.FixtureRequest) -> Callable[[], Store]:
+    """Opens a new store on one backend (the test runs once per backend): a DuckDB file in the test's
+    temp dir, or a fresh database on the session's PostgreSQL server. Each call opens it again."""
+    if request.param == "duckdb":
+        path = request.getfixturevalue("tmp_path") / "t.duckdb"
+        return lambda: Store(path)
+    url = request.getfixturevalue("postgres_url")
+    return lambda: open_postgres(url)

@@ -20,22 +20,11 @@ from tuneloop.monitor.storage import (
     records,
     utcnow,
 )
-from tuneloop.monitor.storage.postgres import PostgresStore
-
-
-@pytest.fixture(params=["duckdb", "postgresql"])
-def backend(request):
-    """A function opening a new store on the backend: a DuckDB file or a fresh PostgreSQL database."""
-    if request.param == "duckdb":
-        path = request.getfixturevalue("tmp_path") / "t.duckdb"
-        return lambda: Store(path)
-    url = request.getfixturevalue("postgres_url")
-    return lambda: PostgresStore(url)
 
 
 @pytest.fixture
-def store(backend):
-    with backend() as s:
+def store(store_backend):
+    with store_backend() as s:
         yield s
 
 
@@ -198,18 +187,18 @@ def test_retention_rolls_up_labelled_hours_before_deleting(store):
     assert store.count_predictions("p") == 1
 
 
-def test_ping_fails_once_the_store_is_closed(backend):
-    s = backend()
+def test_ping_fails_once_the_store_is_closed(store_backend):
+    s = store_backend()
     s.ping()
     s.close()
     with pytest.raises((duckdb.Error, StoreError)):
         s.ping()
 
 
-def test_reopening_applies_no_migration_and_keeps_the_rows(backend):
-    with backend() as s:
+def test_reopening_applies_no_migration_and_keeps_the_rows(store_backend):
+    with store_backend() as s:
         s.append_predictions([{"id": "a", "text": "x", "label": "pos"}], "p")
         version = s.schema_version()
-    with backend() as s:
+    with store_backend() as s:
         assert s.migrate() == [] and s.schema_version() == version
         assert s.count_predictions("p") == 1

@@ -12,6 +12,7 @@ Each thread has its own connection, reopened on next use when the server went aw
 from __future__ import annotations
 
 import functools
+import io
 import re
 import threading
 from collections.abc import Iterator, Sequence
@@ -24,6 +25,7 @@ import pandas as pd
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 from psycopg.adapt import Loader
 from psycopg.types.numeric import FloatLoader
 from psycopg.types.string import TextLoader
@@ -119,6 +121,23 @@ def _naive_utc(table: pa.Table) -> pa.Table:
         if pa.types.is_timestamp(field.type) and field.type.tz is not None:
             table = table.set_column(i, field.name, pc.cast(table.column(i), pa.timestamp(field.type.unit)))
     return table
+
+
+def _as_csv(table: pa.Table) -> bytes:
+    """``table`` as the CSV COPY reads, written by Arrow in C: list columns become array literals
+    (``{1.5,2}``), NULL is an unquoted empty field and every string is quoted."""
+    columns = []
+    for field, column in zip(table.schema, table.columns, strict=True):
+        if pa.types.is_fixed_size_list(field.type):
+            column = column.cast(pa.list_(field.type.value_type))
+        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+            items = pc.binary_join(pc.cast(column, pa.list_(pa.string())), ",")
+            column = pc.binary_join_element_wise("{", items, "}", "")
+        columns.append(column)
+    out = io.BytesIO()
+    pa_csv.write_csv(pa.table(columns, names=table.column_names), out,
+                     pa_csv.WriteOptions(include_header=False, quoting_style="needed"))
+    return out.getvalue()
 
 
 class PostgresStore(Store):
@@ -218,9 +237,8 @@ class PostgresStore(Store):
             shape = "(" + ", ".join(f'"{f.name}" {_pg_type(f.type)}' for f in table.schema) + ")"
         cur.execute(f"DROP TABLE IF EXISTS {name}; CREATE TEMP TABLE {name} {shape}")
         columns = ", ".join(f'"{c}"' for c in table.column_names)
-        with cur.copy(f"COPY {name} ({columns}) FROM STDIN") as copy:
-            for row in zip(*(col.to_pylist() for col in table.columns), strict=True):
-                copy.write_row(row)
+        with cur.copy(f"COPY {name} ({columns}) FROM STDIN (FORMAT csv)") as copy:
+            copy.write(_as_csv(table))
         yield
         cur.execute(f"DROP TABLE {name}")
 
