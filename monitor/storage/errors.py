@@ -17,6 +17,10 @@ class StoreUnavailable(StoreError):
     """The database server cannot be reached; nothing of the failed write was stored (try again later)."""
 
 
+class StoreRejected(StoreError, ValueError):
+    """A value this database cannot hold (PostgreSQL text cannot contain U+0000); nothing of the write was stored."""
+
+
 class StoreFull(StoreError):
     """A write failed because the disk (or the process's file size limit) is full; nothing of it was stored."""
 

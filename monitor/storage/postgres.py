@@ -32,7 +32,7 @@ from psycopg.types.string import TextLoader
 
 from tuneloop.monitor.storage.batches import first_rows
 from tuneloop.monitor.storage.dialect import POSTGRES
-from tuneloop.monitor.storage.errors import StoreError, StoreFull, StoreUnavailable, is_disk_full
+from tuneloop.monitor.storage.errors import StoreError, StoreFull, StoreRejected, StoreUnavailable, is_disk_full
 from tuneloop.monitor.storage.store import Store
 
 MIGRATION_LOCK = 0x7475_6E65  # advisory lock key held while migrating, so replicas migrate one at a time
@@ -128,6 +128,8 @@ def _as_csv(table: pa.Table) -> bytes:
     (``{1.5,2}``), NULL is an unquoted empty field and every string is quoted."""
     columns = []
     for field, column in zip(table.schema, table.columns, strict=True):
+        if pa.types.is_string(field.type) and pc.any(pc.match_substring(column, "\x00")).as_py():
+            raise StoreRejected(f"{field.name}: PostgreSQL text cannot hold the NUL character (U+0000)")
         if pa.types.is_fixed_size_list(field.type):
             column = column.cast(pa.list_(field.type.value_type))
         if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
