@@ -75,8 +75,8 @@ def install(app: FastAPI, settings: Settings) -> None:
     async def _store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
         log.warning("database unavailable: %s", exc)  # the store reconnects by itself on the next request
         retry = str(settings.server.retry_after_seconds)
-        return JSONResponse({"detail": f"database unavailable, nothing was stored; retry: {exc}"}, status_code=503,
-                            headers={"Retry-After": retry})
+        detail = f"database unavailable, the request was not acknowledged; retry it: {exc}"
+        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": retry})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

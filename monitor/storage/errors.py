@@ -14,7 +14,7 @@ class StoreLockedError(StoreError):
 
 
 class StoreUnavailable(StoreError):
-    """The database server cannot be reached; nothing of the failed write was stored (try again later)."""
+    """The database server cannot be reached; the write was not acknowledged (a retry with the same ids is safe)."""
 
 
 class StoreRejected(StoreError, ValueError):

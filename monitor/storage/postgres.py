@@ -15,7 +15,7 @@ import functools
 import io
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -64,20 +64,49 @@ def _placeholders(sql: str) -> tuple[str, tuple[int, ...] | None]:
 
 
 class PgCursor:
-    """The slice of DuckDB's cursor API the repositories use, over one psycopg cursor."""
+    """The slice of DuckDB's cursor API the repositories use, over one psycopg connection of its own."""
 
-    def __init__(self, connection: psycopg.Connection) -> None:
-        self.connection = connection
-        self._cur = connection.cursor()
+    def __init__(self, connect: Callable[[], psycopg.Connection]) -> None:
+        self._connect = connect
+        self.connection = connect()
+        self._cur = self.connection.cursor()
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> PgCursor:
+        """Run ``sql``; :class:`StoreUnavailable` when the server cannot be reached.
+
+        A statement that finds its connection dead outside a transaction (the server restarted since
+        this thread's last query) runs again once on a new connection: it cannot have taken effect.
+        """
+        idle = self.connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        try:
+            self._run(sql, params)
+        except psycopg.OperationalError as e:
+            if not self.lost:
+                raise
+            if not idle:
+                raise StoreUnavailable(f"PostgreSQL went away ({str(e).strip().splitlines()[0]})") from e
+            self.connection = self._connect()
+            self._cur = self.connection.cursor()
+            try:
+                self._run(sql, params)
+            except psycopg.OperationalError as again:
+                if self.lost:
+                    raise StoreUnavailable(f"PostgreSQL went away ({str(again).strip().splitlines()[0]})") from again
+                raise
+        return self
+
+    @property
+    def lost(self) -> bool:
+        """Whether the connection is gone (closed by the server or broken by a network error)."""
+        return self.connection.closed or self.connection.broken
+
+    def _run(self, sql: str, params: Sequence[Any]) -> None:
         if not params:  # no parameters: the simple protocol, which also runs several statements
             self._cur.execute(sql.encode())
-            return self
+            return
         text, order = _placeholders(sql)
         values = list(params) if order is None else [params[i] for i in order]
         self._cur.execute(text, values)
-        return self
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self._cur.executemany(_placeholders(sql)[0], [list(r) for r in rows])
@@ -155,6 +184,7 @@ class PostgresStore(Store):
         self._write_lock = threading.RLock()
         self._seq_lock = threading.Lock()
         self._connections: list[psycopg.Connection] = []
+        self._connections_lock = threading.Lock()
         self._closed = False
         self.cursor()  # fail now, in one line, when the server cannot be reached
         self._opened()
@@ -170,7 +200,8 @@ class PostgresStore(Store):
         con.adapters.register_loader("jsonb", TextLoader)
         con.adapters.register_loader("numeric", FloatLoader)  # sum()/avg() of integers
         con.adapters.register_loader(con.adapters.types["float4"].array_oid, Float32ArrayLoader)
-        self._connections.append(con)
+        with self._connections_lock:  # forget the connections that died, keep the new one to close it
+            self._connections = [c for c in self._connections if not c.closed] + [con]
         return con
 
     def cursor(self) -> PgCursor:  # type: ignore[override]
@@ -178,17 +209,18 @@ class PostgresStore(Store):
         if self._closed:
             raise StoreError("the store is closed")
         cur = getattr(self._local, "cursor", None)
-        if cur is None or cur.connection.closed or cur.connection.broken:
-            cur = PgCursor(self._connect())
+        if cur is None or cur.lost:
+            cur = PgCursor(self._connect)
             self._local.cursor = cur
         return cur
 
     def close(self) -> None:
         self._closed = True
-        for con in self._connections:
-            with suppress(psycopg.Error):
-                con.close()
-        self._connections.clear()
+        with self._connections_lock:
+            for con in self._connections:
+                with suppress(psycopg.Error):
+                    con.close()
+            self._connections.clear()
 
     @contextmanager
     def transaction(self) -> Iterator[PgCursor]:  # type: ignore[override]
@@ -202,11 +234,9 @@ class PostgresStore(Store):
                 yield cur
                 cur.execute("COMMIT")
             except BaseException as e:
-                with suppress(psycopg.Error):
-                    if not cur.connection.closed:
+                with suppress(psycopg.Error, StoreError):
+                    if not cur.lost:
                         cur.execute("ROLLBACK")
-                if isinstance(e, psycopg.OperationalError) and (cur.connection.closed or cur.connection.broken):
-                    raise StoreUnavailable(f"PostgreSQL went away; the write was not stored ({e})") from e
                 if isinstance(e, psycopg.Error) and is_disk_full(e):
                     raise StoreFull(f"{self.path.name}: the disk is full; the write was not stored ({e})") from e
                 raise
