@@ -33,6 +33,7 @@ from psycopg.types.string import TextLoader
 from tuneloop.monitor.storage.batches import first_rows
 from tuneloop.monitor.storage.dialect import POSTGRES
 from tuneloop.monitor.storage.errors import StoreError, StoreFull, StoreRejected, StoreUnavailable, is_disk_full
+from tuneloop.monitor.storage.rows import frame_with_embeddings
 from tuneloop.monitor.storage.store import Store
 
 MIGRATION_LOCK = 0x7475_6E65  # advisory lock key held while migrating, so replicas migrate one at a time
@@ -43,14 +44,23 @@ _INSERTED_TYPES = pa.schema([("project", pa.string()), ("id", pa.string()), ("ts
                              ("confidence", pa.float64()), ("ingest_seq", pa.int64())])
 
 
-class Float32ArrayLoader(Loader):
-    """``real[]`` in text format ({1.5,2,…}) as one float32 numpy array, parsed in C."""
+class Float32ArrayText(bytes):
+    """A ``real[]`` value as the server sent it ({1.5,2,…}); parsed a whole column at a time."""
 
-    def load(self, data: Any) -> np.ndarray:
-        text = bytes(data)[1:-1]
-        if not text:
-            return np.zeros(0, np.float32)
-        return np.array(text.split(b","), dtype=np.float32)
+
+class Float32ArrayLoader(Loader):
+    """Keeps ``real[]`` values as text, so a result's embeddings are parsed together by Arrow."""
+
+    def load(self, data: Any) -> Float32ArrayText:
+        return Float32ArrayText(data)
+
+
+def float32_rows(values: Sequence[Any]) -> list[np.ndarray | None]:
+    """``real[]`` texts as float32 arrays (None stays None): one Arrow split and cast for the column,
+    handed out as row views of one block when every row has the same length."""
+    text = pc.utf8_slice_codeunits(pa.array(values, pa.binary()).cast(pa.string()), 1, -1)
+    lists = pc.cast(pc.split_pattern(text, ","), pa.list_(pa.float32()))
+    return frame_with_embeddings(pa.table({"embedding": lists}))["embedding"].tolist()
 
 
 @functools.lru_cache(maxsize=512)
@@ -119,11 +129,22 @@ class PgCursor:
         """The rows; a statement without any (UPDATE, DELETE) answers ``[(rows affected,)]`` as DuckDB does."""
         if self._cur.description is None:
             return [(self._cur.rowcount,)]
-        return self._cur.fetchall()
+        rows = self._cur.fetchall()
+        arrays = self._float32_columns()
+        if not rows or not arrays:
+            return rows
+        columns = list(zip(*rows, strict=True))
+        for i in arrays:
+            columns[i] = tuple(float32_rows(columns[i]))
+        return list(zip(*columns, strict=True))
+
+    def _float32_columns(self) -> list[int]:
+        oid = self.connection.adapters.types["float4"].array_oid
+        return [i for i, d in enumerate(self._cur.description or []) if d.type_code == oid]
 
     def df(self) -> pd.DataFrame:
         names = [d.name for d in self._cur.description or []]
-        return pd.DataFrame.from_records(self._cur.fetchall(), columns=names)
+        return pd.DataFrame.from_records(self.fetchall(), columns=names)
 
     def copy(self, statement: str) -> Any:
         return self._cur.copy(statement)
