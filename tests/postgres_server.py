@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import importlib.util
 import os
 import pwd
 import shutil
@@ -38,6 +39,8 @@ def _binaries() -> Path:
     message = None
     if not found:
         message = "PostgreSQL is missing: no /usr/lib/postgresql/*/bin/pg_ctl (apt-get install postgresql)"
+    elif importlib.util.find_spec("psycopg") is None:
+        message = "psycopg is missing (pip install 'tuneloop[postgres]')"
     else:
         try:
             pwd.getpwnam(SERVER_USER)
