@@ -202,3 +202,41 @@ def test_reopening_applies_no_migration_and_keeps_the_rows(store_backend):
     with store_backend() as s:
         assert s.migrate() == [] and s.schema_version() == version
         assert s.count_predictions("p") == 1
+
+
+def test_training_replay_holdout_and_imported_key_reads(store):
+    import json
+
+    store.append_predictions([{"id": f"p{i}", "text": f"t{i}", "label": "pos",
+                               "metadata": json.dumps({"ticket": {"id": f"k{i}"}})} for i in range(6)], "p")
+    t0 = datetime(2025, 1, 1)
+    store.append_feedback([{"id": f"f{i}", "prediction_id": f"p{i}", "label": "neg" if i % 2 else "pos",
+                            "ts": t0 + timedelta(minutes=i)} for i in range(4)], "p")
+    rows = store.feedback.training_rows("p", t0, t0 + timedelta(hours=1), ["neg", "pos"])
+    assert rows["id"].tolist() == ["p1", "p2", "p3"]  # after t0, not at it
+    reference = pa.table({"project": ["p"] * 3, "reference": ["imported"] * 3, "text": ["a", "b", "c"],
+                          "true_label": ["neg", "pos", None]})
+    store.references.replace("p", "imported", reference)
+    replay = store.feedback.replay_rows("p", t0 + timedelta(hours=1), ["neg", "pos"], "imported", seed=3, limit=10)
+    assert sorted(replay["id"]) == ["p0", "p1", "p2", "p3", "ref-1", "ref-2"]
+    again = store.feedback.replay_rows("p", t0 + timedelta(hours=1), ["neg", "pos"], "imported", seed=3, limit=3)
+    assert again["id"].tolist() == replay["id"].tolist()[:3]
+    assert store.predictions.match_metadata_keys("p", ["k1", "nope"], '$."ticket"."id"') == [(0, "p1", 1),
+                                                                                               (1, None, 0)]
+    with store.transaction() as tx:
+        store.versions.insert(tx, "p", "v1", "/models/v1", "candidate",
+                              {"holdout": {"rows": {"id": ["p1", "p2"]}}}, None, None)
+    assert store.versions.used_holdout_ids("p") == {"p1", "p2"}
+
+
+def test_embeddings_written_back_where_missing_and_read_as_float32(store):
+    store.append_predictions([{"id": f"e{i}", "text": f"t{i}", "label": "pos"} for i in range(3)], "p")
+    missing = store.predictions.oldest_without_embedding(10)
+    assert [r[2] for r in missing] == ["e0", "e1", "e2"]
+    table = pa.table({"rid": [r[0] for r in missing[:2]], "project": ["p", "p"], "id": ["e0", "e1"],
+                      "embedding": pa.array([[1.0, 0.5], [0.25, 2.0]], pa.list_(pa.float32()))})
+    assert store.predictions.fill_embeddings(table) == 2
+    assert store.predictions.fill_embeddings(table) == 0  # only where still NULL
+    got = np.stack(store.predictions.first_embeddings("p", 10)["embedding"])
+    assert got.dtype == np.float32 and got.tolist() == [[1.0, 0.5], [0.25, 2.0]]
+    assert store.predictions.missing_embeddings_per_project() == {"p": 1}
