@@ -16,47 +16,21 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from ingest import BATCH, free_port, http_ingest, make_batch  # noqa: E402 - the ingest bench's helpers
+from ingest import BATCH, http_ingest, make_batch, start_server  # noqa: E402 - the ingest bench's helpers
 from postgres_server import PostgresServer  # noqa: E402 - the tests' real PostgreSQL
 
-from tuneloop.monitor.auth import create_token  # noqa: E402
 from tuneloop.monitor.client import arrow_stream  # noqa: E402
 from tuneloop.monitor.storage import Store, open_postgres  # noqa: E402
-
-
-def serve(data_dir: Path, url: str) -> tuple[subprocess.Popen, str, str]:
-    """A server on ``url`` (empty: the DuckDB file in ``data_dir``): (process, base URL, ingest token)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with (open_postgres(url) if url else Store(data_dir / "tuneloop.duckdb")) as store:
-        token = create_token(store, "ingest", "bench")
-    port = free_port()
-    config = data_dir / "bench.toml"
-    config.write_text(f'[paths]\ndata_dir = "{data_dir}"\n[store]\nurl = "{url}"\n[server]\nport = {port}\n'
-                      '[embedder]\nenabled = false\n[logging]\nlevel = "WARNING"\n')
-    proc = subprocess.Popen([sys.executable, "-m", "tuneloop.monitor.cli", "--config", str(config), "serve"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                return proc, base, token
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"server on {url or 'DuckDB'} did not start")
 
 
 def window_seconds(store: Store, rows: int, repeats: int) -> list[float]:
@@ -88,7 +62,9 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="tuneloop-scale-") as tmp:
             pg_url = pg.new_database()
             backends = {"duckdb": "", "postgresql": pg_url}
-            servers = {name: serve(Path(tmp) / name, url) for name, url in backends.items()}
+            for name in backends:
+                (Path(tmp) / name).mkdir()
+            servers = {name: start_server(Path(tmp) / name, url) for name, url in backends.items()}
             rates: dict[str, list[float]] = {name: [] for name in backends}
             for r in range(args.repeats):
                 for name, (_, base, token) in servers.items():

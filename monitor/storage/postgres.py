@@ -32,7 +32,14 @@ from psycopg.types.string import TextLoader
 
 from tuneloop.monitor.storage.batches import first_rows
 from tuneloop.monitor.storage.dialect import POSTGRES
-from tuneloop.monitor.storage.errors import StoreError, StoreFull, StoreRejected, StoreUnavailable, is_disk_full
+from tuneloop.monitor.storage.errors import (
+    StoreError,
+    StoreFull,
+    StoreRejected,
+    StoreUnavailable,
+    is_disk_full,
+    redact_url,
+)
 from tuneloop.monitor.storage.rows import frame_with_embeddings
 from tuneloop.monitor.storage.store import Store
 
@@ -216,7 +223,7 @@ class PostgresStore(Store):
             con = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
         except psycopg.Error as e:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise StoreUnavailable(f"cannot connect to PostgreSQL at {redact(self.url)}: {reason}") from None
+            raise StoreUnavailable(f"cannot connect to PostgreSQL at {redact_url(self.url)}: {reason}") from None
         con.adapters.register_loader("json", TextLoader)  # JSON columns read as text, as from DuckDB
         con.adapters.register_loader("jsonb", TextLoader)
         con.adapters.register_loader("numeric", FloatLoader)  # sum()/avg() of integers
@@ -314,8 +321,3 @@ class PostgresStore(Store):
                 if self._has_pending:
                     self._resolve_pending(cur, "incoming")
         return [r[-1] for r in rows]
-
-
-def redact(url: str) -> str:
-    """``url`` without its password (for messages and logs)."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
