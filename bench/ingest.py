@@ -43,7 +43,7 @@ import pyarrow as pa
 from tuneloop.monitor.auth import create_token
 from tuneloop.monitor.client import Client, arrow_stream
 from tuneloop.monitor.collect import to_store_table
-from tuneloop.monitor.storage import MIGRATIONS, Store
+from tuneloop.monitor.storage import MIGRATIONS, Store, open_postgres
 
 DIM, BATCH, CLIENTS = 384, 1000, 4
 LABELS = np.array(["negative", "neutral", "positive"])
@@ -77,12 +77,13 @@ def json_body(table: pa.Table) -> bytes:
     return json.dumps({"records": rows}).encode()
 
 
-def start_server(data_dir: Path) -> tuple[subprocess.Popen, str, str]:
+def start_server(data_dir: Path, store_url: str = "") -> tuple[subprocess.Popen, str, str]:
+    """A ``tuneloop serve`` subprocess on ``data_dir`` (and the PostgreSQL database ``store_url``, if given)."""
     port = free_port()
-    with Store(data_dir / "tuneloop.duckdb") as store:
+    with open_postgres(store_url) if store_url else Store(data_dir / "tuneloop.duckdb") as store:
         token = create_token(store, "ingest", "bench")
     config = data_dir / "bench.toml"
-    config.write_text(f'[paths]\ndata_dir = "{data_dir}"\n[server]\nport = {port}\n'
+    config.write_text(f'[paths]\ndata_dir = "{data_dir}"\n[store]\nurl = "{store_url}"\n[server]\nport = {port}\n'
                       '[embedder]\nenabled = false\n[logging]\nlevel = "WARNING"\n')
     proc = subprocess.Popen([sys.executable, "-m", "tuneloop.monitor.cli", "--config", str(config), "serve"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

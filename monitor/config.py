@@ -33,6 +33,30 @@ class PathsSettings(Section):
     """Relative to data_dir unless absolute."""
 
 
+class StoreSettings(Section):
+    url: str = ""
+    """Where the store lives: empty for the DuckDB file of ``paths``; ``postgresql://user:password@host:port/db``
+    for a PostgreSQL database (needs the ``postgres`` extra)."""
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, value: str) -> str:
+        if value:
+            from urllib.parse import urlsplit
+
+            try:
+                parts = urlsplit(value)
+                parts.port  # noqa: B018 (raises on a bad port)
+            except ValueError as e:
+                raise ValueError(f"not a URL ({e})") from None
+            if parts.scheme not in ("postgresql", "postgres"):
+                raise ValueError(f"scheme {parts.scheme or '(none)'!r} is not supported; empty for the DuckDB "
+                                 "file or postgresql://user:password@host:port/database")
+            if not parts.hostname and "host=" not in parts.query:
+                raise ValueError("a postgresql:// URL needs a host")
+        return value
+
+
 class ServerSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=0, le=65535)
@@ -156,6 +180,7 @@ class Settings(BaseSettings):
     )
 
     paths: PathsSettings = PathsSettings()
+    store: StoreSettings = StoreSettings()
     server: ServerSettings = ServerSettings()
     auth: AuthSettings = AuthSettings()
     project: ProjectSettings = ProjectSettings()

@@ -21,7 +21,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from tuneloop.monitor.config import Settings
-from tuneloop.monitor.storage import DEFAULT_PROJECT, Store
+from tuneloop.monitor.storage import DEFAULT_PROJECT, Store, open_postgres
 
 if TYPE_CHECKING:  # imported where they are built: a CLI command without a server must start fast
     from prometheus_client import CollectorRegistry
@@ -166,9 +166,12 @@ class LocalRuntime:
 
 
 def open_store(settings: Settings, *, read_only: bool = False) -> Store:
-    """The settings' DB file (created with its data directory unless ``read_only``)."""
+    """The settings' PostgreSQL database (``store.url``) or DB file (created with its data directory
+    unless ``read_only``)."""
     if not read_only:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.store.url:
+        return open_postgres(settings.store.url, read_only=read_only)
     return Store(settings.db_path, read_only=read_only)
 
 

@@ -30,9 +30,11 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from postgres_server import postgres_server, postgres_url, store_backend  # noqa: F401 (fixtures: real PostgreSQL)
 
 from tuneloop.monitor.auth import ROLES, create_token
 from tuneloop.monitor.config import Settings, load_settings
+from tuneloop.monitor.runtime import open_store
 from tuneloop.monitor.storage import Store
 
 READY_TIMEOUT = 60.0
@@ -115,7 +117,7 @@ class RunningServer:
             from tuneloop.monitor.api.app import create_app
 
             if self.store is None:
-                self.store = Store(self.settings.db_path)
+                self.store = open_store(self.settings)
             config = uvicorn.Config(create_app(self.settings, store=self.store), host="127.0.0.1",
                                     port=self.settings.server.port, log_level="warning", access_log=False)
             self._server = uvicorn.Server(config)
@@ -188,7 +190,7 @@ def start_server(directory: Path, *, subprocess: bool = False, **sections: dict[
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     config_path = settings.data_dir / "test-config.toml"
     config_path.write_text(toml_dumps(sections), encoding="utf-8")
-    store = Store(settings.db_path)
+    store = open_store(settings)
     tokens = {role: create_token(store, role, f"test-{role}") for role in ROLES}
     if subprocess:
         store.close()

@@ -18,8 +18,8 @@ P = "default"
 
 
 @pytest.fixture
-def store(tmp_path):
-    with Store(tmp_path / "t.duckdb") as s:
+def store(store_backend):
+    with store_backend() as s:
         yield s
 
 

@@ -1,4 +1,5 @@
-"""Repository behaviour of the storage layer on real DuckDB files (what the services' tests do not reach)."""
+"""Repository behaviour of the storage layer (what the services' tests do not reach), on both backends:
+a real DuckDB file and a real PostgreSQL database (tests/postgres_server.py)."""
 
 from datetime import datetime, timedelta
 
@@ -13,6 +14,7 @@ from tuneloop.monitor.storage import (
     ProjectExistsError,
     RetractRefused,
     Store,
+    StoreError,
     import_export,
     is_missing,
     records,
@@ -21,8 +23,8 @@ from tuneloop.monitor.storage import (
 
 
 @pytest.fixture
-def store(tmp_path):
-    with Store(tmp_path / "t.duckdb") as s:
+def store(store_backend):
+    with store_backend() as s:
         yield s
 
 
@@ -35,7 +37,7 @@ def test_is_missing_covers_every_null_pandas_returns_and_nothing_else():
 
 def test_records_turn_nulls_into_none_and_parse_the_named_json_columns(store):
     store.alerts.open("p", "embedding_drift", "warning", "m", {"value": 0.5})
-    df = store.query("SELECT *, NULL::DOUBLE AS nothing FROM alerts")
+    df = store.query("SELECT *, NULL::FLOAT8 AS nothing FROM alerts")
     [row] = records(df, ("details",))
     assert row["details"] == {"value": 0.5}
     assert row["closed_at"] is None and row["acked_by"] is None and row["nothing"] is None
@@ -158,7 +160,12 @@ def test_projects_refuse_a_taken_name_and_tokens_count_only_live_ones(store):
     assert store.tokens.count_live() == 1 and [r[1] for r in store.tokens.live()] == ["ops"]
 
 
-def test_export_and_import_give_the_same_rows_per_table(store, tmp_path):
+def test_export_and_import_give_the_same_rows_per_table(tmp_path):
+    with Store(tmp_path / "t.duckdb") as store:  # the DuckDB file's own backup format
+        _export_and_import(store, tmp_path)
+
+
+def _export_and_import(store, tmp_path):
     store.append_predictions([{"id": str(i), "text": "x", "label": "pos", "confidence": 0.5} for i in range(7)], "p")
     store.projects.create("p", ["pos", "neg"], utcnow(), {"drift": {"window_size": 50}})
     tables, version = store.maintenance.export(tmp_path / "export")
@@ -180,9 +187,56 @@ def test_retention_rolls_up_labelled_hours_before_deleting(store):
     assert store.count_predictions("p") == 1
 
 
-def test_ping_fails_once_the_store_is_closed(tmp_path):
-    s = Store(tmp_path / "t.duckdb")
+def test_ping_fails_once_the_store_is_closed(store_backend):
+    s = store_backend()
     s.ping()
     s.close()
-    with pytest.raises(duckdb.Error):
+    with pytest.raises((duckdb.Error, StoreError)):
         s.ping()
+
+
+def test_reopening_applies_no_migration_and_keeps_the_rows(store_backend):
+    with store_backend() as s:
+        s.append_predictions([{"id": "a", "text": "x", "label": "pos"}], "p")
+        version = s.schema_version()
+    with store_backend() as s:
+        assert s.migrate() == [] and s.schema_version() == version
+        assert s.count_predictions("p") == 1
+
+
+def test_training_replay_holdout_and_imported_key_reads(store):
+    import json
+
+    store.append_predictions([{"id": f"p{i}", "text": f"t{i}", "label": "pos",
+                               "metadata": json.dumps({"ticket": {"id": f"k{i}"}})} for i in range(6)], "p")
+    t0 = datetime(2025, 1, 1)
+    store.append_feedback([{"id": f"f{i}", "prediction_id": f"p{i}", "label": "neg" if i % 2 else "pos",
+                            "ts": t0 + timedelta(minutes=i)} for i in range(4)], "p")
+    rows = store.feedback.training_rows("p", t0, t0 + timedelta(hours=1), ["neg", "pos"])
+    assert rows["id"].tolist() == ["p1", "p2", "p3"]  # after t0, not at it
+    reference = pa.table({"project": ["p"] * 3, "reference": ["imported"] * 3, "text": ["a", "b", "c"],
+                          "true_label": ["neg", "pos", None]})
+    store.references.replace("p", "imported", reference)
+    replay = store.feedback.replay_rows("p", t0 + timedelta(hours=1), ["neg", "pos"], "imported", seed=3, limit=10)
+    assert sorted(replay["id"]) == ["p0", "p1", "p2", "p3", "ref-1", "ref-2"]
+    again = store.feedback.replay_rows("p", t0 + timedelta(hours=1), ["neg", "pos"], "imported", seed=3, limit=3)
+    assert again["id"].tolist() == replay["id"].tolist()[:3]
+    assert store.predictions.match_metadata_keys("p", ["k1", "nope"], '$."ticket"."id"') == [(0, "p1", 1),
+                                                                                               (1, None, 0)]
+    with store.transaction() as tx:
+        store.versions.insert(tx, "p", "v1", "/models/v1", "candidate",
+                              {"holdout": {"rows": {"id": ["p1", "p2"]}}}, None, None)
+    assert store.versions.used_holdout_ids("p") == {"p1", "p2"}
+
+
+def test_embeddings_written_back_where_missing_and_read_as_float32(store):
+    store.append_predictions([{"id": f"e{i}", "text": f"t{i}", "label": "pos"} for i in range(3)], "p")
+    missing = store.predictions.oldest_without_embedding(10)
+    assert [r[2] for r in missing] == ["e0", "e1", "e2"]
+    table = pa.table({"rid": [r[0] for r in missing[:2]], "project": ["p", "p"], "id": ["e0", "e1"],
+                      "embedding": pa.array([[1.0, 0.5], [0.25, 2.0]], pa.list_(pa.float32()))})
+    assert store.predictions.fill_embeddings(table) == 2
+    assert store.predictions.fill_embeddings(table) == 0  # only where still NULL
+    got = np.stack(store.predictions.first_embeddings("p", 10)["embedding"])
+    assert got.dtype == np.float32 and got.tolist() == [[1.0, 0.5], [0.25, 2.0]]
+    assert store.predictions.missing_embeddings_per_project() == {"p": 1}

@@ -1,4 +1,5 @@
-"""The DuckDB store against real database files."""
+"""The store against real databases: DuckDB files, and PostgreSQL where the ``store`` fixture runs a test
+on both backends."""
 
 import subprocess
 import sys
@@ -12,8 +13,8 @@ from tuneloop.monitor.storage import MIGRATIONS, Store, StoreLockedError
 
 
 @pytest.fixture
-def store(tmp_path):
-    with Store(tmp_path / "t.duckdb") as s:
+def store(store_backend):
+    with store_backend() as s:
         yield s
 
 
@@ -66,7 +67,7 @@ def test_batch_append_100k_rows_with_embeddings(store):
         result = store.append_predictions(table)
         assert result.accepted == batch and result.duplicates == 0
     assert store.count_predictions() == n
-    dims = store.query("SELECT DISTINCT len(embedding) AS d FROM predictions")["d"].tolist()
+    dims = store.query("SELECT DISTINCT array_length(embedding, 1) AS d FROM predictions")["d"].tolist()
     assert dims == [dim]
     # the hourly rollup counts exactly what was inserted
     assert int(store.traffic()["n"].sum()) == n
@@ -194,7 +195,7 @@ def test_hourly_rollup_is_exact_through_partial_rows_and_compaction(store, monke
 
     check()
     keys = int(store.query("SELECT count(*) AS n FROM (SELECT DISTINCT project, hour, model_version, label "
-                           "FROM prediction_hourly)")["n"][0])
+                           "FROM prediction_hourly) rollup_keys")["n"][0])
     partial = rollup_rows()
     assert partial > keys  # partial rows, summed by the readers
     assert store.compact_rollup() == partial - keys

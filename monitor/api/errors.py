@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from tuneloop.monitor.auth import AuthError
 from tuneloop.monitor.config import Settings
 from tuneloop.monitor.projects import UnknownProject
-from tuneloop.monitor.storage import StoreFull
+from tuneloop.monitor.storage import StoreFull, StoreRejected, StoreUnavailable
 from tuneloop.monitor.writer import WriteQueueFull, WriterStopped
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,17 @@ def install(app: FastAPI, settings: Settings) -> None:
         log.error("write refused: %s", exc)  # the operator must free space; the server keeps serving
         return JSONResponse({"detail": f"insufficient storage: {exc}; free disk space and retry"}, status_code=507,
                             headers={"Retry-After": "30"})
+
+    @app.exception_handler(StoreRejected)
+    async def _store_rejected(request: Request, exc: StoreRejected) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        log.warning("database unavailable: %s", exc)  # the store reconnects by itself on the next request
+        retry = str(settings.server.retry_after_seconds)
+        detail = f"database unavailable, the request was not acknowledged; retry it: {exc}"
+        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": retry})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -35,7 +35,7 @@ def serve(
 
     from tuneloop.monitor.api.app import create_app
     from tuneloop.monitor.runtime import open_store
-    from tuneloop.monitor.storage import StoreError
+    from tuneloop.monitor.storage import StoreError, redact_url
 
     s = settings()
     s.server.host = host or s.server.host
@@ -45,7 +45,8 @@ def serve(
     except StoreError as e:
         fail(str(e))
     with store:
-        typer.echo(f"tuneloop serving on http://{s.server.host}:{s.server.port}  (db {s.db_path})")
+        where = redact_url(s.store.url) if s.store.url else s.db_path
+        typer.echo(f"tuneloop serving on http://{s.server.host}:{s.server.port}  (db {where})")
         typer.echo(f"  API docs: http://{s.server.host}:{s.server.port}/docs")
         first_token = _first_admin_token(store) if s.auth.enabled else None
         if first_token:

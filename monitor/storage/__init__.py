@@ -18,13 +18,14 @@ by table family hang off it as attributes, so services receive the store and cal
 ``store.maintenance``     backup export, restore import, retention
 ========================  ==========================================================================
 
-DuckDB-only syntax stays inside these modules, marked where PostgreSQL differs, so a second backend
-implements the same classes.
+SQL is written so both engines accept it; the few spellings that differ come from ``store.dialect``.
+``open_postgres`` gives the PostgreSQL store (``store.url``), same methods, same repositories.
 """
 
 from tuneloop.monitor.storage.alerts import AlertRepository, CheckRepository, DeliveryRepository
 from tuneloop.monitor.storage.batches import FEEDBACK_COLUMNS, FEEDBACK_SOURCES, PREDICTION_COLUMNS, hourly_part
 from tuneloop.monitor.storage.clock import new_id, utcnow
+from tuneloop.monitor.storage.errors import StoreRejected, StoreUnavailable, redact_url
 from tuneloop.monitor.storage.maintenance import MaintenanceRepository, import_export
 from tuneloop.monitor.storage.migrations import MIGRATIONS
 from tuneloop.monitor.storage.predictions import (
@@ -49,11 +50,23 @@ from tuneloop.monitor.storage.store import (
 from tuneloop.monitor.storage.tokens import TokenRepository
 from tuneloop.monitor.storage.versions import ReferenceRepository, VersionRepository
 
+
+def open_postgres(url: str, *, read_only: bool = False) -> Store:
+    """The store in the PostgreSQL database at ``url``; psycopg (the ``postgres`` extra) is imported only here."""
+    try:
+        from tuneloop.monitor.storage.postgres import PostgresStore
+    except ImportError as e:
+        raise StoreError(f"store.url names a PostgreSQL database but {e.name} is not installed "
+                         "(pip install 'tuneloop[postgres]')") from None
+    return PostgresStore(url, read_only=read_only)
+
+
 __all__ = [
     "DEFAULT_PROJECT", "FEEDBACK_COLUMNS", "FEEDBACK_SOURCES", "MIGRATIONS", "PREDICTION_COLUMNS",
     "AlertRepository", "AppendResult", "CheckRepository", "DeliveryRepository", "FeedbackNotFound",
     "FeedbackRepository", "FeedbackResult", "MaintenanceRepository", "PredictionRepository", "ProjectExistsError",
     "ProjectRepository", "ReferenceRepository", "RetractRefused", "RunRepository", "Store", "StoreError", "StoreFull",
-    "StoreLockedError", "TokenRepository", "VersionRepository", "clean_record", "hourly_part", "import_export",
-    "is_disk_full", "is_missing", "new_id", "none_if_missing", "records", "utcnow",
+    "StoreLockedError", "StoreRejected", "StoreUnavailable", "TokenRepository", "VersionRepository", "clean_record",
+    "hourly_part", "import_export", "is_disk_full", "is_missing", "new_id", "none_if_missing", "open_postgres",
+    "records", "redact_url", "utcnow",
 ]

@@ -39,19 +39,21 @@ class CheckRepository(Repository):
     def latest_per_metric(self, project: str) -> pd.DataFrame:
         """The newest check of each metric of ``project``."""
         return self._frame(
-            """SELECT metric, value, threshold, drifted, ts FROM drift_checks
-               WHERE project = ? QUALIFY row_number() OVER (PARTITION BY metric ORDER BY ts DESC, id DESC) = 1
-               ORDER BY metric""",  # QUALIFY: DuckDB; PostgreSQL needs a subquery over row_number()
+            """SELECT metric, value, threshold, drifted, ts FROM (
+                   SELECT *, row_number() OVER (PARTITION BY metric ORDER BY ts DESC, id DESC) AS newest
+                   FROM drift_checks WHERE project = ?
+               ) ranked WHERE newest = 1 ORDER BY metric""",
             [project],
         )
 
     def latest_all_projects(self) -> list[tuple[Any, ...]]:
         """(project, metric, value, threshold, drifted, epoch seconds, details) of each newest check."""
         return self._rows(
-            """SELECT project, metric, value, threshold, drifted, epoch_ms(ts) / 1000.0, details FROM drift_checks
-               QUALIFY row_number() OVER (PARTITION BY project, metric ORDER BY ts DESC, id DESC) = 1
-               ORDER BY project, metric"""
-        )  # epoch_ms/QUALIFY: DuckDB; PostgreSQL: extract(epoch FROM ts) and a subquery
+            """SELECT project, metric, value, threshold, drifted, extract(epoch FROM ts)::FLOAT8, details FROM (
+                   SELECT *, row_number() OVER (PARTITION BY project, metric ORDER BY ts DESC, id DESC) AS newest
+                   FROM drift_checks
+               ) ranked WHERE newest = 1 ORDER BY project, metric"""
+        )
 
     def recent(self, project: str, limit: int, metric: str | None = None,
                since: datetime | None = None) -> list[dict[str, Any]]:
@@ -123,13 +125,13 @@ class AlertRepository(Repository):
         sql = "SELECT count(*) FROM alerts WHERE project = ? AND status = 'open'"
         params: list[Any] = [project]
         if kinds:
-            sql += " AND list_contains(?, kind)"  # list_contains: DuckDB; PostgreSQL: kind = ANY(?)
+            sql += " AND kind = ANY(?)"
             params.append(kinds)
         return int(self._scalar(sql, params))
 
     def open_by_severity(self) -> list[tuple[str, str, int]]:
         """(project, severity, count) of open alerts in every project."""
-        return self._rows("SELECT project, severity, count(*) FROM alerts WHERE status = 'open' GROUP BY ALL")
+        return self._rows("SELECT project, severity, count(*) FROM alerts WHERE status = 'open' GROUP BY 1, 2")
 
 
 class DeliveryRepository(Repository):

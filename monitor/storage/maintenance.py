@@ -93,13 +93,14 @@ class MaintenanceRepository(Repository):
                     f"""
                     INSERT INTO feedback_hourly
                     SELECT project, date_trunc('hour', prediction_ts), coalesce(model_version, ''),
-                           count(*), sum((label = predicted_label)::BIGINT)
-                    FROM ({self.store.latest_feedback_sql()}) WHERE prediction_ts < ?
-                    GROUP BY ALL
-                    ON CONFLICT DO UPDATE SET n_labelled = n_labelled + excluded.n_labelled,
-                                              n_correct = n_correct + excluded.n_correct
+                           count(*), count(*) FILTER (WHERE label = predicted_label)
+                    FROM ({self.store.latest_feedback_sql()}) latest WHERE prediction_ts < ?
+                    GROUP BY 1, 2, 3
+                    ON CONFLICT (project, hour, model_version) DO UPDATE
+                    SET n_labelled = feedback_hourly.n_labelled + excluded.n_labelled,
+                        n_correct = feedback_hourly.n_correct + excluded.n_correct
                     RETURNING hour
-                    """,  # ON CONFLICT without a target: DuckDB; PostgreSQL names the key columns
+                    """,
                     [project, cutoff],
                 ).fetchall()
                 hours += len({r[0] for r in rows})

@@ -26,8 +26,7 @@ class PredictionRepository(Repository):
     # -- existence and counts ------------------------------------------------------------------
     def existing_ids(self, project: str, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` have a stored prediction in ``project``."""
-        # unnest of a list parameter: DuckDB; PostgreSQL: = ANY(?)
-        return {r[0] for r in self._rows("SELECT id FROM predictions WHERE project = ? AND id IN (SELECT unnest(?))",
+        return {r[0] for r in self._rows("SELECT id FROM predictions WHERE project = ? AND id = ANY(?)",
                                          [project, list(set(ids))])}
 
     def count_per_project(self) -> dict[str, int]:
@@ -135,11 +134,10 @@ class PredictionRepository(Repository):
 
     def traffic_per_minute(self, project: str, since: datetime) -> pd.DataFrame:
         """Predictions and mean confidence per minute and model version, from raw rows."""
-        # date_trunc/::BIGINT/GROUP BY ALL: DuckDB; PostgreSQL has date_trunc but needs the columns listed
         return self._frame(
             """SELECT date_trunc('minute', ts) AS bucket, model_version, count(*)::BIGINT AS n,
                       avg(confidence) AS mean_confidence
-               FROM predictions WHERE project = ? AND ts >= ? GROUP BY ALL ORDER BY bucket, model_version""",
+               FROM predictions WHERE project = ? AND ts >= ? GROUP BY 1, 2 ORDER BY bucket, model_version""",
             [project, since])
 
     def labelled_accuracy_per_minute(self, project: str, since: datetime) -> pd.DataFrame:
@@ -147,8 +145,8 @@ class PredictionRepository(Repository):
         return self._frame(
             f"""WITH fb AS ({self.store.latest_feedback_sql()})
                 SELECT date_trunc('minute', prediction_ts) AS bucket, count(*)::BIGINT AS n_labelled,
-                       avg((label = predicted_label)::DOUBLE) AS accuracy
-                FROM fb WHERE prediction_ts >= ? GROUP BY ALL ORDER BY bucket""",
+                       avg((label = predicted_label)::INT) AS accuracy
+                FROM fb WHERE prediction_ts >= ? GROUP BY 1 ORDER BY bucket""",
             [project, since])
 
     # -- embeddings -----------------------------------------------------------------------------------
@@ -159,29 +157,25 @@ class PredictionRepository(Repository):
 
     def oldest_without_embedding(self, limit: int) -> list[tuple[int, str, str, str]]:
         """(rowid, project, id, text) of the oldest rows without an embedding."""
-        # rowid: DuckDB's physical row address; PostgreSQL would use ctid or the primary key
         return self._rows(
-            """SELECT rowid, project, id, text FROM predictions WHERE embedding IS NULL
-               ORDER BY ingest_seq, project, id LIMIT ?""",
+            f"""SELECT {self.store.dialect.row_address}, project, id, text FROM predictions WHERE embedding IS NULL
+                ORDER BY ingest_seq, project, id LIMIT ?""",
             [limit],
         )
 
     def fill_embeddings(self, table: pa.Table) -> int:
         """Set ``embedding`` from ``table`` (rid, project, id, embedding) where still NULL; returns rows set.
 
-        Rows are addressed by the ``rowid`` read when they were selected, so the UPDATE fetches them
-        directly; ``project`` and ``id`` must match too, so a row that moved meanwhile stays NULL.
+        On DuckDB rows are addressed by the ``rowid`` read when they were selected, so the UPDATE fetches
+        them directly (PostgreSQL goes by the primary key); ``project`` and ``id`` must match too, so a
+        row that moved meanwhile stays NULL.
         """
-        with self.store.transaction() as cur:
-            cur.register("computed_embeddings", table)
-            try:  # UPDATE ... FROM a registered Arrow table: DuckDB; PostgreSQL: COPY into a temp table
-                updated = cur.execute(
-                    """UPDATE predictions SET embedding = e.embedding FROM computed_embeddings e
-                       WHERE predictions.rowid = e.rid AND predictions.project = e.project AND predictions.id = e.id
-                         AND predictions.embedding IS NULL"""
-                ).fetchall()[0][0]
-            finally:
-                cur.unregister("computed_embeddings")
+        with self.store.transaction() as cur, self.store.staged(cur, "computed_embeddings", table):
+            updated = cur.execute(
+                f"""UPDATE predictions SET embedding = e.embedding FROM computed_embeddings e
+                    WHERE {self.store.dialect.same_row}predictions.project = e.project AND predictions.id = e.id
+                      AND predictions.embedding IS NULL"""
+            ).fetchall()[0][0]
         return int(updated)
 
     # -- matching imported labels ------------------------------------------------------------------------
@@ -190,33 +184,29 @@ class PredictionRepository(Repository):
         ``json_path`` equals it or None, how many predictions matched)."""
         table = pa.table({"row": pa.array(range(len(keys)), pa.int64()), "key": pa.array(keys, pa.string())})
         cur = self.store.cursor()
-        cur.register("import_keys", table)
-        try:  # json_extract_string/QUALIFY: DuckDB; PostgreSQL: metadata #>> path and a subquery
-            return cur.execute(
-                """
-                SELECT k.row, p.id, count(p.id) OVER (PARTITION BY k.row) AS n
-                FROM import_keys k LEFT JOIN predictions p
-                  ON p.project = ? AND json_extract_string(p.metadata, ?) = k.key
-                QUALIFY row_number() OVER (PARTITION BY k.row ORDER BY p.ts DESC, p.ingest_seq DESC) = 1
+        with self.store.staged(cur, "import_keys", table):
+            return [tuple(r) for r in cur.execute(
+                f"""
+                SELECT "row", id, n FROM (
+                    SELECT k.row, p.id, count(p.id) OVER (PARTITION BY k.row) AS n,
+                           row_number() OVER (PARTITION BY k.row ORDER BY p.ts DESC, p.ingest_seq DESC) AS newest
+                    FROM import_keys k LEFT JOIN predictions p
+                      ON p.project = ? AND {self.store.dialect.json_text("p.metadata")} = k.key
+                ) matched WHERE newest = 1 ORDER BY "row"
                 """,
-                [project, json_path],
-            ).fetchall()
-        finally:
-            cur.unregister("import_keys")
+                [project, self.store.dialect.json_path(json_path)],
+            ).fetchall()]
 
     def agreement(self, project: str, pairs: list[tuple[str, str]]) -> float | None:
         """How often the stored prediction agrees with the given (prediction id, label) pairs."""
         table = pa.table({"prediction_id": [p for p, _ in pairs], "label": [lab for _, lab in pairs]})
         cur = self.store.cursor()
-        cur.register("import_pairs", table)
-        try:
+        with self.store.staged(cur, "import_pairs", table):
             value = cur.execute(
                 """SELECT avg((p.label = i.label)::INT) FROM import_pairs i JOIN predictions p
                    ON p.project = ? AND p.id = i.prediction_id""",
                 [project],
             ).fetchall()[0][0]
-        finally:
-            cur.unregister("import_pairs")
         return None if value is None else float(value)
 
 
@@ -266,14 +256,14 @@ class FeedbackRepository(Repository):
         sql = f"SELECT count(*) FROM ({self.store.latest_feedback_sql()}) fb WHERE fb.ts > ?"
         params: list[Any] = [project, after]
         if labels:
-            sql += " AND list_contains(?, fb.label)"  # list_contains: DuckDB; PostgreSQL: = ANY(?)
+            sql += " AND fb.label = ANY(?)"
             params.append(labels)
         return int(self._scalar(sql, params))
 
     def ids_labelled_after(self, project: str, after: datetime, labels: list[str]) -> pd.Series:
         """Prediction ids whose latest label (one of ``labels``) was given after ``after``."""
         return self._frame(f"SELECT fb.prediction_id AS id FROM ({self.store.latest_feedback_sql()}) fb "
-                           "WHERE fb.ts > ? AND list_contains(?, fb.label)", [project, after, labels])["id"]
+                           "WHERE fb.ts > ? AND fb.label = ANY(?)", [project, after, labels])["id"]
 
     def last_label_ts(self, project: str) -> datetime | None:
         """When the newest latest-label of ``project`` was given."""
@@ -286,7 +276,7 @@ class FeedbackRepository(Repository):
             f"""WITH fb AS ({self.store.latest_feedback_sql()})
                 SELECT p.id, p.text, fb.label, p.label AS predicted_label, p.ts
                 FROM fb JOIN predictions p ON p.project = fb.project AND p.id = fb.prediction_id
-                WHERE fb.ts > ? AND fb.ts <= ? AND list_contains(?, fb.label)
+                WHERE fb.ts > ? AND fb.ts <= ? AND fb.label = ANY(?)
                 ORDER BY p.ts, p.id""",
             [project, after, until, labels],
         )
@@ -300,14 +290,14 @@ class FeedbackRepository(Repository):
                 older AS (
                     SELECT p.id, p.text, fb.label FROM fb JOIN predictions p
                       ON p.project = fb.project AND p.id = fb.prediction_id
-                    WHERE fb.ts <= ? AND list_contains(?, fb.label)
+                    WHERE fb.ts <= ? AND fb.label = ANY(?)
                     UNION ALL
                     SELECT 'ref-' || CAST(row_number() OVER (ORDER BY text, true_label) AS VARCHAR) AS id, text,
                            true_label AS label
                     FROM reference_rows
-                    WHERE project = ? AND reference = ? AND true_label IS NOT NULL AND list_contains(?, true_label)
+                    WHERE project = ? AND reference = ? AND true_label IS NOT NULL AND true_label = ANY(?)
                 )
-                SELECT * FROM older ORDER BY hash(id || ?), id LIMIT ?""",  # hash(): DuckDB; PostgreSQL: md5()
+                SELECT * FROM older ORDER BY {self.store.dialect.seeded_hash("id || ?")}, id LIMIT ?""",
             [project, until, labels, project, reference, labels, str(seed), limit],
         )
 
@@ -317,15 +307,17 @@ class FeedbackRepository(Repository):
             f"""WITH fb AS ({self.store.latest_feedback_sql()})
                 SELECT fb.id AS feedback_id, fb.prediction_id, p.text, fb.label, fb.annotator, fb.source, p.embedding
                 FROM fb JOIN predictions p ON p.project = fb.project AND p.id = fb.prediction_id
-                WHERE p.embedding IS NOT NULL AND list_contains(?, fb.label)
-                ORDER BY fb.ts DESC LIMIT ?""", [project, labels, limit])  # list_contains: DuckDB; PG: = ANY(?)
+                WHERE p.embedding IS NOT NULL AND fb.label = ANY(?)
+                ORDER BY fb.ts DESC LIMIT ?""", [project, labels, limit])
 
     def latest_per_annotator(self, project: str) -> pd.DataFrame:
         """Each human annotator's latest label per prediction (prediction_id, annotator, label)."""
         return self._frame(
-            """SELECT prediction_id, annotator, label FROM feedback
-               WHERE project = ? AND source = 'human' AND annotator IS NOT NULL
-               QUALIFY row_number() OVER (PARTITION BY prediction_id, annotator ORDER BY ts DESC, id DESC) = 1""",
+            """SELECT prediction_id, annotator, label FROM (
+                   SELECT prediction_id, annotator, label,
+                          row_number() OVER (PARTITION BY prediction_id, annotator ORDER BY ts DESC, id DESC) AS newest
+                   FROM feedback WHERE project = ? AND source = 'human' AND annotator IS NOT NULL
+               ) ranked WHERE newest = 1""",
             [project])
 
     def latest_human(self, project: str) -> pd.DataFrame:

@@ -57,9 +57,9 @@ class ProjectRepository(Repository):
               (SELECT count(*) FROM pending_feedback WHERE project = $1),
               (SELECT count(*) FROM reference_rows WHERE project = $1 AND reference = 'imported'),
               (SELECT count(*) FROM model_versions WHERE project = $1),
-              (SELECT any_value(version) FROM model_versions WHERE project = $1 AND status = 'champion'),
+              (SELECT min(version) FROM model_versions WHERE project = $1 AND status = 'champion'),
               (SELECT count(*) FROM alerts WHERE project = $1 AND status = 'open')
-            """,  # any_value: DuckDB; PostgreSQL: min(version)
+            """,
             [project],
         )[0]
         return dict(zip(SUMMARY_COUNTS, row, strict=True))
@@ -70,7 +70,7 @@ class ProjectRepository(Repository):
             f"""WITH fb AS ({self.store.latest_feedback_sql()})
                 SELECT count(*), avg((p.label = fb.label)::INT) FROM fb JOIN predictions p
                   ON p.project = fb.project AND p.id = fb.prediction_id
-                WHERE list_contains(?, fb.label)""",  # list_contains: DuckDB; PostgreSQL: = ANY(?)
+                WHERE fb.label = ANY(?)""",
             [project, labels],
         )[0]
         return int(row[0]), None if row[1] is None else float(row[1])

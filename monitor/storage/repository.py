@@ -7,8 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from tuneloop.monitor.storage.rows import frame_with_embeddings
-
 if TYPE_CHECKING:
     from tuneloop.monitor.storage.store import Store
 
@@ -33,5 +31,5 @@ class Repository:
         self.store.execute(sql, params)
 
     def _embedding_frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
-        """A read through Arrow, with the ``embedding`` column as float32 rows (see ``frame_with_embeddings``)."""
-        return frame_with_embeddings(self.store.cursor().sql(sql, params=list(params)).to_arrow_table())
+        """A read whose ``embedding`` column comes back as float32 rows."""
+        return self.store.embedding_frame(sql, params)

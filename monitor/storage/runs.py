@@ -59,9 +59,7 @@ class RunRepository(Repository):
         return rows[0] if rows else (None, None)
 
     def ids_with_status(self, statuses: list[str]) -> list[int]:
-        # list_contains: DuckDB; PostgreSQL: status = ANY(?)
-        return [int(r[0]) for r in self._rows("SELECT id FROM retrain_runs WHERE list_contains(?, status)",
-                                              [statuses])]
+        return [int(r[0]) for r in self._rows("SELECT id FROM retrain_runs WHERE status = ANY(?)", [statuses])]
 
     def latest(self, project: str) -> tuple[int, str] | None:
         """(id, status) of the project's newest run."""
@@ -78,7 +76,7 @@ class RunRepository(Repository):
         """(id, status, started) of the newest run started after ``since`` whose status is not in ``exclude``."""
         df = self._frame(
             "SELECT id, status, started FROM retrain_runs WHERE project = ? AND started > ? "
-            "AND NOT list_contains(?, status) ORDER BY id DESC LIMIT 1",
+            "AND NOT (status = ANY(?)) ORDER BY id DESC LIMIT 1",
             [project, since, exclude])
         if df.empty:
             return None
@@ -88,10 +86,11 @@ class RunRepository(Repository):
     def latest_per_project(self) -> list[tuple[str, str, float]]:
         """(project, status, epoch seconds finished, or started while running) of each project's newest run."""
         return self._rows(
-            """SELECT project, status, epoch_ms(coalesce(finished, started)) / 1000.0 FROM retrain_runs
-               QUALIFY row_number() OVER (PARTITION BY project ORDER BY started DESC, id DESC) = 1
-               ORDER BY project"""
-        )  # epoch_ms/QUALIFY: DuckDB; PostgreSQL: extract(epoch FROM ...) and a subquery
+            """SELECT project, status, extract(epoch FROM coalesce(finished, started))::FLOAT8 FROM (
+                   SELECT *, row_number() OVER (PARTITION BY project ORDER BY started DESC, id DESC) AS newest
+                   FROM retrain_runs
+               ) ranked WHERE newest = 1 ORDER BY project"""
+        )
 
     def add_queued(self, project: str, trigger: str, paths: Callable[[int], tuple[str, str]]) -> int:
         """A new queued run; ``paths(run_id)`` gives its (log_path, snapshot_path). Returns the id."""

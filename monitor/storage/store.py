@@ -13,7 +13,6 @@ import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,10 +33,20 @@ from tuneloop.monitor.storage.batches import (
     hourly_part,
 )
 from tuneloop.monitor.storage.clock import new_id, utcnow
+from tuneloop.monitor.storage.dialect import DUCKDB, Dialect
+from tuneloop.monitor.storage.errors import (
+    AppendResult,
+    FeedbackResult,
+    StoreError,
+    StoreFull,
+    StoreLockedError,
+    is_disk_full,
+)
 from tuneloop.monitor.storage.maintenance import MaintenanceRepository
 from tuneloop.monitor.storage.migrations import MIGRATIONS
 from tuneloop.monitor.storage.predictions import FeedbackRepository, PredictionRepository
 from tuneloop.monitor.storage.projects import ProjectRepository
+from tuneloop.monitor.storage.rows import frame_with_embeddings
 from tuneloop.monitor.storage.runs import RunRepository
 from tuneloop.monitor.storage.tokens import TokenRepository
 from tuneloop.monitor.storage.versions import ReferenceRepository, VersionRepository
@@ -50,40 +59,6 @@ ROLLUP_COMPACT_ROWS = 4096
 """Partial rollup rows appended since the last compaction that trigger the next one."""
 
 
-class StoreError(Exception):
-    """A store failure worth a clear one-line message (not a DuckDB traceback)."""
-
-
-class StoreLockedError(StoreError):
-    pass
-
-
-class StoreFull(StoreError):
-    """A write failed because the disk (or the process's file size limit) is full; nothing of it was stored."""
-
-
-def is_disk_full(error: BaseException) -> bool:
-    """Whether a DuckDB or OS error means "no space left" (ENOSPC) or "file too large" (EFBIG)."""
-    if isinstance(error, OSError) and error.errno in (27, 28):
-        return True
-    text = str(error).lower()
-    return "no space left on device" in text or "file too large" in text
-
-
-@dataclass(frozen=True)
-class AppendResult:
-    accepted: int
-    duplicates: int
-
-
-@dataclass(frozen=True)
-class FeedbackResult:
-    accepted: int
-    duplicates: int
-    pending: int
-    unknown_ids: list[str]
-
-
 class Store:
     """Owner of one tuneloop DuckDB file.
 
@@ -91,6 +66,8 @@ class Store:
     >>> store.append_predictions([{"id": "a", "text": "hi", "label": "positive"}])
     AppendResult(accepted=1, duplicates=0)
     """
+
+    dialect: Dialect = DUCKDB
 
     def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
         self.path = Path(path)
@@ -111,7 +88,11 @@ class Store:
         self._local = threading.local()
         self._write_lock = threading.RLock()
         self._seq_lock = threading.Lock()
-        if not read_only:
+        self._opened()
+
+    def _opened(self) -> None:
+        """Migrate (unless read-only), read the ingest state and attach the repositories."""
+        if not self.read_only:
             self.migrate()
         self._ingest_seq = self.scalar("SELECT coalesce(max(ingest_seq), 0) FROM predictions") or 0
         self._has_pending = bool(self.scalar("SELECT count(*) FROM pending_feedback"))
@@ -164,6 +145,26 @@ class Store:
         """Run a read query on this thread's cursor and return a DataFrame."""
         return self.cursor().execute(sql, list(params)).df()
 
+    def fetch_arrow(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        """A read on ``cur`` (this thread's cursor or a transaction's) as an Arrow table."""
+        return cur.sql(sql, params=list(params)).to_arrow_table()
+
+    def embedding_frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+        """A read whose ``embedding`` column comes back as float32 rows (see ``frame_with_embeddings``)."""
+        return frame_with_embeddings(self.fetch_arrow(self.cursor(), sql, params))
+
+    @contextmanager
+    def staged(self, cur: Any, name: str, table: pa.Table, like: str | None = None) -> Iterator[None]:
+        """``table`` readable as ``name`` by SQL on ``cur`` while the block runs.
+
+        DuckDB scans the Arrow table in place (``like``, the stored table it mirrors, is not needed).
+        Views registered inside a transaction vanish with a rollback, so an error skips the cleanup
+        (unregistering in an aborted transaction would itself fail and hide the cause).
+        """
+        cur.register(name, table)
+        yield
+        cur.unregister(name)
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Run one write statement in its own transaction."""
         with self.transaction() as cur:
@@ -204,7 +205,7 @@ class Store:
             if version in done:
                 continue
             with self.transaction() as tx:
-                tx.execute(sql).fetchall()
+                tx.execute(self.dialect.schema(version, sql)).fetchall()
                 tx.execute("INSERT INTO schema_migrations VALUES (?, ?)", [version, utcnow()]).fetchall()
             applied.append(version)
             log.info("applied migration %d", version)
@@ -293,7 +294,7 @@ class Store:
 
         Views registered inside the transaction vanish with a rollback, so there is no cleanup on
         error (unregistering in an aborted transaction would itself fail and hide the cause).
-        """
+        """  # PostgreSQL: PostgresStore._insert_predictions (COPY, then ON CONFLICT DO NOTHING)
         cur.register("incoming", table)
         if ignore_existing:
             # A DML relation runs once, here; its result is exactly the rows that went in.
@@ -321,22 +322,21 @@ class Store:
         upsert: the rollup costs the write path one small INSERT. Readers sum per key.
         """
         part = hourly_part(rows)
-        if part is None:  # ts is not a naive timestamp column: let DuckDB cast and aggregate
-            cur.register("rollup_rows", rows)
-            cur.execute(
-                """
-                INSERT INTO prediction_hourly
-                SELECT project, date_trunc('hour', ts::TIMESTAMP), coalesce(model_version, ''), label,
-                       count(*), coalesce(sum(confidence), 0)
-                FROM rollup_rows GROUP BY ALL
-                """
-            ).fetchall()
-            cur.unregister("rollup_rows")
+        if part is None:  # ts is not a naive timestamp column: let the database cast and aggregate
+            with self.staged(cur, "rollup_rows", rows):
+                cur.execute(
+                    """
+                    INSERT INTO prediction_hourly
+                    SELECT project, date_trunc('hour', ts::TIMESTAMP), coalesce(model_version, ''), label,
+                           count(*), coalesce(sum(confidence), 0)
+                    FROM rollup_rows GROUP BY 1, 2, 3, 4
+                    """
+                ).fetchall()
             self._rollup_parts += 1
             return
-        cur.register("rollup_part", part)
-        cur.execute("INSERT INTO prediction_hourly SELECT * FROM rollup_part").fetchall()
-        cur.unregister("rollup_part")
+        with self.staged(cur, "rollup_part", part):
+            cur.execute(f"INSERT INTO prediction_hourly ({', '.join(part.column_names)}) "
+                        f"SELECT {', '.join(part.column_names)} FROM rollup_part").fetchall()
         self._rollup_parts += part.num_rows
 
     def compact_rollup(self) -> int:
@@ -346,15 +346,16 @@ class Store:
         """
         key = ", ".join(ROLLUP_KEY)
         with self.transaction() as cur:
-            folded = cur.sql(
+            folded = self.fetch_arrow(
+                cur,
                 f"""SELECT {key}, sum(n)::BIGINT AS n, sum(confidence_sum) AS confidence_sum, count(*) AS parts
-                    FROM prediction_hourly GROUP BY ALL HAVING count(*) > 1"""
-            ).to_arrow_table()
+                    FROM prediction_hourly GROUP BY 1, 2, 3, 4 HAVING count(*) > 1""",
+            )
             if folded.num_rows:
-                cur.register("folded", folded)
-                cur.execute(f"DELETE FROM prediction_hourly WHERE ({key}) IN (SELECT {key} FROM folded)").fetchall()
-                cur.execute(f"INSERT INTO prediction_hourly SELECT {key}, n, confidence_sum FROM folded").fetchall()
-                cur.unregister("folded")
+                with self.staged(cur, "folded", folded):
+                    cur.execute(f"DELETE FROM prediction_hourly WHERE ({key}) IN (SELECT {key} FROM folded)").fetchall()
+                    cur.execute(f"INSERT INTO prediction_hourly ({key}, n, confidence_sum) "
+                                f"SELECT {key}, n, confidence_sum FROM folded").fetchall()
         self._rollup_parts = 0
         return int(pc.sum(folded["parts"]).as_py() or 0) - folded.num_rows
 
@@ -362,11 +363,12 @@ class Store:
         """Move pending feedback whose prediction just arrived (in ``source``) into ``feedback``."""
         cur.execute(
             f"""
-            INSERT OR IGNORE INTO feedback
+            INSERT INTO feedback
             SELECT f.project, f.id, f.prediction_id, f.label, f.ts, f.source, f.annotator,
                    p.ts, p.label, p.model_version
             FROM pending_feedback f JOIN {source} p
               ON p.project = f.project AND p.id = f.prediction_id
+            ON CONFLICT DO NOTHING
             """
         ).fetchall()
         # Only the rows just joined: never a scan of the whole feedback table on each commit.
@@ -384,7 +386,7 @@ class Store:
 
     def get_predictions(self, ids: Sequence[str], project: str = DEFAULT_PROJECT) -> pd.DataFrame:
         return self.query(
-            "SELECT * FROM predictions WHERE project = ? AND list_contains(?, id)", [project, list(ids)]
+            "SELECT * FROM predictions WHERE project = ? AND id = ANY(?)", [project, list(ids)]
         )
 
     # -- feedback -----------------------------------------------------------------------------
@@ -411,42 +413,35 @@ class Store:
         table = fill_columns(table, FEEDBACK_COLUMNS, {"project": project, "ts": utcnow, "source": "human"})
         sent = table.num_rows
         table = first_rows(table)  # an id repeated within the request: the first row wins, like a retry
-        with self.transaction() as cur:
-            cur.register("incoming_fb", table)
-            try:
-                inserted = cur.execute(
-                    """
-                    INSERT OR IGNORE INTO feedback
-                    SELECT f.project, f.id, f.prediction_id, f.label, f.ts, f.source, f.annotator,
-                           p.ts, p.label, p.model_version
-                    FROM incoming_fb f JOIN predictions p
-                      ON p.project = f.project AND p.id = f.prediction_id
-                    RETURNING project, id
-                    """
+        unknown_fb = """FROM incoming_fb f WHERE NOT EXISTS (
+                            SELECT 1 FROM predictions p WHERE p.project = f.project AND p.id = f.prediction_id)"""
+        with self.transaction() as cur, self.staged(cur, "incoming_fb", table, like="pending_feedback"):
+            inserted = cur.execute(
+                """
+                INSERT INTO feedback
+                SELECT f.project, f.id, f.prediction_id, f.label, f.ts, f.source, f.annotator,
+                       p.ts, p.label, p.model_version
+                FROM incoming_fb f JOIN predictions p
+                  ON p.project = f.project AND p.id = f.prediction_id
+                ON CONFLICT DO NOTHING
+                RETURNING project, id
+                """
+            ).fetchall()
+            unknown = [r[0] for r in cur.execute(f"SELECT DISTINCT f.prediction_id {unknown_fb}").fetchall()]
+            parked: list[tuple[str, str]] = []
+            if unknown and keep_unknown:
+                parked = cur.execute(
+                    f"""INSERT INTO pending_feedback
+                        SELECT f.project, f.id, f.prediction_id, f.label, f.ts, f.source, f.annotator {unknown_fb}
+                        ON CONFLICT DO NOTHING RETURNING project, id"""
                 ).fetchall()
-                unknown = [
-                    r[0]
-                    for r in cur.execute(
-                        """SELECT DISTINCT f.prediction_id FROM incoming_fb f ANTI JOIN predictions p
-                           ON p.project = f.project AND p.id = f.prediction_id"""
-                    ).fetchall()
-                ]
-                parked: list[tuple[str, str]] = []
-                if unknown and keep_unknown:
-                    parked = cur.execute(
-                        """INSERT OR IGNORE INTO pending_feedback
-                           SELECT f.* FROM incoming_fb f ANTI JOIN predictions p
-                           ON p.project = f.project AND p.id = f.prediction_id
-                           RETURNING project, id"""
-                    ).fetchall()
-                    self._has_pending = True
-                pending = len(parked)
-                if token_id and (inserted or parked):
-                    written = inserted + parked
-                    cur.execute("INSERT OR IGNORE INTO feedback_writers SELECT unnest(?), unnest(?), ?",
-                                [[r[0] for r in written], [r[1] for r in written], token_id]).fetchall()
-            finally:
-                cur.unregister("incoming_fb")
+                self._has_pending = True
+            pending = len(parked)
+            if token_id and (inserted or parked):
+                written = inserted + parked
+                cur.execute("INSERT INTO feedback_writers SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), ? "
+                            "ON CONFLICT DO NOTHING",
+                            [[r[0] for r in written], [r[1] for r in written], token_id]).fetchall()
         accepted = len(inserted)
         unknown_set = set(unknown)
         n_unknown_rows = sum(1 for pid in table.column("prediction_id").to_pylist() if pid in unknown_set)
@@ -456,11 +451,14 @@ class Store:
     def latest_feedback_sql(self) -> str:
         """SQL (one parameter: project) for the latest label per prediction; human beats rule."""
         return """
-            SELECT * FROM feedback WHERE project = ?
-            QUALIFY row_number() OVER (
-                PARTITION BY prediction_id
-                ORDER BY CASE source WHEN 'human' THEN 0 WHEN 'import' THEN 1 ELSE 2 END, ts DESC, id DESC
-            ) = 1
+            SELECT project, id, prediction_id, label, ts, source, annotator, prediction_ts, predicted_label,
+                   model_version
+            FROM (SELECT *, row_number() OVER (
+                    PARTITION BY prediction_id
+                    ORDER BY CASE source WHEN 'human' THEN 0 WHEN 'import' THEN 1 ELSE 2 END, ts DESC, id DESC
+                  ) AS label_rank
+                  FROM feedback WHERE project = ?) ranked
+            WHERE label_rank = 1
         """
 
     def labelled_predictions(
@@ -525,7 +523,7 @@ class Store:
             SELECT date_trunc('{bucket}', hour) AS bucket, model_version,
                    sum(n)::BIGINT AS n, sum(confidence_sum) / sum(n) AS mean_confidence
             FROM prediction_hourly WHERE project = ? AND hour >= ?
-            GROUP BY ALL ORDER BY bucket, model_version
+            GROUP BY 1, 2 ORDER BY bucket, model_version
             """,
             [project, since or datetime.min],
         )
@@ -552,11 +550,11 @@ class Store:
             WITH fb AS ({self.latest_feedback_sql()}),
             parts AS (
                 SELECT date_trunc('{bucket}', prediction_ts) AS bucket, count(*) AS n,
-                       sum((label = predicted_label)::BIGINT) AS correct
-                FROM fb WHERE prediction_ts >= ? GROUP BY ALL
+                       count(*) FILTER (WHERE label = predicted_label) AS correct
+                FROM fb WHERE prediction_ts >= ? GROUP BY 1
                 UNION ALL
                 SELECT date_trunc('{bucket}', hour), sum(n_labelled), sum(n_correct)
-                FROM feedback_hourly WHERE project = ? AND hour >= ? GROUP BY ALL
+                FROM feedback_hourly WHERE project = ? AND hour >= ? GROUP BY 1
             )
             SELECT bucket, sum(n)::BIGINT AS n_labelled, sum(correct) / sum(n) AS accuracy
             FROM parts GROUP BY bucket ORDER BY bucket

@@ -121,11 +121,7 @@ class VersionRepository(Repository):
 
     def used_holdout_ids(self, project: str) -> set[str]:
         """Prediction ids recorded as gate holdout rows in any version's metrics of ``project``."""
-        # json_extract + unnest of a cast list: DuckDB; PostgreSQL: jsonb_array_elements_text
-        df = self._frame(
-            """SELECT DISTINCT unnest(CAST(json_extract(metrics, '$.holdout.rows.id') AS VARCHAR[])) AS id
-               FROM model_versions WHERE project = ? AND json_extract(metrics, '$.holdout.rows.id') IS NOT NULL""",
-            [project])
+        df = self._frame(self.store.dialect.holdout_ids_sql, [project])
         return set(df["id"].dropna().astype(str))
 
 
@@ -140,19 +136,17 @@ class ReferenceRepository(Repository):
                                    [project, reference]).fetchall()[0][0]
             cur.execute("DELETE FROM reference_rows WHERE project = ? AND reference = ?",
                         [project, reference]).fetchall()
-            cur.register("incoming_reference", table)
-            try:  # INSERT ... BY NAME: DuckDB; PostgreSQL names the columns (or COPY)
-                cur.execute("INSERT INTO reference_rows BY NAME SELECT * FROM incoming_reference").fetchall()
-            finally:
-                cur.unregister("incoming_reference")
+            columns = ", ".join(table.column_names)
+            with self.store.staged(cur, "incoming_reference", table, like="reference_rows"):
+                cur.execute(f"INSERT INTO reference_rows ({columns}) SELECT {columns} FROM incoming_reference"
+                            ).fetchall()
         return int(replaced)
 
     def rows(self, project: str, reference: str) -> pd.DataFrame:
         """The model-output columns and split of a reference, in insertion order."""
-        # rowid: DuckDB's insertion order; PostgreSQL needs a serial column
         return self._frame(
             f"""SELECT {REFERENCE_COLUMNS}, split FROM reference_rows WHERE project = ? AND reference = ?
-                ORDER BY rowid""",
+                ORDER BY {self.store.dialect.row_order}""",
             [project, reference],
         )
 
@@ -162,9 +156,8 @@ class ReferenceRepository(Repository):
 
     def embedding_sample(self, project: str, reference: str, size: int, seed: int) -> pd.DataFrame:
         """A seeded sample of ``size`` embeddings of a reference (the same rows for the same seed)."""
-        # hash(): DuckDB; PostgreSQL: md5(text || seed)
         return self._embedding_frame(
-            """SELECT embedding FROM reference_rows WHERE project = ? AND reference = ? AND embedding IS NOT NULL
-               ORDER BY hash(text || ?) LIMIT ?""",
+            f"""SELECT embedding FROM reference_rows WHERE project = ? AND reference = ? AND embedding IS NOT NULL
+                ORDER BY {self.store.dialect.seeded_hash("text || ?")} LIMIT ?""",
             [project, reference, str(seed), size],
         )
