@@ -111,7 +111,10 @@ class DriftSettings(Section):
     threshold_margin: float = Field(0.5, ge=0)
     """Widens both thresholds by this fraction of their distance from the median of their null."""
     accuracy_tolerance: float = Field(0.02, ge=0, lt=1)
-    """Accuracy (labelled or estimated) below reference accuracy minus this, and below its significance bound (Fisher exact test for labelled accuracy, bootstrap for the estimate), is drift."""
+    """Accuracy below reference accuracy minus this, and below its significance bound, is drift.
+
+    The bound is Fisher's exact test for labelled accuracy and a bootstrap for the estimate.
+    """
     checks: list[str] = [
         "embedding_drift",
         "prediction_drift",
