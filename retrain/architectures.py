@@ -90,6 +90,16 @@ def _pooling(path: Path) -> str:
     return "mean"
 
 
+def _decoder_only(model_type: str) -> bool:
+    """A family transformers knows only as a causal (left-to-right) language model, e.g. GPT-2 or Llama."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
 def inspect_base(path: str | os.PathLike[str]) -> BaseInfo:
     """Read ``path``'s config.json; :class:`UnsupportedBase` unless it is an encoder of a supported family."""
     path = Path(path)
@@ -107,8 +117,7 @@ def inspect_base(path: str | os.PathLike[str]) -> BaseInfo:
             kind = "a config.json without model_type"
         elif config.get("is_encoder_decoder"):
             kind = f"an encoder-decoder model (model_type {model_type}, {architectures})"
-        elif config.get("is_decoder") or any(a.endswith(("ForCausalLM", "LMHeadModel"))
-                                            for a in config.get("architectures") or []):
+        elif config.get("is_decoder") or _decoder_only(model_type):
             kind = f"a decoder-only model (model_type {model_type}, {architectures})"
         else:
             kind = f"an unsupported architecture (model_type {model_type}, {architectures})"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tuneloop.retrain.architectures import accepted_inputs, inspect_base, pool
+from tuneloop.retrain.architectures import BaseInfo, accepted_inputs, inspect_base, pool
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -56,6 +56,12 @@ def tokenize(tokenizer, texts: list[str], max_length: int, truncation: str = "he
     return dict(tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt"))
 
 
+def check_base(base: str | os.PathLike[str]) -> BaseInfo:
+    """What a configured base is, read from its config files only: FileNotFoundError if it is neither a
+    directory nor an installed package, :class:`UnsupportedBase` if it is not a supported encoder."""
+    return inspect_base(resolve_base(base))
+
+
 def load_encoder(base: str | os.PathLike[str]):  # type: ignore[no-untyped-def]
     """(BaseInfo, tokenizer, model) of a base; :class:`UnsupportedBase` before any weight is read if the
     directory is not a supported encoder."""
@@ -63,7 +69,7 @@ def load_encoder(base: str | os.PathLike[str]):  # type: ignore[no-untyped-def]
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-load bars are noise in service and job logs
-    info = inspect_base(resolve_base(base))
+    info = check_base(base)
     return info, AutoTokenizer.from_pretrained(info.path), AutoModel.from_pretrained(info.path)
 
 

@@ -88,7 +88,10 @@ def data_report(df: Any, labels: list[str] | None, s: Settings, embed: bool = Tr
     if embed:
         from tuneloop.retrain.encoder import Encoder
 
-        encoder = Encoder(s.embedder.base or s.model.base, s.model.max_length)
+        try:
+            encoder = Encoder(s.embedder.base or s.model.base, s.model.max_length)
+        except (FileNotFoundError, ValueError) as e:  # a missing or unsupported base: one line, no traceback
+            fail(str(e))
     return quality_report(df, labels, embed=encoder.encode if encoder else None,
                           tokenizer=encoder.tokenizer if encoder else None, max_tokens=s.model.max_length)
 
