@@ -146,3 +146,34 @@ def test_http_training_from_an_unsupported_base_is_refused_with_a_4xx(tmp_path) 
             assert api.get("/v1/retrain/runs").json()["items"] == []  # refused before any run was recorded
     finally:
         server.close()
+
+
+def test_device_setting_cpu_auto_and_an_absent_gpu(tmp_path) -> None:
+    import torch
+    from pydantic import ValidationError
+
+    from tuneloop.retrain.device import resolve_device
+
+    base = make_tiny_base(tmp_path / "base", WORDS)
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    clf = TextClassifier.from_base(base, TINY_LABELS, settings_for(base, device="cpu"))
+    assert clf.device.type == "cpu" and {p.device.type for p in clf.parameters()} == {"cpu"}
+    with pytest.raises(ValidationError, match="device"):
+        settings_for(base, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="model.device is cuda but torch sees no CUDA device"):
+            TextClassifier.from_base(base, TINY_LABELS, settings_for(base, device="cuda"))
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_and_serving_on_the_gpu_in_mixed_precision(tmp_path) -> None:
+    base = make_tiny_base(tmp_path / "base", WORDS)
+    result = train(keyword_sentiment(150), TINY_LABELS, settings_for(base, device="cuda"), progress=False)
+    clf = result.classifier
+    assert {p.device.type for p in clf.parameters()} == {"cuda"}
+    test = keyword_sentiment(60, seed=7)
+    pred = clf.predict(test["text"].tolist())
+    assert pred.probs.dtype == np.float32 and np.mean(np.array(pred.labels) == test["label"].to_numpy()) >= 0.6
+    path = write_version(tmp_path / "models", "v1", clf, result.metrics, result.manifest)
+    on_cpu = load_version(path, device="cpu").predict(test["text"].tolist())
+    assert np.mean(np.array(on_cpu.labels) == np.array(pred.labels)) >= 0.95  # bf16/fp16 vs fp32 rounding
