@@ -29,8 +29,8 @@ FAMILIES = ["bert", "distilbert", "roberta", "xlm-roberta", "deberta-v2", "moder
 
 
 def settings_for(base: Path, **kw) -> ModelSettings:  # type: ignore[no-untyped-def]
-    return ModelSettings(base=str(base), epochs=4, learning_rate=3e-3, batch_size=16, max_length=32,
-                         blend_tfidf=0, threads=1, **kw)
+    return ModelSettings(**{"base": str(base), "epochs": 4, "learning_rate": 3e-3, "batch_size": 16,
+                            "max_length": 32, "blend_tfidf": 0, "threads": 1, **kw})
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
@@ -54,14 +54,22 @@ def test_each_family_trains_predicts_embeds_and_reloads(tmp_path, model_type) ->
     assert pred.embeddings.shape == (60, info.hidden_size)
     np.testing.assert_allclose(np.linalg.norm(pred.embeddings, axis=1), 1.0, atol=1e-5)
 
-    path = write_version(tmp_path / "models", "v1", clf, result.metrics, result.manifest)
+    # without the warm-started head as a candidate the kept epoch is a trained one: a non-zero adapter,
+    # which the version must carry exactly
+    moved = train(keyword_sentiment(150), TINY_LABELS, settings_for(base, epochs=2, warm_start_head=False),
+                  progress=False)
+    assert moved.metrics["best_epoch"] >= 1
+    lora_b = [p for n, p in moved.classifier.encoder.named_parameters() if ".lora_B" in n]
+    assert lora_b and max(float(p.detach().abs().max()) for p in lora_b) > 1e-3
+    before = moved.classifier.predict(test["text"].tolist())
+    path = write_version(tmp_path / "models", "v1", moved.classifier, moved.metrics, moved.manifest)
     config = json.loads((path / "training_config.json").read_text())
     assert config["base_model_type"] == model_type
     assert config["lora"]["target_modules"] == sorted(LORA_TARGETS[model_type])
     again = load_version(path, threads=1).predict(test["text"].tolist())
-    assert again.labels == pred.labels
-    np.testing.assert_allclose(again.probs, pred.probs, atol=1e-4)
-    np.testing.assert_allclose(again.embeddings, pred.embeddings, atol=1e-4)
+    assert again.labels == before.labels
+    np.testing.assert_allclose(again.probs, before.probs, atol=1e-4)
+    np.testing.assert_allclose(again.embeddings, before.embeddings, atol=1e-4)
 
 
 def test_sentence_transformers_pooling_is_read_from_the_checkpoint(tmp_path) -> None:
