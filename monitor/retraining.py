@@ -91,6 +91,10 @@ class CoolingDown(RetrainError):
                          "seconds (a manual trigger with now=true skips the cooldown)")
 
 
+class BaseUnusable(RetrainError):
+    """``model.base`` is missing or not a supported encoder: a run from the base could only fail."""
+
+
 class RunNotFound(LookupError):
     pass
 
@@ -208,6 +212,8 @@ class RetrainService:
         the gate, and an admin promotes it after reading its evaluation.
         """
         labels = self._labels(project)
+        if snapshot is not None or registry.champion(self.store, project) is None:
+            self._check_base()
         with self._lock:
             if self._closing:
                 raise RetrainError("the server is shutting down")
@@ -233,6 +239,16 @@ class RetrainService:
         log.info("retrain run %d started for project %s: %s", run_id, project, trigger)
         active.thread.start()
         return run_id
+
+    def _check_base(self) -> None:
+        """Refuse a run from the base when the configured base cannot be loaded (one line, before any job)."""
+        from tuneloop.retrain.architectures import UnsupportedBase
+        from tuneloop.retrain.encoder import check_base
+
+        try:
+            check_base(self.settings.model.base)
+        except (UnsupportedBase, FileNotFoundError) as e:
+            raise BaseUnusable(f"model.base: {e}") from None
 
     def _defer(self, project: str, trigger: str, message: str, plan: HoldoutPlan) -> int:
         """Record the refusal as a ``deferred`` run: the project's latest run if already deferred, else new."""

@@ -112,12 +112,13 @@ class ModelServer:
     """
 
     def __init__(self, project: str = DEFAULT_PROJECT, max_batch: int = 64, max_wait_ms: float = 0.0,
-                 threads: int = 0, max_queue: int = 1024) -> None:
+                 threads: int = 0, max_queue: int = 1024, device: str = "auto") -> None:
         self.project = project
         self.max_batch = max(1, int(max_batch))
         self.max_wait = max(0.0, float(max_wait_ms)) / 1000.0
         self.max_queue = max(1, int(max_queue))
         self.threads = threads
+        self.device = device  # model.device: auto = CUDA when present
         self._current: LoadedModel | None = None
         self._previous: LoadedModel | None = None  # kept warm: rolling back to it needs no load
         self._queue: deque[_Request] = deque()
@@ -155,7 +156,7 @@ class ModelServer:
             if warm is not None and warm.version == version and warm.path == Path(path):
                 return warm
         t = time.perf_counter()
-        classifier = load_version(path, threads=self.threads)
+        classifier = load_version(path, threads=self.threads, device=self.device)
         classifier.predict(["warm up"])  # first forward allocates; do it before traffic sees the model
         log.info("loaded %s/%s in %.2fs", self.project, version, time.perf_counter() - t)
         return LoadedModel(version, Path(path), classifier)
@@ -325,7 +326,7 @@ class Serving:
             if srv is None:
                 m = self.settings.model
                 srv = ModelServer(project, m.serve_max_batch, m.serve_max_wait_ms, m.threads,
-                                  m.serve_max_queue).start()
+                                  m.serve_max_queue, device=m.device).start()
                 self._servers[project] = srv
                 self._initialised[project] = threading.Event()
         if fresh:

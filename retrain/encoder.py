@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tuneloop.retrain.architectures import BaseInfo, accepted_inputs, inspect_base, pool
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -54,25 +56,34 @@ def tokenize(tokenizer, texts: list[str], max_length: int, truncation: str = "he
     return dict(tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt"))
 
 
-def mean_pool(last_hidden, attention_mask):  # type: ignore[no-untyped-def]
-    """Sentence-transformers pooling: mean of token vectors where the mask is 1."""
-    mask = attention_mask.unsqueeze(-1).to(last_hidden.dtype)
-    return (last_hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+def check_base(base: str | os.PathLike[str]) -> BaseInfo:
+    """What a configured base is, read from its config files only: FileNotFoundError if it is neither a
+    directory nor an installed package, :class:`UnsupportedBase` if it is not a supported encoder."""
+    return inspect_base(resolve_base(base))
+
+
+def load_encoder(base: str | os.PathLike[str]):  # type: ignore[no-untyped-def]
+    """(BaseInfo, tokenizer, model) of a base; :class:`UnsupportedBase` before any weight is read if the
+    directory is not a supported encoder."""
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-load bars are noise in service and job logs
+    info = check_base(base)
+    return info, AutoTokenizer.from_pretrained(info.path), AutoModel.from_pretrained(info.path)
 
 
 class Encoder:
-    """Batched, no-grad sentence embeddings (L2-normalised mean pooling)."""
+    """Batched, no-grad sentence embeddings (L2-normalised, pooled as the checkpoint says: mean by default)."""
 
     def __init__(self, base: str | os.PathLike[str] = BASE_PACKAGE, max_length: int = 128,
                  truncation: str = "head_tail") -> None:
-        from transformers import AutoModel, AutoTokenizer
-
-        path = resolve_base(base)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).eval()
+        self.info, self.tokenizer, self.model = load_encoder(base)
+        self.model.eval()
+        self.inputs = accepted_inputs(self.model)
         self.max_length = max_length
         self.truncation = truncation
-        self.dim = int(self.model.config.hidden_size)
+        self.dim = self.info.hidden_size
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         import torch
@@ -82,7 +93,7 @@ class Encoder:
             for i in range(0, len(texts), batch_size):
                 chunk = texts[i : i + batch_size]
                 enc = tokenize(self.tokenizer, chunk, self.max_length, self.truncation)
-                hidden = self.model(**enc).last_hidden_state
-                emb = torch.nn.functional.normalize(mean_pool(hidden, enc["attention_mask"]), dim=-1)
+                hidden = self.model(**{k: v for k, v in enc.items() if k in self.inputs}).last_hidden_state
+                emb = torch.nn.functional.normalize(pool(hidden, enc["attention_mask"], self.info.pooling), dim=-1)
                 out[i : i + len(chunk)] = emb.numpy()
         return out

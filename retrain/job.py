@@ -183,7 +183,7 @@ def run(args: argparse.Namespace, stop: threading.Event, progress: Progress) -> 
     baseline: dict[str, Any] | None = None
     if champion_dir is not None:
         progress.event("evaluate", f"scoring the champion {champion_dir.name} on the same rows", 0.88)
-        old = load_version(champion_dir, threads=model_settings.threads)
+        old = load_version(champion_dir, threads=model_settings.threads, device=model_settings.device)
         champion = {
             "version": champion_dir.name,
             "holdout": evaluate(old, snap.holdout, rows=True) if len(snap.holdout)

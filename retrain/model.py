@@ -2,8 +2,9 @@
 
 One forward pass yields the label, the class probabilities and the pooled sentence embedding, so
 serving gets what drift detection needs without a second model call. The embedding is defined
-exactly as in :class:`tuneloop.retrain.encoder.Encoder` (L2-normalised mean pooling of the last
-hidden state), so embeddings logged by either are comparable.
+exactly as in :class:`tuneloop.retrain.encoder.Encoder` (the L2-normalised last hidden state, pooled as the
+base checkpoint says: mean pooling unless its sentence-transformers config names another), so embeddings
+logged by either are comparable. The base may be any supported encoder (see :mod:`.architectures`).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from tuneloop.retrain.architectures import BaseInfo, accepted_inputs, pool
 from tuneloop.retrain.baselines import SparseModel
-from tuneloop.retrain.encoder import mean_pool, resolve_base, tokenize
+from tuneloop.retrain.device import autocast, resolve_device
+from tuneloop.retrain.encoder import load_encoder, tokenize
 from tuneloop.retrain.settings import ModelSettings
 
-LORA_TARGETS = ["query", "key", "value"]
 ADAPTER_DIR = "adapter"
 HEAD_FILE = "head.safetensors"
 LABELS_FILE = "labels.json"
@@ -58,27 +60,22 @@ def _quiet_peft() -> Iterator[None]:
 
 
 def _load_base(base: str | os.PathLike[str], lora: bool):  # type: ignore[no-untyped-def]
-    from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # per-load bars are noise in service and job logs
-    path = resolve_base(base)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    encoder = AutoModel.from_pretrained(path)
+    info, tokenizer, encoder = load_encoder(base)
     if lora:
         encoder.requires_grad_(False)
-    return path, tokenizer, encoder
+    return info, tokenizer, encoder
 
 
 class TextClassifier(nn.Module):
-    """Sequence classifier over a BERT-like encoder; build with :meth:`from_base` or load a version.
+    """Sequence classifier over an encoder; build with :meth:`from_base` or load a version.
 
     Attributes: ``labels`` (index -> label), ``settings`` (the ModelSettings it was built with),
-    ``base`` (the base as configured, a package name or a directory), ``dim`` (embedding size).
+    ``base`` (the base as configured, a package name or a directory), ``dim`` (embedding size, the
+    encoder's hidden size), ``info`` (what the base checkpoint says), ``device`` (from ``settings.device``).
     """
 
     def __init__(self, encoder: nn.Module, tokenizer, labels: list[str], settings: ModelSettings,  # type: ignore[no-untyped-def]
-                 base: str, lora: bool = True) -> None:
+                 base: str, lora: bool = True, info: BaseInfo | None = None) -> None:
         super().__init__()
         if len(labels) < 2 or len(set(labels)) != len(labels):
             raise ValueError(f"a classifier needs at least two distinct labels, got {labels!r}")
@@ -88,9 +85,14 @@ class TextClassifier(nn.Module):
         self.settings = settings
         self.base = str(base)
         self.lora = lora
+        self.info = info
+        self.pooling = info.pooling if info else "mean"
+        self.inputs = accepted_inputs(encoder)
         self.dim = int(encoder.config.hidden_size)
         self.dropout = nn.Dropout(float(getattr(encoder.config, "hidden_dropout_prob", 0.1)))
         self.head = nn.Linear(self.dim, len(labels))
+        self.device = resolve_device(settings.device)
+        self.to(self.device)
         self.sparse: SparseModel | None = None  # TF-IDF + LR blended into predict() (settings.blend_tfidf)
 
     # ---- construction -------------------------------------------------------------------------
@@ -98,7 +100,8 @@ class TextClassifier(nn.Module):
     @classmethod
     def from_base(cls, base: str | os.PathLike[str], labels: list[str], settings: ModelSettings,
                   lora: bool = True) -> TextClassifier:
-        """A fresh classifier: LoRA (r/alpha/dropout from settings) on query/key/value, new head.
+        """A fresh classifier: LoRA (r/alpha/dropout from settings) on the base's attention projections
+        (query/key/value under the architecture's own module names), new head.
 
         ``lora=False`` trains every encoder weight instead (full fine-tuning, for comparison only:
         such a model cannot be written as a version).
@@ -107,13 +110,13 @@ class TextClassifier(nn.Module):
 
         set_threads(settings.threads)
         torch.manual_seed(settings.seed)
-        _, tokenizer, encoder = _load_base(base, lora)
+        info, tokenizer, encoder = _load_base(base, lora)
         if lora:
             config = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha,
-                                lora_dropout=settings.lora_dropout, target_modules=LORA_TARGETS, bias="none")
+                                lora_dropout=settings.lora_dropout, target_modules=info.lora_targets, bias="none")
             with _quiet_peft():
                 encoder = get_peft_model(encoder, config)
-        return cls(encoder, tokenizer, labels, settings, str(base), lora=lora).eval()
+        return cls(encoder, tokenizer, labels, settings, str(base), lora=lora, info=info).eval()
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike[str], base: str | os.PathLike[str], settings: ModelSettings,
@@ -129,13 +132,13 @@ class TextClassifier(nn.Module):
         path = Path(path)
         set_threads(settings.threads)
         labels = json.loads((path / LABELS_FILE).read_text(encoding="utf-8"))["labels"]
-        _, tokenizer, encoder = _load_base(base, lora=True)
+        info, tokenizer, encoder = _load_base(base, lora=True)
         with _quiet_peft():
             encoder = PeftModel.from_pretrained(encoder, path / ADAPTER_DIR, is_trainable=trainable)
             if not trainable:
                 encoder.merge_adapter()
-        clf = cls(encoder, tokenizer, labels, settings, str(base))
-        clf.head.load_state_dict(load_file(path / HEAD_FILE))
+        clf = cls(encoder, tokenizer, labels, settings, str(base), info=info)
+        clf.head.load_state_dict(load_file(path / HEAD_FILE, device=str(clf.device)))
         clf.sparse = SparseModel.load(path)
         return clf.eval()
 
@@ -164,24 +167,28 @@ class TextClassifier(nn.Module):
     # ---- forward ------------------------------------------------------------------------------
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        """Pad to the longest text in this batch; longer texts cut as ``settings.truncation`` says."""
-        return tokenize(self.tokenizer, texts, self.settings.max_length, self.settings.truncation)
+        """Pad to the longest text in this batch; longer texts cut as ``settings.truncation`` says.
+
+        Only the inputs the encoder takes, on the model's device."""
+        enc = tokenize(self.tokenizer, texts, self.settings.max_length, self.settings.truncation)
+        return {k: v.to(self.device) for k, v in enc.items() if k in self.inputs}
 
     def max_tokens(self) -> int:
         """The base model's own limit on tokens per text."""
-        limits = [int(getattr(self.encoder.config, "max_position_embeddings", 512)),
-                  int(getattr(self.tokenizer, "model_max_length", 512) or 512)]
+        positions = self.info.max_positions if self.info else int(getattr(self.encoder.config,
+                                                                                "max_position_embeddings", 512))
+        limits = [positions, int(getattr(self.tokenizer, "model_max_length", 512) or 512)]
         return min(limits)
 
     def warm_start_head(self, coef: np.ndarray, intercept: np.ndarray) -> None:
         """Set the head to given weights (e.g. a logistic fit on frozen pooled embeddings)."""
         with torch.no_grad():
-            self.head.weight.copy_(torch.as_tensor(coef, dtype=self.head.weight.dtype))
-            self.head.bias.copy_(torch.as_tensor(intercept, dtype=self.head.bias.dtype))
+            self.head.weight.copy_(torch.as_tensor(coef, dtype=self.head.weight.dtype, device=self.device))
+            self.head.bias.copy_(torch.as_tensor(intercept, dtype=self.head.bias.dtype, device=self.device))
 
     @torch.inference_mode()
     def base_pooled(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        """Mean-pooled (not normalised) vectors of the base encoder with any LoRA adapter switched off."""
+        """Pooled (not normalised) vectors of the base encoder with any LoRA adapter switched off."""
         was_training = self.training
         self.eval()
         off = self.encoder.disable_adapter() if self.lora and hasattr(self.encoder, "disable_adapter") \
@@ -193,23 +200,27 @@ class TextClassifier(nn.Module):
                 for start in range(0, len(texts), batch_size):
                     idx = order[start : start + batch_size]
                     enc = self.tokenize([texts[i] for i in idx])
-                    hidden = self.encoder(**enc).last_hidden_state
-                    out[idx] = mean_pool(hidden, enc["attention_mask"]).float().numpy()
+                    with autocast(self.device):
+                        hidden = self.encoder(**enc).last_hidden_state
+                    out[idx] = pool(hidden, enc["attention_mask"], self.pooling).float().cpu().numpy()
         finally:
             self.train(was_training)
         return out
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (logits [n,k], L2-normalised mean-pooled embedding [n,hidden]).
+        """Return (logits [n,k], L2-normalised pooled embedding [n,hidden]), both float32.
 
-        The head reads the pooled vector before normalisation (its norm carries signal too).
+        The head reads the pooled vector before normalisation (its norm carries signal too). On CUDA
+        the pass runs in mixed precision.
         """
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
-                              token_type_ids=token_type_ids).last_hidden_state
-        pooled = mean_pool(hidden, attention_mask)
-        embedding = nn.functional.normalize(pooled, dim=-1)
-        return self.head(self.dropout(pooled)), embedding
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        with autocast(self.device):
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+            pooled = pool(hidden, attention_mask, self.pooling)
+            logits = self.head(self.dropout(pooled))
+        embedding = nn.functional.normalize(pooled.float(), dim=-1)
+        return logits.float(), embedding
 
     def predict(self, texts: list[str], batch_size: int | None = None) -> Predictions:
         """Labels, probabilities, confidence and embeddings for ``texts`` (any number; batched by length)."""
@@ -225,8 +236,8 @@ class TextClassifier(nn.Module):
                 for start in range(0, n, batch_size):
                     idx = order[start : start + batch_size]
                     logits, e = self(**self.tokenize([texts[i] for i in idx]))
-                    probs[idx] = torch.softmax(logits.float(), dim=-1).numpy()
-                    emb[idx] = e.float().numpy()
+                    probs[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+                    emb[idx] = e.float().cpu().numpy()
         finally:
             self.train(was_training)
         blend = self.settings.blend_tfidf

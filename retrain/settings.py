@@ -69,6 +69,9 @@ class ModelSettings(Section):
     takes whatever queued while the previous one ran)."""
     serve_max_queue: int = Field(1024, ge=1)
     """Texts waiting for a forward pass; beyond this /v1/predict answers 503 + Retry-After."""
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    """Where training and serving run: "auto" (the first CUDA GPU when torch sees one, else the CPU), "cpu",
+    "cuda" or "cuda:N". On a GPU forward passes use mixed precision (bfloat16, or float16 with loss scaling)."""
 
 
 class RetrainSettings(Section):

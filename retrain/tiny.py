@@ -1,8 +1,9 @@
-"""A tiny random BERT saved like the real base, so tests train real models in seconds without downloads.
+"""Tiny random encoders saved like real bases, so tests train real models in seconds without downloads.
 
-It has the same architecture family, tokenizer class and files on disk as the packaged
-all-MiniLM-L6-v2, so everything that loads a base (``resolve_base`` + ``AutoModel``/``AutoTokenizer``)
-works unchanged on it; only the sizes differ.
+The default is a BERT with the same tokenizer class and files on disk as the packaged all-MiniLM-L6-v2;
+any other supported family (DistilBERT, RoBERTa, XLM-R, DeBERTa-v2, ModernBERT, MPNet) is built the same
+way from its own config and tokenizer class. Everything that loads a base (``resolve_base`` +
+``AutoModel``/``AutoTokenizer``) works unchanged on them; only the sizes differ.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import string
 from pathlib import Path
 
 import pandas as pd
-
-SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 # Enough everyday English that short test sentences mostly tokenize to whole words; anything else
 # still tokenizes, letter by letter, through the "##x" continuation pieces.
@@ -43,50 +42,110 @@ _FILLER = ["the", "a", "this", "that", "my", "our", "service", "product", "movie
            "car", "city", "really", "very", "today"]
 
 
-def make_tiny_base(dir: Path, vocab_words: list[str] | None = None) -> Path:
-    """Write a randomly initialised 2-layer BERT (hidden 64) and its WordPiece tokenizer to ``dir``.
+TINY_SIZE = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
+# Special tokens first, in each family's usual id order (the padding id must match the config's pad_token_id).
+_SPECIALS = {
+    "wordpiece": ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+    "mpnet": ["<s>", "<pad>", "</s>", "[UNK]", "<mask>"],
+    "bpe": ["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+    "xlm-roberta": ["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+    "deberta-v2": ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"],
+}
+TOKENIZER_KIND = {"bert": "wordpiece", "distilbert": "wordpiece", "modernbert": "wordpiece", "mpnet": "mpnet",
+                  "roberta": "bpe", "xlm-roberta": "xlm-roberta", "deberta-v2": "deberta-v2"}
 
+
+def _config(model_type: str, vocab_size: int, specials: list[str]):  # type: ignore[no-untyped-def]
+    """A 2-layer, 64-wide config of ``model_type`` (the supported families of :mod:`.architectures`)."""
+    from transformers import AutoConfig
+
+    ids = {t: i for i, t in enumerate(specials)}
+    pad = ids.get("[PAD]", ids.get("<pad>", 0))
+    if model_type == "distilbert":
+        return AutoConfig.for_model("distilbert", vocab_size=vocab_size, dim=64, n_layers=2, n_heads=2,
+                                    hidden_dim=128, pad_token_id=pad)
+    extra: dict[str, object] = {}
+    if model_type in ("roberta", "xlm-roberta", "mpnet"):  # positions start after the padding index
+        extra = {"max_position_embeddings": 514, "bos_token_id": 0, "eos_token_id": 2}
+    elif model_type == "deberta-v2":
+        extra = {"relative_attention": True, "position_biased_input": False, "pos_att_type": ["p2c", "c2p"],
+                 "type_vocab_size": 0, "max_relative_positions": -1, "position_buckets": 32}
+    elif model_type == "modernbert":
+        extra = {"cls_token_id": ids["[CLS]"], "sep_token_id": ids["[SEP]"], "bos_token_id": ids["[CLS]"],
+                 "eos_token_id": ids["[SEP]"], "global_attn_every_n_layers": 1, "local_attention": 64}
+    return AutoConfig.for_model(model_type, vocab_size=vocab_size, pad_token_id=pad, **TINY_SIZE, **extra)
+
+
+def _tokenizer(kind: str, words: list[str]):  # type: ignore[no-untyped-def]
+    """The family's own tokenizer class over a small vocabulary in which every listed word is one token."""
+    from transformers import (
+        BertTokenizerFast,
+        DebertaV2TokenizerFast,
+        MPNetTokenizerFast,
+        RobertaTokenizerFast,
+        XLMRobertaTokenizerFast,
+    )
+
+    specials = _SPECIALS[kind]
+    chars = [*string.ascii_lowercase, *string.digits, *string.punctuation]
+    if kind in ("wordpiece", "mpnet"):  # lower-cased
+        vocab: dict[str, int] = {}
+        for piece in [*specials, *chars, *(f"##{c}" for c in string.ascii_lowercase + string.digits), *words]:
+            vocab.setdefault(piece, len(vocab))
+        if kind == "mpnet":
+            return MPNetTokenizerFast(vocab=vocab, do_lower_case=True)
+        return BertTokenizerFast(vocab=vocab, do_lower_case=True)
+    chars += string.ascii_uppercase
+    if kind == "bpe":  # byte-level BPE: "Ġ" marks a leading space; merges build each word letter by letter
+        vocab, merges = {}, {}
+        for piece in [*specials, "Ġ", *chars]:
+            vocab.setdefault(piece, len(vocab))
+        for word in words:
+            built = "Ġ"
+            for ch in word:
+                merges.setdefault((built, ch), None)
+                built += ch
+                vocab.setdefault(built, len(vocab))
+        return RobertaTokenizerFast(vocab=vocab, merges=list(merges), add_prefix_space=True)
+    # Unigram (sentencepiece-style): "▁" marks a word start; whole words score far above single letters
+    pieces = [(t, 0.0) for t in specials] + [("▁", -3.0)] + [(c, -5.0) for c in chars]
+    seen = {p for p, _ in pieces}
+    pieces += [(f"▁{w}", -1.0) for w in dict.fromkeys(words) if f"▁{w}" not in seen]
+    if kind == "xlm-roberta":
+        return XLMRobertaTokenizerFast(vocab=pieces)
+    return DebertaV2TokenizerFast(vocab=pieces, do_lower_case=True)
+
+
+def make_tiny_base(dir: Path, vocab_words: list[str] | None = None, model_type: str = "bert") -> Path:
+    """Write a randomly initialised 2-layer encoder (hidden 64) of ``model_type`` and its tokenizer to ``dir``.
+
+    ``model_type`` is any family :mod:`tuneloop.retrain.architectures` supports (BERT by default, shaped
+    like the packaged MiniLM); each gets its own tokenizer class (WordPiece, byte-level BPE or Unigram).
     ``vocab_words`` adds whole-word tokens (e.g. the keywords a test's labels depend on).
     The init is seeded and does not disturb the caller's global RNG state.
     """
     import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
     dir = Path(dir)
     dir.mkdir(parents=True, exist_ok=True)
-    vocab: dict[str, int] = {}
-    pieces = [
-        *SPECIAL_TOKENS,
-        *string.ascii_lowercase,
-        *string.digits,
-        *string.punctuation,
-        *(f"##{c}" for c in string.ascii_lowercase + string.digits),
-        *COMMON_WORDS,
-        *(w.lower() for w in vocab_words or []),
-    ]
-    for piece in pieces:
-        vocab.setdefault(piece, len(vocab))
-
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=512,
-        pad_token_id=0,
-    )
+    kind = TOKENIZER_KIND[model_type]
+    words = list(dict.fromkeys([*COMMON_WORDS, *(w.lower() for w in vocab_words or [])]))
+    tokenizer = _tokenizer(kind, words)
+    config = _config(model_type, len(tokenizer), _SPECIALS[kind])
     hf_logging.disable_progress_bar()
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = BertModel(config)
+        model = AutoModel.from_config(config)
         # Random features are only useful if they say which words a text holds: drop the token-type
         # vector every token shares and shrink the position vectors, so word identity dominates.
-        model.embeddings.token_type_embeddings.weight.data.zero_()
-        model.embeddings.position_embeddings.weight.data.mul_(0.1)
+        embeddings = getattr(model, "embeddings", None)
+        if getattr(embeddings, "token_type_embeddings", None) is not None:
+            embeddings.token_type_embeddings.weight.data.zero_()
+        if getattr(embeddings, "position_embeddings", None) is not None:
+            embeddings.position_embeddings.weight.data.mul_(0.1)
     model.save_pretrained(dir)
-    tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True)
     tokenizer.model_max_length = 512
     tokenizer.save_pretrained(dir)
     return dir

@@ -22,6 +22,7 @@ from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
 from tuneloop.retrain import baselines as bl
+from tuneloop.retrain.device import grad_scaler
 from tuneloop.retrain.evaluate import check_labels, classification_metrics
 from tuneloop.retrain.model import TextClassifier, set_threads
 from tuneloop.retrain.settings import ModelSettings
@@ -125,14 +126,14 @@ def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> 
 @torch.inference_mode()
 def _validate(clf: TextClassifier, va: pd.DataFrame, weights: torch.Tensor, batch_size: int) -> dict[str, Any]:
     clf.eval()
-    texts, y = va["text"].tolist(), torch.tensor([clf.labels.index(v) for v in va["label"]])
+    texts, y = va["text"].tolist(), torch.tensor([clf.labels.index(v) for v in va["label"]], device=clf.device)
     order = np.argsort([len(t) for t in texts], kind="stable")
     loss_sum, pred = 0.0, np.empty(len(texts), dtype=np.int64)
     for s in range(0, len(texts), batch_size):
         b = order[s : s + batch_size]
         logits, _ = clf(**clf.tokenize([texts[i] for i in b]))
         loss_sum += torch.nn.functional.cross_entropy(logits, y[b], weight=weights, reduction="sum").item()
-        pred[b] = logits.argmax(-1).numpy()
+        pred[b] = logits.argmax(-1).cpu().numpy()
     m = classification_metrics(va["label"].tolist(), [clf.labels[i] for i in pred], clf.labels)
     return {"val_loss": loss_sum / len(texts), **{f"val_{k}": v for k, v in m.items()}}
 
@@ -165,7 +166,7 @@ def train(
 
     # ---- model: fresh from the base, or continue a version ----------------------------------------
     if init_from is not None:
-        clf = load_version(init_from, threads=settings.threads, trainable=True)
+        clf = load_version(init_from, threads=settings.threads, trainable=True, device=settings.device)
         if labels is not None and set(labels) != set(clf.labels):
             raise ValueError(f"version {Path(init_from).name} has labels {clf.labels}, not {list(labels)}: "
                              "incremental training keeps a version's label map; train from the base instead")
@@ -185,10 +186,11 @@ def train(
     epochs = settings.epochs
     y = torch.tensor([clf.labels.index(v) for v in tr["label"]])
     counts = np.bincount(y.numpy(), minlength=len(clf.labels))
+    y = y.to(clf.device)
     present = int((counts > 0).sum())
-    weights = torch.tensor(np.where(counts > 0, len(y) / (present * np.maximum(counts, 1)), 1.0),
-                           dtype=torch.float32)  # inverse frequency: rare classes count as much as common ones
-    say(f"{len(tr)} training rows, {len(va)} validation rows, class counts "
+    weights = torch.tensor(np.where(counts > 0, len(y) / (present * np.maximum(counts, 1)), 1.0), dtype=torch.float32,
+                           device=clf.device)  # inverse frequency: rare classes count as much as common ones
+    say(f"{len(tr)} training rows, {len(va)} validation rows on {clf.device}, class counts "
         f"{dict(zip(clf.labels, counts.tolist(), strict=True))}; batch size {settings.batch_size}, "
         f"{epochs} epoch(s), max_length {settings.max_length} ({settings.truncation})")
 
@@ -212,6 +214,7 @@ def train(
                              {"params": head, "lr": settings.head_learning_rate}], weight_decay=0.01)
     total = epochs * math.ceil(len(tr) / settings.batch_size)
     warmup = max(1, total // 10)
+    scaler = grad_scaler(clf.device)  # float16 on a GPU without bfloat16 only
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warmup, max(0.05, (total - s) / max(1, total - warmup))))
 
@@ -241,9 +244,11 @@ def train(
             logits, _ = clf(**clf.tokenize([texts[i] for i in b]))
             loss = torch.nn.functional.cross_entropy(logits, y[b], weight=weights)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             seen, loss_sum = seen + len(b), loss_sum + loss.item() * len(b)
             bar.set_postfix(loss=f"{loss.item():.3f}", samples_s=f"{seen / (time.perf_counter() - t0):.1f}")

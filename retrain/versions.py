@@ -129,6 +129,8 @@ def write_version(models_dir: str | os.PathLike[str], version: str, classifier: 
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "base": classifier.base,
             "base_path": str(resolve_base(classifier.base).resolve()),
+            "base_model_type": classifier.info.model_type if classifier.info else None,
+            "pooling": classifier.pooling,
             "labels": classifier.labels,
             "settings": classifier.settings.model_dump(mode="json"),
             "lora": {"r": lora.r, "alpha": lora.lora_alpha, "dropout": lora.lora_dropout,
@@ -187,8 +189,11 @@ def read_version_info(path: str | os.PathLike[str]) -> dict[str, Any]:
             "metrics": read(METRICS_FILE), "manifest": read(MANIFEST_FILE)}
 
 
-def load_version(path: str | os.PathLike[str], threads: int = 0, trainable: bool = False) -> TextClassifier:
-    """Load a version directory as a TextClassifier on the base recorded in its training_config.json."""
+def load_version(path: str | os.PathLike[str], threads: int = 0, trainable: bool = False,
+                 device: str = "auto") -> TextClassifier:
+    """Load a version directory as a TextClassifier on the base recorded in its training_config.json.
+
+    ``threads`` and ``device`` are this machine's, not those the version was trained with."""
     from tuneloop.retrain.model import TextClassifier
 
     path = Path(path)
@@ -198,6 +203,7 @@ def load_version(path: str | os.PathLike[str], threads: int = 0, trainable: bool
     known = ModelSettings.model_fields
     settings = ModelSettings(**{k: v for k, v in cfg.get("settings", {}).items() if k in known})
     settings.threads = threads
+    settings.device = device
     base, base_path = cfg["base"], Path(cfg.get("base_path") or cfg["base"])
     # The resolved path first (a tiny or custom base dir); a package name still resolves after a venv moves.
     clf = TextClassifier.from_dir(path, base_path if base_path.is_dir() else resolve_base(base), settings,

@@ -88,7 +88,10 @@ def data_report(df: Any, labels: list[str] | None, s: Settings, embed: bool = Tr
     if embed:
         from tuneloop.retrain.encoder import Encoder
 
-        encoder = Encoder(s.embedder.base or s.model.base, s.model.max_length)
+        try:
+            encoder = Encoder(s.embedder.base or s.model.base, s.model.max_length)
+        except (FileNotFoundError, ValueError) as e:  # a missing or unsupported base: one line, no traceback
+            fail(str(e))
     return quality_report(df, labels, embed=encoder.encode if encoder else None,
                           tokenizer=encoder.tokenizer if encoder else None, max_tokens=s.model.max_length)
 
@@ -170,3 +173,50 @@ def models_rollback(
         out = backend.rollback(project, reason)
     typer.echo(f"rolled back {project} to {out['champion']['version']} (was {out['previous']})"
                + (f"; serving {out['serving']}" if backend.remote else ""))
+
+
+@app.command("export")
+def models_export(
+    version: str,
+    dest: Annotated[Path, typer.Argument(help="New directory for the exported model.")],
+    format: Annotated[str, typer.Option("--format", help="hf: a standard Hugging Face sequence-classification "
+                                        "directory (transformers.pipeline loads it).")] = "hf",
+    as_json: JsonOpt = False,
+) -> None:
+    """Write VERSION (a directory under models_dir) as a standalone model for use outside tuneloop.
+
+    The LoRA adapter is merged into the base and the head becomes the architecture's standard
+    classification head. A version that blends a TF-IDF model into its predictions is exported as its
+    encoder classifier alone: its labels then differ from /v1/predict wherever the blend changes them.
+    """
+    from tuneloop.retrain.export import ExportError, export_hf
+    from tuneloop.retrain.versions import is_complete, validate_version_name
+
+    if format != "hf":
+        fail(f"--format {format!r}: the only format is hf")
+    s = settings()
+    try:
+        path = s.models_dir / validate_version_name(version)
+        if not is_complete(path):
+            raise FileNotFoundError(f"no complete version {version} in {s.models_dir}")
+        report = export_hf(path, dest)
+    except (ExportError, FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    out = report.as_json()
+    out["note"] = export_note(report.blend_tfidf)
+    show(out, as_json, lambda: [
+        f"exported {version} ({report.model_type}, labels {', '.join(report.labels)}) to {dest}",
+        f"checked on {report.checked_texts} texts: same label as the encoder classifier on "
+        f"{report.label_agreement:.1%}, largest probability difference {report.max_prob_diff:.1e}",
+        out["note"],
+        f'load it with: transformers.pipeline("text-classification", model="{dest}")',
+    ])
+
+
+def export_note(blend: float) -> str:
+    """What the export reproduces of the served model, in one line."""
+    if blend > 0:
+        return (f"note: this version serves a blend ({blend:g} TF-IDF + LR, {1 - blend:g} fine-tuned encoder); the "
+                "export holds the encoder classifier alone, so its labels can differ from /v1/predict (they agree "
+                "when the blend weight is 0)")
+    return "the export gives the labels and probabilities /v1/predict serves (blend weight 0)"
