@@ -61,14 +61,12 @@ def test_only_adapter_and_head_are_trainable(sentiment_base, sentiment_settings)
 def test_a_saved_version_serves_the_same_tfidf_blend(sentiment_trained, sentiment_base, sentiment_settings, tmp_path):
     clf = sentiment_trained.classifier
     assert clf.sparse is not None and clf.settings.blend_tfidf == sentiment_trained.metrics["blend_tfidf"]
+    assert 0 < clf.settings.blend_tfidf < 1  # keywords both models read: a tie on validation, the even blend
     written = {p.name for p in clf.save(tmp_path)}
     assert {"tfidf.json", "tfidf.safetensors"} <= written
     loaded = TextClassifier.from_dir(tmp_path, sentiment_base, clf.settings)
     np.testing.assert_allclose(loaded.predict(TEXTS).probs, clf.predict(TEXTS).probs, atol=1e-5)
     encoder_only = loaded.settings.model_copy(update={"blend_tfidf": 0.0})
     alone = TextClassifier.from_dir(tmp_path, sentiment_base, encoder_only).predict(TEXTS)
-    even = TextClassifier.from_dir(tmp_path, sentiment_base, loaded.settings.model_copy(update={"blend_tfidf": 0.5}))
-    blended = even.predict(TEXTS)
-    np.testing.assert_allclose(blended.probs, 0.5 * alone.probs + 0.5 * clf.sparse.predict_proba(TEXTS), atol=1e-5)
-    assert not np.allclose(alone.probs, blended.probs)  # the blend does change the served output
-    np.testing.assert_allclose(blended.embeddings, alone.embeddings, atol=1e-5)  # drift sees the encoder
+    assert not np.allclose(alone.probs, clf.predict(TEXTS).probs)  # the blend does change the served output
+    np.testing.assert_allclose(alone.embeddings, clf.predict(TEXTS).embeddings, atol=1e-5)  # drift sees the encoder
