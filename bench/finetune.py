@@ -45,7 +45,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from tuneloop.retrain.blend import BLEND_WEIGHTS, choose_blend  # noqa: E402
+from tuneloop.retrain.baselines import BLEND_WEIGHTS, pick_blend_weight  # noqa: E402
 
 OUT = Path(__file__).parent / "out" / "finetune.json"
 TEST_ROWS = 400  # fixed test rows per dataset (drugs: its own 379)
@@ -157,8 +157,7 @@ def run_cell(name: str, size: int, seed: int, config: str) -> dict[str, Any]:
                                                     labels) for w in BLEND_WEIGHTS}
         extra.update(epochs_run=result.metrics["epochs_run"], best_epoch=result.metrics["best_epoch"],
                      max_length=clf.settings.max_length, batch_size=clf.settings.batch_size,
-                     blend_tfidf=clf.settings.blend_tfidf, val_by_weight=result.metrics["blend_scores"].get("macro_f1"),
-                     val_log_loss_by_weight=result.metrics["blend_scores"].get("log_loss"),
+                     blend_tfidf=clf.settings.blend_tfidf, val_by_weight=result.metrics["blend_scores"],
                      seconds=round(seconds, 1))
     return {**_scores(y_te, pred, labels), "seconds": round(time.perf_counter() - t0, 1),
             "n_train": len(tr), "n_test": len(te), **extra}  # a fine-tune's seconds exclude the record above
@@ -254,15 +253,12 @@ def _key(name: str, size: int, seed: int, config: str) -> str:
 
 
 def served(cell: dict[str, Any]) -> dict[str, Any]:
-    """A fine-tune cell's test scores as the current blend rule serves them, from its recorded per-row
-    probabilities (the rule may have changed since the cell ran); a cell without them as it ran."""
-    rows = cell.get("rows")
-    if not rows:
+    """A fine-tune cell's test scores as the current blend rule would serve them, from its recorded
+    validation and test scores per TF-IDF weight (the rule may have changed since the cell ran)."""
+    if not cell.get("val_by_weight"):
         return cell
-    labels, val, test = rows["labels"], rows["val"], rows["test"]
-    weight, _ = choose_blend(np.asarray(val["encoder"]), np.asarray(val["tfidf"]), val["y"], labels)
-    probs = (1 - weight) * np.asarray(test["encoder"]) + weight * np.asarray(test["tfidf"])
-    return {**cell, **_scores(test["y"], [labels[i] for i in probs.argmax(1)], labels), "blend_tfidf": weight}
+    weight = pick_blend_weight({float(w): v for w, v in cell["val_by_weight"].items()})
+    return {**cell, **cell["by_weight"][f"{weight:g}"], "blend_tfidf": weight}
 
 
 def _mean_sd(values: list[float]) -> str:

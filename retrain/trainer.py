@@ -22,7 +22,6 @@ from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
 from tuneloop.retrain import baselines as bl
-from tuneloop.retrain.blend import choose_blend
 from tuneloop.retrain.evaluate import check_labels, classification_metrics
 from tuneloop.retrain.model import TextClassifier, set_threads
 from tuneloop.retrain.settings import ModelSettings
@@ -283,14 +282,14 @@ def train(
     assert best is not None
     metrics = {k: v for k, v in best.items() if k.startswith("val_")}
     encoder_only = {"accuracy": metrics["val_accuracy"], "macro_f1": metrics["val_macro_f1"]}
-    blend_scores: dict[str, dict[str, float]] = {}
+    blend_scores: dict[str, float] = {}
     if settings.blend_tfidf > 0:  # served = blend of encoder and TF-IDF probabilities (settings.blend_tfidf)
         va_texts, clf.sparse = va["text"].tolist(), None  # a continued version's own TF-IDF model is replaced
         if settings.blend_on_validation:
-            weight, blend_scores = choose_blend(clf.predict(va_texts).probs, base.sparse.predict_proba(va_texts),
-                                                va["label"].tolist(), clf.labels)
+            weight, blend_scores = bl.choose_blend(clf.predict(va_texts).probs, base.sparse.predict_proba(va_texts),
+                                                   va["label"].tolist(), clf.labels)
             settings = clf.settings = settings.model_copy(update={"blend_tfidf": weight})
-            say(f"served: {bl.served_model(weight)}, chosen on validation log-loss per TF-IDF weight {blend_scores}")
+            say(f"served: {bl.served_model(weight)}, chosen on validation macro-F1 per TF-IDF weight {blend_scores}")
         clf.sparse = base.sparse
         served = clf.predict(va_texts)
         m = classification_metrics(va["label"].tolist(), served.labels, clf.labels)
