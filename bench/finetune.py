@@ -9,7 +9,9 @@ TF-IDF (1–2-grams) + logistic regression, logistic regression on frozen encode
 ``tuneloop train`` with the previous defaults ("old": 4 epochs, batch 32, max_length 128, head
 truncation, random head, no TF-IDF blend) and with the current defaults ("new"). Each cell (one
 model on one dataset/size/seed) is cached in ``bench/out/finetune.json`` as soon as it finishes,
-so a re-run resumes; ``--report`` only prints the table.
+so a re-run resumes; ``--report`` only prints the table. A fine-tune cell also keeps every candidate
+model's per-row probabilities on its validation and test rows (:func:`per_row_probs`), so another rule
+for blending them can be scored without training again; ``--rerun`` trains cached fine-tune cells again.
 
 Datasets (read from the installed packages' files, never from the network):
 
@@ -171,6 +173,7 @@ def per_row_probs(clf: Any, tr: pd.DataFrame, te: pd.DataFrame, seed: int) -> di
     validation, on every row for test, as served); ``probe``: LR on the frozen base's pooled vectors
     (fitted on the training part); ``*_oof``: 5-fold out-of-fold probabilities on the training part.
     """
+    from scipy.special import softmax
     from sklearn.model_selection import StratifiedKFold
 
     from tuneloop.retrain.baselines import SparseModel, frozen_logreg
@@ -185,9 +188,7 @@ def per_row_probs(clf: Any, tr: pd.DataFrame, te: pd.DataFrame, seed: int) -> di
     coef, b = frozen_logreg(emb_part, y_part, labels, seed)
 
     def probe(x: np.ndarray) -> np.ndarray:
-        z = x @ coef.T + b
-        z = np.exp(z - z.max(1, keepdims=True))
-        return z / z.sum(1, keepdims=True)
+        return softmax(x @ coef.T + b, axis=1)
 
     oof_tfidf, oof_probe = np.zeros((len(part), len(labels))), np.zeros((len(part), len(labels)))
     folds = StratifiedKFold(5, shuffle=True, random_state=seed)
@@ -196,9 +197,7 @@ def per_row_probs(clf: Any, tr: pd.DataFrame, te: pd.DataFrame, seed: int) -> di
         oof_tfidf[out_idx] = SparseModel.fit([t_part[i] for i in fit_idx], fy, labels, seed).predict_proba(
             [t_part[i] for i in out_idx])
         c, bb = frozen_logreg(emb_part[fit_idx], fy, labels, seed)
-        z = emb_part[out_idx] @ c.T + bb
-        z = np.exp(z - z.max(1, keepdims=True))
-        oof_probe[out_idx] = z / z.sum(1, keepdims=True)
+        oof_probe[out_idx] = softmax(emb_part[out_idx] @ c.T + bb, axis=1)
 
     def r(a: np.ndarray) -> list[list[float]]:
         return np.round(np.asarray(a, dtype=np.float64), 5).tolist()
