@@ -9,7 +9,9 @@ TF-IDF (1–2-grams) + logistic regression, logistic regression on frozen encode
 ``tuneloop train`` with the previous defaults ("old": 4 epochs, batch 32, max_length 128, head
 truncation, random head, no TF-IDF blend) and with the current defaults ("new"). Each cell (one
 model on one dataset/size/seed) is cached in ``bench/out/finetune.json`` as soon as it finishes,
-so a re-run resumes; ``--report`` only prints the table.
+so a re-run resumes; ``--report`` only prints the table. A fine-tune cell also keeps every candidate
+model's per-row probabilities on its validation and test rows (:func:`per_row_probs`), so another rule
+for blending them can be scored without training again; ``--rerun`` trains cached fine-tune cells again.
 
 Datasets (read from the installed packages' files, never from the network):
 
@@ -42,6 +44,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from tuneloop.retrain.baselines import BLEND_WEIGHTS, pick_blend_weight  # noqa: E402
@@ -150,8 +153,8 @@ def run_cell(name: str, size: int, seed: int, config: str) -> dict[str, Any]:
         pred = clf.predict(texts).labels
         seconds = time.perf_counter() - t0
         if clf.sparse is not None:  # for the record: the test scores of every blend weight, 0 = encoder alone
-            sparse, clf.sparse = clf.sparse, None
-            enc, tfidf = clf.predict(texts).probs, sparse.predict_proba(texts)
+            extra["rows"] = per_row_probs(clf, tr, te, seed)
+            enc, tfidf = np.asarray(extra["rows"]["test"]["encoder"]), np.asarray(extra["rows"]["test"]["tfidf"])
             extra["by_weight"] = {f"{w:g}": _scores(y_te, [labels[i] for i in ((1 - w) * enc + w * tfidf).argmax(1)],
                                                     labels) for w in BLEND_WEIGHTS}
         extra.update(epochs_run=result.metrics["epochs_run"], best_epoch=result.metrics["best_epoch"],
@@ -160,6 +163,54 @@ def run_cell(name: str, size: int, seed: int, config: str) -> dict[str, Any]:
                      seconds=round(seconds, 1))
     return {**_scores(y_te, pred, labels), "seconds": round(time.perf_counter() - t0, 1),
             "n_train": len(tr), "n_test": len(te), **extra}  # a fine-tune's seconds exclude the record above
+
+
+def per_row_probs(clf: Any, tr: pd.DataFrame, te: pd.DataFrame, seed: int) -> dict[str, Any]:
+    """Per-row class probabilities of each candidate model on the trainer's own validation rows and on the
+    test rows, so any rule for combining them can be scored later without fine-tuning again.
+
+    ``encoder``: the fine-tuned model alone; ``tfidf``: TF-IDF + LR (fitted on the training part for
+    validation, on every row for test, as served); ``probe``: LR on the frozen base's pooled vectors
+    (fitted on the training part); ``*_oof``: 5-fold out-of-fold probabilities on the training part.
+    """
+    from scipy.special import softmax
+    from sklearn.model_selection import StratifiedKFold
+
+    from tuneloop.retrain.baselines import SparseModel, frozen_logreg
+    from tuneloop.retrain.trainer import check_labelled, validation_split
+
+    labels, served_sparse, clf.sparse = clf.labels, clf.sparse, None
+    part, va = validation_split(check_labelled(tr), clf.settings.val_fraction, seed)
+    y_part = part["label"].tolist()
+    t_part, t_va, t_te = part["text"].tolist(), va["text"].tolist(), te["text"].tolist()
+    sparse = SparseModel.fit(t_part, y_part, labels, seed)
+    emb_part, emb_va, emb_te = (clf.base_pooled(t) for t in (t_part, t_va, t_te))
+    coef, b = frozen_logreg(emb_part, y_part, labels, seed)
+
+    def probe(x: np.ndarray) -> np.ndarray:
+        return softmax(x @ coef.T + b, axis=1)
+
+    oof_tfidf, oof_probe = np.zeros((len(part), len(labels))), np.zeros((len(part), len(labels)))
+    folds = StratifiedKFold(5, shuffle=True, random_state=seed)
+    for fit_idx, out_idx in folds.split(t_part, y_part):
+        fy = [y_part[i] for i in fit_idx]
+        oof_tfidf[out_idx] = SparseModel.fit([t_part[i] for i in fit_idx], fy, labels, seed).predict_proba(
+            [t_part[i] for i in out_idx])
+        c, bb = frozen_logreg(emb_part[fit_idx], fy, labels, seed)
+        oof_probe[out_idx] = softmax(emb_part[out_idx] @ c.T + bb, axis=1)
+
+    def r(a: np.ndarray) -> list[list[float]]:
+        return np.round(np.asarray(a, dtype=np.float64), 5).tolist()
+
+    out = {"labels": labels,
+           "val": {"y": va["label"].tolist(), "encoder": r(clf.predict(t_va).probs),
+                   "tfidf": r(sparse.predict_proba(t_va)), "probe": r(probe(emb_va))},
+           "test": {"y": te["label"].tolist(), "encoder": r(clf.predict(t_te).probs),
+                    "tfidf": r(served_sparse.predict_proba(t_te)), "tfidf_part": r(sparse.predict_proba(t_te)),
+                    "probe": r(probe(emb_te))},
+           "train": {"y": y_part, "tfidf_oof": r(oof_tfidf), "probe_oof": r(oof_probe)}}
+    clf.sparse = served_sparse
+    return out
 
 
 def serving_cost(name: str = "drugs", n: int = 256, repeats: int = 3) -> dict[str, float]:
@@ -253,6 +304,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--configs", default=",".join(CONFIGS))
     p.add_argument("--budget-minutes", type=float, default=0.0, help="stop starting new cells after this (0: none)")
+    p.add_argument("--rerun", action="store_true", help="train the fine-tune cells again even when cached (to "
+                   "record per-row probabilities); the --out file, read last, then holds the new cell")
     p.add_argument("--report", action="store_true", help="only print the table of cached cells")
     p.add_argument("--serving-cost", action="store_true", help="only measure predict() with and without the blend")
     p.add_argument("--out", type=Path, default=OUT, help="cache of finished cells (every bench/out/finetune*.json "
@@ -271,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
                 for name in args.datasets.split(","):
                     for config in args.configs.split(","):
                         key = _key(name, size, seed, config)
-                        if key in cells:
+                        if key in mine or (key in cells and not (args.rerun and config in ("old", "new"))):
                             continue
                         if args.budget_minutes and time.monotonic() - t0 > 60 * args.budget_minutes:
                             print("time budget spent", flush=True)
