@@ -13,9 +13,9 @@ shift to the promotion, labels the promoted version's run used, and the run's wa
 Results go to ``bench/out/loop/<scenario>[-<tag>]-<strategy>-<seed>.json``; runs already there are
 not repeated (the bench is resumable), and the summary gives mean, spread and count per strategy.
 A variant (``--tag`` with ``--set`` overrides of :class:`DemoPlan`) runs in its own data directory
-(v1's cache copied), so it can run beside the main bench; with ``--no-oracle`` its ratio is taken
-against the oracle an earlier run of the scenario cached. A run that promoted nothing counts with
-v1's ratio (what still serves) in the "serving at the end" line.
+per tag and strategies (v1's cache copied), so it can run beside the main bench and itself; with
+``--no-oracle`` its ratio is taken against the oracle an earlier run of the scenario cached. A run
+that promoted nothing counts with v1's ratio (what still serves) in the "serving at the end" line.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def main() -> None:
     overrides = plan_overrides(args.set)
     data_dir = args.data_dir
     if args.tag:
-        data_dir = OUT / f"data-{args.tag}"
+        data_dir = OUT / f"data-{args.tag}-{args.strategies.replace(',', '-')}"  # one per process
         if (args.data_dir / "cache").is_dir() and not (data_dir / "cache").exists():
             shutil.copytree(args.data_dir / "cache", data_dir / "cache")
     OUT.mkdir(parents=True, exist_ok=True)
