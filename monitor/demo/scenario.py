@@ -193,9 +193,12 @@ def _send(api: httpx.Client, batch: pd.DataFrame, phase: str, sent: Sent) -> dic
 
 def _loop_can_still_close(api: httpx.Client, plan: DemoPlan, timeline: Timeline) -> bool:
     """False once no promotion can come: no run is active, the labelling budget is spent and the
-    last run saw every label (the policy retries only on labels a run has not seen)."""
+    last run saw every label (the policy retries only on labels a run has not seen).
+
+    A run counts as active while its row says queued or running too: a retry is listed before the
+    server's runner picks it up, and ending the demo in that gap would drop the retry's verdict."""
     runs = api.get("/v1/retrain/runs").json()
-    if runs.get("active_run"):
+    if runs.get("active_run") or any(r.get("status") in ("queued", "running") for r in runs.get("items", [])):
         return True
     if timeline.labels_spent < plan.label_budget:
         return True
