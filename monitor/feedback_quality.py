@@ -36,6 +36,12 @@ def suspected_feedback(store: Store, project: str, labels: list[str], limit: int
     return {"n_checked": len(df), "items": items}
 
 
+def suspected_ids(store: Store, project: str, labels: list[str], limit: int = MAX_ROWS) -> set[str]:
+    """Prediction ids whose latest label the check flags: left out of retraining when
+    ``retrain.exclude_suspected_labels`` is on (a relabel by a person makes a new latest label, checked anew)."""
+    return {str(item["prediction_id"]) for item in suspected_feedback(store, project, labels, limit)["items"]}
+
+
 def annotator_agreement(store: Store, project: str) -> dict[str, Any]:
     """Pairwise agreement on predictions labelled by two or more annotators: overall, per annotator, per class."""
     df = store.feedback.latest_per_annotator(project)
