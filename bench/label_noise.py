@@ -62,6 +62,15 @@ def flip(labels: pd.Series, share: float, seed: int) -> tuple[pd.Series, np.ndar
     return pd.Series(out), mask
 
 
+def precision_at_recall(probs: np.ndarray, given: pd.Series, flipped: np.ndarray, recall: float) -> float:
+    """Precision of the shortest prefix of the ranking by given-label probability that reaches ``recall``
+    (how good the ranking is, whatever the list's cut-off)."""
+    p_given = probs[np.arange(len(given)), [LABELS.index(lab) for lab in given]]
+    hits = np.cumsum(flipped[np.argsort(p_given, kind="stable")])
+    k = int(np.searchsorted(hits, int(np.ceil(recall * flipped.sum())))) + 1
+    return float(hits[k - 1] / k)
+
+
 def detect(rows: int, seeds: int) -> dict:
     from tuneloop.retrain.quality import label_errors
 
@@ -72,7 +81,8 @@ def detect(rows: int, seeds: int) -> dict:
         for seed in range(seeds):
             noisy, flipped = flip(data["label"], share, seed)
             t0 = time.perf_counter()
-            found, _ = label_errors(np.arange(len(data)), noisy.to_numpy(), LABELS, emb, seed=seed)
+            found, probs = label_errors(np.arange(len(data)), noisy.to_numpy(), LABELS, emb, seed=seed,
+                                        texts=data["text"].tolist())
             seconds = time.perf_counter() - t0
             fixes = found[0].fixes if found else []
             flagged = np.zeros(len(data), dtype=bool)
@@ -83,17 +93,19 @@ def detect(rows: int, seeds: int) -> dict:
             results.append({"noise": share, "seed": seed, "n": len(data), "flipped": int(flipped.sum()),
                             "flagged": int(flagged.sum()), "true_positives": tp,
                             "precision": tp / max(1, int(flagged.sum())), "recall": tp / max(1, int(flipped.sum())),
-                            "suggested_label_right": relabel_right / max(1, tp), "seconds": round(seconds, 2)})
+                            "suggested_label_right": relabel_right / max(1, tp), "seconds": round(seconds, 2),
+                            "precision_at_recall_0.6": precision_at_recall(probs, noisy, flipped, 0.6)})
             r = results[-1]
             print(f"noise {share:.0%} seed {seed}: flagged {r['flagged']} of {r['n']}, precision {r['precision']:.3f}, "
-                  f"recall {r['recall']:.3f}, suggested label right {r['suggested_label_right']:.3f} "
+                  f"recall {r['recall']:.3f}, precision at recall 0.6 {r['precision_at_recall_0.6']:.3f}, "
+                  f"suggested label right {r['suggested_label_right']:.3f} "
                   f"({r['seconds']} s)", flush=True)
     summary = {}
     for share in NOISE:
         rs = [r for r in results if r["noise"] == share]
         summary[f"{share:.0%}"] = {k: {"median": float(np.median([r[k] for r in rs])),
                                        "min": float(min(r[k] for r in rs)), "max": float(max(r[k] for r in rs))}
-                                   for k in ("precision", "recall", "suggested_label_right")}
+                                   for k in ("precision", "recall", "precision_at_recall_0.6", "suggested_label_right")}
     return {"rows": rows, "seeds": seeds, "runs": results, "summary": summary}
 
 
@@ -138,7 +150,8 @@ def main() -> None:
         for k, v in out["summary"].items():
             print(f"noise {k}: precision median {v['precision']['median']:.3f} "
                   f"[{v['precision']['min']:.3f}, {v['precision']['max']:.3f}], recall median "
-                  f"{v['recall']['median']:.3f} [{v['recall']['min']:.3f}, {v['recall']['max']:.3f}]")
+                  f"{v['recall']['median']:.3f} [{v['recall']['min']:.3f}, {v['recall']['max']:.3f}], precision at "
+                  f"recall 0.6 median {v['precision_at_recall_0.6']['median']:.3f}")
     elif args.part == "time":
         out = time_report(args.time_rows)
     else:
@@ -160,7 +173,7 @@ def train_part(n_train: int, n_test: int, epochs: int = 3, share: float = 0.2) -
     noisy_labels, flipped = flip(train_rows["label"], share, 0)
     noisy = train_rows.assign(label=noisy_labels)
     emb = embed(noisy["text"].tolist(), OUT / "label_noise_emb.npz")
-    found, _ = label_errors(np.arange(len(noisy)), noisy["label"].to_numpy(), LABELS, emb)
+    found, _ = label_errors(np.arange(len(noisy)), noisy["label"].to_numpy(), LABELS, emb, texts=noisy["text"].tolist())
     cleaned = noisy.copy()
     for f in found[0].fixes if found else []:
         cleaned.loc[f["row_id"], "label"] = f["label"]

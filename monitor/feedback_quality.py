@@ -26,7 +26,8 @@ def suspected_feedback(store: Store, project: str, labels: list[str], limit: int
     if len(df) < 10 or df["label"].nunique() < 2:
         return {"n_checked": len(df), "items": [], "note": "too few labelled predictions with embeddings to check"}
     emb = np.stack([np.asarray(e, dtype=np.float32) for e in df["embedding"]])
-    found, _ = label_errors(np.arange(len(df)), df["label"].to_numpy(), labels, emb)
+    found, _ = label_errors(np.arange(len(df)), df["label"].to_numpy(), labels, emb,
+                            texts=df["text"].astype(str).tolist())
     items = []
     for fix in found[0].fixes if found else []:
         row = df.iloc[fix["row_id"]]
