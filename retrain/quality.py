@@ -52,10 +52,6 @@ WORD_C = 3.0
 """Regularisation of the TF-IDF word model blended into the embeddings' probabilities."""
 WORD_SHARES = (0.0, 0.3, 0.5)
 """Candidate weights of the word model in the blend; the lowest log-loss on the given labels wins."""
-FLAG_SHARE = 0.65
-"""Share of cleanlab's estimated label issues listed (its most confident ones): the estimate counts every
-disagreement the model is sure of, hard but right rows included; the top of the list is far more
-precise (measured on demo tweets with flipped labels, bench/label_noise.py)."""
 
 EmbedFn = Callable[[list[str]], np.ndarray]
 
@@ -290,8 +286,9 @@ def label_errors(row_ids: np.ndarray, labels: np.ndarray, label_set: Sequence[st
                  ) -> tuple[list[Finding], np.ndarray | None]:
     """Rows whose given label the out-of-fold model confidently disagrees with (cleanlab), most suspect first.
 
-    ``texts`` (row-aligned) add a word model to the embeddings' (:func:`blend_with_words`). Of
-    cleanlab's estimated label issues the ``FLAG_SHARE`` most confident are listed.
+    ``texts`` (row-aligned) add a word model to the embeddings' (:func:`blend_with_words`). Every issue
+    cleanlab estimates is listed, most suspect first: its top is the most precise part (a fixed cut
+    would trade recall on clean data for precision on noisy data).
     """
     from cleanlab.filter import find_label_issues
 
@@ -307,7 +304,7 @@ def label_errors(row_ids: np.ndarray, labels: np.ndarray, label_set: Sequence[st
     word_share = 0.0
     if texts is not None:
         probs, word_share = blend_with_words(probs, texts, yy, folds, seed)
-    issues = find_label_issues(yy, probs, return_indices_ranked_by="self_confidence", frac_noise=FLAG_SHARE)
+    issues = find_label_issues(yy, probs, return_indices_ranked_by="self_confidence")
     fixes = []
     for i in issues:
         suggested = label_set[present[int(probs[i].argmax())]]
