@@ -71,13 +71,13 @@ def precision_at_recall(probs: np.ndarray, given: pd.Series, flipped: np.ndarray
     return float(hits[k - 1] / k)
 
 
-def detect(rows: int, seeds: int) -> dict:
+def detect(rows: int, seeds: int, noise: tuple[float, ...] = NOISE) -> dict:
     from tuneloop.retrain.quality import label_errors
 
     data = distinct_tweets(rows, 0)
     emb = embed(data["text"].tolist(), OUT / "label_noise_emb.npz")
     results = []
-    for share in NOISE:
+    for share in noise:
         for seed in range(seeds):
             noisy, flipped = flip(data["label"], share, seed)
             t0 = time.perf_counter()
@@ -101,7 +101,7 @@ def detect(rows: int, seeds: int) -> dict:
                   f"suggested label right {r['suggested_label_right']:.3f} "
                   f"({r['seconds']} s)", flush=True)
     summary = {}
-    for share in NOISE:
+    for share in noise:
         rs = [r for r in results if r["noise"] == share]
         summary[f"{share:.0%}"] = {k: {"median": float(np.median([r[k] for r in rs])),
                                        "min": float(min(r[k] for r in rs)), "max": float(max(r[k] for r in rs))}
@@ -137,6 +137,7 @@ def main() -> None:
     p.add_argument("--part", choices=("detect", "time", "train"), default="detect")
     p.add_argument("--rows", type=int, default=3000)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--noise", type=float, nargs="+", default=list(NOISE), help="shares of labels flipped")
     p.add_argument("--time-rows", type=int, default=10_000)
     p.add_argument("--train-rows", type=int, default=1200)
     p.add_argument("--test-rows", type=int, default=600)
@@ -146,7 +147,7 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     load = os.getloadavg()
     if args.part == "detect":
-        out = detect(args.rows, args.seeds)
+        out = detect(args.rows, args.seeds, tuple(args.noise))
         for k, v in out["summary"].items():
             print(f"noise {k}: precision median {v['precision']['median']:.3f} "
                   f"[{v['precision']['min']:.3f}, {v['precision']['max']:.3f}], recall median "
@@ -158,7 +159,8 @@ def main() -> None:
         out = train_part(args.train_rows, args.test_rows, args.epochs)
     out["load_average_at_start"] = load
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"label_noise_{args.part}.json").write_text(json.dumps(out, indent=2), encoding="utf-8")
+    suffix = "" if args.part != "detect" or tuple(args.noise) == NOISE else "_" + "_".join(f"{x:g}" for x in args.noise)
+    (OUT / f"label_noise_{args.part}{suffix}.json").write_text(json.dumps(out, indent=2), encoding="utf-8")
 
 
 def train_part(n_train: int, n_test: int, epochs: int = 3, share: float = 0.2) -> dict:
