@@ -71,14 +71,14 @@ def precision_at_recall(probs: np.ndarray, given: pd.Series, flipped: np.ndarray
     return float(hits[k - 1] / k)
 
 
-def detect(rows: int, seeds: int, noise: tuple[float, ...] = NOISE) -> dict:
+def detect(rows: int, seeds: int, noise: tuple[float, ...] = NOISE, first_seed: int = 0) -> dict:
     from tuneloop.retrain.quality import label_errors
 
     data = distinct_tweets(rows, 0)
     emb = embed(data["text"].tolist(), OUT / "label_noise_emb.npz")
     results = []
     for share in noise:
-        for seed in range(seeds):
+        for seed in range(first_seed, first_seed + seeds):
             noisy, flipped = flip(data["label"], share, seed)
             t0 = time.perf_counter()
             found, probs = label_errors(np.arange(len(data)), noisy.to_numpy(), LABELS, emb, seed=seed,
@@ -137,6 +137,7 @@ def main() -> None:
     p.add_argument("--part", choices=("detect", "time", "train"), default="detect")
     p.add_argument("--rows", type=int, default=3000)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     p.add_argument("--noise", type=float, nargs="+", default=list(NOISE), help="shares of labels flipped")
     p.add_argument("--time-rows", type=int, default=10_000)
     p.add_argument("--train-rows", type=int, default=1200)
@@ -147,7 +148,7 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     load = os.getloadavg()
     if args.part == "detect":
-        out = detect(args.rows, args.seeds, tuple(args.noise))
+        out = detect(args.rows, args.seeds, tuple(args.noise), args.first_seed)
         for k, v in out["summary"].items():
             print(f"noise {k}: precision median {v['precision']['median']:.3f} "
                   f"[{v['precision']['min']:.3f}, {v['precision']['max']:.3f}], recall median "
@@ -159,7 +160,8 @@ def main() -> None:
         out = train_part(args.train_rows, args.test_rows, args.epochs)
     out["load_average_at_start"] = load
     OUT.mkdir(parents=True, exist_ok=True)
-    suffix = "" if args.part != "detect" or tuple(args.noise) == NOISE else "_" + "_".join(f"{x:g}" for x in args.noise)
+    suffix = "" if args.part != "detect" or (tuple(args.noise), args.first_seed) == (NOISE, 0) else (
+        "_" + "_".join(f"{x:g}" for x in args.noise) + f"_seed{args.first_seed}")
     (OUT / f"label_noise_{args.part}{suffix}.json").write_text(json.dumps(out, indent=2), encoding="utf-8")
 
 
