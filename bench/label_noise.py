@@ -62,17 +62,27 @@ def flip(labels: pd.Series, share: float, seed: int) -> tuple[pd.Series, np.ndar
     return pd.Series(out), mask
 
 
-def detect(rows: int, seeds: int) -> dict:
+def precision_at_recall(probs: np.ndarray, given: pd.Series, flipped: np.ndarray, recall: float) -> float:
+    """Precision of the shortest prefix of the ranking by given-label probability that reaches ``recall``
+    (how good the ranking is, whatever the list's cut-off)."""
+    p_given = probs[np.arange(len(given)), [LABELS.index(lab) for lab in given]]
+    hits = np.cumsum(flipped[np.argsort(p_given, kind="stable")])
+    k = int(np.searchsorted(hits, int(np.ceil(recall * flipped.sum())))) + 1
+    return float(hits[k - 1] / k)
+
+
+def detect(rows: int, seeds: int, noise: tuple[float, ...] = NOISE, first_seed: int = 0) -> dict:
     from tuneloop.retrain.quality import label_errors
 
     data = distinct_tweets(rows, 0)
     emb = embed(data["text"].tolist(), OUT / "label_noise_emb.npz")
     results = []
-    for share in NOISE:
-        for seed in range(seeds):
+    for share in noise:
+        for seed in range(first_seed, first_seed + seeds):
             noisy, flipped = flip(data["label"], share, seed)
             t0 = time.perf_counter()
-            found, _ = label_errors(np.arange(len(data)), noisy.to_numpy(), LABELS, emb, seed=seed)
+            found, probs = label_errors(np.arange(len(data)), noisy.to_numpy(), LABELS, emb, seed=seed,
+                                        texts=data["text"].tolist())
             seconds = time.perf_counter() - t0
             fixes = found[0].fixes if found else []
             flagged = np.zeros(len(data), dtype=bool)
@@ -83,17 +93,19 @@ def detect(rows: int, seeds: int) -> dict:
             results.append({"noise": share, "seed": seed, "n": len(data), "flipped": int(flipped.sum()),
                             "flagged": int(flagged.sum()), "true_positives": tp,
                             "precision": tp / max(1, int(flagged.sum())), "recall": tp / max(1, int(flipped.sum())),
-                            "suggested_label_right": relabel_right / max(1, tp), "seconds": round(seconds, 2)})
+                            "suggested_label_right": relabel_right / max(1, tp), "seconds": round(seconds, 2),
+                            "precision_at_recall_0.6": precision_at_recall(probs, noisy, flipped, 0.6)})
             r = results[-1]
             print(f"noise {share:.0%} seed {seed}: flagged {r['flagged']} of {r['n']}, precision {r['precision']:.3f}, "
-                  f"recall {r['recall']:.3f}, suggested label right {r['suggested_label_right']:.3f} "
+                  f"recall {r['recall']:.3f}, precision at recall 0.6 {r['precision_at_recall_0.6']:.3f}, "
+                  f"suggested label right {r['suggested_label_right']:.3f} "
                   f"({r['seconds']} s)", flush=True)
     summary = {}
-    for share in NOISE:
+    for share in noise:
         rs = [r for r in results if r["noise"] == share]
         summary[f"{share:.0%}"] = {k: {"median": float(np.median([r[k] for r in rs])),
                                        "min": float(min(r[k] for r in rs)), "max": float(max(r[k] for r in rs))}
-                                   for k in ("precision", "recall", "suggested_label_right")}
+                                   for k in ("precision", "recall", "precision_at_recall_0.6", "suggested_label_right")}
     return {"rows": rows, "seeds": seeds, "runs": results, "summary": summary}
 
 
@@ -125,6 +137,8 @@ def main() -> None:
     p.add_argument("--part", choices=("detect", "time", "train"), default="detect")
     p.add_argument("--rows", type=int, default=3000)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
+    p.add_argument("--noise", type=float, nargs="+", default=list(NOISE), help="shares of labels flipped")
     p.add_argument("--time-rows", type=int, default=10_000)
     p.add_argument("--train-rows", type=int, default=1200)
     p.add_argument("--test-rows", type=int, default=600)
@@ -134,18 +148,21 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     load = os.getloadavg()
     if args.part == "detect":
-        out = detect(args.rows, args.seeds)
+        out = detect(args.rows, args.seeds, tuple(args.noise), args.first_seed)
         for k, v in out["summary"].items():
             print(f"noise {k}: precision median {v['precision']['median']:.3f} "
                   f"[{v['precision']['min']:.3f}, {v['precision']['max']:.3f}], recall median "
-                  f"{v['recall']['median']:.3f} [{v['recall']['min']:.3f}, {v['recall']['max']:.3f}]")
+                  f"{v['recall']['median']:.3f} [{v['recall']['min']:.3f}, {v['recall']['max']:.3f}], precision at "
+                  f"recall 0.6 median {v['precision_at_recall_0.6']['median']:.3f}")
     elif args.part == "time":
         out = time_report(args.time_rows)
     else:
         out = train_part(args.train_rows, args.test_rows, args.epochs)
     out["load_average_at_start"] = load
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"label_noise_{args.part}.json").write_text(json.dumps(out, indent=2), encoding="utf-8")
+    suffix = "" if args.part != "detect" or (tuple(args.noise), args.first_seed) == (NOISE, 0) else (
+        "_" + "_".join(f"{x:g}" for x in args.noise) + f"_seed{args.first_seed}")
+    (OUT / f"label_noise_{args.part}{suffix}.json").write_text(json.dumps(out, indent=2), encoding="utf-8")
 
 
 def train_part(n_train: int, n_test: int, epochs: int = 3, share: float = 0.2) -> dict:
@@ -160,7 +177,7 @@ def train_part(n_train: int, n_test: int, epochs: int = 3, share: float = 0.2) -
     noisy_labels, flipped = flip(train_rows["label"], share, 0)
     noisy = train_rows.assign(label=noisy_labels)
     emb = embed(noisy["text"].tolist(), OUT / "label_noise_emb.npz")
-    found, _ = label_errors(np.arange(len(noisy)), noisy["label"].to_numpy(), LABELS, emb)
+    found, _ = label_errors(np.arange(len(noisy)), noisy["label"].to_numpy(), LABELS, emb, texts=noisy["text"].tolist())
     cleaned = noisy.copy()
     for f in found[0].fixes if found else []:
         cleaned.loc[f["row_id"], "label"] = f["label"]

@@ -20,10 +20,12 @@ import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from tuneloop.monitor.storage import utcnow
@@ -248,6 +250,29 @@ class DatasetStore:
     def path(self, dataset_id: str, version: int, name: str) -> Path:
         """A per-version side file (the cached quality report)."""
         return self._dir(dataset_id) / f"v{version}.{name}"
+
+    def cached_encode(self, dataset_id: str, encode: Callable[[list[str]], np.ndarray],
+                      encoder_key: str) -> Callable[[list[str]], np.ndarray]:
+        """``encode`` with a per-dataset store of its embeddings by text (sha1): fixes drop and relabel rows
+        but never change a text, so the report of every later version reuses the upload's embeddings.
+        ``encoder_key`` names the encoder (base, max length): another encoder gets another store."""
+        path = self._dir(dataset_id) / f"embeddings-{hashlib.sha1(encoder_key.encode()).hexdigest()[:12]}.npz"
+
+        def cached(texts: list[str]) -> np.ndarray:
+            keys = [hashlib.sha1(t.encode("utf-8")).hexdigest() for t in texts]
+            known: dict[str, np.ndarray] = {}
+            if path.is_file():
+                with np.load(path) as z:
+                    known = dict(zip(z["keys"].tolist(), z["emb"], strict=True))
+            missing = sorted({k: i for i, k in enumerate(keys) if k not in known}.values())
+            if missing:
+                known.update(zip([keys[i] for i in missing], encode([texts[i] for i in missing]), strict=True))
+                tmp = path.with_suffix(".tmp.npz")
+                np.savez(tmp, keys=np.array(list(known)), emb=np.stack(list(known.values())))
+                tmp.replace(path)
+            return np.stack([known[k] for k in keys]) if keys else np.zeros((0, 0), dtype=np.float32)
+
+        return cached
 
     def apply_fixes(self, dataset_id: str, drop: list[int], relabel: dict[int, str], base: int | None = None,
                     note: str = "") -> dict[str, Any]:

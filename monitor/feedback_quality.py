@@ -26,7 +26,8 @@ def suspected_feedback(store: Store, project: str, labels: list[str], limit: int
     if len(df) < 10 or df["label"].nunique() < 2:
         return {"n_checked": len(df), "items": [], "note": "too few labelled predictions with embeddings to check"}
     emb = np.stack([np.asarray(e, dtype=np.float32) for e in df["embedding"]])
-    found, _ = label_errors(np.arange(len(df)), df["label"].to_numpy(), labels, emb)
+    found, _ = label_errors(np.arange(len(df)), df["label"].to_numpy(), labels, emb,
+                            texts=df["text"].astype(str).tolist())
     items = []
     for fix in found[0].fixes if found else []:
         row = df.iloc[fix["row_id"]]
@@ -34,6 +35,12 @@ def suspected_feedback(store: Store, project: str, labels: list[str], limit: int
                       "label": row["label"], "suggested": fix["label"], "confidence": fix["confidence"],
                       "annotator": row["annotator"], "source": row["source"]})
     return {"n_checked": len(df), "items": items}
+
+
+def suspected_ids(store: Store, project: str, labels: list[str], limit: int = MAX_ROWS) -> set[str]:
+    """Prediction ids whose latest label the check flags: left out of retraining when
+    ``retrain.exclude_suspected_labels`` is on (a relabel by a person makes a new latest label, checked anew)."""
+    return {str(item["prediction_id"]) for item in suspected_feedback(store, project, labels, limit)["items"]}
 
 
 def annotator_agreement(store: Store, project: str) -> dict[str, Any]:

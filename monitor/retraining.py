@@ -329,7 +329,7 @@ class RetrainService:
         else:
             new, older = export_frames(self.store, project, cutoff, labels,
                                        max(OLDER_CAP_FACTOR * s.retrain.replay_max, 10_000), seed=run_id,
-                                       until=exported_at)
+                                       until=exported_at, exclude_suspected=s.retrain.exclude_suspected_labels)
             snap = dataset.assemble_snapshot(
                 new, older, s.retrain, seed=run_id,
                 meta={"project": project, "run_id": run_id, "feedback_until": exported_at.isoformat(),

@@ -80,7 +80,8 @@ def holdout_plan(store: Store, project: str, settings: Any, labels: list[str]) -
 
 
 def export_frames(store: Store, project: str, cutoff: datetime | None, labels: list[str],
-                  older_cap: int, seed: int = 0, until: datetime | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  older_cap: int, seed: int = 0, until: datetime | None = None,
+                  exclude_suspected: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(new, older) labelled frames for :func:`tuneloop.retrain.dataset.assemble_snapshot`.
 
     new: one row per prediction whose latest label (human beats rule) came after ``cutoff`` and
@@ -93,4 +94,10 @@ def export_frames(store: Store, project: str, cutoff: datetime | None, labels: l
     new = store.feedback.training_rows(project, since, until or datetime.max, labels)
     champion = store.versions.champion_name(project) or ""
     older = store.feedback.replay_rows(project, since, labels, champion, seed, older_cap)
+    if exclude_suspected:
+        from tuneloop.monitor.feedback_quality import suspected_ids
+
+        suspects = suspected_ids(store, project, labels)
+        new = new[~new["id"].isin(suspects)].reset_index(drop=True)
+        older = older[~older["id"].isin(suspects)].reset_index(drop=True)
     return new, older

@@ -120,6 +120,9 @@ class RetrainSettings(Section):
     """The Ray cluster's job API (its dashboard's HTTP address); nodes must share the data dir's path."""
     ray_num_cpus: float = Field(1, ge=0)
     ray_num_gpus: float = Field(0, ge=0)
+    exclude_suspected_labels: bool = False
+    """Leave out of a retrain the labels the label check flags as likely mislabelled (the Label page lists
+    them). Off by default: the check also flags hard but right labels, often the most useful ones."""
 
     @field_validator("launcher")
     @classmethod

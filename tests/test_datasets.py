@@ -71,6 +71,9 @@ def test_new_model_from_a_noisy_file_end_to_end(server) -> None:
     assert api.get(f"/v1/datasets/{ds['id']}/quality").json() == report  # cached per version
 
     fixes = report["suggested_fixes"]
+    suspected = [f for f in fixes if f["check"] == "label_error"]
+    # dropped by default (measured better than relabelling in bulk), the model's label kept for a relabel
+    assert {f["action"] for f in suspected} == {"drop"} and all(f["label"] in LABELS for f in suspected)
     body = {"drop": [f["row_id"] for f in fixes if f["action"] == "drop"],
             "relabel": [{"row_id": f["row_id"], "label": f["label"]} for f in fixes if f["action"] == "relabel"]}
     r = api.post(f"/v1/datasets/{ds['id']}/fixes", json=body)
@@ -79,6 +82,7 @@ def test_new_model_from_a_noisy_file_end_to_end(server) -> None:
     v2 = pd.DataFrame(api.get(f"/v1/datasets/{ds['id']}/rows", params={"limit": 5000}).json()["items"])
     still_wrong = (v2.set_index("row_id")["label"] != clean.set_index(clean.index + 1)["label"].loc[v2["row_id"]]).sum()
     assert still_wrong < len(flips)  # fewer wrong labels than in the upload
+    assert len(v2) == 240 - len(body["drop"])
     v1 = api.get(f"/v1/datasets/{ds['id']}/rows", params={"version": 1, "limit": 5000}).json()
     assert v1["total"] == 240  # the upload itself is kept
 
@@ -197,6 +201,7 @@ def test_feedback_quality_flags_mislabels_and_measures_annotator_agreement(serve
     out = server.client("label", timeout=300).get("/v1/feedback/quality", params={"project": project}).json()
     flagged = {int(x["prediction_id"][1:]) for x in out["suspected"]["items"]}
     assert out["suspected"]["n_checked"] == n
+    assert out["excluded_from_retraining"] is False  # the default: flagged labels are only marked for review
     assert len(flagged & (wrong | disagree)) >= 0.8 * len(wrong | disagree)
     assert len(flagged) <= 2 * len(wrong | disagree)
     agreement = out["agreement"]

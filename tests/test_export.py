@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import numpy as np
 import pytest
 
 from tuneloop.monitor.retraining import count_new_labels, export_frames
@@ -51,3 +52,24 @@ def test_the_replay_sample_does_not_depend_on_the_order_rows_were_stored(tmp_pat
         samples.append(older.values.tolist())
     assert len(samples[0]) == 10
     assert samples[0] == samples[1]
+
+
+def test_labels_flagged_as_likely_mislabelled_can_be_left_out_of_the_export(store):
+    from tuneloop.monitor.feedback_quality import suspected_ids
+
+    rng = np.random.default_rng(1)
+    n = 120
+    truth = [LABELS[i % 3] for i in range(n)]
+    centres = rng.normal(size=(3, 16))
+    store.append_predictions([{"id": f"p{i}", "text": f"text {i}", "label": truth[i],
+                               "embedding": (centres[i % 3] + 0.4 * rng.normal(size=16)).tolist()} for i in range(n)])
+    wrong = {int(i) for i in rng.choice(n, 12, replace=False)}
+    store.append_feedback([{"prediction_id": f"p{i}", "source": "human", "annotator": "a",
+                            "label": LABELS[(i + 1) % 3] if i in wrong else truth[i]} for i in range(n)])
+    kept, _ = export_frames(store, "default", None, LABELS, older_cap=100)
+    assert len(kept) == n  # off by default: every label is exported
+    suspects = suspected_ids(store, "default", LABELS)
+    assert len(suspects & {f"p{i}" for i in wrong}) >= 0.8 * len(wrong)
+    new, older = export_frames(store, "default", None, LABELS, older_cap=100, exclude_suspected=True)
+    assert set(new["id"]) == {f"p{i}" for i in range(n)} - suspects
+    assert older.empty

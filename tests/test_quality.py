@@ -128,3 +128,40 @@ def test_scorecard_fallback_uses_the_recorded_baseline_model_and_the_exact_paire
     b = np.array([1] * 15 + [0] * 10 + [1] * 5, dtype=bool)
     lo, hi = difference_interval(a, b)
     assert lo < a.mean() - b.mean() < hi and lo >= -1 and hi <= 1
+
+
+def test_each_distinct_text_is_encoded_once_and_rows_keep_their_order() -> None:
+    from tuneloop.retrain.quality import embed_distinct
+
+    calls: list[list[str]] = []
+
+    def encode(texts: list[str]) -> np.ndarray:
+        calls.append(list(texts))
+        return np.array([[len(t), ord(t[0])] for t in texts], dtype=np.float32)
+
+    texts = ["a longer text", "b", "a longer text", "cc", "b"]
+    emb = embed_distinct(encode, texts)
+    assert calls == [["b", "cc", "a longer text"]]  # distinct, shortest first
+    assert emb.tolist() == [[13, 97], [1, 98], [13, 97], [2, 99], [1, 98]]
+
+
+def test_later_dataset_versions_reuse_the_uploads_embeddings(tmp_path) -> None:
+    from tuneloop.monitor.datasets import DatasetStore
+
+    store = DatasetStore(tmp_path)
+    rows = keyword_sentiment(30, seed=1)
+    ds = store.create(rows.assign(row_id=range(1, 31)), LABELS, {"name": "t"})
+    encoded: list[str] = []
+
+    def encode(texts: list[str]) -> np.ndarray:
+        encoded.extend(texts)
+        return np.array([[float(len(t)), 1.0] for t in texts], dtype=np.float32)
+
+    first = store.cached_encode(ds["id"], encode, "enc|32")(rows["text"].tolist())
+    assert len(encoded) == rows["text"].nunique()
+    store.apply_fixes(ds["id"], drop=[1, 2], relabel={})
+    later = store.cached_encode(ds["id"], encode, "enc|32")(store.rows(ds["id"])["text"].tolist())
+    assert len(encoded) == rows["text"].nunique()  # nothing encoded again
+    assert later.tolist() == first[2:].tolist()
+    store.cached_encode(ds["id"], encode, "other|32")(["new text"])
+    assert encoded[-1] == "new text"  # another encoder has its own store

@@ -171,6 +171,10 @@ def label_quality(session: ui.Session) -> None:
     if suspected["items"]:
         st.dataframe(pd.DataFrame(suspected["items"])[["text", "label", "suggested", "confidence", "annotator"]],
                      hide_index=True, use_container_width=True)
+        st.caption("Retraining leaves these labels out (retrain.exclude_suspected_labels); a new label given "
+                   "here is checked anew." if out.get("excluded_from_retraining") else
+                   "Retraining uses these labels as they are; relabel them here, or set "
+                   "retrain.exclude_suspected_labels to leave flagged labels out.")
     if agreement["n_pairs"]:
         st.markdown(f"**Annotator agreement**: {ui.pct(agreement['overall']['agreement'])} on "
                     f"{agreement['n_items']} item(s) labelled by two or more people")

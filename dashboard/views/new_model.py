@@ -105,6 +105,9 @@ def quality_step(s: dict[str, Any]) -> None:
                 st.caption(f"{len(f['rows'])} of {f['count']} rows shown")
     fixes = report["suggested_fixes"]
     st.markdown(f"#### Suggested fixes ({len(fixes)})")
+    if any(f["check"] == "label_error" for f in fixes):
+        st.caption("Suspected label errors are dropped by default: that recovers more accuracy than relabelling "
+                   "them all, since some were right. Set the action to relabel for rows you have checked.")
     if fixes:
         table = pd.DataFrame([{
             "apply": True, "row_id": f["row_id"], "text": rows.loc[f["row_id"], "text"] if f["row_id"] in rows.index

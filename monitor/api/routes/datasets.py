@@ -146,8 +146,9 @@ def get_quality(_: Admin, rt: RuntimeDep, dataset_id: DatasetId,
             return json.loads(cached.read_text(encoding="utf-8"))
         encoder = encoder_for(rt.settings)
         encoder.encode(["warm up"])  # loads the model, so its tokenizer is there
+        embed = store.cached_encode(dataset_id, encoder.encode, f"{encoder.base}|{encoder.max_length}")
         report = quality_report(store.rows(dataset_id, version), store.info(dataset_id)["labels"],
-                                embed=encoder.encode, tokenizer=encoder._encoder.tokenizer,
+                                embed=embed, tokenizer=encoder._encoder.tokenizer,
                                 max_tokens=rt.settings.model.max_length)
         report.update(dataset_id=dataset_id, version=version)
         tmp = cached.with_suffix(".tmp")
@@ -268,4 +269,5 @@ def feedback_quality(_: Labeller, rt: RuntimeDep, project: ProjectQuery = DEFAUL
 
     labels = labels_for(rt.store, rt.settings, project)
     return {"project": project, "suspected": suspected_feedback(rt.store, project, labels),
-            "agreement": annotator_agreement(rt.store, project)}
+            "agreement": annotator_agreement(rt.store, project),
+            "excluded_from_retraining": rt.settings.retrain.exclude_suspected_labels}
