@@ -11,6 +11,7 @@ Nested keys in the environment use ``__``: ``TUNELOOP_SERVER__PORT=9000``.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +32,11 @@ class PathsSettings(Section):
     """Everything tuneloop writes lives here: the DuckDB file, model versions, reports, snapshots."""
     db_file: str = "tuneloop.duckdb"
     """Relative to data_dir unless absolute."""
+
+
+def redact_password(url: str) -> str:
+    """A database URL without its password, for messages, logs and ``config show``."""
+    return re.sub(r"(://[^:/@]+):[^/]*@", r"\1:***@", url)
 
 
 class StoreSettings(Section):
@@ -240,6 +246,8 @@ def _format_error(err: ValidationError) -> str:
     if first["type"] == "extra_forbidden":
         return f"config error: unknown key '{key}'"
     got = first.get("input")
+    if isinstance(got, str) and "://" in got:
+        got = redact_password(got)
     shown = "" if isinstance(got, dict) else f" (got {got!r})"
     return f"config error: {key}: {first['msg']}{shown}"
 

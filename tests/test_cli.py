@@ -140,6 +140,13 @@ def test_version_and_config_show_with_sources_and_masked_secrets(tmp_path):
     table = tuneloop("--config", "c.toml", "config", "show", cwd=tmp_path, env=env).stdout
     assert "SECRETPATH" not in out + table and "supersecret" not in out + table
     assert "drift.window_size" in table
+    with_db = {**env, "TUNELOOP_STORE__URL": "postgresql://tl:dbsecret@db.example:5432/tl"}
+    rows = {r["key"]: r for r in json.loads(tuneloop("config", "show", "--json", cwd=tmp_path, env=with_db).stdout)}
+    assert rows["store.url"]["value"] == "postgresql://tl:***@db.example:5432/tl"
+    bad = tuneloop("config", "show", cwd=tmp_path, check=False,
+                   env={"TUNELOOP_STORE__URL": "postgresql://tl:dbsecret@db.example:notaport/tl"})
+    assert bad.returncode != 0 and "store.url" in bad.stderr and "tl:***@" in bad.stderr, bad.stderr
+    assert "dbsecret" not in bad.stdout + bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_every_listing_command_takes_json(tmp_path):

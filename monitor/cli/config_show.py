@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from tuneloop.monitor.config import Settings
+from tuneloop.monitor.config import Settings, redact_password
 from tuneloop.monitor.webhooks import redact_webhooks
 
 SECRET_WORDS = ("token", "secret", "password")
@@ -26,6 +26,8 @@ def is_secret(section: str, key: str) -> bool:
 def shown_value(section: str, key: str, value: Any) -> Any:
     if section == "drift" and key == "webhooks":
         return redact_webhooks(value)
+    if section == "store" and key == "url" and value:
+        return redact_password(value)
     if is_secret(section, key) and value:
         return MASK
     return value

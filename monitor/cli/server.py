@@ -34,8 +34,9 @@ def serve(
     import uvicorn
 
     from tuneloop.monitor.api.app import create_app
+    from tuneloop.monitor.config import redact_password
     from tuneloop.monitor.runtime import open_store
-    from tuneloop.monitor.storage import StoreError, redact_url
+    from tuneloop.monitor.storage import StoreError
 
     s = settings()
     s.server.host = host or s.server.host
@@ -45,7 +46,7 @@ def serve(
     except StoreError as e:
         fail(str(e))
     with store:
-        where = redact_url(s.store.url) if s.store.url else s.db_path
+        where = redact_password(s.store.url) if s.store.url else s.db_path
         typer.echo(f"tuneloop serving on http://{s.server.host}:{s.server.port}  (db {where})")
         typer.echo(f"  API docs: http://{s.server.host}:{s.server.port}/docs")
         first_token = _first_admin_token(store) if s.auth.enabled else None

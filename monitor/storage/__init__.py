@@ -25,7 +25,7 @@ SQL is written so both engines accept it; the few spellings that differ come fro
 from tuneloop.monitor.storage.alerts import AlertRepository, CheckRepository, DeliveryRepository
 from tuneloop.monitor.storage.batches import FEEDBACK_COLUMNS, FEEDBACK_SOURCES, PREDICTION_COLUMNS, hourly_part
 from tuneloop.monitor.storage.clock import new_id, utcnow
-from tuneloop.monitor.storage.errors import StoreRejected, StoreUnavailable, redact_url
+from tuneloop.monitor.storage.errors import StoreRejected, StoreUnavailable
 from tuneloop.monitor.storage.maintenance import MaintenanceRepository, import_export
 from tuneloop.monitor.storage.migrations import MIGRATIONS
 from tuneloop.monitor.storage.predictions import (
@@ -68,5 +68,5 @@ __all__ = [
     "ProjectRepository", "ReferenceRepository", "RetractRefused", "RunRepository", "Store", "StoreError", "StoreFull",
     "StoreLockedError", "StoreRejected", "StoreUnavailable", "TokenRepository", "VersionRepository", "clean_record",
     "hourly_part", "import_export", "is_disk_full", "is_missing", "new_id", "none_if_missing", "open_postgres",
-    "records", "redact_url", "utcnow",
+    "records", "utcnow",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 
@@ -33,10 +32,6 @@ def is_disk_full(error: BaseException) -> bool:
     text = str(error).lower()
     return "no space left on device" in text or "file too large" in text
 
-
-def redact_url(url: str) -> str:
-    """A database URL without its password, for messages and logs."""
-    return re.sub(r"(://[^:/@]+):[^/]*@", r"\1:***@", url)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from psycopg.adapt import Loader
 from psycopg.types.numeric import FloatLoader
 from psycopg.types.string import TextLoader
 
+from tuneloop.monitor.config import redact_password
 from tuneloop.monitor.storage.batches import first_rows
 from tuneloop.monitor.storage.dialect import POSTGRES
 from tuneloop.monitor.storage.errors import (
@@ -38,7 +39,6 @@ from tuneloop.monitor.storage.errors import (
     StoreRejected,
     StoreUnavailable,
     is_disk_full,
-    redact_url,
 )
 from tuneloop.monitor.storage.rows import frame_with_embeddings
 from tuneloop.monitor.storage.store import Store
@@ -223,7 +223,7 @@ class PostgresStore(Store):
             con = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
         except psycopg.Error as e:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise StoreUnavailable(f"cannot connect to PostgreSQL at {redact_url(self.url)}: {reason}") from None
+            raise StoreUnavailable(f"cannot connect to PostgreSQL at {redact_password(self.url)}: {reason}") from None
         con.adapters.register_loader("json", TextLoader)  # JSON columns read as text, as from DuckDB
         con.adapters.register_loader("jsonb", TextLoader)
         con.adapters.register_loader("numeric", FloatLoader)  # sum()/avg() of integers
