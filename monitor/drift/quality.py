@@ -72,10 +72,11 @@ def check_labelled(c: CheckContext) -> CheckResult:
     if len(cur_lab) < c.settings.min_labels:
         raise Skip(f"current has {len(cur_lab)} labelled rows, fewer than min_labels={c.settings.min_labels}")
     ref_correct = _correct(_reference_labelled(c, label, truth), label, truth)
+    cur_correct = _correct(cur_lab, label, truth)
     summary = classification_summary(cur_lab[truth].tolist(), cur_lab[label].tolist())
     ref_acc, value = float(ref_correct.mean()), summary["accuracy"]
     p_value, critical = ds.accuracy_drop_test(int(ref_correct.sum()), len(ref_correct),
-                                              int(round(value * len(cur_lab))), len(cur_lab), 1.0 - c.settings.quantile)
+                                              int(cur_correct.sum()), len(cur_correct), 1.0 - c.settings.quantile)
     widened = critical - c.settings.threshold_margin * max(ref_acc - critical, 0.0)
     threshold = max(min(widened, ref_acc - c.settings.accuracy_tolerance), 0.0)
     details = {

@@ -33,7 +33,6 @@ def is_disk_full(error: BaseException) -> bool:
     return "no space left on device" in text or "file too large" in text
 
 
-
 @dataclass(frozen=True)
 class AppendResult:
     accepted: int
