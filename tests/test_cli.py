@@ -5,10 +5,14 @@ import subprocess
 import sys
 
 import httpx
+from conftest import free_port
 
 
 def tuneloop(*args, cwd, env=None, check=True):
-    full_env = {**os.environ, **(env or {})}
+    # The CLI looks for a server at an unused port, so "no server answers" holds even when something
+    # listens on the default one.
+    nobody = {"TUNELOOP_DASHBOARD__SERVER_URL": f"http://127.0.0.1:{free_port()}"}
+    full_env = {**nobody, **os.environ, **(env or {})}
     r = subprocess.run(
         [sys.executable, "-m", "tuneloop.monitor.cli", *args],
         cwd=cwd, env=full_env, capture_output=True, text=True, timeout=120,
