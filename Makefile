@@ -17,7 +17,7 @@ $(BIN)/python:
 # torch first, pinned: the local CPU wheel (an unpinned torch would pull a multi-GB CUDA build).
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[server,demo,dev,ray,postgres]'
+	$(BIN)/pip install --quiet -e '.[server,demo,dev,ray,postgres,mlflow]'
 	touch $(STAMP)
 
 install: $(STAMP)

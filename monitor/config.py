@@ -181,6 +181,30 @@ class LoggingSettings(Section):
     json_format: bool = False
 
 
+class MlflowSettings(Section):
+    tracking_uri: str = ""
+    """MLflow tracking store that mirrors versions and promotions ("" = off), e.g. "sqlite:///mlflow.db" or
+    "http://mlflow:5000" (needs the ``mlflow`` extra). Failures to reach it are logged, never fatal."""
+    experiment: str = Field("tuneloop", min_length=1)
+    """MLflow experiment that holds one run per registered version."""
+    artifact_location: str = ""
+    """Where the experiment keeps its artifacts when tuneloop creates it ("" = the tracking store's default,
+    for a local store ./mlruns in the working directory)."""
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _mlflow_installed(cls, uri: str) -> str:
+        import importlib.util
+
+        try:
+            missing = bool(uri) and importlib.util.find_spec("mlflow") is None
+        except (ImportError, ValueError):  # a broken or blocked install
+            missing = True
+        if missing:
+            raise ValueError("a tracking store needs the mlflow package: pip install 'tuneloop[mlflow]'")
+        return uri
+
+
 class Settings(BaseSettings):
     """All of tuneloop's configuration. Build it with :func:`load_settings`."""
 
@@ -201,6 +225,7 @@ class Settings(BaseSettings):
     retention: RetentionSettings = RetentionSettings()
     dashboard: DashboardSettings = DashboardSettings()
     logging: LoggingSettings = LoggingSettings()
+    mlflow: MlflowSettings = MlflowSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -39,7 +39,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuneloop.monitor import launchers, registry
+from tuneloop.monitor import launchers, mlflow_tracking, registry
 from tuneloop.monitor.alerts import open_alert_count
 from tuneloop.monitor.storage import DEFAULT_PROJECT, Store, utcnow
 from tuneloop.monitor.training_data import HoldoutPlan, count_new_labels, export_frames, feedback_cutoff, holdout_plan
@@ -390,6 +390,9 @@ class RetrainService:
             "val_accuracy": metrics.get("val_accuracy"), "train_seconds": metrics.get("train_seconds"),
             "gate": decision.as_json(),
         }
+        tracked = mlflow_tracking.record_version(s.mlflow, project, row, decision.as_json())
+        if tracked is not None:
+            summary["mlflow"] = tracked
         if active.snapshot is not None:
             self._finish(run_id, "passed", ["trained from a dataset: read its evaluation, then promote"],
                          metrics=summary)
@@ -399,7 +402,10 @@ class RetrainService:
         elif s.retrain.auto_promote:
             from tuneloop.monitor.serving import activate
 
-            activate(self.store, self.serving, project, version, actor=f"retrain run {run_id}", reason=decision.summary)
+            promoted = activate(self.store, self.serving, project, version, actor=f"retrain run {run_id}",
+                                reason=decision.summary, track=False)
+            if tracked is not None and "error" not in tracked:
+                tracked["champion"] = mlflow_tracking.champion_changed(s.mlflow, project, promoted)
             self._finish(run_id, "promoted", decision.reasons, metrics=summary)
         else:
             self._finish(run_id, "passed", decision.reasons, metrics=summary)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tuneloop.monitor import metrics, registry
+from tuneloop.monitor import metrics, mlflow_tracking, registry
 from tuneloop.monitor.storage import DEFAULT_PROJECT, Store
 
 if TYPE_CHECKING:
@@ -366,13 +366,14 @@ class Serving:
 
 
 def activate(store: Store, serving: Serving | None, project: str, version: str, actor: str = "api",
-             reason: str | None = None, force: bool = False) -> dict[str, Any]:
+             reason: str | None = None, force: bool = False, track: bool = True) -> dict[str, Any]:
     """Promote ``version`` in the registry and serve it (the only way to change the champion in a server).
 
     The new model is loaded first (off the request path, requests keep flowing on the old one); then
     the registry transaction and the swap happen under the project's swap lock. A load failure
     leaves both the registry and serving unchanged. Without ``serving`` (no server running) only the
-    registry changes.
+    registry changes. With ``track`` and an MLflow store configured, the MLflow ``champion`` alias
+    follows (after the swap, best effort).
     """
     row = registry.get_version(store, project, version)
     registry.check_promotable(row, force)
@@ -383,6 +384,8 @@ def activate(store: Store, serving: Serving | None, project: str, version: str, 
         loaded = srv.load(version, row["path"])
         result = registry.promote(store, project, version, actor, reason, force)
         srv.install(loaded)
+    if track:
+        mlflow_tracking.champion_changed(serving.settings.mlflow, project, result)
     return result
 
 
@@ -399,4 +402,5 @@ def activate_rollback(store: Store, serving: Serving | None, project: str, actor
         if result["version"] != loaded.version:  # cannot happen under the lock; never serve a stale pick
             loaded = srv.load(result["version"], result["path"])
         srv.install(loaded)
+    mlflow_tracking.champion_changed(serving.settings.mlflow, project, result)
     return result

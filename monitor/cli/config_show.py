@@ -28,6 +28,8 @@ def shown_value(section: str, key: str, value: Any) -> Any:
         return redact_webhooks(value)
     if section == "store" and key == "url" and value:
         return redact_password(value)
+    if section == "mlflow" and key == "tracking_uri" and value:
+        return redact_password(value)
     if is_secret(section, key) and value:
         return MASK
     return value

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tuneloop.monitor import mlflow_tracking
 from tuneloop.monitor.cli.common import fail
 from tuneloop.monitor.runtime import LocalRuntime
 
@@ -79,6 +80,7 @@ class LocalBackend:
             row = registry.promote(self.store, project, version, actor=ACTOR, reason=reason, force=force)
         except (LookupError, ValueError) as e:
             fail(str(e))
+        mlflow_tracking.champion_changed(self.settings.mlflow, project, row)
         return {"champion": row, "previous": row["previous"], "serving": None}
 
     def rollback(self, project: str, reason: str | None) -> dict[str, Any]:
@@ -88,6 +90,7 @@ class LocalBackend:
             row = registry.rollback(self.store, project, actor=ACTOR, reason=reason)
         except LookupError as e:
             fail(str(e))
+        mlflow_tracking.champion_changed(self.settings.mlflow, project, row)
         return {"champion": row, "previous": row["previous"], "serving": None}
 
     # -- projects and imports
