@@ -143,3 +143,98 @@ def test_drift_present_before_the_promotion_is_not_rescored_into_the_reference(r
     masked = drift.run_checks(ref.inputs, current, settings.drift, TINY_LABELS, version="v2",
                               output_reference=pd.concat([held_out, absorbed], ignore_index=True))
     assert not {r.metric for r in masked if r.drifted} & flagged
+
+
+# -- which traffic may be re-scored, and the bounds of one re-scoring (library, real store and model) ------
+
+
+def _traffic(n: int, start: str, prefix: str) -> pd.DataFrame:
+    rng = np.random.default_rng(len(prefix))
+    return pd.DataFrame({
+        "id": [f"{prefix}{i}" for i in range(n)], "text": [f"{prefix} text {i}" for i in range(n)],
+        "label": "neutral", "confidence": 0.5, "model_version": "v1",
+        "ts": pd.Timestamp(start) + pd.to_timedelta(np.arange(n), unit="s"),
+        "embedding": list(rng.standard_normal((n, 4), dtype=np.float32)),
+    })
+
+
+def _record_check(store, check_id: int, window: pd.DataFrame, drifted: set[str]) -> None:
+    start, end = window["ts"].min().to_pydatetime(), window["ts"].max().to_pydatetime()
+    store.checks.record([[check_id, "default", end, start, end, "v1", m, 0.1, 0.2, m in drifted, "{}", None]
+                         for m in ("embedding_drift", "text_length_drift", "confidence_drift")])
+
+
+def test_only_checked_clean_untrained_new_traffic_is_eligible(store_backend, tmp_path):
+    from tuneloop.monitor import registry
+    from tuneloop.monitor.rescore import eligible_traffic
+    from tuneloop.retrain.versions import IDS_FILE
+
+    early, clean, shifted = (_traffic(10, "2026-01-01 00:00", "early"), _traffic(30, "2026-01-01 01:00", "clean"),
+                             _traffic(20, "2026-01-01 02:00", "shift"))
+    path = tmp_path / "models" / "v2"
+    path.mkdir(parents=True)
+    (path / IDS_FILE).write_text("clean0\nclean1\nclean2\n")  # v2 was trained on three of the clean rows
+    with store_backend() as store:
+        store.append_predictions(pd.concat([early, clean, shifted], ignore_index=True))
+        _record_check(store, 1, clean, drifted={"confidence_drift"})  # an output check does not count
+        _record_check(store, 2, shifted.iloc[5:], drifted={"text_length_drift"})
+        registry.register_version(store, "default", "v2", path)
+        registry.load_reference(store, "default", "v2", pd.DataFrame({"text": ["held out", "clean text 4"],
+                                                                      "split": "val"}))
+        assert eligible_traffic(store, "default", {"version": "v2", "path": str(path)})[1] == 0  # not promoted
+        version = registry.promote(store, "default", "v2", "ops")
+        eligible, candidates, left_out = eligible_traffic(store, "default", version)
+        assert candidates == 60 and left_out == {"trained_on": 3, "already_in_reference": 1,
+                                                 "in_a_flagged_window": 15, "not_in_a_checked_window": 15,
+                                                 "duplicate_text": 0}
+        assert eligible["id"].tolist() == ["clean3", *(f"clean{i}" for i in range(5, 30))]  # in time order
+        assert eligible_traffic(store, "default", version, limit=20)[1] == 20  # the newest 20 only
+
+
+def test_appended_rows_keep_the_held_out_ones_and_drop_training_rows_first(tmp_path):
+    from tuneloop.monitor import registry
+    from tuneloop.monitor.storage import Store
+
+    with Store(tmp_path / "t.duckdb") as store:
+        registry.load_reference(store, "default", "v1", pd.DataFrame({
+            "text": [f"t{i}" for i in range(40)], "split": ["train", "val"] * 20, "confidence": 0.9}))
+        added = pd.DataFrame({"text": [f"r{i}" for i in range(20)], "split": RESCORED_SPLIT, "confidence": 0.5})
+        assert registry.add_reference_rows(store, "default", "v1", added, max_rows=45) == 45
+        rows = store.references.rows("default", "v1")
+        assert drift.rows_by_source(rows) == {RESCORED_SPLIT: 20, "train": 5, "val": 20}
+        assert rows["text"].tolist()[-20:] == added["text"].tolist()  # appended after the earlier rows
+
+
+def test_a_rescoring_is_bounded_in_time_and_stops_when_the_version_changes(tmp_path, sentiment_version):
+    from tuneloop.monitor import registry
+    from tuneloop.monitor.rescore import rescore
+    from tuneloop.monitor.serving import ModelServer
+    from tuneloop.monitor.storage import Store
+
+    texts = tiny.keyword_sentiment(40, seed=3)
+    traffic = _traffic(40, "2026-01-01 00:00", "row").assign(text=texts["text"].to_numpy())
+    server = ModelServer("default").start()
+    try:
+        server.swap("v1", sentiment_version)
+        with Store(tmp_path / "t.duckdb") as store:
+            store.append_predictions(traffic.drop_duplicates("text"))
+            _record_check(store, 1, traffic, drifted=set())
+            registry.register_version(store, "default", "v1", sentiment_version)
+            held_out = pd.DataFrame({"text": ["a held-out row"], "split": "val"})
+            registry.load_reference(store, "default", "v1", held_out)
+            version = registry.promote(store, "default", "v1", "ops")
+            late = rescore(store, server, "default", version, seconds=0)
+            assert (late.rescored, late.complete) == (0, False) and late.candidates == len(set(texts["text"]))
+            server.swap("v1b", sentiment_version)  # serving moved on before the re-scoring ran
+            moved = rescore(store, server, "default", version)
+            assert (moved.rescored, moved.complete) == (0, False)
+            server.swap("v1", sentiment_version)
+            assert store.references.count("default", "v1") == 1
+            done = rescore(store, server, "default", version, chunk=7)
+            assert done.complete and done.rescored == late.candidates == done.reference_rows - 1
+            rows = store.references.rows("default", "v1")
+            assert rows["text"].tolist()[1:] == traffic.drop_duplicates("text")["text"].tolist()
+            again = rescore(store, server, "default", version)  # everything is in the reference now
+            assert again.rescored == 0 and again.left_out["already_in_reference"] == done.rescored
+    finally:
+        server.stop()
