@@ -16,7 +16,8 @@ text descriptors: they do not depend on the model) passed, and no window whose i
 covers it. Traffic no check looked at is left out too: nobody can vouch for it. Rows the version
 was trained on (``ids.txt`` of its directory) or whose text the reference already holds are skipped.
 
-*Bounded.* At most ``rows`` rows (the newest eligible), scored in chunks of ``chunk`` texts through
+*Bounded and late.* It starts :data:`RESCORE_GRACE_SECONDS` after the promotion at the earliest. At
+most ``rows`` rows (the newest eligible), scored in chunks of ``chunk`` texts through
 the served model's own queue, pausing as long as each chunk took (the re-scoring takes at most half
 of the model's time), and stopping after ``seconds``; what was scored by then is kept. A version
 is re-scored once: its reference then holds rescored rows (restarts see them); when nothing was
@@ -39,7 +40,7 @@ import pandas as pd
 from tuneloop.monitor import registry
 from tuneloop.monitor.drift import DEFAULT_CHECKS
 from tuneloop.monitor.projects import project_names
-from tuneloop.monitor.storage import Store
+from tuneloop.monitor.storage import Store, utcnow
 from tuneloop.retrain.reference import RESCORED_SPLIT, reference_rows
 from tuneloop.retrain.versions import IDS_FILE
 
@@ -56,6 +57,9 @@ RESCORE_CHUNK = 32
 """Texts per request to the served model: small, so live requests queue behind at most one chunk."""
 RESCORE_INTERVAL_SECONDS = 10.0
 """How often the server looks for a champion whose reference has not been re-scored yet."""
+RESCORE_GRACE_SECONDS = 20.0
+"""Re-scoring starts this long after a promotion at the earliest: the new model's first moments go to
+live traffic (cold caches), and a promotion that goes wrong is rolled back then, unscored."""
 CHECK_WINDOW_SLACK = timedelta(minutes=10)
 """Checks recorded this long before the oldest candidate row are still read (clients set row times)."""
 
@@ -139,6 +143,15 @@ def eligible_traffic(store: Store, project: str, version: dict[str, Any],
     return eligible, len(traffic), left_out
 
 
+def _seconds_since(ts: Any) -> float:
+    """Seconds from ``ts`` (naive UTC or aware) to now; infinite when there is no time."""
+    if ts is None:
+        return float("inf")
+    ts = pd.Timestamp(ts)
+    ts = ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo is not None else ts
+    return (pd.Timestamp(utcnow()) - ts).total_seconds()
+
+
 class _ServedVersion:
     """The served model as a classifier (``labels``, ``predict``) that refuses to answer from another version."""
 
@@ -199,11 +212,12 @@ class ReferenceRescorer:
     """The scheduled job: re-score each champion's reference once after its promotion (see the module)."""
 
     def __init__(self, store: Store, serving: Serving, rows: int = RESCORE_ROWS,
-                 seconds: float = RESCORE_SECONDS) -> None:
+                 seconds: float = RESCORE_SECONDS, grace: float = RESCORE_GRACE_SECONDS) -> None:
         self.store = store
         self.serving = serving
         self.rows = rows
         self.seconds = seconds
+        self.grace = grace
         self.results: list[RescoreResult] = []
         self._tried: set[tuple[str, str, str]] = set()
         self._lock = threading.Lock()
@@ -225,6 +239,8 @@ class ReferenceRescorer:
             return None  # not served yet (or a swap is under way): the next run looks again
         key = (project, champion["version"], str(champion.get("promoted_at")))
         if key in self._tried:
+            return None
+        if _seconds_since(champion.get("promoted_at")) < self.grace:
             return None
         splits = self.store.references.rows(project, champion["version"])["split"].astype(str)
         if splits.empty or (splits == RESCORED_SPLIT).any():

@@ -238,3 +238,33 @@ def test_a_rescoring_is_bounded_in_time_and_stops_when_the_version_changes(tmp_p
             assert again.rescored == 0 and again.left_out["already_in_reference"] == done.rescored
     finally:
         server.stop()
+
+
+def test_the_job_waits_for_the_grace_period_then_rescores_each_promotion_once(tmp_path, sentiment_version):
+    from tuneloop.monitor import registry
+    from tuneloop.monitor.config import load_settings
+    from tuneloop.monitor.rescore import ReferenceRescorer
+    from tuneloop.monitor.serving import Serving
+    from tuneloop.monitor.storage import Store
+
+    settings = load_settings(paths={"data_dir": str(tmp_path / "data")}, model={"threads": 1})
+    traffic = _traffic(30, "2026-01-01 00:00", "row").assign(text=tiny.keyword_sentiment(30, seed=4)["text"].to_numpy())
+    with Store(tmp_path / "t.duckdb") as store:
+        store.append_predictions(traffic)
+        _record_check(store, 1, traffic, drifted=set())
+        registry.register_version(store, "default", "v1", sentiment_version)
+        registry.load_reference(store, "default", "v1", pd.DataFrame({"text": ["held out"], "split": "val"}))
+        registry.promote(store, "default", "v1", "ops")
+        serving = Serving(store, settings)
+        try:
+            assert ReferenceRescorer(store, serving, grace=0).run("default") is None  # nothing served yet
+            serving.server("default")
+            assert ReferenceRescorer(store, serving, grace=3600).run("default") is None  # just promoted
+            assert store.references.count("default", "v1") == 1
+            job = ReferenceRescorer(store, serving, grace=0)
+            job.run_all()
+            assert [(r.version, r.rescored, r.complete) for r in job.results] == [("v1", 30, True)]
+            assert job.run("default") is None and ReferenceRescorer(store, serving, grace=0).run("default") is None
+            assert store.references.count("default", "v1") == 31  # once, also for a restarted job
+        finally:
+            serving.stop()
