@@ -9,7 +9,9 @@ undo stack. Serving is swapped by :func:`tuneloop.monitor.serving.activate`, whi
 
 This module also writes a version's *reference rows* (its training and validation data as the model
 saw it: predicted label, confidence, probabilities, embedding, split), the default reference of the
-drift checks; their model-output checks use the validation rows only.
+drift checks; their model-output checks use the rows the model was not trained on only: validation
+and holdout rows, plus earlier traffic it re-scored after its promotion (:func:`add_reference_rows`,
+called by :mod:`tuneloop.monitor.rescore`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 
 from tuneloop.monitor.storage import Store, is_missing, utcnow
-from tuneloop.retrain.reference import REFERENCE_FILE
+from tuneloop.retrain.reference import REFERENCE_FILE, REFERENCE_MAX_ROWS, reference_sample
 from tuneloop.retrain.versions import METRICS_FILE, is_complete, validate_version_name
 
 if TYPE_CHECKING:
@@ -252,6 +254,20 @@ def load_reference(store: Store, project: str, version: str, frame: pd.DataFrame
     })
     store.references.replace(project, version, table)
     return n
+
+
+def add_reference_rows(store: Store, project: str, version: str, frame: pd.DataFrame,
+                       max_rows: int = REFERENCE_MAX_ROWS) -> int:
+    """Append ``frame`` (the :func:`load_reference` layout) to the reference rows of ``version``.
+
+    The rows are rewritten in one transaction, existing ones first (the checks read row order as
+    time order). Above ``max_rows`` training rows are dropped first, since the model-output checks
+    never use them. Returns the rows the reference holds now.
+    """
+    rows = pd.concat([store.references.rows(project, version), frame], ignore_index=True)
+    if len(rows) > max_rows:
+        rows = rows.iloc[reference_sample(rows["split"], max_rows)].reset_index(drop=True)
+    return load_reference(store, project, version, rows)
 
 
 def register_dir(store: Store, project: str, models_dir: str | Path, version: str, status: str = "challenger",

@@ -124,6 +124,9 @@ class Runtime:
             lambda: run_retention(self.store, r.raw_days, pending_hours=r.pending_feedback_hours),
             first_run_in=RETENTION_FIRST_RUN_SECONDS,
         )
+        from tuneloop.monitor.rescore import RESCORE_INTERVAL_SECONDS, ReferenceRescorer  # after each promotion
+        rescorer = ReferenceRescorer(self.store, self.serving)
+        self.scheduler.every("reference-rescore", RESCORE_INTERVAL_SECONDS, rescorer.run_all)
 
     def stop(self) -> None:
         """Stop what was started, in reverse order, then close the store if this runtime opened it."""

@@ -2,7 +2,9 @@
 
 Written as ``reference.parquet`` inside the version directory before its atomic rename; the server
 loads it when the version is registered, and the drift checks compare live traffic with it (their
-model-output checks use the rows the model was not trained on only).
+model-output checks use the rows the model was not trained on only). After the version is promoted,
+the server adds recent traffic re-scored by it (split :data:`RESCORED_SPLIT`): rows it was not
+trained on that look like what it serves, unlike the held-out labelled rows alone.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import pandas as pd
 REFERENCE_FILE = "reference.parquet"
 REFERENCE_MAX_ROWS = 5000
 """Reference rows kept per version: the drift checks sample 2 000 per side, more only costs time."""
+RESCORED_SPLIT = "rescored"
+"""The ``split`` of reference rows that are earlier traffic scored again by the version after its promotion."""
 
 
 def _probs_json(labels: list[str], row: np.ndarray) -> str:
@@ -27,13 +31,14 @@ def reference_rows(clf: Any, df: pd.DataFrame, split: str | Sequence[str | None]
     """The classifier's predictions on ``df`` in the drift-reference layout (+ the predicted labels).
 
     ``split`` names the part every row comes from ("train", "holdout"…), or gives one name per row.
+    Without a ``label`` column (unlabelled traffic) ``true_label`` is empty.
     """
     pred = clf.predict(df["text"].astype(str).tolist())
     out = pd.DataFrame({
         "id": df["id"].astype(str).to_numpy() if "id" in df.columns else [None] * len(df),
         "text": df["text"].astype(str).to_numpy(),
         "label": pred.labels,
-        "true_label": df["label"].astype(str).to_numpy(),
+        "true_label": df["label"].astype(str).to_numpy() if "label" in df.columns else [None] * len(df),
         "confidence": pred.confidence.astype(float),
         "probs": [_probs_json(clf.labels, p) for p in pred.probs],
         "embedding": list(pred.embeddings.astype(np.float32)),

@@ -28,7 +28,7 @@ def test_a_started_runtime_is_ready_schedules_its_jobs_and_stops_everything(tmp_
         assert runtime.ready and checks == {"db": True, "started": True, "writer": True, "serving": True}
         assert info == {"serving": {"default": "no model"}}
         jobs = {j["id"] for j in runtime.scheduler.jobs()}
-        assert jobs == {"drift-checks", "retrain-policy", "retrain-cron", "retention"}
+        assert jobs == {"drift-checks", "retrain-policy", "retrain-cron", "retention", "reference-rescore"}
         future = runtime.writer.submit_predictions(rows("a", "b"), "default")
     # the writer drained before the store closed: the acknowledged rows are in the file
     assert future.result(timeout=10).accepted == 2

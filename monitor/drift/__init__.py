@@ -52,7 +52,8 @@ itself" than new data does and every window would drift.
 
 *Model outputs against the same model.* Prediction, confidence and accuracy checks compare only
 current rows served by the reference's model version, against reference rows that version was
-not trained on (:func:`output_sides`); input checks see every row.
+not trained on (:func:`output_sides`): held-out rows and earlier traffic the version re-scored after
+its promotion, counted per source in ``reference_rows_by_source``; input checks see every row.
 
 *Quality.* ``labelled_accuracy`` uses the current window's feedback; ``estimated_accuracy`` is a
 CBPE-style label-free estimate: isotonic regression of correctness on confidence, fitted on the
@@ -67,7 +68,7 @@ from tuneloop.monitor.drift.checks import DEFAULT_CHECKS, CheckKind, CheckResult
 from tuneloop.monitor.drift.context import REFERENCE_CACHE, reference_fingerprint
 from tuneloop.monitor.drift.quality import classification_summary, fit_confidence_calibration
 from tuneloop.monitor.drift.report import render_report
-from tuneloop.monitor.drift.runner import MIN_OUTPUT_ROWS, mark_reliability, output_sides, run_checks
+from tuneloop.monitor.drift.runner import MIN_OUTPUT_ROWS, mark_reliability, output_sides, rows_by_source, run_checks
 
 __all__ = [
     "DEFAULT_CHECKS",
@@ -83,5 +84,6 @@ __all__ = [
     "output_sides",
     "reference_fingerprint",
     "render_report",
+    "rows_by_source",
     "run_checks",
 ]

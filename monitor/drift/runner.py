@@ -42,13 +42,18 @@ def output_sides(
     """The rows a model-output check may compare, and how many were left out.
 
     Reference: rows the model was not trained on (``split`` other than "train"); in-sample
-    predictions are more confident and more often right than anything live traffic gets. Current:
-    rows served by ``version`` only, so a window that straddles a promotion does not mix two models.
+    predictions are more confident and more often right than anything live traffic gets. Those are
+    held-out rows and, once the server has re-scored it, earlier traffic as ``version`` sees it
+    (split "rescored"): every reference row is then an output of ``version`` itself. Current: rows
+    served by ``version`` only, so a window that straddles a promotion does not mix two models. Like
+    is compared with like: a difference in confidence or predicted labels is the traffic's doing,
+    never the difference between two models. ``reference_rows_by_source`` says which rows were used.
     """
     note: dict[str, Any] = {}
     if "split" in reference.columns:
         held_out = reference[reference["split"].astype(str) != "train"]
         note["reference_training_rows_left_out"] = len(reference) - len(held_out)
+        note["reference_rows_by_source"] = rows_by_source(held_out)
         reference = held_out.reset_index(drop=True)
     if version is not None and "model_version" in current.columns:
         same = current[current["model_version"].astype(str) == version]
@@ -56,6 +61,12 @@ def output_sides(
         note["model_version"] = version
         current = same.reset_index(drop=True)
     return reference, current, note
+
+
+def rows_by_source(reference: pd.DataFrame) -> dict[str, int]:
+    """Reference rows per ``split`` (val, holdout, rescored...; "unspecified" when a row has none)."""
+    counts = reference["split"].astype(object).where(reference["split"].notna(), "unspecified").astype(str)
+    return {str(k): int(v) for k, v in counts.value_counts().sort_index().items()}
 
 
 def run_checks(
@@ -86,6 +97,8 @@ def run_checks(
     out_ref, out_cur, out_note = output_sides(reference if output_reference is None else output_reference,
                                               current, version)
     keys = {"input": reference_fingerprint(reference), "output": reference_fingerprint(out_ref)}
+    notes = {"output": jsonable(out_note),
+             "input": {"reference_rows_by_source": rows_by_source(reference)} if "split" in reference.columns else {}}
     results = []
     for spec in checks:
         ref, cur = (out_ref, out_cur) if spec.scope == "output" else (reference, current)
@@ -94,8 +107,8 @@ def run_checks(
                 raise Skip(f"model-output check needs {MIN_OUTPUT_ROWS} rows per side: {len(ref)} reference rows "
                            f"the model was not trained on, {len(cur)} current rows served by {version or 'it'}")
             r = CALCULATORS[spec.kind](CheckContext(spec, ref, cur, settings, list(labels), seed, keys[spec.scope]))
-            if spec.scope == "output" and out_note:
-                r = replace(r, details={**r.details, **jsonable(out_note)})
+            if notes[spec.scope]:
+                r = replace(r, details={**r.details, **notes[spec.scope]})
             results.append(r)
         except Skip as why:
             log.info("drift check %s skipped: %s", spec.name, why)
