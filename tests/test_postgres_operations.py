@@ -22,7 +22,7 @@ from conftest import free_port, start_server, toml_dumps
 from test_operations import run_cli
 
 from tuneloop.monitor import operations, registry
-from tuneloop.monitor.storage import Store, open_postgres
+from tuneloop.monitor.storage import Store, is_missing, open_postgres
 
 NOW = datetime(2026, 6, 1, 12, 0)
 LABELS = ("negative", "neutral", "positive")
@@ -211,3 +211,25 @@ def test_a_backup_that_fills_the_disk_is_507_and_leaves_nothing_behind(postgres_
         assert r.status_code == 200 and r.json()["tables"]["predictions"] == 2001, r.text
     finally:
         server.close()
+
+
+def test_the_drift_window_reads_the_same_embeddings_from_both_backends(postgres_url, tmp_path):
+    """PostgreSQL sends ``real[]`` in its binary format; rows of other lengths and NULLs decode too."""
+    table = predictions(0, 300, dim=16)
+    odd = [{"id": "short", "text": "s", "label": "neutral", "embedding": [1.5, -2.25, 3e-5]},
+           {"id": "none", "text": "n", "label": "neutral"}, {"id": "empty", "text": "e", "label": "neutral",
+                                                              "embedding": []}]
+    frames = []
+    for opener in (lambda: Store(tmp_path / "w.duckdb"), lambda: open_postgres(postgres_url)):
+        with opener() as store:
+            store.append_predictions(table)
+            frames.append(store.window(last=300))
+            store.append_predictions(odd)
+            frames.append(store.window(last=303))
+    for duck, pg in ((frames[0], frames[2]), (frames[1], frames[3])):  # rows of one batch tie: compare by id
+        duck, pg = duck.sort_values("id"), pg.sort_values("id")
+        assert duck["id"].tolist() == pg["id"].tolist()
+        for a, b in zip(duck["embedding"], pg["embedding"], strict=True):
+            assert (is_missing(a) and is_missing(b)) or (np.asarray(a, np.float32).tolist() == b.tolist()
+                                                         and b.dtype == np.float32)
+    assert frames[3].set_index("id").loc["short", "embedding"].tolist() == [1.5, -2.25, np.float32(3e-5)]

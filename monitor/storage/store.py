@@ -505,7 +505,9 @@ class Store:
             where = "p.project = ? AND p.ts >= ? AND p.ts < ? ORDER BY p.ts"
             params = [project, since or datetime.min, until or datetime.max]
         cols = ", ".join(f"p.{c.strip()}" for c in columns.split(","))
-        df = self.query(
+        # PostgreSQL reads embeddings in its binary format (embedding_frame); DuckDB's df() already gives arrays
+        read = self.embedding_frame if "embedding" in columns and self.dialect.name == "postgresql" else self.query
+        df = read(
             f"""WITH fb AS ({fb})
                 SELECT {cols}, fb.label AS true_label
                 FROM predictions p LEFT JOIN fb ON p.id = fb.prediction_id
