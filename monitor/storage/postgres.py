@@ -230,14 +230,11 @@ class PgCursor:
         finally:
             self.binary = False
         names = [d.name for d in self._cur.description or []]
-        rows = self._cur.fetchall()
         arrays = self._float32_columns()
-        if rows and arrays:
-            columns = list(zip(*rows, strict=True))
-            for i in arrays:
-                columns[i] = tuple(float32_binary_rows(columns[i]))
-            rows = list(zip(*columns, strict=True))
-        return pd.DataFrame.from_records(rows, columns=names)
+        frame = pd.DataFrame.from_records(self._cur.fetchall(), columns=names)
+        for i in arrays:  # the decoded column replaces the bytes (no transposing of the rows)
+            frame[names[i]] = pd.Series(float32_binary_rows(frame[names[i]].tolist()), index=frame.index, dtype=object)
+        return frame
 
 
 def _pg_type(t: pa.DataType) -> str:
