@@ -136,6 +136,8 @@ def fill(store: Store, rows: int, dim: int, t0: datetime, chunk: int = 50_000) -
 def drift_at_scale(args: argparse.Namespace) -> int:
     """Times the scheduler's drift check (``run_drift_checks``, no HTML report) on a window of
     ``--drift-rows`` rows, and the window read alone, from a DuckDB file and from PostgreSQL."""
+    import evidently  # noqa: F401 - imported once by a server; not part of any check's time
+
     from tuneloop.monitor.checks import run_drift_checks
     from tuneloop.monitor.config import load_settings
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -75,16 +77,17 @@ def rotate_head(clf) -> None:
 
 
 @contextlib.contextmanager
-def running_loop(root, tweets, store_url: str = "", **retrain):
+def running_loop(root, tweets, store_url: str = "", reuse: Path | None = None, **retrain):
     """A live server whose champion v1 is a tiny model with a rotated (bad) head, registered and
     promoted through the API; clients for every role. ``store_url``: a PostgreSQL database instead of
-    the DuckDB file. ``retrain`` overrides retrain settings."""
+    the DuckDB file. ``reuse``: the root of an earlier loop whose base and v1 are copied instead of
+    trained again. ``retrain`` overrides retrain settings."""
     from conftest import start_server
 
     from tuneloop.retrain.tiny import make_tiny_base
     from tuneloop.retrain.versions import load_version, write_version
 
-    base = make_tiny_base(root / "base", vocab_words=TOPIC_WORDS)
+    base = reuse / "base" if reuse else make_tiny_base(root / "base", vocab_words=TOPIC_WORDS)
     golden = root / "golden.parquet"  # tweets hold bare carriage returns: Parquet keeps them intact
     policy_frame(tweets["golden"]).to_parquet(golden, index=False)
     sections = {
@@ -97,14 +100,17 @@ def running_loop(root, tweets, store_url: str = "", **retrain):
         "store": {"url": store_url},
     }
     settings = load_settings(**sections)
-    train = policy_frame(tweets["train"])
-    good = train_version(settings.models_dir, settings.model, train, LABELS, version="v0")
-    bad = load_version(good.path, threads=1)
-    rotate_head(bad)
-    bad.sparse = None  # no TF-IDF model in its served blend to make up for the head
-    reference = build_reference(bad, train, ["train"] * len(train))
-    write_version(settings.models_dir, "v1", bad, good.metrics, {"n_rows": len(train)},
-                  extra_files={"reference.parquet": reference})
+    if reuse:
+        shutil.copytree(reuse / "data" / "models" / "v1", settings.models_dir / "v1")
+    else:
+        train = policy_frame(tweets["train"])
+        good = train_version(settings.models_dir, settings.model, train, LABELS, version="v0")
+        bad = load_version(good.path, threads=1)
+        rotate_head(bad)
+        bad.sparse = None  # no TF-IDF model in its served blend to make up for the head
+        reference = build_reference(bad, train, ["train"] * len(train))
+        write_version(settings.models_dir, "v1", bad, good.metrics, {"n_rows": len(train)},
+                      extra_files={"reference.parquet": reference})
 
     server = start_server(root, **sections)
     clients = {role: server.client(role, timeout=60) for role in ("ingest", "label", "admin")}
@@ -118,11 +124,19 @@ def running_loop(root, tweets, store_url: str = "", **retrain):
         server.close()
 
 
+@pytest.fixture(scope="module")
+def first_loop_root() -> dict[str, Path]:
+    """Where the first loop of the module trained its base and v1 (the next backend's loop copies them)."""
+    return {}
+
+
 @pytest.fixture(scope="module", params=["duckdb", "postgresql"])
-def loop(request, tmp_path_factory, tweets):
+def loop(request, tmp_path_factory, tweets, first_loop_root):
     """The served loop on each backend in turn (every test of the loop runs once per backend)."""
     url = request.getfixturevalue("postgres_server").new_database() if request.param == "postgresql" else ""
-    with running_loop(tmp_path_factory.mktemp("loop"), tweets, store_url=url) as running:
+    root = tmp_path_factory.mktemp("loop")
+    with running_loop(root, tweets, store_url=url, reuse=first_loop_root.get("root")) as running:
+        first_loop_root.setdefault("root", root)
         yield running
 
 
