@@ -19,9 +19,11 @@ import statistics
 import sys
 import tempfile
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -93,5 +95,87 @@ def main() -> int:
     return 0
 
 
+# -- the drift check on a large window, from each backend ------------------------------------------------
+
+
+def drift_arguments(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The options of :func:`drift_at_scale`; the rest of ``argv`` is left to :func:`main`."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--drift-rows", type=int, default=1_000_000, help="rows in the drift check's window")
+    p.add_argument("--drift-reference", type=int, default=20_000, help="rows of the pinned reference period")
+    p.add_argument("--drift-dim", type=int, default=384, help="embedding length (the packaged encoder's)")
+    p.add_argument("--drift-repeats", type=int, default=3)
+    p.add_argument("--drift-only", action="store_true", help="skip the ingest phases")
+    return p.parse_known_args(argv)
+
+
+def bulk_rows(start: int, n: int, t0: datetime, dim: int, rng: np.random.Generator) -> pa.Table:
+    """``n`` predictions with float32 embeddings as one Arrow table (no Python loop over rows)."""
+    ids = pa.array(np.char.add("r", np.arange(start, start + n).astype(str)))
+    ts = np.datetime64(t0, "us") + (np.arange(start, start + n) * 1000).astype("timedelta64[us]")
+    labels = np.array(["negative", "neutral", "positive"])[rng.integers(0, 3, n)]
+    emb = rng.standard_normal((n, dim), dtype=np.float32)
+    return pa.table({
+        "id": ids, "ts": pa.array(ts, pa.timestamp("us")), "text": pa.array(np.char.add("text ", ids.to_numpy(False))),
+        "label": pa.array(labels), "confidence": pa.array(rng.uniform(0.34, 1.0, n)),
+        "model_version": pa.array(["v1"] * n),
+        "embedding": pa.FixedSizeListArray.from_arrays(emb.ravel(), dim).cast(pa.list_(pa.float32())),
+    })
+
+
+def fill(store: Store, rows: int, dim: int, t0: datetime, chunk: int = 50_000) -> float:
+    """Append ``rows`` generated predictions through the store's bulk path (Arrow scan / COPY); rows/s."""
+    rng = np.random.default_rng(7)
+    t = time.perf_counter()
+    for start in range(0, rows, chunk):
+        table = bulk_rows(start, min(chunk, rows - start), t0, dim, rng)
+        assert store.append_predictions(table).accepted == table.num_rows
+    return rows / (time.perf_counter() - t)
+
+
+def drift_at_scale(args: argparse.Namespace) -> int:
+    """Times the scheduler's drift check (``run_drift_checks``, no HTML report) on a window of
+    ``--drift-rows`` rows, and the window read alone, from a DuckDB file and from PostgreSQL."""
+    import evidently  # noqa: F401 - imported once by a server; not part of any check's time
+
+    from tuneloop.monitor.checks import run_drift_checks
+    from tuneloop.monitor.config import load_settings
+
+    rows = args.drift_rows + args.drift_reference
+    t0 = datetime(2026, 1, 1)
+    reference_end = t0 + timedelta(milliseconds=args.drift_reference)
+    print(f"drift check on a {args.drift_rows:,}-row window ({args.drift_dim}-d embeddings; reference: the "
+          f"{args.drift_reference:,} rows before it, pinned), median of {args.drift_repeats}; load {os.getloadavg()}")
+    pg = PostgresServer()
+    pg.start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="tuneloop-drift-scale-") as tmp:
+            settings = load_settings(paths={"data_dir": tmp}, drift={
+                "window_size": args.drift_rows, "reference": "pinned", "pinned_start": t0.isoformat(),
+                "pinned_end": reference_end.isoformat()})
+            opened = {"duckdb": lambda: Store(Path(tmp) / "drift.duckdb"),
+                      "postgresql": lambda: open_postgres(pg.new_database())}
+            for name, open_store in opened.items():
+                with open_store() as store:
+                    rate = fill(store, rows, args.drift_dim, t0)
+                    reads, checks = [], []
+                    for _ in range(args.drift_repeats):
+                        reads += window_seconds(store, args.drift_rows, 1)
+                        t = time.perf_counter()
+                        run = run_drift_checks(store, settings, render=False)
+                        checks.append(time.perf_counter() - t)
+                        assert run.results, "the drift check recorded no result"
+                print(f"  {name:<11} bulk load {rate:,.0f} rows/s; window read s: {spread_s(reads)}; "
+                      f"drift check s: {spread_s(checks)}; load {os.getloadavg()}")
+    finally:
+        pg.remove()
+    return 0
+
+
+def spread_s(values: list[float]) -> str:
+    return f"median {statistics.median(values):.2f} (min {min(values):.2f}, max {max(values):.2f})"
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    drift_args, sys.argv[1:] = drift_arguments(sys.argv[1:])
+    raise SystemExit((0 if drift_args.drift_only else main()) or drift_at_scale(drift_args))

@@ -10,10 +10,14 @@
 * :func:`restore` rebuilds a DuckDB file from a backup, offline: into a temp file, verified
   against the manifest's row counts, then renamed into place. It refuses a database file that
   a process has open, and keeps a replaced file next to it instead of deleting it.
+* On PostgreSQL (``store.url``) the database part is a ``pg_dump`` archive of one exported snapshot
+  (the manifest's counts are read in that same snapshot), and :func:`restore_postgres` loads it with
+  ``pg_restore`` in one transaction into a database no server is connected to; tables already there
+  are refused, or with ``overwrite`` kept in a schema ``replaced_<time>``.
 * :func:`run_retention` deletes raw predictions and feedback older than
-  ``retention.raw_days`` (whole hours, by prediction time). The hourly traffic rollup
-  (``prediction_hourly``) is never touched, and the labelled accuracy of the hours being deleted
-  is frozen into ``feedback_hourly`` in the same transaction, so dashboards keep their history.
+  ``retention.raw_days`` (whole hours, by prediction time), in bounded batches. The hourly traffic
+  rollup (``prediction_hourly``) is never touched, and the labelled accuracy of the rows being
+  deleted is frozen into ``feedback_hourly`` in the same transaction, so dashboards keep their history.
 
 HTTP (role admin): ``POST /v1/admin/backup``, ``GET /v1/admin/backups``,
 ``POST /v1/admin/retention`` (:mod:`tuneloop.monitor.api.routes.operations`). The runtime's
@@ -29,6 +33,7 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -36,7 +41,18 @@ from typing import Any
 
 import duckdb
 
-from tuneloop.monitor.storage import Store, StoreError, StoreFull, StoreLockedError, import_export, is_disk_full, utcnow
+from tuneloop.monitor.config import redact_password
+from tuneloop.monitor.storage import (
+    Store,
+    StoreError,
+    StoreFull,
+    StoreLockedError,
+    import_export,
+    is_disk_full,
+    open_postgres,
+    utcnow,
+)
+from tuneloop.monitor.storage.maintenance import RETENTION_BATCH_ROWS
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +139,8 @@ def backup(store: Store, dest: str | os.PathLike[str], *, models_dir: str | os.P
         created = utcnow().isoformat(timespec="seconds")
         manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "created_at": created,
                     "schema_version": schema_version, "tables": tables, "models": models,
-                    "source_db": str(store.path), "duckdb_version": duckdb.__version__}
+                    "source_db": str(store.path), "duckdb_version": duckdb.__version__,
+                    "backend": store.dialect.name}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         os.rename(tmp, dest)
     except BaseException as e:
@@ -209,6 +226,7 @@ def restore(src: str | os.PathLike[str], db_path: str | os.PathLike[str], *,
     """
     src = Path(src).resolve()
     manifest = read_manifest(src)
+    _check_backend(src, manifest, "duckdb")
     db_path = Path(db_path).resolve()
     wal = db_path.with_name(db_path.name + ".wal")
     if db_path.exists():
@@ -221,10 +239,7 @@ def restore(src: str | os.PathLike[str], db_path: str | os.PathLike[str], *,
     tmp = db_path.with_name(f".{db_path.name}.restore-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         got = import_export(src / "db", tmp)
-        if got != manifest["tables"]:
-            diff = {t: (manifest["tables"].get(t), got.get(t)) for t in set(got) | set(manifest["tables"])
-                    if manifest["tables"].get(t) != got.get(t)}
-            raise BackupError(f"restored row counts differ from the backup's manifest: {diff}")
+        _check_counts(manifest, got)
         replaced = None
         if db_path.exists():
             stamp = utcnow().strftime("%Y%m%d-%H%M%S")
@@ -238,12 +253,48 @@ def restore(src: str | os.PathLike[str], db_path: str | os.PathLike[str], *,
         tmp.unlink(missing_ok=True)
         tmp.with_name(tmp.name + ".wal").unlink(missing_ok=True)
         raise
-    models = _restore_models(src, db_path, Path(models_dir)) if models_dir is not None else []
+    models = _restore_models(src, lambda: Store(db_path), Path(models_dir)) if models_dir is not None else []
     log.info("restored %s from %s (%d rows)", db_path, src, sum(got.values()))
     return RestoreResult(str(db_path), got, models, replaced)
 
 
-def _restore_models(src: Path, db_path: Path, models_dir: Path) -> list[str]:
+def restore_postgres(src: str | os.PathLike[str], url: str, *, models_dir: str | os.PathLike[str] | None = None,
+                     overwrite: bool = False) -> RestoreResult:
+    """Load the backup ``src`` of a PostgreSQL store into the database at ``url`` (offline: no server connected).
+
+    ``pg_restore`` runs as one transaction, so a failed restore leaves nothing behind. Tables already in
+    the database are refused unless ``overwrite``; then they are kept in the schema ``replaced`` names.
+    The restored rows are checked against the manifest, and the model versions are handled as by
+    :func:`restore`.
+    """
+    from tuneloop.monitor.storage.pg_backup import restore_dump
+
+    src = Path(src).resolve()
+    manifest = read_manifest(src)
+    _check_backend(src, manifest, "postgresql")
+    got, replaced = restore_dump(src / "db", url, overwrite=overwrite, stamp=utcnow().strftime("%Y%m%d_%H%M%S"))
+    _check_counts(manifest, got)
+    models = (_restore_models(src, lambda: open_postgres(url), Path(models_dir)) if models_dir is not None else [])
+    log.info("restored %s from %s (%d rows)", redact_password(url), src, sum(got.values()))
+    return RestoreResult(redact_password(url), got, models, replaced and f"schema {replaced}")
+
+
+def _check_backend(src: Path, manifest: dict[str, Any], backend: str) -> None:
+    """A DuckDB export restores into a DuckDB file, a ``pg_dump`` into PostgreSQL: say which setting to change."""
+    made_by = manifest.get("backend", "duckdb")
+    if made_by != backend:
+        where = "with store.url empty (the DuckDB file)" if made_by == "duckdb" else "with store.url set to PostgreSQL"
+        raise BackupError(f"{src} is a backup of a {made_by} store; restore it {where}")
+
+
+def _check_counts(manifest: dict[str, Any], got: dict[str, int]) -> None:
+    if got != manifest["tables"]:
+        diff = {t: (manifest["tables"].get(t), got.get(t)) for t in set(got) | set(manifest["tables"])
+                if manifest["tables"].get(t) != got.get(t)}
+        raise BackupError(f"restored row counts differ from the backup's manifest: {diff}")
+
+
+def _restore_models(src: Path, open_target: Callable[[], Store], models_dir: Path) -> list[str]:
     """Copy the backup's version directories into ``models_dir`` and point the registry at them."""
     from tuneloop.retrain.versions import is_complete
 
@@ -264,7 +315,7 @@ def _restore_models(src: Path, db_path: Path, models_dir: Path) -> list[str]:
         candidate = root / Path(path).name  # the restored data dir's own copy, when it has one
         return str(candidate) if Path(path).resolve() != candidate and is_complete(candidate) else None
 
-    with Store(db_path) as store:
+    with open_target() as store:
         store.maintenance.relocate_versions(restored_copy)
     return copied
 
@@ -295,16 +346,18 @@ def retention_cutoff(raw_days: int, now: datetime | None = None) -> datetime:
 
 
 def run_retention(
-    store: Store, raw_days: int, now: datetime | None = None, pending_hours: int | None = None
+    store: Store, raw_days: int, now: datetime | None = None, pending_hours: int | None = None,
+    batch_rows: int = RETENTION_BATCH_ROWS,
 ) -> RetentionResult:
     """Delete raw rows older than ``raw_days`` (by prediction time), keeping the hourly history.
 
-    One transaction: the labelled accuracy of the hours going away is added to ``feedback_hourly``
-    (latest label per prediction, as :meth:`Store.labelled_accuracy` counts it), then feedback of
-    those predictions, the predictions, and pending feedback older than the cutoff are deleted.
-    Pending feedback whose prediction never came goes sooner, after ``pending_hours`` (its TTL):
-    while any is pending, every ingest commit joins against it.
-    ``prediction_hourly`` is kept as is. A crash mid-way changes nothing.
+    In transactions of at most ``batch_rows`` predictions each: the labelled accuracy of a batch's
+    predictions is added to ``feedback_hourly`` (latest label per prediction, as
+    :meth:`Store.labelled_accuracy` counts it), and their feedback and they are deleted, together.
+    Then pending feedback older than the cutoff goes, in batches too. Pending feedback whose
+    prediction never came goes sooner, after ``pending_hours`` (its TTL): while any is pending,
+    every ingest commit joins against it. ``prediction_hourly`` is kept as is. A crash mid-way
+    leaves every count right; the next run deletes the rest.
     """
     if raw_days < 1:
         raise ValueError("raw_days must be at least 1")
@@ -313,7 +366,7 @@ def run_retention(
     pending_cutoff = cutoff
     if pending_hours is not None:
         pending_cutoff = max(cutoff, (now or utcnow()) - timedelta(hours=pending_hours))
-    n_predictions, n_feedback, n_pending, hours = store.maintenance.delete_before(cutoff, pending_cutoff)
+    n_predictions, n_feedback, n_pending, hours = store.maintenance.delete_before(cutoff, pending_cutoff, batch_rows)
     result = RetentionResult(cutoff, n_predictions, n_feedback, n_pending, hours,
                              round(time.perf_counter() - t0, 3))
     if n_predictions or n_feedback or n_pending:

@@ -1,7 +1,8 @@
 """Projects (several monitored models in one server), imports and adoption of external models.
 
-The first part calls the library on a real DuckDB file; the second runs a real server on loopback
-where an external model logs predictions without embeddings for two projects at once.
+The first part calls the library on a real store (a DuckDB file, then a PostgreSQL database); the
+second runs a real server on loopback where an external model logs predictions without embeddings
+for two projects at once.
 """
 
 import json
@@ -25,7 +26,6 @@ from tuneloop.monitor import checks, imports, projects
 from tuneloop.monitor.config import load_settings
 from tuneloop.monitor.demo import data as dd
 from tuneloop.monitor.embedder import BackgroundEmbedder
-from tuneloop.monitor.storage import Store
 from tuneloop.retrain.tiny import make_tiny_base
 
 WORDS = ["refund", "invoice", "charge", "card", "password", "login", "crash", "error", "screen", "slow", "the", "my",
@@ -38,9 +38,10 @@ def tiny_encoder_base(tmp_path_factory):
 
 
 @pytest.fixture
-def lib(tmp_path, tiny_encoder_base):
+def lib(tmp_path, tiny_encoder_base, store_backend):
+    """The library on a store of each backend (the DuckDB file, then a PostgreSQL database)."""
     settings = load_settings(paths={"data_dir": tmp_path}, embedder={"base": str(tiny_encoder_base)})
-    with Store(settings.db_path) as store:
+    with store_backend() as store:
         yield store, settings
 
 

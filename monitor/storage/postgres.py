@@ -27,8 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 from psycopg.adapt import Loader
-from psycopg.types.numeric import FloatLoader
-from psycopg.types.string import TextLoader
+from psycopg.types.numeric import FloatLoader, NumericBinaryLoader
+from psycopg.types.string import ByteaBinaryLoader, TextBinaryLoader, TextLoader
 
 from tuneloop.monitor.config import redact_password
 from tuneloop.monitor.storage.batches import first_rows
@@ -70,6 +70,68 @@ def float32_rows(values: Sequence[Any]) -> list[np.ndarray | None]:
     return frame_with_embeddings(pa.table({"embedding": lists}))["embedding"].tolist()
 
 
+_ARRAY_HEADER = 5
+"""32-bit words before the elements of a one-dimensional array in the binary format: dimensions, has-NULL
+flag, element type, length, lower bound. Each element then takes two: its byte length and its value."""
+
+
+def float32_binary_rows(values: Sequence[bytes | None]) -> list[np.ndarray | None]:
+    """``real[]`` values in the binary format as float32 arrays (None stays None): one NumPy view over all
+    rows when they have the same length and no NULL element, else decoded row by row."""
+    present = [v for v in values if v is not None]
+    sizes = {len(v) for v in present}
+    out: list[np.ndarray | None] = []
+    if len(sizes) == 1 and (size := sizes.pop()) > _ARRAY_HEADER * 4:
+        words = np.frombuffer(b"".join(present), ">i4").reshape(len(present), size // 4)
+        if (words[:, 0] == 1).all() and (words[:, 1] == 0).all():
+            block = words[:, _ARRAY_HEADER + 1::2].view(">f4").astype(np.float32)
+            rows = iter(block)
+            return [None if v is None else next(rows) for v in values]
+    for v in values:
+        out.append(None if v is None else _float32_binary(v))
+    return out
+
+
+def _float32_binary(value: bytes) -> np.ndarray:
+    """One ``real[]`` in the binary format (NULL elements become NaN)."""
+    words = np.frombuffer(value, ">i4")
+    if words[0] == 0:
+        return np.zeros(0, np.float32)
+    n, at, items = int(words[3]), _ARRAY_HEADER, []
+    for _ in range(n):
+        if words[at] < 0:
+            items.append(np.nan)
+            at += 1
+        else:
+            items.append(words[at + 1:at + 2].view(">f4")[0])
+            at += 2
+    return np.asarray(items, np.float32)
+
+
+class JsonbTextBinaryLoader(Loader):
+    """``jsonb`` in the binary format as its text (a version byte, then the JSON), as text results give it."""
+
+    format = psycopg.pq.Format.BINARY
+
+    def load(self, data: Any) -> str:
+        return bytes(data[1:]).decode()
+
+
+class FloatNumericBinaryLoader(NumericBinaryLoader):
+    """``numeric`` in the binary format as a float, as :class:`FloatLoader` gives text results."""
+
+    def load(self, data: Any) -> float:  # type: ignore[override]
+        return float(super().load(data))
+
+
+def register_binary_loaders(con: psycopg.Connection) -> None:
+    """Binary results read as text results are: JSON as text, numeric as float, ``real[]`` as raw bytes."""
+    con.adapters.register_loader("json", TextBinaryLoader)
+    con.adapters.register_loader("jsonb", JsonbTextBinaryLoader)
+    con.adapters.register_loader("numeric", FloatNumericBinaryLoader)
+    con.adapters.register_loader(con.adapters.types["float4"].array_oid, ByteaBinaryLoader)
+
+
 @functools.lru_cache(maxsize=512)
 def _placeholders(sql: str) -> tuple[str, tuple[int, ...] | None]:
     """DuckDB parameters as psycopg's: ``?`` in order, or ``$N`` (returned: which value each takes)."""
@@ -87,6 +149,7 @@ class PgCursor:
         self._connect = connect
         self.connection = connect()
         self._cur = self.connection.cursor()
+        self.binary = False  # results in PostgreSQL's binary format (see binary_frame)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> PgCursor:
         """Run ``sql``; :class:`StoreUnavailable` when the server cannot be reached.
@@ -123,7 +186,7 @@ class PgCursor:
             return
         text, order = _placeholders(sql)
         values = list(params) if order is None else [params[i] for i in order]
-        self._cur.execute(text, values)
+        self._cur.execute(text, values, binary=self.binary)
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self._cur.executemany(_placeholders(sql)[0], [list(r) for r in rows])
@@ -155,6 +218,23 @@ class PgCursor:
 
     def copy(self, statement: str) -> Any:
         return self._cur.copy(statement)
+
+    def binary_frame(self, sql: str, params: Sequence[Any]) -> pd.DataFrame:
+        """A read whose rows arrive in PostgreSQL's binary format, ``real[]`` as the server's array bytes,
+        decoded a whole column at a time by NumPy: no float text to print on the server nor to parse here."""
+        if not params:  # the simple protocol has no binary results
+            return self.execute(sql).df()
+        self.binary = True
+        try:
+            self.execute(sql, params)
+        finally:
+            self.binary = False
+        names = [d.name for d in self._cur.description or []]
+        arrays = self._float32_columns()
+        frame = pd.DataFrame.from_records(self._cur.fetchall(), columns=names)
+        for i in arrays:  # the decoded column replaces the bytes (no transposing of the rows)
+            frame[names[i]] = pd.Series(float32_binary_rows(frame[names[i]].tolist()), index=frame.index, dtype=object)
+        return frame
 
 
 def _pg_type(t: pa.DataType) -> str:
@@ -228,6 +308,7 @@ class PostgresStore(Store):
         con.adapters.register_loader("jsonb", TextLoader)
         con.adapters.register_loader("numeric", FloatLoader)  # sum()/avg() of integers
         con.adapters.register_loader(con.adapters.types["float4"].array_oid, Float32ArrayLoader)
+        register_binary_loaders(con)
         with self._connections_lock:  # forget the connections that died, keep the new one to close it
             self._connections = [c for c in self._connections if not c.closed] + [con]
         return con
@@ -284,7 +365,7 @@ class PostgresStore(Store):
         return pa.Table.from_pandas(df, preserve_index=False)
 
     def embedding_frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
-        return self.query(sql, params)  # the loader already gives float32 arrays
+        return self.cursor().binary_frame(sql, list(params))
 
     @contextmanager
     def staged(self, cur: Any, name: str, table: pa.Table, like: str | None = None) -> Iterator[None]:

@@ -448,16 +448,18 @@ class Store:
         duplicates = sent - accepted - n_unknown_rows
         return FeedbackResult(accepted, max(duplicates, 0), int(pending), unknown)
 
-    def latest_feedback_sql(self) -> str:
-        """SQL (one parameter: project) for the latest label per prediction; human beats rule."""
-        return """
+    def latest_feedback_sql(self, rows: str = "feedback WHERE project = ?") -> str:
+        """SQL (one parameter: project) for the latest label per prediction; human beats rule.
+
+        ``rows`` picks the feedback ranked (one project's; retention ranks one batch of it)."""
+        return f"""
             SELECT project, id, prediction_id, label, ts, source, annotator, prediction_ts, predicted_label,
                    model_version
             FROM (SELECT *, row_number() OVER (
                     PARTITION BY prediction_id
                     ORDER BY CASE source WHEN 'human' THEN 0 WHEN 'import' THEN 1 ELSE 2 END, ts DESC, id DESC
                   ) AS label_rank
-                  FROM feedback WHERE project = ?) ranked
+                  FROM {rows}) ranked
             WHERE label_rank = 1
         """
 
@@ -503,7 +505,9 @@ class Store:
             where = "p.project = ? AND p.ts >= ? AND p.ts < ? ORDER BY p.ts"
             params = [project, since or datetime.min, until or datetime.max]
         cols = ", ".join(f"p.{c.strip()}" for c in columns.split(","))
-        df = self.query(
+        # PostgreSQL reads embeddings in its binary format (embedding_frame); DuckDB's df() already gives arrays
+        read = self.embedding_frame if "embedding" in columns and self.dialect.name == "postgresql" else self.query
+        df = read(
             f"""WITH fb AS ({fb})
                 SELECT {cols}, fb.label AS true_label
                 FROM predictions p LEFT JOIN fb ON p.id = fb.prediction_id
