@@ -35,6 +35,9 @@ class DemoPlan:
     stream_seed: int | None = None  # another stream and annotator order over the same splits
     max_minutes: float = 30.0  # a safety net: the stream ends as soon as the loop has closed
     dashboard: bool = True
+    self_training: bool = False  # retrain.self_training: pseudo-labels on unlabelled recent traffic
+    step_budget: int = 0  # retrain.step_budget: 0 = retrain.epochs passes, else about this many steps
+    fixed_blend: bool = False  # the challenger serves the even encoder/TF-IDF blend, not one chosen on validation
 
     @classmethod
     def fast(cls) -> DemoPlan:
@@ -65,4 +68,7 @@ def demo_settings(settings: Settings, plan: DemoPlan) -> Settings:
     s.retrain.min_holdout = 30
     s.retrain.auto_promote = True
     s.label_queue.strategy = plan.label_strategy  # type: ignore[assignment]
+    s.retrain.self_training = plan.self_training
+    s.retrain.step_budget = plan.step_budget
+    s.retrain.fixed_blend = plan.fixed_blend
     return s
