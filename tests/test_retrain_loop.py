@@ -493,7 +493,8 @@ def test_job_failure_puts_the_reason_last(tmp_path):
 
 def test_self_training_adds_agreed_pseudo_labels_from_unlabelled_traffic_outside_the_slice(tmp_path, tweets):
     """The run offers the newest unlabelled predictions, minus the evaluation slice, to the job; the job
-    trains a second pass on its labelled rows plus the pseudo-labels both views agree on."""
+    trains a second pass on its labelled rows plus the pseudo-labels both views agree on, for epochs
+    sized to the step budget, serving the blend weight as set."""
     import json
     import math
 
@@ -507,7 +508,7 @@ def test_self_training_adds_agreed_pseudo_labels_from_unlabelled_traffic_outside
         model={"base": str(base), "epochs": 1, "batch_size": 16, "max_length": 32, "threads": 1},
         retrain={"epochs": 1, "cooldown_seconds": 0, "min_holdout": 5, "holdout_fraction": 0.3, "replay_max": 40,
                  "target_gain": 0.9, "timeout_seconds": 240, "self_training": True, "pseudo_min_confidence": 0.34,
-                 "pseudo_ratio": 2.0, "step_budget": 30})
+                 "pseudo_ratio": 2.0, "step_budget": 30, "fixed_blend": True})
     train_version(settings.models_dir, settings.model, policy_frame(tweets["train"]).head(60), LABELS,
                   version="v1")
     labelled = policy_frame(tweets["stream1"])
@@ -535,3 +536,4 @@ def test_self_training_adds_agreed_pseudo_labels_from_unlabelled_traffic_outside
     assert metrics["n_train"] + metrics["n_val"] == metrics["snapshot"]["n_train"] + facts["picked"]
     steps_per_epoch = math.ceil(metrics["n_train"] / 16)  # step_budget: epochs for about 30 steps
     assert metrics["epochs_run"] == math.ceil(30 / steps_per_epoch) > 1
+    assert metrics["blend_tfidf"] == 0.5 and metrics["blend_scores"] == {}  # fixed_blend: no weight chosen
