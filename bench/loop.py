@@ -4,6 +4,7 @@
     python bench/loop.py --seeds 1 --strategies uncertainty
     python bench/loop.py --fast                # the shrunken scenario the end-to-end test runs
     python bench/loop.py --tag share1 --set first_retrain_share=1.0 --no-oracle   # a variant of the plan
+    python bench/loop.py --ablation default,share1,selftrain --strategies uncertainty   # compare variants
 
 Every run replays another stream (``stream_seed``) over the same splits, so v1 and the oracle (the
 same trainer from v1 given every training label of the shifted topics plus replay) are trained
@@ -129,6 +130,30 @@ def summary(results: list[dict[str, Any]], scenario: str) -> None:
               f"{oracle['train_seconds']:.0f} s)")
 
 
+def ablation(names: list[str], scenario: str, strategy: str) -> None:
+    """One row per variant (``""`` or ``default``: the plan as it is): ratio to the oracle per stream
+    seed, mean ± spread, promotions, labels the promoted version used, seconds shift -> promotion."""
+    oracle = oracle_figures([], scenario)
+    print(f"\n| variant ({strategy}) | ratio to oracle per seed | mean ± sd | promoted | labels used "
+          "| s shift -> promotion |")
+    print("|---|---|---|---|---|---|")
+    for name in names:
+        prefix = scenario if name in ("", "default") else f"{scenario}-{name}"
+        rs = [with_ratios(json.loads(p.read_text()), oracle)
+              for p in sorted(OUT.glob(f"{prefix}-{strategy}-[0-9]*.json"))]
+        if not rs:
+            continue
+        ratios = [r["serving_ratio"] for r in rs]
+        xs = [x for x in ratios if x is not None]
+        sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+        mean = f"{statistics.mean(xs):.3f} ± {sd:.3f}" if xs else "—"
+        promoted = "".join("y" if r["promoted_version"] else "n" for r in rs)
+        print(f"| {name or 'default'} | {', '.join('—' if x is None else f'{x:.3f}' for x in ratios)} | {mean} "
+              f"| {promoted} | {', '.join(str(r['labels_in_promoted_run'] or '—') for r in rs)} "
+              f"| {', '.join(str(r['seconds_from_shift'].get('to_promotion') or '—') for r in rs)} |")
+    print("(a run that promoted nothing counts with v1's ratio: what still serves)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fast", action="store_true")
@@ -138,8 +163,13 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="names a variant of the plan (its results and data directory)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a DemoPlan field")
     parser.add_argument("--no-oracle", action="store_true", help="use the oracle an earlier run cached")
+    parser.add_argument("--ablation", metavar="TAG,TAG", help="print the table of these variants' finished runs "
+                        "(first strategy of --strategies) and exit; 'default' is the untagged plan")
     args = parser.parse_args()
     scenario = "fast" if args.fast else "default"
+    if args.ablation is not None:
+        ablation(args.ablation.split(","), scenario, args.strategies.split(",")[0])
+        return
     name = f"{scenario}-{args.tag}" if args.tag else scenario
     overrides = plan_overrides(args.set)
     data_dir = args.data_dir

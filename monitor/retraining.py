@@ -337,6 +337,7 @@ class RetrainService:
                 used_holdout=registry.used_holdout_ids(self.store, project))
             champion = registry.champion(self.store, project)
         dataset.write_snapshot(snap, directory / "snapshot")
+        unlabelled = self._write_unlabelled_pool(project, directory) if active.snapshot is None else None
         (directory / "settings.json").write_text(json.dumps({
             "model": s.model.model_dump(mode="json"), "retrain": s.retrain.model_dump(mode="json"),
             "labels": labels, "project": project,
@@ -355,6 +356,8 @@ class RetrainService:
                "--champion", str(Path(champion["path"]).resolve()) if champion else "",
                "--models-dir", str(s.models_dir.resolve()), "--version", version,
                "--settings", str(here / "settings.json"), "--progress", str(here / "progress.jsonl")]
+        if unlabelled is not None:
+            cmd += ["--unlabelled", str(unlabelled.resolve())]
         env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         try:
             active.job = launchers.launcher_for(s.retrain, KILL_GRACE_SECONDS).start(cmd, env, directory / "job.log")
@@ -409,6 +412,22 @@ class RetrainService:
             self._finish(run_id, "promoted", decision.reasons, metrics=summary)
         else:
             self._finish(run_id, "passed", decision.reasons, metrics=summary)
+
+    def _write_unlabelled_pool(self, project: str, directory: Path) -> Path | None:
+        """With ``retrain.self_training``: the newest unlabelled predictions outside the evaluation slice
+        (a slice row may be labelled later and test a gate decision, so no run trains on it)."""
+        from tuneloop.monitor.label_queue import candidate_pool
+        from tuneloop.retrain.evaluation_slice import in_slice
+        from tuneloop.retrain.selftrain import UNLABELLED_FILE
+
+        r = self.settings.retrain
+        if not r.self_training:
+            return None
+        pool = candidate_pool(self.store, project, r.pseudo_pool, with_embedding=False)
+        pool = pool[~in_slice(pool["id"].astype(str), r.holdout_fraction)] if len(pool) else pool
+        path = directory / UNLABELLED_FILE
+        pool[["id", "text"]].astype(str).to_parquet(path, index=False)
+        return path
 
     def _new_version_name(self) -> str:
         from tuneloop.retrain.versions import new_version_name

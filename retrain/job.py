@@ -126,6 +126,10 @@ def run(args: argparse.Namespace, stop: threading.Event, progress: Progress) -> 
     model_settings = ModelSettings(**cfg.get("model", {}))
     retrain_settings = RetrainSettings(**cfg.get("retrain", {}))
     model_settings.epochs = retrain_settings.epochs
+    if retrain_settings.step_budget:  # epochs sized to the data by the trainer
+        model_settings.epochs, model_settings.min_steps = 0, retrain_settings.step_budget
+    if retrain_settings.fixed_blend:
+        model_settings.blend_on_validation = False
     validate_version_name(args.version)
     models_dir = Path(args.models_dir)
     if (models_dir / args.version).exists():
@@ -144,7 +148,10 @@ def run(args: argparse.Namespace, stop: threading.Event, progress: Progress) -> 
     champion_dir = Path(args.champion) if args.champion else None
     n_fit = len(snap.train) - max(1, round(len(snap.train) * model_settings.val_fraction))
     batch_size = effective_batch_size(model_settings.batch_size, n_fit)
-    flag = StepFlag(progress, math.ceil(n_fit / batch_size), model_settings.epochs, batch_size)
+    steps_per_epoch = math.ceil(n_fit / batch_size)
+    epochs = model_settings.epochs or min(model_settings.max_epochs,
+                                          math.ceil(model_settings.min_steps / steps_per_epoch))
+    flag = StepFlag(progress, steps_per_epoch, epochs, batch_size)
     stop_bridge = threading.Thread(target=lambda: (stop.wait(), flag.set()), daemon=True)
     stop_bridge.start()
 
@@ -165,6 +172,14 @@ def run(args: argparse.Namespace, stop: threading.Event, progress: Progress) -> 
                    init_from=champion_dir, progress=False, stop_event=flag, log=log)
     if result.metrics.get("stopped") == "stop_event" or stop.is_set():
         raise Cancelled()
+    self_training = None
+    if retrain_settings.self_training and args.unlabelled:
+        result, self_training = _train_with_pseudo_labels(
+            result, snap, Path(args.unlabelled), retrain_settings, progress,
+            lambda data: train(data, None if champion_dir else labels, model_settings, init_from=champion_dir,
+                               progress=False, stop_event=flag, log=log))
+        if result.metrics.get("stopped") == "stop_event" or stop.is_set():
+            raise Cancelled()
     clf = result.classifier
 
     # ---- evaluate challenger and champion on the same rows ----------------------------------------
@@ -208,7 +223,7 @@ def run(args: argparse.Namespace, stop: threading.Event, progress: Progress) -> 
         **result.metrics,
         "holdout": challenger["holdout"], "golden": challenger["golden"],
         "champion": champion, "baseline": baseline,
-        "history": result.history,
+        "history": result.history, "self_training": self_training,
         "snapshot": {"sha256": snap_manifest["sha256"], "n_train": len(snap.train), "n_new_train": snap.n_new_train,
                      "n_replay": snap.n_replay, "n_holdout": len(snap.holdout),
                      "n_golden": 0 if snap.golden is None else len(snap.golden), "path": str(args.snapshot)},
@@ -227,6 +242,26 @@ def run(args: argparse.Namespace, stop: threading.Event, progress: Progress) -> 
                            parent=champion_dir.name if champion_dir else None,
                            ids=snap.train["id"].astype(str).tolist(), extra_files={REFERENCE_FILE: reference})
     return target
+
+
+def _train_with_pseudo_labels(result: Any, snap: Any, pool_path: Path, settings: Any, progress: Progress,
+                              train_again: Any) -> tuple[Any, dict[str, Any]]:
+    """The second pass of self-training (:mod:`tuneloop.retrain.selftrain`): the first pass's model
+    labels the unlabelled pool, and ``train_again`` trains on the snapshot's rows plus the pseudo-labels.
+    Returns the first pass unchanged when no pseudo-label qualifies."""
+    from tuneloop.retrain.selftrain import pseudo_label, usable_pool
+
+    pool = usable_pool(pd.read_parquet(pool_path), snap.holdout, snap.golden, snap.train)
+    progress.event("train", f"self-training: labelling {len(pool)} unlabelled recent texts with the first pass")
+    rows, facts = pseudo_label(result.classifier, pool["text"].astype(str).tolist(), snap.n_new_train,
+                               settings.pseudo_min_confidence, settings.pseudo_ratio)
+    facts["first_pass"] = {k: result.metrics.get(k) for k in ("val_accuracy", "val_macro_f1", "best_epoch")}
+    progress.event("train", f"self-training: {facts['picked']} pseudo-labels kept of {facts['confident']} agreed "
+                   f"and confident ({facts.get('label_counts', {})}); training again")
+    if rows.empty:
+        return result, facts
+    data = pd.concat([snap.train[["text", "label"]], rows[["text", "label"]]], ignore_index=True)
+    return train_again(data), facts
 
 
 def _num(s: str) -> float | None:
@@ -248,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--version", required=True, help="name of the version to write")
     p.add_argument("--settings", required=True, help="JSON file: {model: {...}, retrain: {...}, labels: [...]}")
     p.add_argument("--progress", default="", help="JSON-lines progress file")
+    p.add_argument("--unlabelled", default="", help="Parquet file (id, text) of unlabelled recent traffic "
+                   "for self-training (retrain.self_training)")
     args = p.parse_args(argv)
 
     _die_with_parent()

@@ -123,6 +123,22 @@ class RetrainSettings(Section):
     exclude_suspected_labels: bool = False
     """Leave out of a retrain the labels the label check flags as likely mislabelled (the Label page lists
     them). Off by default: the check also flags hard but right labels, often the most useful ones."""
+    self_training: bool = False
+    """After training, label the newest unlabelled traffic with the challenger, keep the rows where the
+    fine-tuned encoder and the TF-IDF model agree with confidence >= pseudo_min_confidence (never rows of
+    the evaluation slice), and train again from the same start with them (retrain/selftrain.py)."""
+    pseudo_min_confidence: float = Field(0.7, gt=0, le=1)
+    """Least confidence of the served blend for a pseudo-label."""
+    pseudo_ratio: float = Field(1.0, ge=0)
+    """At most this many pseudo-labels per new human training label, split evenly over the classes."""
+    pseudo_pool: int = Field(2000, ge=1)
+    """How many of the newest unlabelled predictions are offered for pseudo-labelling."""
+    step_budget: int = Field(0, ge=0)
+    """0 = ``epochs`` passes; else epochs sized to the data: about this many optimiser steps (at most
+    model.max_epochs), so a small snapshot gets as many updates as a large one."""
+    fixed_blend: bool = False
+    """The challenger serves model.blend_tfidf as set instead of a weight chosen on its validation rows,
+    which are a few dozen in a retrain on a few hundred labels."""
 
     @field_validator("launcher")
     @classmethod

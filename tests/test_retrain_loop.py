@@ -508,3 +508,51 @@ def test_job_failure_puts_the_reason_last(tmp_path):
     assert last == "failed: ValueError: the snapshot has 1 training rows; at least 2 are needed"
     assert events[-1]["phase"] == "failed" and events[-1]["message"] == last.removeprefix("failed: ")
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
+def test_self_training_adds_agreed_pseudo_labels_from_unlabelled_traffic_outside_the_slice(tmp_path, tweets):
+    """The run offers the newest unlabelled predictions, minus the evaluation slice, to the job; the job
+    trains a second pass on its labelled rows plus the pseudo-labels both views agree on, for epochs
+    sized to the step budget, serving the blend weight as set."""
+    import json
+    import math
+
+    from tuneloop.monitor.retraining import RetrainService, run_dir
+    from tuneloop.retrain.evaluation_slice import in_slice
+    from tuneloop.retrain.tiny import make_tiny_base
+
+    base = make_tiny_base(tmp_path / "base", vocab_words=TOPIC_WORDS)
+    settings = load_settings(
+        paths={"data_dir": str(tmp_path / "data")},
+        model={"base": str(base), "epochs": 1, "batch_size": 16, "max_length": 32, "threads": 1},
+        retrain={"epochs": 1, "cooldown_seconds": 0, "min_holdout": 5, "holdout_fraction": 0.3, "replay_max": 40,
+                 "target_gain": 0.9, "timeout_seconds": 240, "self_training": True, "pseudo_min_confidence": 0.34,
+                 "pseudo_ratio": 2.0, "step_budget": 30, "fixed_blend": True})
+    train_version(settings.models_dir, settings.model, policy_frame(tweets["train"]).head(60), LABELS,
+                  version="v1")
+    labelled = policy_frame(tweets["stream1"])
+    unlabelled = tweets["stream2"].reset_index(drop=True)
+    with Store(settings.db_path) as store:
+        registry.register_dir(store, "default", settings.models_dir, "v1")
+        registry.promote(store, "default", "v1", actor="test")
+        store.append_predictions([{"id": f"l{i}", "text": t, "label": "neutral"}
+                                  for i, t in enumerate(labelled["text"])]
+                                 + [{"id": f"u{i}", "text": t, "label": "neutral"}
+                                    for i, t in enumerate(unlabelled["text"])])
+        store.append_feedback([{"prediction_id": f"l{i}", "label": y} for i, y in enumerate(labelled["label"])])
+        service = RetrainService(store, settings)
+        run = service.wait(service.trigger("default", "test"), timeout=240)
+        assert run["status"] in ("promoted", "rejected"), run
+
+    pool = pd.read_parquet(run_dir(settings.runs_dir, run["id"]) / "unlabelled.parquet")
+    assert len(pool) > 0 and pool["id"].str.startswith("u").all()  # labelled rows are never offered
+    assert not in_slice(pool["id"], 0.3).any()  # nor rows that may become a gate's holdout
+    assert int(in_slice([f"u{i}" for i in range(len(unlabelled))], 0.3).sum()) == len(unlabelled) - len(pool)
+    metrics = json.loads((settings.models_dir / run["version"] / "metrics.json").read_text())
+    facts = metrics["self_training"]
+    assert 0 < facts["picked"] <= facts["confident"] <= facts["agreed"] <= facts["pool"] <= len(pool)
+    assert max(facts["label_counts"].values()) <= facts["per_class_cap"]
+    assert metrics["n_train"] + metrics["n_val"] == metrics["snapshot"]["n_train"] + facts["picked"]
+    steps_per_epoch = math.ceil(metrics["n_train"] / 16)  # step_budget: epochs for about 30 steps
+    assert metrics["epochs_run"] == math.ceil(30 / steps_per_epoch) > 1
+    assert metrics["blend_tfidf"] == 0.5 and metrics["blend_scores"] == {}  # fixed_blend: no weight chosen
