@@ -103,13 +103,12 @@ def job_runs(replica: RunningServer, job: str = "drift-checks") -> int:
 
 
 @pytest.fixture
-def pg():
+def pg(request):
+    """A PostgreSQL server of the test's own (the crash test kills it)."""
     server = PostgresServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.remove()
+    request.addfinalizer(server.remove)
+    server.start()
+    return server
 
 
 def test_one_leader_runs_the_jobs_pending_feedback_crosses_replicas_and_a_stopped_leader_hands_over(tmp_path, pg):
