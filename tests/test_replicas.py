@@ -326,3 +326,37 @@ def test_a_champion_change_is_announced_at_commit_and_not_before(postgres_url):
     finally:
         listener.stop()
         store.close()
+
+
+def test_a_label_and_its_prediction_racing_through_two_replicas_stores_is_never_stranded(postgres_url):
+    """Feedback parked as pending by one process while another stores its prediction: one of the two
+    transactions must see the other, whichever commits first."""
+    parking, ingesting = open_postgres(postgres_url), open_postgres(postgres_url)
+    ids = [f"p{i}" for i in range(600)]
+    chunks = [ids[i:i + 3] for i in range(0, len(ids), 3)]
+    errors: list[BaseException] = []
+
+    def run(step: Any) -> None:
+        try:
+            for chunk in chunks:
+                step(chunk)
+        except BaseException as e:  # reported below, in the test's thread
+            errors.append(e)
+
+    threads = [
+        threading.Thread(target=run, args=(lambda c: parking.append_feedback(
+            [{"id": f"f-{i}", "prediction_id": i, "label": "negative"} for i in c]),)),
+        threading.Thread(target=run, args=(lambda c: ingesting.append_predictions(
+            [{"id": i, "text": f"text {i}", "label": "positive"} for i in c]),)),
+    ]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors[:1]
+        assert ingesting.scalar("SELECT count(*) FROM pending_feedback") == 0
+        assert ingesting.scalar("SELECT count(DISTINCT prediction_id) FROM feedback") == len(ids)
+    finally:
+        parking.close()
+        ingesting.close()
