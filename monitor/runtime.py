@@ -96,6 +96,7 @@ class Runtime:
             model_health=health, own_store=own_store,
         )
         runtime.scheduler.gate = runtime.leads
+        runtime.retrain.leads = runtime.leads
         health.register(LeaderGauge(runtime.leads))
         health.register(runtime.scheduler)
         return runtime
@@ -134,13 +135,18 @@ class Runtime:
                                              self.settings.store.champion_poll_seconds)
             self.listener.start()
             self._stops.append(("champion listener", self.listener.stop))
+            from tuneloop.monitor.run_queue import RunQueue
+
+            runner = RunQueue(self.retrain, self.leads)
+            runner.start()
+            self._stops.append(("retrain runner", runner.stop))
         self._schedule_jobs()
         self.scheduler.start()
         self._stops.append(("scheduler", self.scheduler.stop))
 
     def _lead(self) -> None:
-        """Became the leader: runs a dead leader left queued or running are failed, the embedder starts."""
-        self.retrain.recover()
+        """Became the leader: runs whose replica is gone are failed, the embedder starts."""
+        self.retrain.recover(sole=not self.settings.store.url)
         if self.embedder is not None:
             self.embedder.start()
 

@@ -79,6 +79,22 @@ def running_loop(root, tweets, **retrain):
     promoted through the API; clients for every role. ``retrain`` overrides retrain settings."""
     from conftest import start_server
 
+    sections = prepare_loop(root, tweets, **retrain)
+    server = start_server(root, **sections)
+    clients = {role: server.client(role, timeout=60) for role in ("ingest", "label", "admin")}
+    assert clients["admin"].post("/v1/models/v1/register").status_code == 200
+    assert clients["admin"].post("/v1/models/v1/promote").status_code == 200
+    try:
+        yield {"settings": server.settings, "store": server.store, "clients": clients, "tokens": server.tokens}
+    finally:
+        for c in clients.values():
+            c.close()
+        server.close()
+
+
+def prepare_loop(root, tweets, **retrain) -> dict:
+    """The settings sections of a loop whose data directory holds v1, a tiny model with a rotated
+    (bad) head, not yet registered; ``retrain`` overrides retrain settings."""
     from tuneloop.retrain.tiny import make_tiny_base
     from tuneloop.retrain.versions import load_version, write_version
 
@@ -102,17 +118,7 @@ def running_loop(root, tweets, **retrain):
     reference = build_reference(bad, train, ["train"] * len(train))
     write_version(settings.models_dir, "v1", bad, good.metrics, {"n_rows": len(train)},
                   extra_files={"reference.parquet": reference})
-
-    server = start_server(root, **sections)
-    clients = {role: server.client(role, timeout=60) for role in ("ingest", "label", "admin")}
-    assert clients["admin"].post("/v1/models/v1/register").status_code == 200
-    assert clients["admin"].post("/v1/models/v1/promote").status_code == 200
-    try:
-        yield {"settings": server.settings, "store": server.store, "clients": clients, "tokens": server.tokens}
-    finally:
-        for c in clients.values():
-            c.close()
-        server.close()
+    return sections
 
 
 @pytest.fixture(scope="module")

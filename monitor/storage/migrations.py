@@ -211,4 +211,12 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE prediction_hourly_parts RENAME TO prediction_hourly;
         """,
     ),
+    (
+        7,
+        """
+        -- the replica running a retrain run, and when it last said so: a run whose replica went silent is failed
+        ALTER TABLE retrain_runs ADD COLUMN owner VARCHAR;
+        ALTER TABLE retrain_runs ADD COLUMN heartbeat TIMESTAMP;
+        """,
+    ),
 ]
