@@ -9,6 +9,7 @@ replica is served by the other within the stated bound.
 
 from __future__ import annotations
 
+import logging
 import queue
 import random
 import re
@@ -24,6 +25,7 @@ from conftest import RunningServer, free_port, toml_dumps
 from postgres_server import PostgresServer
 from test_crash import Ledger, Streamer
 
+from tuneloop.monitor import registry
 from tuneloop.monitor.auth import ROLES, create_token
 from tuneloop.monitor.config import load_settings
 from tuneloop.monitor.runtime import open_store
@@ -272,7 +274,6 @@ def seconds_until_served(replica: RunningServer, version: str, limit: float) -> 
 def test_a_champion_promoted_on_one_replica_is_served_by_the_other_within_the_bound(tmp_path, pg, figure):
     from test_serving import LABELS, labelled
 
-    from tuneloop.monitor import registry
     from tuneloop.retrain.build import train_version
     from tuneloop.retrain.tiny import make_tiny_base
 
@@ -360,3 +361,33 @@ def test_a_label_and_its_prediction_racing_through_two_replicas_stores_is_never_
     finally:
         parking.close()
         ingesting.close()
+
+
+def test_a_database_outage_is_logged_once_by_the_champion_listener_and_its_end_once(pg, caplog):
+    url = pg.new_database()
+    store = open_postgres(url)
+    polls: queue.Queue[str | None] = queue.Queue()
+
+    def refresh(project: str | None) -> None:  # what a replica does on a poll: read the registry
+        registry.champion(store, "default")
+        polls.put(project)
+
+    listener = ChampionListener(url, refresh, poll_seconds=0.2)
+    caplog.set_level(logging.INFO, logger="tuneloop.monitor.storage.notify")
+    listener.start()
+    try:
+        assert polls.get(timeout=15) is None
+        pg.crash()
+        time.sleep(3)  # some fifteen retries while the database is down
+        pg.start()
+        deadline = time.monotonic() + 60
+        while "answers again" not in caplog.text:
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.1)
+    finally:
+        listener.stop()
+        store.close()
+    lines = [r for r in caplog.records if r.name == "tuneloop.monitor.storage.notify"]
+    assert [r.levelno for r in lines] == [logging.WARNING, logging.WARNING], caplog.text
+    assert "does not answer" in lines[0].getMessage() and "answers again" in lines[1].getMessage()
+    assert not any(r.exc_info for r in lines) and listener.outages == 1

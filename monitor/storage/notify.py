@@ -17,6 +17,8 @@ from collections.abc import Callable
 
 import psycopg
 
+from tuneloop.monitor.storage.errors import StoreUnavailable
+
 log = logging.getLogger(__name__)
 
 CHANNEL = "tuneloop_champion"
@@ -41,7 +43,8 @@ class ChampionListener:
 
     The callback runs on this thread (a model load there keeps requests flowing). Connection errors
     are retried every ``poll_seconds``; after a reconnect the first call is a poll, since
-    notifications sent meanwhile are gone.
+    notifications sent meanwhile are gone. An outage (no connection, or a callback the database did
+    not answer) is logged once when it starts and once when a poll succeeds again, not per retry.
     """
 
     def __init__(self, url: str, on_change: Callable[[str | None], None], poll_seconds: float) -> None:
@@ -49,6 +52,8 @@ class ChampionListener:
         self.on_change = on_change
         self.poll_seconds = max(0.1, float(poll_seconds))
         self.notifications = 0
+        self.outages = 0
+        self._down_since: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -64,15 +69,39 @@ class ChampionListener:
     def _call(self, project: str | None) -> None:
         try:
             self.on_change(project)
-        except Exception:  # the next notification or poll tries again
+        except (psycopg.Error, StoreUnavailable) as e:  # the next notification or poll tries again
+            self._down(e)
+            return
+        except Exception:
             log.exception("refreshing the champion of %s failed", project or "every project")
+            return
+        if project is None:
+            self._up()
+
+    def _down(self, error: BaseException) -> None:
+        """The database stopped answering: one warning for the whole outage."""
+        if self._down_since is not None:
+            return
+        self._down_since = time.monotonic()
+        self.outages += 1
+        text = str(error).strip()
+        log.warning("champion listener: PostgreSQL does not answer (%s); serving the loaded champions and "
+                    "retrying every %g s", text.splitlines()[0] if text else type(error).__name__, self.poll_seconds)
+
+    def _up(self) -> None:
+        """A poll succeeded: the outage, if any, is over."""
+        if self._down_since is None:
+            return
+        log.warning("champion listener: PostgreSQL answers again after %.0f s; champions re-checked",
+                    time.monotonic() - self._down_since)
+        self._down_since = None
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
                 con = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
             except psycopg.Error as e:
-                log.warning("champion listener cannot connect (%s); retrying", str(e).strip().splitlines()[0])
+                self._down(e)
                 self._stop.wait(self.poll_seconds)
                 continue
             try:
@@ -80,7 +109,7 @@ class ChampionListener:
                 self._listen(con)
             except psycopg.Error as e:
                 if not self._stop.is_set():
-                    log.warning("champion listener lost its connection (%s)", str(e).strip().splitlines()[0])
+                    self._down(e)
             finally:
                 con.close()
 
