@@ -261,14 +261,19 @@ class RetrainService:
                 if not plan.enough:
                     message = plan.message(self.settings.retrain.target_gain, self.settings.retrain.power)
                     raise HoldoutTooSmall(self._defer(project, trigger, message, plan), message)
-            run_id, active_project, queued = self.store.runs.queue_if_idle(project, trigger[:500], self._run_paths)
+            leading = self.leads()
+
+            def paths(run_id: int) -> tuple[str, str]:  # before the queued row is visible to the leader
+                if snapshot is not None and not leading:  # the leader trains on exactly these rows, read from here
+                    dataset_module().write_snapshot(snapshot, run_dir(self.settings.runs_dir, run_id) / PREPARED)
+                return self._run_paths(run_id)
+
+            run_id, active_project, queued = self.store.runs.queue_if_idle(project, trigger[:500], paths)
             if not queued:
                 raise RetrainBusy(run_id, active_project)
-            if self.leads():
+            if leading:
                 self._launch(run_id, project, snapshot)
                 return run_id
-        if snapshot is not None:  # the leader trains on exactly these rows: they go where it reads them
-            dataset_module().write_snapshot(snapshot, run_dir(self.settings.runs_dir, run_id) / PREPARED)
         log.info("retrain run %d queued for project %s (the leader runs it): %s", run_id, project, trigger)
         return run_id
 

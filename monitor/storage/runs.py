@@ -98,13 +98,17 @@ class RunRepository(Repository):
     def add_queued(self, project: str, trigger: str, paths: Callable[[int], tuple[str, str]]) -> int:
         """A new queued run; ``paths(run_id)`` gives its (log_path, snapshot_path). Returns the id."""
         with self.store.transaction() as cur:
-            run_id = int(cur.execute("SELECT nextval('retrain_run_ids')").fetchall()[0][0])
-            log_path, snapshot_path = paths(run_id)
-            cur.execute(
-                "INSERT INTO retrain_runs (id, project, started, trigger, status, log_path, snapshot_path) "
-                "VALUES (?, ?, ?, ?, 'queued', ?, ?)",
-                [run_id, project, utcnow(), trigger, log_path, snapshot_path],
-            ).fetchall()
+            return self._insert_queued(cur, project, trigger, paths)
+
+    @staticmethod
+    def _insert_queued(cur: Any, project: str, trigger: str, paths: Callable[[int], tuple[str, str]]) -> int:
+        run_id = int(cur.execute("SELECT nextval('retrain_run_ids')").fetchall()[0][0])
+        log_path, snapshot_path = paths(run_id)
+        cur.execute(
+            "INSERT INTO retrain_runs (id, project, started, trigger, status, log_path, snapshot_path) "
+            "VALUES (?, ?, ?, ?, 'queued', ?, ?)",
+            [run_id, project, utcnow(), trigger, log_path, snapshot_path],
+        ).fetchall()
         return run_id
 
     def add_deferred(self, project: str, trigger: str, reasons: list[str], metrics: dict[str, Any],
@@ -141,14 +145,7 @@ class RunRepository(Repository):
                                  [ACTIVE_STATUSES]).fetchall()
             if active:
                 return int(active[0][0]), str(active[0][1]), False
-            run_id = int(cur.execute("SELECT nextval('retrain_run_ids')").fetchall()[0][0])
-            log_path, snapshot_path = paths(run_id)
-            cur.execute(
-                "INSERT INTO retrain_runs (id, project, started, trigger, status, log_path, snapshot_path) "
-                "VALUES (?, ?, ?, ?, 'queued', ?, ?)",
-                [run_id, project, utcnow(), trigger, log_path, snapshot_path],
-            ).fetchall()
-        return run_id, project, True
+            return self._insert_queued(cur, project, trigger, paths), project, True
 
     def unclaimed(self) -> list[tuple[int, str]]:
         """(id, project) of queued runs no replica has claimed yet, oldest first."""
