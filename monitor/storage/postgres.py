@@ -160,8 +160,16 @@ class PgCursor:
         names = [d.name for d in self._cur.description or []]
         return pd.DataFrame.from_records(self.fetchall(), columns=names)
 
-    def copy(self, statement: str) -> Any:
-        return self._cur.copy(statement)
+    @contextmanager
+    def copy(self, statement: str) -> Iterator[Any]:
+        """COPY on this cursor; a connection lost meanwhile is :class:`StoreUnavailable`, as in :meth:`execute`."""
+        try:
+            with self._cur.copy(statement) as copy:
+                yield copy
+        except psycopg.OperationalError as e:
+            if not self.lost:
+                raise
+            raise StoreUnavailable(f"PostgreSQL went away ({str(e).strip().splitlines()[0]})") from e
 
 
 def _pg_type(t: pa.DataType) -> str:
