@@ -43,8 +43,10 @@ HOT_SWAP_BOUND_SECONDS = CHAMPION_POLL_SECONDS + 5.0
 FIRST_LOAD_SECONDS = 120.0
 
 
-def start_replicas(directory: Path, url: str, n: int = 2, **sections: dict[str, Any]) -> list[RunningServer]:
-    """``n`` server processes on the database at ``url``, sharing ``directory``/data; tokens made once."""
+def start_replicas(directory: Path, url: str, n: int = 2, together: bool = False,
+                   **sections: dict[str, Any]) -> list[RunningServer]:
+    """``n`` server processes on the database at ``url``, sharing ``directory``/data; tokens made once.
+    One after the other (the first one up leads), or ``together`` (any one may lead)."""
     data = Path(directory) / "data"
     data.mkdir(parents=True, exist_ok=True)
     base = {name: dict(values) for name, values in sections.items()}
@@ -66,7 +68,9 @@ def start_replicas(directory: Path, url: str, n: int = 2, **sections: dict[str, 
                                       tokens=tokens, subprocess=True, config_path=config_path))
     try:
         for replica in replicas:
-            replica.start()
+            replica.spawn() if together else replica.start()
+        for replica in replicas:
+            replica.wait_ready()
     except BaseException:
         for replica in replicas:
             replica.close()
@@ -159,6 +163,8 @@ class ReplicaCrashReport:
     miscounted: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     feedback_lost: list[str] = field(default_factory=list)
+    downtime_seconds: list[float] = field(default_factory=list)
+    """From each kill until the replica answered again."""
 
 
 def run_replica_crash(directory: Path, pg: PostgresServer, kills: int, seed: int = SEED,
@@ -166,7 +172,7 @@ def run_replica_crash(directory: Path, pg: PostgresServer, kills: int, seed: int
     """Stream writes into two replicas, SIGKILL one of them ``kills`` times (seeded) and PostgreSQL once,
     then audit the database against what the clients were told."""
     rng = random.Random(seed)
-    replicas = start_replicas(directory, pg.new_database(), server={"group_commit_ms": 2.0},
+    replicas = start_replicas(directory, pg.new_database(), together=True, server={"group_commit_ms": 2.0},
                               drift={"interval_seconds": 1})
     ledger, stop = Ledger(), threading.Event()
     streamers = [Streamer(r.url, r.tokens["ingest"], f"r{i}c{j}", ledger, stop, seed + 10 * i + j)
@@ -187,26 +193,34 @@ def run_replica_crash(directory: Path, pg: PostgresServer, kills: int, seed: int
             leader, _ = wait_for_one_leader(replicas, 15)
             victim = rng.randrange(len(replicas))
             replicas[victim].kill()
+            killed_at = time.monotonic()
+            database_crash = k == kills // 2
+            survivor = replicas[1 - victim]
+            runs = job_runs(survivor) if victim == leader else 0
             if victim == leader:
                 report.leader_kills += 1
-                survivor = replicas[1 - victim]
-                runs = job_runs(survivor)
                 t0 = time.monotonic()
                 while not leads(survivor):
                     assert time.monotonic() - t0 < 3 * LEADER_RETRY_SECONDS + 5, "the survivor never took over"
                     time.sleep(0.05)
                 report.failover_seconds.append(time.monotonic() - t0)
+            if not database_crash:  # it starts while the clients carry on (after any takeover: it cannot lead first)
+                replicas[victim].spawn()
+            if victim == leader:
                 deadline = time.monotonic() + 10
                 while job_runs(survivor) <= runs:
                     assert time.monotonic() < deadline, "the survivor leads but its scheduler does not run"
                     time.sleep(0.1)
-            if k == kills // 2:  # PostgreSQL itself crashes too, while one replica is down
+            if database_crash:  # PostgreSQL itself crashes too, while one replica is down
                 pg.crash()
                 time.sleep(rng.uniform(0.5, 1.5))
                 pg.start()
-            replicas[victim].start()
+                replicas[victim].spawn()
+            replicas[victim].wait_ready()
+            report.downtime_seconds.append(time.monotonic() - killed_at)
             say(f"kill {k + 1}/{kills}: replica {victim}{' (leader)' if victim == leader else ''}"
-                f"{' + PostgreSQL' if k == kills // 2 else ''}; {len(ledger.predictions)} predictions and "
+                f"{' + PostgreSQL' if k == kills // 2 else ''}, back in {report.downtime_seconds[-1]:.1f} s; "
+                f"{len(ledger.predictions)} predictions and "
                 f"{len(ledger.feedback)} feedback acknowledged so far")
         wait_for_one_leader(replicas, 15)
         time.sleep(0.5)
@@ -243,6 +257,8 @@ def test_two_replicas_survive_sigkills_and_a_database_crash(tmp_path, pg, figure
     figure("replicas: SIGKILLs survived", f"{report.kills} ({report.leader_kills} of the leader) + 1 PostgreSQL crash")
     figure("replicas: acknowledged rows checked", f"{report.predictions_acked} predictions, {report.feedback_acked} "
            "feedback; lost 0, duplicated 0 required")
+    down = sorted(report.downtime_seconds)
+    figure("replicas: killed replica answering again (median/max s)", f"{down[len(down) // 2]:.1f}/{down[-1]:.1f}")
     if failover:
         figure("replicas: leader failover seconds (median/max)",
                f"{failover[len(failover) // 2]:.1f}/{failover[-1]:.1f}")
