@@ -99,8 +99,8 @@ def start_server(data_dir: Path, store_url: str = "") -> tuple[subprocess.Popen,
     raise SystemExit("server did not start")
 
 
-def http_ingest(url: str, token: str, bodies: list[bytes], content_type: str) -> float:
-    """Rows/s for posting ``bodies`` with CLIENTS concurrent connections (each answered after COMMIT)."""
+def http_ingest(url: str, token: str, bodies: list[bytes], content_type: str, clients: int = CLIENTS) -> float:
+    """Rows/s for posting ``bodies`` with ``clients`` concurrent connections (each answered after COMMIT)."""
     work: queue.SimpleQueue[bytes] = queue.SimpleQueue()
     for b in bodies:
         work.put(b)
@@ -118,7 +118,7 @@ def http_ingest(url: str, token: str, bodies: list[bytes], content_type: str) ->
                 if r.status_code != 200 or r.json()["accepted"] != BATCH:
                     failures.append(f"{r.status_code} {r.text[:200]}")
 
-    threads = [threading.Thread(target=worker) for _ in range(CLIENTS)]
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
     t = time.perf_counter()
     for th in threads:
         th.start()

@@ -8,6 +8,11 @@ load from other processes hits both alike; medians and ranges are printed. Then,
 stopped, it times the drift window read (``store.window(last=N)``, embeddings as float32 rows) on
 each store.
 
+A third column runs two ``tuneloop serve`` replicas on one more PostgreSQL database, the same 4
+clients spread over both (what a load balancer in front of them does), and prints the ratio of 2
+replicas to 1. On one machine both replicas and PostgreSQL share the same cores, so the ratio shows
+the cost of coordination more than any gain; on separate machines each replica brings its own CPU.
+
     nice -n 10 .venv/bin/python bench/scale.py [--batches 20] [--repeats 3] [--window 20000]
 """
 
@@ -16,8 +21,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -28,7 +35,7 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from ingest import BATCH, http_ingest, make_batch, start_server  # noqa: E402 - the ingest bench's helpers
+from ingest import BATCH, CLIENTS, http_ingest, make_batch, start_server  # noqa: E402 - the ingest bench's helpers
 from postgres_server import PostgresServer  # noqa: E402 - the tests' real PostgreSQL
 
 from tuneloop.monitor.client import arrow_stream  # noqa: E402
@@ -43,6 +50,39 @@ def window_seconds(store: Store, rows: int, repeats: int) -> list[float]:
         times.append(time.perf_counter() - t)
         assert len(df) == rows and df["embedding"].iloc[0].dtype == np.float32
     return times
+
+
+def start_replicas(directory: Path, url: str, n: int = 2) -> list[tuple[subprocess.Popen, str, str]]:
+    """``n`` servers on the one PostgreSQL database ``url`` (each with its own config and token)."""
+    servers = []
+    for i in range(n):
+        (directory / f"replica-{i}").mkdir(parents=True)
+        servers.append(start_server(directory / f"replica-{i}", url))
+    return servers
+
+
+def spread_ingest(replicas: list[tuple[subprocess.Popen, str, str]], bodies: list[bytes]) -> float:
+    """Rows/s with the bench's CLIENTS clients spread evenly over the replicas, all running at once."""
+    n = len(replicas)
+    done: list[float] = []
+    threads = [threading.Thread(target=lambda i=i: done.append(http_ingest(
+        replicas[i][1], replicas[i][2], bodies[i::n], "application/vnd.apache.arrow.stream", clients=CLIENTS // n)))
+        for i in range(n)]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if len(done) != n:
+        raise SystemExit("ingest into the replicas failed")
+    return len(bodies) * BATCH / (time.perf_counter() - t)
+
+
+def print_replicas(rates: dict[str, list[float]]) -> None:
+    """The 2-replica column and its ratio to 1 replica."""
+    one, two = statistics.median(rates["postgresql"]), statistics.median(rates["2 replicas"])
+    print(f"  2 replicas / 1 PostgreSQL: {two / one:.2f} (both replicas and the database on this machine's "
+          f"{os.cpu_count()} cores)")
 
 
 def spread(values: list[float]) -> str:
@@ -60,6 +100,7 @@ def main() -> int:
     pg = PostgresServer()
     pg.start()
     servers = []
+    replicas: list[tuple[subprocess.Popen, str, str]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="tuneloop-scale-") as tmp:
             pg_url = pg.new_database()
@@ -67,12 +108,15 @@ def main() -> int:
             for name in backends:
                 (Path(tmp) / name).mkdir()
             servers = {name: start_server(Path(tmp) / name, url) for name, url in backends.items()}
-            rates: dict[str, list[float]] = {name: [] for name in backends}
+            replicas = start_replicas(Path(tmp) / "replicas", pg.new_database())
+            rates: dict[str, list[float]] = {name: [] for name in [*backends, "2 replicas"]}
             for r in range(args.repeats):
                 for name, (_, base, token) in servers.items():
                     bodies = [arrow_stream(make_batch(r * 10_000 + k, rng)) for k in range(args.batches)]
                     rates[name].append(http_ingest(base, token, bodies, "application/vnd.apache.arrow.stream"))
-            for proc, _, _ in servers.values():
+                bodies = [arrow_stream(make_batch(r * 10_000 + 5_000 + k, rng)) for k in range(args.batches)]
+                rates["2 replicas"].append(spread_ingest(replicas, bodies))
+            for proc, _, _ in [*servers.values(), *replicas]:
                 proc.terminate()
                 proc.wait(60)
             print(f"HTTP ingest rows/s ({args.batches} x {BATCH} rows per phase, {args.repeats} alternating phases):")
@@ -80,6 +124,7 @@ def main() -> int:
                 print(f"  {name:<11} {spread(values)}")
             ratio = statistics.median(rates["postgresql"]) / statistics.median(rates["duckdb"])
             print(f"  PostgreSQL / DuckDB: {ratio:.2f}")
+            print_replicas(rates)
             rows = min(args.window, args.batches * args.repeats * BATCH)
             print(f"drift window read, last {rows} rows with embeddings (ms):")
             for name, url in backends.items():
@@ -87,7 +132,7 @@ def main() -> int:
                     ms = [t * 1000 for t in window_seconds(store, rows, args.repeats)]
                 print(f"  {name:<11} {spread(ms)}")
     finally:
-        for proc, _, _ in (servers.values() if isinstance(servers, dict) else []):
+        for proc, _, _ in [*(servers.values() if isinstance(servers, dict) else []), *replicas]:
             if proc.poll() is None:
                 proc.kill()
         pg.remove()

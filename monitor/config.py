@@ -43,6 +43,12 @@ class StoreSettings(Section):
     url: str = ""
     """Where the store lives: empty for the DuckDB file of ``paths``; ``postgresql://user:password@host:port/db``
     for a PostgreSQL database (needs the ``postgres`` extra)."""
+    leader_retry_seconds: float = Field(2.0, gt=0)
+    """PostgreSQL replicas: how often a replica that does not lead tries to take the leader lock (and the
+    leader checks it still holds it); bounds failover after the leader dies."""
+    champion_poll_seconds: float = Field(5.0, gt=0)
+    """PostgreSQL replicas: how often each replica compares its served champion (and its token list) with
+    the database, besides the immediate NOTIFY; bounds how long a missed notification leaves a stale one."""
 
     @field_validator("url")
     @classmethod

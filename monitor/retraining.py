@@ -1,7 +1,8 @@
 """The retrain loop on the server side: policy -> snapshot -> child job -> register -> gate -> promote.
 
-:class:`RetrainService` (``Runtime.retrain``) runs at most one retrain at a time per
-server. A run is a ``retrain_runs`` row that moves ``queued -> running`` and ends in one of
+:class:`RetrainService` (``Runtime.retrain``) runs at most one retrain at a time, across
+replicas: any replica queues a run, the leader launches it (:mod:`tuneloop.monitor.run_queue`).
+A run is a ``retrain_runs`` row that moves ``queued -> running`` and ends in one of
 
 * ``promoted``  — the gate passed and the challenger now serves (``retrain.auto_promote``);
 * ``passed``    — the gate passed; the challenger waits for an admin's promote;
@@ -34,13 +35,15 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneloop.monitor import launchers, mlflow_tracking, registry
 from tuneloop.monitor.alerts import open_alert_count
+from tuneloop.monitor.run_queue import OWNER_GONE_SECONDS, replica_name
 from tuneloop.monitor.storage import DEFAULT_PROJECT, Store, utcnow
 from tuneloop.monitor.training_data import HoldoutPlan, count_new_labels, export_frames, feedback_cutoff, holdout_plan
 from tuneloop.retrain import gate
@@ -58,6 +61,15 @@ MIN_NEW_LABELS = 2
 OLDER_CAP_FACTOR = 10
 """At most this many times ``replay_max`` older rows are read for the replay sample."""
 KILL_GRACE_SECONDS = 20.0
+PREPARED = "prepared"
+"""Run subdirectory holding the rows of a dataset run queued on a replica that does not lead."""
+
+
+def dataset_module() -> Any:
+    """The dataset module, imported on first use: it pulls in torch and scikit-learn."""
+    from tuneloop.retrain import dataset
+
+    return dataset
 
 
 class RetrainError(Exception):
@@ -146,6 +158,10 @@ class RetrainService:
         self._lock = threading.Lock()
         self._active: _Active | None = None
         self._closing = False
+        self.owner = replica_name()
+        """Recorded on the runs this process runs (with a heartbeat), so another replica can tell it is gone."""
+        self.leads: Callable[[], bool] = lambda: True
+        """Whether this process launches runs; a replica that does not only queues them for the leader."""
 
     # -- queries ---------------------------------------------------------------------------------
     def _labels(self, project: str) -> list[str]:
@@ -154,8 +170,12 @@ class RetrainService:
         return labels_for(self.store, self.settings, project)
 
     def active_run(self) -> int | None:
+        """The queued or running run: this process's, else one queued or run by another replica."""
         a = self._active
-        return None if a is None else a.run_id
+        if a is not None:
+            return a.run_id
+        ids = self.store.runs.ids_with_status(list(ACTIVE))
+        return min(ids) if ids else None
 
     def list_runs(self, project: str | None = DEFAULT_PROJECT, limit: int = 50) -> list[dict[str, Any]]:
         return self.store.runs.list(project, limit)
@@ -182,11 +202,20 @@ class RetrainService:
         return max(0.0, left)
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def recover(self) -> int:
-        """Mark runs a previous server process left queued/running as failed; return how many."""
-        ids = self.store.runs.ids_with_status(list(ACTIVE))
-        for run_id in ids:
-            self._finish(run_id, "failed", ["server restarted while the run was in progress"])
+    def recover(self, sole: bool = True) -> int:
+        """Mark interrupted runs failed; return how many. ``sole`` (one process owns the store): every
+        queued or running run was left by a previous process. Otherwise only runs whose replica stopped
+        beating more than :data:`OWNER_GONE_SECONDS` ago; unclaimed queued runs wait for the leader."""
+        if sole:
+            ids = self.store.runs.ids_with_status(list(ACTIVE))
+            for run_id in ids:
+                self._finish(run_id, "failed", ["server restarted while the run was in progress"])
+        else:
+            orphans = self.store.runs.orphaned(utcnow() - timedelta(seconds=OWNER_GONE_SECONDS))
+            ids = [run_id for run_id, _ in orphans]
+            for run_id, owner in orphans:
+                self._finish(run_id, "failed", [f"the replica running it ({owner or 'unknown'}) stopped "
+                                                f"reporting for more than {OWNER_GONE_SECONDS:.0f} s"])
         if ids:
             log.warning("marked %d interrupted retrain run(s) failed", len(ids))
         return len(ids)
@@ -232,13 +261,45 @@ class RetrainService:
                 if not plan.enough:
                     message = plan.message(self.settings.retrain.target_gain, self.settings.retrain.power)
                     raise HoldoutTooSmall(self._defer(project, trigger, message, plan), message)
-            run_id = self.store.runs.add_queued(project, trigger[:500], self._run_paths)
-            active = _Active(run_id, project, snapshot=snapshot)
-            active.thread = threading.Thread(target=self._run, args=(active,), name=f"retrain-{run_id}", daemon=True)
-            self._active = active
-        log.info("retrain run %d started for project %s: %s", run_id, project, trigger)
-        active.thread.start()
+            leading = self.leads()
+
+            def paths(run_id: int) -> tuple[str, str]:  # before the queued row is visible to the leader
+                if snapshot is not None and not leading:  # the leader trains on exactly these rows, read from here
+                    dataset_module().write_snapshot(snapshot, run_dir(self.settings.runs_dir, run_id) / PREPARED)
+                return self._run_paths(run_id)
+
+            run_id, active_project, queued = self.store.runs.queue_if_idle(project, trigger[:500], paths)
+            if not queued:
+                raise RetrainBusy(run_id, active_project)
+            if leading:
+                self._launch(run_id, project, snapshot)
+                return run_id
+        log.info("retrain run %d queued for project %s (the leader runs it): %s", run_id, project, trigger)
         return run_id
+
+    def _launch(self, run_id: int, project: str, snapshot: Any = None) -> bool:
+        """Claim a queued run for this process and start it (the caller holds ``_lock``); False when
+        another replica claimed it first."""
+        if not self.store.runs.claim(run_id, self.owner):
+            return False
+        active = _Active(run_id, project, snapshot=snapshot)
+        active.thread = threading.Thread(target=self._run, args=(active,), name=f"retrain-{run_id}", daemon=True)
+        self._active = active
+        log.info("retrain run %d started for project %s", run_id, project)
+        active.thread.start()
+        return True
+
+    def pick_up(self) -> int | None:
+        """The leader's runner: start the oldest queued run no replica has claimed (one at a time)."""
+        with self._lock:
+            if self._closing or self._active is not None:
+                return None
+            for run_id, project in self.store.runs.unclaimed():
+                prepared = run_dir(self.settings.runs_dir, run_id) / PREPARED
+                snapshot = dataset_module().read_snapshot(prepared) if prepared.is_dir() else None
+                if self._launch(run_id, project, snapshot):
+                    return run_id
+        return None
 
     def _check_base(self) -> None:
         """Refuse a run from the base when the configured base cannot be loaded (one line, before any job)."""
@@ -264,10 +325,15 @@ class RetrainService:
         """Cancel a queued or running run (SIGTERM to the job, kill after a grace period)."""
         run = self.get_run(run_id, log_lines=0)
         active = self._active
+        reason = f"cancelled by {actor}" if actor else "cancelled"
+        if run["status"] == "queued" and self.store.runs.cancel_unclaimed(run_id, reason):
+            return self.get_run(run_id, log_lines=0)
+        if run["status"] in ACTIVE and (active is None or active.run_id != run_id):
+            raise RetrainError(f"retrain run {run_id} runs on replica {run.get('owner')}; cancel it there")
         if run["status"] not in ACTIVE or active is None or active.run_id != run_id:
             raise RetrainError(f"retrain run {run_id} is {run['status']}; only a queued or running run can be "
                                "cancelled")
-        self._cancel_active(active, f"cancelled by {actor}" if actor else "cancelled")
+        self._cancel_active(active, reason)
         return self.get_run(run_id, log_lines=0)
 
     def _cancel_active(self, active: _Active, why: str) -> None:

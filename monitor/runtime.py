@@ -5,10 +5,16 @@ CLI without a server through :class:`LocalRuntime`: one place says what exists, 
 and in which order it starts and stops. Each service receives only what it uses (the store, the
 settings, the serving it hot-swaps), never the runtime itself.
 
-Order: store -> tokens -> scheduler -> writer -> serving -> drift -> retrain -> embedder ->
-model health -> scheduled jobs. :meth:`Runtime.stop` runs in reverse: the scheduler waits for
+Order: store -> tokens -> scheduler -> writer -> serving -> drift -> retrain -> leadership (the
+leader recovers interrupted retrain runs and starts the embedder) -> champion listener -> model
+health -> scheduled jobs. :meth:`Runtime.stop` runs in reverse: the scheduler waits for
 its running jobs before the services they use stop, and the writer drains its queue (every
 acknowledged row is committed) before the store closes.
+
+Several replicas on one PostgreSQL database (``store.url``) each build all of this; the leader
+election (:mod:`tuneloop.monitor.leader`) lets only one of them run the scheduled jobs and the
+embedder, and the champion listener keeps every replica serving the registry's champion. On DuckDB
+the one process is always the leader and nothing listens.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from tuneloop.monitor.config import Settings
+from tuneloop.monitor.leader import AdvisoryLockLeader, LeaderGauge, SoleLeader, elect
 from tuneloop.monitor.storage import DEFAULT_PROJECT, Store, open_postgres
 
 if TYPE_CHECKING:  # imported where they are built: a CLI command without a server must start fast
@@ -32,6 +39,7 @@ if TYPE_CHECKING:  # imported where they are built: a CLI command without a serv
     from tuneloop.monitor.retraining import RetrainService
     from tuneloop.monitor.scheduler import Scheduler
     from tuneloop.monitor.serving import Serving
+    from tuneloop.monitor.storage.notify import ChampionListener
     from tuneloop.monitor.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -55,6 +63,10 @@ class Runtime:
     """Model-health gauges read from the store at scrape time (one registry per runtime)."""
     own_store: bool = True
     ready: bool = False
+    leadership: SoleLeader | AdvisoryLockLeader | None = None
+    """Set by :meth:`start`: whether this process runs the scheduled jobs and the embedder."""
+    listener: ChampionListener | None = None
+    """PostgreSQL only: hot-swaps a champion changed by another replica."""
     _stops: list[tuple[str, Callable[[], Any]]] = field(default_factory=list, repr=False)
 
     @classmethod
@@ -76,13 +88,22 @@ class Runtime:
         serving = Serving(store, settings)
         health = CollectorRegistry(auto_describe=False)
         health.register(ModelHealthCollector(store))
-        return cls(
+        runtime = cls(
             settings=settings, store=store, tokens=TokenRegistry(store), scheduler=Scheduler(),
             writer=Writer.from_settings(store, settings), serving=serving, drift=DriftService(store, settings),
             retrain=RetrainService(store, settings, serving),
             embedder=BackgroundEmbedder(store, settings) if settings.embedder.enabled else None,
             model_health=health, own_store=own_store,
         )
+        runtime.scheduler.gate = runtime.leads
+        runtime.retrain.leads = runtime.leads
+        health.register(LeaderGauge(runtime.leads))
+        health.register(runtime.scheduler)
+        return runtime
+
+    def leads(self) -> bool:
+        """Whether this process is the leader now (runs the scheduled jobs and the embedder)."""
+        return self.leadership is not None and self.leadership.is_leader
 
     def start(self) -> None:
         """Start the services in order and schedule the background jobs; then the runtime is ready."""
@@ -100,14 +121,39 @@ class Runtime:
         self._stops.append(("serving", self.serving.stop))
         self.serving.server(DEFAULT_PROJECT)  # loads the champion now when one is registered
         self._stops.append(("drift", self.drift.stop))
-        self.retrain.recover()
         self._stops.append(("retrain", self.retrain.stop))
-        if self.embedder is not None:
-            self.embedder.start()
-            self._stops.append(("embedder", self.embedder.stop))
+        self.leadership = elect(self.settings.store.url, self._lead, self._follow,
+                                self.settings.store.leader_retry_seconds)
+        self.leadership.start()
+        self._stops.append(("leadership", self.leadership.stop))
+        if self.settings.store.url:
+            from tuneloop.monitor.replicas import ReplicaSync
+            from tuneloop.monitor.storage.notify import ChampionListener
+
+            self.listener = ChampionListener(self.settings.store.url,
+                                             ReplicaSync(self.store, self.serving, self.tokens),
+                                             self.settings.store.champion_poll_seconds)
+            self.listener.start()
+            self._stops.append(("champion listener", self.listener.stop))
+            from tuneloop.monitor.run_queue import RunQueue
+
+            runner = RunQueue(self.retrain, self.leads)
+            runner.start()
+            self._stops.append(("retrain runner", runner.stop))
         self._schedule_jobs()
         self.scheduler.start()
         self._stops.append(("scheduler", self.scheduler.stop))
+
+    def _lead(self) -> None:
+        """Became the leader: runs whose replica is gone are failed, the embedder starts."""
+        self.retrain.recover(sole=not self.settings.store.url)
+        if self.embedder is not None:
+            self.embedder.start()
+
+    def _follow(self) -> None:
+        """No longer the leader: the embedder stops (the scheduler's jobs pass by themselves)."""
+        if self.embedder is not None:
+            self.embedder.stop()
 
     def _schedule_jobs(self) -> None:
         from tuneloop.monitor.operations import RETENTION_FIRST_RUN_SECONDS, run_retention
@@ -149,7 +195,7 @@ class Runtime:
             checks["db"] = False
         checks["writer"] = self.writer.ready
         checks["serving"] = self.serving.ready()
-        return checks, {"serving": self.serving.readiness_info()}
+        return checks, {"serving": self.serving.readiness_info(), "leader": self.leads()}
 
 
 @dataclass

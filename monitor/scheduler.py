@@ -1,5 +1,9 @@
 """Background jobs in the server process (APScheduler 3): drift checks, retrain policy, retention.
 
+With several replicas on one PostgreSQL database every replica schedules the jobs, but a job runs
+only where ``gate()`` says so (the leader, :mod:`tuneloop.monitor.leader`); elsewhere its turn is
+counted as ``passed`` and nothing runs. When the leader dies, the survivor's next turn runs.
+
 Every job runs with ``max_instances=1`` and ``coalesce=True``: a job never overlaps itself, and
 missed runs collapse into one. A run skipped because the previous one still runs is logged as a
 warning (APScheduler's own) and counted in :attr:`Scheduler.skipped`: a job that keeps outlasting
@@ -9,13 +13,14 @@ its interval should be seen. Jobs are plain callables so tests can call them dir
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from prometheus_client.core import CounterMetricFamily, Metric
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +28,13 @@ log = logging.getLogger(__name__)
 class Scheduler:
     """A thin wrapper that names jobs and logs their failures instead of losing them."""
 
-    def __init__(self) -> None:
+    def __init__(self, gate: Callable[[], bool] | None = None) -> None:
+        self.gate = gate
+        """Runs a job only when it answers True (None: always)."""
+        self.runs: dict[str, int] = {}
+        """Runs per job in this process."""
+        self.passed: dict[str, int] = {}
+        """Turns per job left to the leader (``gate`` said no)."""
         self._scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"max_instances": 1, "coalesce": True})
         self.skipped: dict[str, int] = {}
         """Runs skipped per job: the previous run was still going, or the run came too late."""
@@ -53,9 +64,12 @@ class Scheduler:
             replace_existing=True,
         )
 
-    @staticmethod
-    def _guard(name: str, func: Callable[[], Any]) -> Callable[[], None]:
+    def _guard(self, name: str, func: Callable[[], Any]) -> Callable[[], None]:
         def run() -> None:
+            if self.gate is not None and not self.gate():
+                self.passed[name] = self.passed.get(name, 0) + 1
+                return
+            self.runs[name] = self.runs.get(name, 0) + 1
             try:
                 func()
             except Exception:
@@ -71,6 +85,16 @@ class Scheduler:
         if self._scheduler.running:
             self._scheduler.shutdown(wait=True)
 
+    def collect(self) -> Iterator[Metric]:
+        """``tuneloop_scheduled_job_runs_total{job}``: runs in this process (a Prometheus collector), so
+        which replica runs the jobs can be seen from outside."""
+        runs = CounterMetricFamily("tuneloop_scheduled_job_runs", "Scheduled job runs started in this process",
+                                   labels=["job"])
+        for name, n in sorted(self.runs.items()):
+            runs.add_metric([name], n)
+        yield runs
+
     def jobs(self) -> list[dict[str, Any]]:
-        return [{"id": j.id, "next_run": str(j.next_run_time), "skipped": self.skipped.get(j.id, 0)}
+        return [{"id": j.id, "next_run": str(j.next_run_time), "skipped": self.skipped.get(j.id, 0),
+                 "runs": self.runs.get(j.id, 0), "passed": self.passed.get(j.id, 0)}
                 for j in self._scheduler.get_jobs()]

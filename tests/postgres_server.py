@@ -79,6 +79,11 @@ class PostgresServer:
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
+    def crash(self) -> None:
+        """Immediate shutdown: every server process quits at once, without a checkpoint, so the next
+        start replays the WAL (PostgreSQL's own way to stop as a crash would)."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
     def remove(self) -> None:
         with contextlib.suppress(RuntimeError):  # already stopped
             self.stop()

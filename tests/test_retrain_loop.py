@@ -84,6 +84,22 @@ def running_loop(root, tweets, store_url: str = "", reuse: Path | None = None, *
     trained again. ``retrain`` overrides retrain settings."""
     from conftest import start_server
 
+    sections = prepare_loop(root, tweets, store_url=store_url, reuse=reuse, **retrain)
+    server = start_server(root, **sections)
+    clients = {role: server.client(role, timeout=60) for role in ("ingest", "label", "admin")}
+    assert clients["admin"].post("/v1/models/v1/register").status_code == 200
+    assert clients["admin"].post("/v1/models/v1/promote").status_code == 200
+    try:
+        yield {"settings": server.settings, "store": server.store, "clients": clients, "tokens": server.tokens}
+    finally:
+        for c in clients.values():
+            c.close()
+        server.close()
+
+
+def prepare_loop(root, tweets, store_url: str = "", reuse: Path | None = None, **retrain) -> dict:
+    """The settings sections of a loop whose data directory holds v1, a tiny model with a rotated
+    (bad) head, not yet registered; ``store_url``, ``reuse`` and ``retrain`` as for ``running_loop``."""
     from tuneloop.retrain.tiny import make_tiny_base
     from tuneloop.retrain.versions import load_version, write_version
 
@@ -97,8 +113,9 @@ def running_loop(root, tweets, store_url: str = "", reuse: Path | None = None, *
         "retrain": {"epochs": 4, "min_gain": 0.10, "target_gain": 0.3, "min_holdout": 20, "holdout_fraction": 0.25,
                     "replay_ratio": 1.0, "replay_max": 300, "golden_path": str(golden), "cooldown_seconds": 0,
                     "check_interval_seconds": 3600, "timeout_seconds": 300, **retrain},
-        "store": {"url": store_url},
     }
+    if store_url:
+        sections["store"] = {"url": store_url}
     settings = load_settings(**sections)
     if reuse:
         shutil.copytree(reuse / "data" / "models" / "v1", settings.models_dir / "v1")
@@ -111,17 +128,7 @@ def running_loop(root, tweets, store_url: str = "", reuse: Path | None = None, *
         reference = build_reference(bad, train, ["train"] * len(train))
         write_version(settings.models_dir, "v1", bad, good.metrics, {"n_rows": len(train)},
                       extra_files={"reference.parquet": reference})
-
-    server = start_server(root, **sections)
-    clients = {role: server.client(role, timeout=60) for role in ("ingest", "label", "admin")}
-    assert clients["admin"].post("/v1/models/v1/register").status_code == 200
-    assert clients["admin"].post("/v1/models/v1/promote").status_code == 200
-    try:
-        yield {"settings": server.settings, "store": server.store, "clients": clients, "tokens": server.tokens}
-    finally:
-        for c in clients.values():
-            c.close()
-        server.close()
+    return sections
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ def test_a_started_runtime_is_ready_schedules_its_jobs_and_stops_everything(tmp_
     with running(s) as runtime:
         checks, info = runtime.readiness()
         assert runtime.ready and checks == {"db": True, "started": True, "writer": True, "serving": True}
-        assert info == {"serving": {"default": "no model"}}
+        assert info == {"serving": {"default": "no model"}, "leader": True}  # the sole process on its file leads
         jobs = {j["id"] for j in runtime.scheduler.jobs()}
         assert jobs == {"drift-checks", "retrain-policy", "retrain-cron", "retention", "reference-rescore"}
         future = runtime.writer.submit_predictions(rows("a", "b"), "default")

@@ -220,4 +220,12 @@ MIGRATIONS: list[tuple[int, str]] = [
         SELECT 1;
         """,
     ),
+    (
+        8,
+        """
+        -- the replica running a retrain run, and when it last said so: a run whose replica went silent is failed
+        ALTER TABLE retrain_runs ADD COLUMN owner VARCHAR;
+        ALTER TABLE retrain_runs ADD COLUMN heartbeat TIMESTAMP;
+        """,
+    ),
 ]

@@ -40,10 +40,17 @@ from tuneloop.monitor.storage.errors import (
     StoreUnavailable,
     is_disk_full,
 )
+from tuneloop.monitor.storage.notify import CHAMPION_TRIGGER_SQL
 from tuneloop.monitor.storage.rows import frame_with_embeddings
 from tuneloop.monitor.storage.store import Store
 
 MIGRATION_LOCK = 0x7475_6E65  # advisory lock key held while migrating, so replicas migrate one at a time
+PENDING_LOCK = 0x7475_6E66
+"""Transaction lock: ingest takes it shared, feedback exclusive, so a label parked as pending by one
+replica is always seen by the transaction of another that stores its prediction (never stranded)."""
+ROLLUP_LOCK = 0x7475_6E67  # held while folding the hourly rollup: two replicas folding at once would double sums
+INGEST_SEQUENCE = "prediction_ingest_seq"
+"""The database sequence that numbers ingest batches for every replica (arrival order)."""
 CONNECT_TIMEOUT_SECONDS = 5
 
 _INSERTED_TYPES = pa.schema([("project", pa.string()), ("id", pa.string()), ("ts", pa.timestamp("us")),
@@ -216,8 +223,16 @@ class PgCursor:
         names = [d.name for d in self._cur.description or []]
         return pd.DataFrame.from_records(self.fetchall(), columns=names)
 
-    def copy(self, statement: str) -> Any:
-        return self._cur.copy(statement)
+    @contextmanager
+    def copy(self, statement: str) -> Iterator[Any]:
+        """COPY on this cursor; a connection lost meanwhile is :class:`StoreUnavailable`, as in :meth:`execute`."""
+        try:
+            with self._cur.copy(statement) as copy:
+                yield copy
+        except psycopg.OperationalError as e:
+            if not self.lost:
+                raise
+            raise StoreUnavailable(f"PostgreSQL went away ({str(e).strip().splitlines()[0]})") from e
 
     def binary_frame(self, sql: str, params: Sequence[Any]) -> pd.DataFrame:
         """A read whose rows arrive in PostgreSQL's binary format, ``real[]`` as the server's array bytes,
@@ -340,6 +355,8 @@ class PostgresStore(Store):
             cur = self.cursor()
             try:
                 cur.execute("BEGIN")
+                if getattr(self._local, "lock_pending", False):
+                    cur.execute("SELECT pg_advisory_xact_lock(?)", [PENDING_LOCK]).fetchall()
                 yield cur
                 cur.execute("COMMIT")
             except BaseException as e:
@@ -355,9 +372,44 @@ class PostgresStore(Store):
         cur = self.cursor()
         cur.execute("SELECT pg_advisory_lock(?)", [MIGRATION_LOCK]).fetchall()
         try:
-            return super().migrate()
+            applied = super().migrate()
+            self._install_shared_state(cur)
+            return applied
         finally:
             cur.execute("SELECT pg_advisory_unlock(?)", [MIGRATION_LOCK]).fetchall()
+
+    def _install_shared_state(self, cur: PgCursor) -> None:
+        """What several replicas share beyond the tables: the ingest sequence (created once, from the
+        highest number stored, for a database written before it existed) and the champion trigger."""
+        if cur.execute("SELECT to_regclass(?)", [INGEST_SEQUENCE]).fetchall()[0][0] is None:
+            cur.execute(f"CREATE SEQUENCE {INGEST_SEQUENCE}")
+            highest = cur.execute("SELECT max(ingest_seq) FROM predictions").fetchall()[0][0]
+            if highest:
+                cur.execute("SELECT setval(?, ?)", [INGEST_SEQUENCE, int(highest)]).fetchall()
+        cur.execute(CHAMPION_TRIGGER_SQL)
+
+    # -- what several replicas must agree on -----------------------------------------------------------
+    def _next_seq(self) -> int:
+        """The next ingest batch number from the database sequence (unique across replicas)."""
+        return int(self.cursor().execute("SELECT nextval(?)", [INGEST_SEQUENCE]).fetchall()[0][0])
+
+    def append_feedback(self, *args: Any, **kwargs: Any) -> Any:
+        """As :meth:`Store.append_feedback`, in a transaction that holds :data:`PENDING_LOCK` exclusively."""
+        self._local.lock_pending = True
+        try:
+            return super().append_feedback(*args, **kwargs)
+        finally:
+            self._local.lock_pending = False
+
+    def compact_rollup(self) -> int:
+        """As :meth:`Store.compact_rollup`, one replica at a time (:data:`ROLLUP_LOCK`)."""
+        cur = self.cursor()
+        cur.execute("SELECT pg_advisory_lock(?)", [ROLLUP_LOCK]).fetchall()
+        try:
+            return super().compact_rollup()
+        finally:
+            if not cur.lost:
+                cur.execute("SELECT pg_advisory_unlock(?)", [ROLLUP_LOCK]).fetchall()
 
     # -- reads and staging ---------------------------------------------------------------------------
     def fetch_arrow(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> pa.Table:
@@ -388,6 +440,7 @@ class PostgresStore(Store):
         """COPY ``table`` in, keep the rows whose key is new (ON CONFLICT DO NOTHING), roll them up and
         resolve pending feedback for them, all on the caller's transaction."""
         table = first_rows(table)
+        cur.execute("SELECT pg_advisory_xact_lock_shared(?)", [PENDING_LOCK]).fetchall()
         with self.staged(cur, "incoming", table, like="predictions"):
             columns = ", ".join(table.column_names)
             rows = cur.execute(
@@ -399,6 +452,7 @@ class PostgresStore(Store):
                                      for values, field in zip(zip(*rows, strict=True), _INSERTED_TYPES, strict=True)],
                                     schema=_INSERTED_TYPES)
                 self._roll_up(cur, inserted)
-                if self._has_pending:
+                # another replica may have parked feedback: ask the database, not this process's flag
+                if cur.execute("SELECT EXISTS (SELECT 1 FROM pending_feedback)").fetchall()[0][0]:
                     self._resolve_pending(cur, "incoming")
         return [r[-1] for r in rows]

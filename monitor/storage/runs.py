@@ -16,7 +16,10 @@ from tuneloop.monitor.storage.rows import is_missing, to_json
 JSON_COLUMNS = ("metrics", "reasons")
 PRIVATE_COLUMNS = ("log_path", "snapshot_path")
 COLUMNS = {"id", "project", "started", "finished", "trigger", "status", "n_examples", "version", "metrics", "reasons",
-           "log_path", "snapshot_path"}
+           "log_path", "snapshot_path", "owner", "heartbeat"}
+ACTIVE_STATUSES = ["queued", "running"]
+QUEUE_LOCK = 0x7475_6E72
+"""PostgreSQL transaction lock taken by :meth:`RunRepository.queue_if_idle`: replicas queue one at a time."""
 
 
 def decode_run(row: dict[str, Any]) -> dict[str, Any]:
@@ -95,13 +98,17 @@ class RunRepository(Repository):
     def add_queued(self, project: str, trigger: str, paths: Callable[[int], tuple[str, str]]) -> int:
         """A new queued run; ``paths(run_id)`` gives its (log_path, snapshot_path). Returns the id."""
         with self.store.transaction() as cur:
-            run_id = int(cur.execute("SELECT nextval('retrain_run_ids')").fetchall()[0][0])
-            log_path, snapshot_path = paths(run_id)
-            cur.execute(
-                "INSERT INTO retrain_runs (id, project, started, trigger, status, log_path, snapshot_path) "
-                "VALUES (?, ?, ?, ?, 'queued', ?, ?)",
-                [run_id, project, utcnow(), trigger, log_path, snapshot_path],
-            ).fetchall()
+            return self._insert_queued(cur, project, trigger, paths)
+
+    @staticmethod
+    def _insert_queued(cur: Any, project: str, trigger: str, paths: Callable[[int], tuple[str, str]]) -> int:
+        run_id = int(cur.execute("SELECT nextval('retrain_run_ids')").fetchall()[0][0])
+        log_path, snapshot_path = paths(run_id)
+        cur.execute(
+            "INSERT INTO retrain_runs (id, project, started, trigger, status, log_path, snapshot_path) "
+            "VALUES (?, ?, ?, ?, 'queued', ?, ?)",
+            [run_id, project, utcnow(), trigger, log_path, snapshot_path],
+        ).fetchall()
         return run_id
 
     def add_deferred(self, project: str, trigger: str, reasons: list[str], metrics: dict[str, Any],
@@ -122,3 +129,54 @@ class RunRepository(Repository):
         cols = ", ".join(f"{k} = ?" for k in values)
         vals = [to_json(v) if k in JSON_COLUMNS else v for k, v in values.items()]
         self._execute(f"UPDATE retrain_runs SET {cols} WHERE id = ?", [*vals, run_id])
+
+    def queue_if_idle(self, project: str, trigger: str,
+                      paths: Callable[[int], tuple[str, str]]) -> tuple[int, str, bool]:
+        """Queue a run unless one is queued or running (any project, any replica), in one transaction.
+
+        Returns (run id, its project, True) for the new run, or (id, project, False) of the active one.
+        On PostgreSQL the check and the insert run under a transaction lock, so two replicas queueing at
+        the same moment get one run and one refusal.
+        """
+        with self.store.transaction() as cur:
+            if self.store.dialect.name == "postgresql":
+                cur.execute("SELECT pg_advisory_xact_lock(?)", [QUEUE_LOCK]).fetchall()
+            active = cur.execute("SELECT id, project FROM retrain_runs WHERE status = ANY(?) ORDER BY id LIMIT 1",
+                                 [ACTIVE_STATUSES]).fetchall()
+            if active:
+                return int(active[0][0]), str(active[0][1]), False
+            return self._insert_queued(cur, project, trigger, paths), project, True
+
+    def unclaimed(self) -> list[tuple[int, str]]:
+        """(id, project) of queued runs no replica has claimed yet, oldest first."""
+        rows = self._rows("SELECT id, project FROM retrain_runs WHERE status = 'queued' AND owner IS NULL ORDER BY id")
+        return [(int(r[0]), str(r[1])) for r in rows]
+
+    def claim(self, run_id: int, owner: str) -> bool:
+        """Make ``owner`` the replica that runs a queued, unclaimed run; False when another one was faster."""
+        with self.store.transaction() as cur:
+            rows = cur.execute("UPDATE retrain_runs SET owner = ?, heartbeat = ? "
+                               "WHERE id = ? AND status = 'queued' AND owner IS NULL RETURNING id",
+                               [owner, utcnow(), run_id]).fetchall()
+        return bool(rows)
+
+    def beat(self, owner: str) -> None:
+        """``owner`` is alive: refresh the heartbeat of its queued or running runs."""
+        self._execute("UPDATE retrain_runs SET heartbeat = ? WHERE owner = ? AND status = ANY(?)",
+                      [utcnow(), owner, ACTIVE_STATUSES])
+
+    def orphaned(self, silent_since: datetime) -> list[tuple[int, str | None]]:
+        """(id, owner) of queued or running runs whose replica has not beaten since ``silent_since``
+        (a claimed run without a heartbeat, or a running one without an owner, counts as silent)."""
+        rows = self._rows(
+            "SELECT id, owner FROM retrain_runs WHERE status = ANY(?) AND NOT (status = 'queued' AND owner IS NULL) "
+            "AND (heartbeat IS NULL OR heartbeat < ?) ORDER BY id", [ACTIVE_STATUSES, silent_since])
+        return [(int(r[0]), r[1]) for r in rows]
+
+    def cancel_unclaimed(self, run_id: int, reason: str) -> bool:
+        """Cancel a queued run no replica has claimed; False when it is claimed or no longer queued."""
+        with self.store.transaction() as cur:
+            rows = cur.execute("UPDATE retrain_runs SET status = 'cancelled', finished = ?, reasons = ? "
+                               "WHERE id = ? AND status = 'queued' AND owner IS NULL RETURNING id",
+                               [utcnow(), json.dumps([reason]), run_id]).fetchall()
+        return bool(rows)
