@@ -165,3 +165,21 @@ def test_later_dataset_versions_reuse_the_uploads_embeddings(tmp_path) -> None:
     assert later.tolist() == first[2:].tolist()
     store.cached_encode(ds["id"], encode, "other|32")(["new text"])
     assert encoded[-1] == "new text"  # another encoder has its own store
+
+
+def test_label_errors_come_in_a_likely_tier_that_is_acted_on_and_a_possible_tier_that_is_not(tiny_encoder) -> None:
+    noisy, flipped = flip(keyword_sentiment(300, seed=3), 0.2, seed=1)
+    report = quality_report(noisy, LABELS, embed=tiny_encoder.encode)
+    found = by_check(report)
+    likely, possible = found["label_error"], found["possible_label_error"]
+    assert likely["details"]["tier"] == "likely" and possible["details"]["tier"] == "possible"
+    assert not set(likely["rows"]) & set(possible["rows"])
+    # the likely tier is the top of the list: more of it is flipped than of the possible tier
+    precision = {name: len(set(f["rows"]) & flipped) / len(f["rows"]) for name, f in found.items()
+                 if name.endswith("label_error")}
+    assert precision["label_error"] > precision["possible_label_error"], precision
+    # its size is the list's expected number of real errors
+    listed = likely["fixes"] + possible["fixes"]
+    assert likely["count"] == round(sum(f["mislabel_probability"] for f in listed))
+    suggested = {f["row_id"] for f in report["suggested_fixes"] if f["check"].endswith("label_error")}
+    assert suggested == set(likely["rows"])  # possible rows are offered, not suggested
