@@ -111,12 +111,11 @@ def report_embeddings(texts: list[str], cache: Path) -> np.ndarray:
 
 
 def detect(rows: int, seeds: int, noise: tuple[float, ...] = NOISE, first_seed: int = 0, encoder: str = "int8",
-           data: pd.DataFrame | None = None) -> dict:
-    """Flip labels of ``data`` (default: ``rows`` demo tweets) per noise level and seed; score the tiers."""
+           name: str = "tweets") -> dict:
+    """Flip labels of dataset ``name`` (``rows`` demo tweets, or BBC news) per noise level and seed; score the tiers."""
     from tuneloop.retrain.quality import label_errors
 
-    name = "tweets" if data is None else "other"
-    data = distinct_tweets(rows, 0) if data is None else data
+    data = distinct_tweets(rows, 0) if name == "tweets" else bbc_news()
     texts = data["text"].tolist()
     emb = (report_embeddings(texts, OUT / f"label_noise_{name}_int8_emb.npz") if encoder == "int8"
            else embed(texts, OUT / ("label_noise_emb.npz" if name == "tweets" else f"label_noise_{name}_emb.npz")))
@@ -199,8 +198,7 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     load = os.getloadavg()
     if args.part == "detect":
-        other = None if args.dataset == "tweets" else bbc_news()
-        out = detect(args.rows, args.seeds, tuple(args.noise), args.first_seed, args.encoder, other)
+        out = detect(args.rows, args.seeds, tuple(args.noise), args.first_seed, args.encoder, args.dataset)
         for k, v in out["summary"].items():
             print(f"noise {k}: precision median {v['precision']['median']:.3f} "
                   f"[{v['precision']['min']:.3f}, {v['precision']['max']:.3f}], recall median "
