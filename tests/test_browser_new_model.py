@@ -103,7 +103,7 @@ def drive(page, server, url: str, root) -> None:  # type: ignore[no-untyped-def]
     # 2. the report flags the flipped rows
     heading(page, "2. Check the data")
     page.get_by_text("look mislabelled").first.wait_for()
-    page.get_by_text("Suspected label errors are dropped by default").first.wait_for()
+    page.get_by_text("Likely label errors are dropped by default").first.wait_for()
     no_errors(page)
     shoot(page, ARTIFACTS / "new-model-2-quality.png")
     README_SHOT.parent.mkdir(exist_ok=True)
