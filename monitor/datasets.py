@@ -255,7 +255,8 @@ class DatasetStore:
                       encoder_key: str) -> Callable[[list[str]], np.ndarray]:
         """``encode`` with a per-dataset store of its embeddings by text (sha1): fixes drop and relabel rows
         but never change a text, so the report of every later version reuses the upload's embeddings.
-        ``encoder_key`` names the encoder (base, max length): another encoder gets another store."""
+        ``encoder_key`` names the encoder exactly (base, max length, variant such as int8 weights): another
+        encoder gets another store."""
         path = self._dir(dataset_id) / f"embeddings-{hashlib.sha1(encoder_key.encode()).hexdigest()[:12]}.npz"
 
         def cached(texts: list[str]) -> np.ndarray:

@@ -29,7 +29,8 @@ def suspected_feedback(store: Store, project: str, labels: list[str], limit: int
     found, _ = label_errors(np.arange(len(df)), df["label"].to_numpy(), labels, emb,
                             texts=df["text"].astype(str).tolist())
     items = []
-    for fix in found[0].fixes if found else []:
+    likely = [f for f in found if f.check == "label_error"]  # the "possible" tier is not marked
+    for fix in likely[0].fixes if likely else []:
         row = df.iloc[fix["row_id"]]
         items.append({"prediction_id": row["prediction_id"], "feedback_id": row["feedback_id"], "text": row["text"],
                       "label": row["label"], "suggested": fix["label"], "confidence": fix["confidence"],

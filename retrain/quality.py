@@ -8,7 +8,9 @@ Fine-tuning learns from few rows, so each bad row costs. The report looks at
 * charset oddities (replacement characters, mojibake, control characters, a foreign script);
 * suspected label errors, by confident learning (cleanlab) on out-of-fold predicted
   probabilities of a cross-validated logistic regression on the frozen encoder's embeddings,
-  blended with a TF-IDF word model: a few seconds for thousands of rows, no fine-tune.
+  blended with a TF-IDF word model: a few seconds for thousands of rows, no fine-tune. They come
+  in two tiers: "likely" (the top of cleanlab's list, as many rows as it expects real errors in it),
+  whose fixes are suggested, and "possible" (the rest), shown but changed only when chosen.
 
 Every finding names its rows by ``row_id`` (the dataset's stable row number) and may carry a
 suggested fix per row (``drop``, or ``relabel`` to a label), which the operator can accept. A
@@ -52,6 +54,9 @@ WORD_C = 3.0
 """Regularisation of the TF-IDF word model blended into the embeddings' probabilities."""
 WORD_SHARES = (0.0, 0.3, 0.5)
 """Candidate weights of the word model in the blend; the lowest log-loss on the given labels wins."""
+
+OPT_IN_CHECKS = ("possible_label_error",)
+"""Findings whose fixes are offered in the finding only, not in ``suggested_fixes`` (not acted on by default)."""
 
 EmbedFn = Callable[[list[str]], np.ndarray]
 
@@ -281,16 +286,41 @@ def blend_with_words(probs: np.ndarray, texts: Sequence[str], y: np.ndarray, fol
     return mixes[share], share
 
 
+def mislabel_probability(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Per row, the estimated probability that its given label is wrong (Bayes, class-conditional noise).
+
+    cleanlab's confident joint gives the noise matrix N[i, j] = P(given i | true j); the out-of-fold
+    probabilities estimate P(given | x), so the clean posterior is P(true | x) = N^-1 P(given | x) and
+    P(given label right | x) = N[y, y] P(true = y | x) / P(given = y | x).
+    """
+    from cleanlab.count import estimate_py_and_noise_matrices_from_probabilities
+
+    rows = np.arange(len(y))
+    try:
+        noise = estimate_py_and_noise_matrices_from_probabilities(y, probs)[1]
+        clean = np.linalg.solve(noise, probs.T).T
+    except (np.linalg.LinAlgError, ValueError):  # a degenerate noise estimate: no calibrated answer
+        return 1 - probs[rows, y]
+    clean = np.clip(clean, 1e-6, None)
+    clean /= clean.sum(axis=1, keepdims=True)
+    right = noise[y, y] * clean[rows, y] / np.maximum((clean @ noise.T)[rows, y], 1e-12)
+    return np.clip(1 - right, 0.0, 1.0)
+
+
 def label_errors(row_ids: np.ndarray, labels: np.ndarray, label_set: Sequence[str], emb: np.ndarray,
                  folds: int = FOLDS, seed: int = 0, texts: Sequence[str] | None = None,
                  ) -> tuple[list[Finding], np.ndarray | None]:
-    """Rows whose given label the out-of-fold model confidently disagrees with (cleanlab), most suspect first.
+    """Rows whose given label the out-of-fold model confidently disagrees with (cleanlab), most suspect first,
+    in two tiers: ``label_error`` ("likely", with fixes acted on by default) and ``possible_label_error``.
 
-    ``texts`` (row-aligned) add a word model to the embeddings' (:func:`blend_with_words`). Every issue
-    cleanlab estimates is listed, most suspect first: its top is the most precise part (a fixed cut
-    would trade recall on clean data for precision on noisy data).
+    cleanlab lists as many rows as it estimates label errors, but that list also holds hard rows whose
+    label was right. Its expected number of real errors is the sum of each listed row's
+    :func:`mislabel_probability`; the "likely" tier is that many rows from the top of the list (ranked
+    by self-confidence), the rest is "possible": shown, not acted on unless chosen.
+    ``texts`` (row-aligned) add a word model to the embeddings' (:func:`blend_with_words`).
     """
     from cleanlab.filter import find_label_issues
+    from threadpoolctl import threadpool_limits
 
     index = {lab: i for i, lab in enumerate(label_set)}
     y = np.array([index[lab] for lab in labels])
@@ -300,28 +330,46 @@ def label_errors(row_ids: np.ndarray, labels: np.ndarray, label_set: Sequence[st
     # cleanlab wants classes 0..k-1 all present: map the present ones onto that range.
     remap = {c: i for i, c in enumerate(present)}
     yy = np.array([remap[c] for c in y])
-    probs = out_of_fold_probs(emb, yy, len(present), folds, seed)
-    word_share = 0.0
-    if texts is not None:
-        probs, word_share = blend_with_words(probs, texts, yy, folds, seed)
-    issues = find_label_issues(yy, probs, return_indices_ranked_by="self_confidence")
+    # One BLAS thread: these fits are many small matrix-vector products, which a second thread only
+    # slows down, by far on a busy machine (measured 30x on a loaded 2-core host).
+    with threadpool_limits(1):
+        probs = out_of_fold_probs(emb, yy, len(present), folds, seed)
+        word_share = 0.0
+        if texts is not None:
+            probs, word_share = blend_with_words(probs, texts, yy, folds, seed)
+        issues = find_label_issues(yy, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
+        wrong = mislabel_probability(yy, probs)
+    full = np.zeros((len(y), len(label_set)))
+    full[:, present] = probs
+    if not len(issues):
+        return [], full
     fixes = []
     for i in issues:
         suggested = label_set[present[int(probs[i].argmax())]]
         fixes.append({"row_id": int(row_ids[i]), "action": "drop", "label": suggested,
                       "given": str(labels[i]), "confidence": round(float(probs[i].max()), 3),
+                      "mislabel_probability": round(float(wrong[i]), 3),
                       "why": f"labelled {labels[i]!r}, the cross-validated model says {suggested!r} "
                              f"({probs[i].max():.0%})"})
-    full = np.zeros((len(y), len(label_set)))
-    full[:, present] = probs
-    if not len(issues):
-        return [], full
-    share = len(issues) / len(y)
-    return [_finding("label_error", "error" if share > 0.02 else "warning",
-                     f"{len(issues)} row(s) ({share:.1%}) look mislabelled: drop them, or relabel those you checked",
-                     [int(row_ids[i]) for i in issues], fixes, method="confident learning (cleanlab) on "
-                     f"{folds}-fold out-of-fold logistic regression over frozen-encoder embeddings"
-                     + (f" blended with a TF-IDF word model ({word_share:.0%})" if word_share else ""))], full
+    n_likely = int(round(float(wrong[issues].sum())))
+    method = (f"confident learning (cleanlab) on {folds}-fold out-of-fold logistic regression over frozen-encoder "
+              "embeddings" + (f" blended with a TF-IDF word model ({word_share:.0%})" if word_share else ""))
+    rows = [int(row_ids[i]) for i in issues]
+    share = n_likely / len(y)
+    out = []
+    if n_likely:
+        out.append(_finding("label_error", "error" if share > 0.02 else "warning",
+                            f"{n_likely} row(s) ({share:.1%}) look mislabelled: drop them, or relabel those "
+                            "you checked", rows[:n_likely], fixes[:n_likely], method=method, tier="likely",
+                            expected_errors=round(float(wrong[issues[:n_likely]].sum()), 1)))
+    if len(issues) > n_likely:
+        rest = issues[n_likely:]
+        out.append(_finding("possible_label_error", "info",
+                            f"{len(rest)} more row(s) may be mislabelled (about "
+                            f"{float(wrong[rest].mean()):.0%} of them are expected to be): check them before you "
+                            "drop or relabel any", rows[n_likely:], fixes[n_likely:], method=method, tier="possible",
+                            expected_errors=round(float(wrong[rest].sum()), 1)))
+    return out, full
 
 
 # ---- the report ------------------------------------------------------------------------------------
@@ -392,7 +440,7 @@ def quality_report(
     findings.sort(key=lambda f: (order[f.severity], -f.count))
     fixes: dict[int, dict[str, Any]] = {}
     for f in findings:  # drops (empty, duplicates) win over relabels of the same row
-        for fix in f.fixes:
+        for fix in f.fixes if f.check not in OPT_IN_CHECKS else []:
             if fix["row_id"] not in fixes or fix["action"] == "drop":
                 fixes[fix["row_id"]] = {**fix, "check": f.check}
     seconds["total"] = time.perf_counter() - t_all

@@ -165,3 +165,38 @@ def test_later_dataset_versions_reuse_the_uploads_embeddings(tmp_path) -> None:
     assert later.tolist() == first[2:].tolist()
     store.cached_encode(ds["id"], encode, "other|32")(["new text"])
     assert encoded[-1] == "new text"  # another encoder has its own store
+
+
+def test_label_errors_come_in_a_likely_tier_that_is_acted_on_and_a_possible_tier_that_is_not(tiny_encoder) -> None:
+    noisy, flipped = flip(keyword_sentiment(300, seed=3), 0.2, seed=1)
+    report = quality_report(noisy, LABELS, embed=tiny_encoder.encode)
+    found = by_check(report)
+    likely, possible = found["label_error"], found["possible_label_error"]
+    assert likely["details"]["tier"] == "likely" and possible["details"]["tier"] == "possible"
+    assert not set(likely["rows"]) & set(possible["rows"])
+    # the likely tier is the top of the list: more of it is flipped than of the possible tier
+    precision = {name: len(set(f["rows"]) & flipped) / len(f["rows"]) for name, f in found.items()
+                 if name.endswith("label_error")}
+    assert precision["label_error"] > precision["possible_label_error"], precision
+    # its size is the list's expected number of real errors
+    listed = likely["fixes"] + possible["fixes"]
+    assert likely["count"] == round(sum(f["mislabel_probability"] for f in listed))
+    suggested = {f["row_id"] for f in report["suggested_fixes"] if f["check"].endswith("label_error")}
+    assert suggested == set(likely["rows"])  # possible rows are offered, not suggested
+
+
+def test_report_encoder_is_a_quantised_copy_that_embeds_alike_and_keys_its_cache_apart(tiny_encoder) -> None:
+    import torch
+
+    from tuneloop.retrain.report_encoder import VARIANT, ReportEncoder
+    from tuneloop.retrain.tiny import keyword_sentiment
+
+    base = tiny_encoder.info.path
+    report = ReportEncoder(base, 32)
+    assert report.load() is report.load() and report.load() is not tiny_encoder  # once per process, its own copy
+    layers = [type(m) for m in report.load().model.modules()]
+    assert torch.ao.nn.quantized.dynamic.Linear in layers and torch.nn.Linear not in layers
+    texts = keyword_sentiment(60, seed=1)["text"].tolist()
+    cosine = (report.encode(texts) * tiny_encoder.encode(texts)).sum(axis=1)
+    assert np.median(cosine) > 0.9, np.median(cosine)
+    assert report.key == f"{base}|32|{VARIANT}" != f"{base}|32"

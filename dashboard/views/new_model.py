@@ -104,14 +104,21 @@ def quality_step(s: dict[str, Any]) -> None:
             if f["count"] > len(f["rows"]):
                 st.caption(f"{len(f['rows'])} of {f['count']} rows shown")
     fixes = report["suggested_fixes"]
+    optional = [{**fix, "check": f["check"]} for f in report["findings"] if f["check"] == "possible_label_error"
+                for fix in f["fixes"]]
     st.markdown(f"#### Suggested fixes ({len(fixes)})")
     if any(f["check"] == "label_error" for f in fixes):
-        st.caption("Suspected label errors are dropped by default: that recovers more accuracy than relabelling "
+        st.caption("Likely label errors are dropped by default: that recovers more accuracy than relabelling "
                    "them all, since some were right. Set the action to relabel for rows you have checked.")
+    if optional:
+        st.caption(f"The {len(optional)} possible label errors below them are listed unticked: tick those you "
+                   "checked and found wrong.")
+    fixes = fixes + optional
     if fixes:
         table = pd.DataFrame([{
-            "apply": True, "row_id": f["row_id"], "text": rows.loc[f["row_id"], "text"] if f["row_id"] in rows.index
-            else "", "label now": rows.loc[f["row_id"], "label"] if f["row_id"] in rows.index else "",
+            "apply": f["check"] != "possible_label_error", "row_id": f["row_id"],
+            "text": rows.loc[f["row_id"], "text"] if f["row_id"] in rows.index else "",
+            "label now": rows.loc[f["row_id"], "label"] if f["row_id"] in rows.index else "",
             "action": f["action"], "new label": f.get("label") or "", "why": f["why"]} for f in fixes])
         edited = st.data_editor(
             table, hide_index=True, use_container_width=True, key=f"nm_fixes_{version}",

@@ -86,10 +86,11 @@ def data_report(df: Any, labels: list[str] | None, s: Settings, embed: bool = Tr
 
     encoder = None
     if embed:
-        from tuneloop.retrain.encoder import Encoder
+        from tuneloop.retrain.report_encoder import ReportEncoder
 
         try:
-            encoder = Encoder(s.embedder.base or s.model.base, s.model.max_length)
+            encoder = ReportEncoder(s.embedder.base or s.model.base, s.model.max_length)
+            encoder.load()  # a bad base fails here, with one line
         except (FileNotFoundError, ValueError) as e:  # a missing or unsupported base: one line, no traceback
             fail(str(e))
     return quality_report(df, labels, embed=encoder.encode if encoder else None,

@@ -133,8 +133,8 @@ def get_rows(_: Admin, rt: RuntimeDep, dataset_id: DatasetId, version: Annotated
 @router.get("/datasets/{dataset_id}/quality", summary="Data-quality report of a version (computed once, then cached)")
 def get_quality(_: Admin, rt: RuntimeDep, dataset_id: DatasetId,
                 version: Annotated[int | None, Query(ge=1)] = None) -> dict[str, Any]:
-    from tuneloop.monitor.embedder import encoder_for
     from tuneloop.retrain.quality import quality_report
+    from tuneloop.retrain.report_encoder import ReportEncoder
 
     store = _datasets(rt)
     version = _found(lambda: store.resolve_version(dataset_id, version))
@@ -144,11 +144,10 @@ def get_quality(_: Admin, rt: RuntimeDep, dataset_id: DatasetId,
     with _quality_lock:
         if cached.is_file():
             return json.loads(cached.read_text(encoding="utf-8"))
-        encoder = encoder_for(rt.settings)
-        encoder.encode(["warm up"])  # loads the model, so its tokenizer is there
-        embed = store.cached_encode(dataset_id, encoder.encode, f"{encoder.base}|{encoder.max_length}")
+        encoder = ReportEncoder(rt.settings.embedder.base or rt.settings.model.base, rt.settings.model.max_length)
+        embed = store.cached_encode(dataset_id, encoder.encode, encoder.key)
         report = quality_report(store.rows(dataset_id, version), store.info(dataset_id)["labels"],
-                                embed=embed, tokenizer=encoder._encoder.tokenizer,
+                                embed=embed, tokenizer=encoder.tokenizer,
                                 max_tokens=rt.settings.model.max_length)
         report.update(dataset_id=dataset_id, version=version)
         tmp = cached.with_suffix(".tmp")
