@@ -34,7 +34,6 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -43,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuneloop.monitor import launchers, mlflow_tracking, registry
 from tuneloop.monitor.alerts import open_alert_count
+from tuneloop.monitor.run_files import last_progress, run_dir, tail_lines
 from tuneloop.monitor.run_queue import OWNER_GONE_SECONDS, replica_name
 from tuneloop.monitor.storage import DEFAULT_PROJECT, Store, utcnow
 from tuneloop.monitor.training_data import HoldoutPlan, count_new_labels, export_frames, feedback_cutoff, holdout_plan
@@ -120,28 +120,6 @@ class _Active:
     why: str = "cancelled"
     thread: threading.Thread | None = None
     snapshot: Any = None  # a prepared Snapshot (training from an uploaded dataset): from the base, no gate
-
-
-def run_dir(runs_dir: Path, run_id: int) -> Path:
-    return runs_dir / f"run-{run_id}"
-
-
-def tail_lines(path: Path, n: int) -> list[str]:
-    """The last ``n`` lines of a text file (empty when it does not exist)."""
-    if n <= 0 or not path.is_file():
-        return []
-    with path.open("r", encoding="utf-8", errors="replace") as f:
-        return [line.rstrip("\n") for line in deque(f, maxlen=n)]
-
-
-def last_progress(path: Path) -> dict[str, Any] | None:
-    for line in reversed(tail_lines(path, 20)):
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        return {**event, "stage": event.get("phase")}
-    return None
 
 
 # ---- the service -------------------------------------------------------------------------------

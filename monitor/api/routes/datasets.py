@@ -225,7 +225,7 @@ def training_progress(_: Admin, rt: RuntimeDep, run_id: Annotated[int, Path(ge=0
 
 def _last_field(service: Any, run_id: int, key: str) -> Any:
     """The newest value of ``key`` in the run's progress events (not every event carries every field)."""
-    from tuneloop.monitor.retraining import run_dir, tail_lines
+    from tuneloop.monitor.run_files import run_dir, tail_lines
 
     for line in reversed(tail_lines(run_dir(service.settings.runs_dir, run_id) / "progress.jsonl", 200)):
         try:
