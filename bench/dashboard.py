@@ -128,9 +128,9 @@ def seed(store: Store, n: int, reports_dir: Path) -> None:
         for k in range(20):
             cur.execute("INSERT INTO alerts VALUES (?, 'default', ?, 'embedding_drift', 'warning', 'drift', ?, "
                         "NULL, NULL, NULL, NULL)", [k, now - timedelta(days=k), "open" if k < 2 else "closed"])
-            cur.execute("INSERT INTO retrain_runs VALUES (?, 'default', ?, ?, 'drift', 'rejected', 1000, NULL, "
-                        "?, NULL, NULL, NULL)", [k, now - timedelta(days=k, hours=1), now - timedelta(days=k),
-                                                 metrics]).fetchall()
+            cur.execute("INSERT INTO retrain_runs (id, project, started, finished, trigger, status, n_examples, "
+                        "metrics) VALUES (?, 'default', ?, ?, 'drift', 'rejected', 1000, ?)",
+                        [k, now - timedelta(days=k, hours=1), now - timedelta(days=k), metrics]).fetchall()
 
 
 @contextmanager

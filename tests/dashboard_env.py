@@ -142,8 +142,8 @@ def _retrain_run(store: Store, settings: Settings, now, metrics: dict) -> None: 
     (directory / "progress.jsonl").write_text(json.dumps({"phase": "done", "fraction": 1.0,
                                                           "message": "version v3 written"}) + "\n")
     store.execute(
-        "INSERT INTO retrain_runs VALUES (nextval('retrain_run_ids'), 'default', ?, ?, 'drift', 'rejected', 120, "
-        "'v3', ?, ?, NULL, NULL)",
+        "INSERT INTO retrain_runs (id, project, started, finished, trigger, status, n_examples, version, metrics, "
+        "reasons) VALUES (nextval('retrain_run_ids'), 'default', ?, ?, 'drift', 'rejected', 120, 'v3', ?, ?)",
         [now - timedelta(hours=2, minutes=10), now - timedelta(hours=2), json.dumps(metrics),
          json.dumps(["holdout accuracy 0.800 < champion 0.833 + margin 0.02"])],
     )

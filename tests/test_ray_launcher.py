@@ -223,3 +223,44 @@ def test_a_ray_job_past_the_timeout_is_stopped_and_the_run_fails(ray_loop, tweet
     assert run["status"] == "failed" and run["reasons"][0].startswith("timeout: the job ran longer than 10 s"), run
     assert str(ray_job_of(ray_loop, run_id).status) in ("STOPPED", "JobStatus.STOPPED")
     assert champion(ray_loop) == before and sorted(p.name for p in models.iterdir()) == dirs_before
+
+
+def test_a_ray_run_triggered_on_one_postgres_replica_is_served_by_both(ray_cluster, tmp_path, postgres_url,
+                                                                       tweets):  # noqa: F811
+    """Two replicas of one PostgreSQL database, the retrain job on the Ray cluster: the run triggered
+    through the replica that does not lead is launched by the leader on Ray, gated and promoted, and
+    both replicas serve the new version within the hot-swap bound."""
+    from test_replica_retrain import label_through
+    from test_replicas import (
+        FIRST_LOAD_SECONDS,
+        HOT_SWAP_BOUND_SECONDS,
+        seconds_until_served,
+        start_replicas,
+        wait_for_one_leader,
+    )
+    from test_retrain_loop import prepare_loop
+
+    sections = prepare_loop(tmp_path, tweets, launcher="ray", ray_address=ray_cluster["address"],
+                            ray_num_cpus=1, ray_num_gpus=0)
+    replicas = start_replicas(tmp_path, postgres_url, **sections)
+    try:
+        index, _ = wait_for_one_leader(replicas, 10)
+        lead, other = replicas[index], replicas[1 - index]
+        with other.client("admin", timeout=60) as admin:
+            assert admin.post("/v1/models/v1/register").status_code == 200
+            assert admin.post("/v1/models/v1/promote").status_code == 200
+            seconds_until_served(lead, "v1", FIRST_LOAD_SECONDS)
+            label_through(other, tweets["stream1"])
+            r = admin.post("/v1/retrain", json={"reason": "on ray, through the follower"})
+            assert r.status_code == 200, r.text
+            run = wait_run(admin, r.json()["run_id"])
+        assert run["status"] == "promoted", run
+        assert f":{lead._proc.pid}:" in run["owner"], "the leader launched the run"
+        snapshot = str((tmp_path / "data" / "runs" / f"run-{run['id']}" / "snapshot").resolve())
+        jobs = [j for j in ray_cluster["client"].list_jobs() if snapshot in (j.entrypoint or "")]
+        assert len(jobs) == 1 and str(jobs[0].status) in ("SUCCEEDED", "JobStatus.SUCCEEDED"), jobs
+        waited = [seconds_until_served(replica, run["version"], HOT_SWAP_BOUND_SECONDS) for replica in replicas]
+        assert all(w <= HOT_SWAP_BOUND_SECONDS for w in waited), waited
+    finally:
+        for replica in replicas:
+            replica.close()
