@@ -230,27 +230,16 @@ def test_a_ray_run_triggered_on_one_postgres_replica_is_served_by_both(ray_clust
     """Two replicas of one PostgreSQL database, the retrain job on the Ray cluster: the run triggered
     through the replica that does not lead is launched by the leader on Ray, gated and promoted, and
     both replicas serve the new version within the hot-swap bound."""
-    from test_replica_retrain import label_through
-    from test_replicas import (
-        FIRST_LOAD_SECONDS,
-        HOT_SWAP_BOUND_SECONDS,
-        seconds_until_served,
-        start_replicas,
-        wait_for_one_leader,
-    )
+    from test_replica_retrain import v1_served_and_labelled
+    from test_replicas import HOT_SWAP_BOUND_SECONDS, seconds_until_served, start_replicas
     from test_retrain_loop import prepare_loop
 
     sections = prepare_loop(tmp_path, tweets, launcher="ray", ray_address=ray_cluster["address"],
                             ray_num_cpus=1, ray_num_gpus=0)
     replicas = start_replicas(tmp_path, postgres_url, **sections)
     try:
-        index, _ = wait_for_one_leader(replicas, 10)
-        lead, other = replicas[index], replicas[1 - index]
+        lead, other = v1_served_and_labelled(replicas, tweets["stream1"])
         with other.client("admin", timeout=60) as admin:
-            assert admin.post("/v1/models/v1/register").status_code == 200
-            assert admin.post("/v1/models/v1/promote").status_code == 200
-            seconds_until_served(lead, "v1", FIRST_LOAD_SECONDS)
-            label_through(other, tweets["stream1"])
             r = admin.post("/v1/retrain", json={"reason": "on ray, through the follower"})
             assert r.status_code == 200, r.text
             run = wait_run(admin, r.json()["run_id"])

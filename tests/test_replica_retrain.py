@@ -33,6 +33,19 @@ def label_through(replica, frame) -> None:
             c.close()
 
 
+def v1_served_and_labelled(replicas, frame):
+    """Register and promote v1 through the replica that does not lead, wait until the leader serves
+    it, and label ``frame`` through the follower; the (leader, follower) pair."""
+    index, _ = wait_for_one_leader(replicas, 10)
+    lead, other = replicas[index], replicas[1 - index]
+    with other.client("admin", timeout=60) as admin:
+        assert admin.post("/v1/models/v1/register").status_code == 200
+        assert admin.post("/v1/models/v1/promote").status_code == 200
+    seconds_until_served(lead, "v1", FIRST_LOAD_SECONDS)
+    label_through(other, frame)
+    return lead, other
+
+
 def trigger_together(replicas) -> list[httpx.Response]:
     """``POST /v1/retrain`` on every replica at the same moment; the answers in replica order."""
     barrier = threading.Barrier(len(replicas))
@@ -55,14 +68,8 @@ def trigger_together(replicas) -> list[httpx.Response]:
 def test_a_retrain_through_the_follower_runs_once_on_the_leader_and_both_serve_it(tmp_path, postgres_url, tweets):  # noqa: F811
     replicas = start_replicas(tmp_path, postgres_url, **prepare_loop(tmp_path, tweets))
     try:
-        index, _ = wait_for_one_leader(replicas, 10)
-        lead, other = replicas[index], replicas[1 - index]
+        lead, other = v1_served_and_labelled(replicas, tweets["stream1"])
         with other.client("admin", timeout=60) as admin:
-            assert admin.post("/v1/models/v1/register").status_code == 200
-            assert admin.post("/v1/models/v1/promote").status_code == 200
-            seconds_until_served(lead, "v1", FIRST_LOAD_SECONDS)
-            label_through(other, tweets["stream1"])
-
             r = admin.post("/v1/retrain", json={"reason": "through the follower"})
             assert r.status_code == 200, r.text
             run_id = r.json()["run_id"]
