@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from tuneloop.retrain.settings import RetrainSettings
 
+from tuneloop.monitor.storage.errors import first_line
+
 log = logging.getLogger(__name__)
 
 RAY_POLL_SECONDS = 1.0
@@ -134,7 +136,7 @@ class RayJob:
             except Exception as e:
                 if time.monotonic() - last_answer > RAY_LOST_AFTER_SECONDS:
                     return Exit(1, reason=f"lost contact with the Ray cluster at {self.address} for "
-                                          f"{RAY_LOST_AFTER_SECONDS:.0f} s: {_first_line(e)}")
+                                          f"{RAY_LOST_AFTER_SECONDS:.0f} s: {first_line(e, 300)}")
             if time.monotonic() >= deadline:
                 return None
             time.sleep(min(RAY_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
@@ -147,7 +149,7 @@ class RayJob:
         info = self.client.get_job_info(self.submission_id)
         code = getattr(info, "driver_exit_code", None)
         if code is None:  # it never ran (e.g. no node has the resources it asked for)
-            return Exit(1, reason=f"the Ray job {self.submission_id} failed: {_first_line(info.message)}")
+            return Exit(1, reason=f"the Ray job {self.submission_id} failed: {first_line(info.message, 300)}")
         return Exit(code or 1)
 
     def _copy_log(self) -> None:
@@ -183,14 +185,10 @@ class RayLauncher:
                 runtime_env={"env_vars": {**env, "RAY_JOB_STOP_WAIT_TIME_S": str(int(self.kill_grace))}},
                 metadata={"tuneloop_log": str(log_path)})
         except Exception as e:
-            raise LaunchError(f"the Ray cluster at {self.address} did not accept the job: {_first_line(e)}") from None
+            reason = first_line(e, 300)
+            raise LaunchError(f"the Ray cluster at {self.address} did not accept the job: {reason}") from None
         log.info("retrain job submitted to Ray at %s as %s", self.address, submission_id)
         return RayJob(client, submission_id, self.address, log_path)
-
-
-def _first_line(error: object) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else type(error).__name__
 
 
 def launcher_for(retrain: RetrainSettings, kill_grace: float) -> Launcher:

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from tuneloop.monitor.storage.errors import first_line
+
 log = logging.getLogger(__name__)
 
 LEADER_LOCK = 0x7475_6E6C
@@ -94,7 +96,7 @@ class AdvisoryLockLeader:
                 return
             got = self._con.execute("SELECT pg_try_advisory_lock(%s)", [LEADER_LOCK]).fetchall()[0][0]
         except psycopg.Error as e:
-            self._step_down(f"session lost ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})")
+            self._step_down(f"session lost ({first_line(e)})")
             return
         if got and not self._stop.is_set():
             self.is_leader = True

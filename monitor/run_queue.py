@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from tuneloop.monitor.retraining import RetrainService
 
+from tuneloop.monitor.storage.errors import first_line
+
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 2.0
@@ -68,8 +70,7 @@ class RunQueue:
                 self.service.pick_up()
         except Exception as e:
             if not self._failing:
-                log.warning("retrain runner paused: the store does not answer (%s)", str(e).strip().splitlines()[0]
-                            if str(e).strip() else type(e).__name__)
+                log.warning("retrain runner paused: the store does not answer (%s)", first_line(e))
             self._failing = True
             return
         if self._failing:

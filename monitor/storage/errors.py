@@ -45,3 +45,9 @@ class FeedbackResult:
     duplicates: int
     pending: int
     unknown_ids: list[str]
+
+
+def first_line(error: object, limit: int | None = None) -> str:
+    """The first line of an error's text (its type's name when it has none), for one-line messages."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__

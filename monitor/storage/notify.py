@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import psycopg
 
-from tuneloop.monitor.storage.errors import StoreUnavailable
+from tuneloop.monitor.storage.errors import StoreUnavailable, first_line
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +84,8 @@ class ChampionListener:
             return
         self._down_since = time.monotonic()
         self.outages += 1
-        text = str(error).strip()
         log.warning("champion listener: PostgreSQL does not answer (%s); serving the loaded champions and "
-                    "retrying every %g s", text.splitlines()[0] if text else type(error).__name__, self.poll_seconds)
+                    "retrying every %g s", first_line(error), self.poll_seconds)
 
     def _up(self) -> None:
         """A poll succeeded: the outage, if any, is over."""

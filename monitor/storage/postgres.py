@@ -38,6 +38,7 @@ from tuneloop.monitor.storage.errors import (
     StoreFull,
     StoreRejected,
     StoreUnavailable,
+    first_line,
     is_disk_full,
 )
 from tuneloop.monitor.storage.notify import CHAMPION_TRIGGER_SQL
@@ -317,7 +318,7 @@ class PostgresStore(Store):
         try:
             con = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
         except psycopg.Error as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = first_line(e)
             raise StoreUnavailable(f"cannot connect to PostgreSQL at {redact_password(self.url)}: {reason}") from None
         con.adapters.register_loader("json", TextLoader)  # JSON columns read as text, as from DuckDB
         con.adapters.register_loader("jsonb", TextLoader)
