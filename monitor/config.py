@@ -46,6 +46,9 @@ class StoreSettings(Section):
     leader_retry_seconds: float = Field(2.0, gt=0)
     """PostgreSQL replicas: how often a replica that does not lead tries to take the leader lock (and the
     leader checks it still holds it); bounds failover after the leader dies."""
+    leader_check_seconds: float = Field(5.0, gt=0, le=15)
+    """PostgreSQL replicas: the leader steps down when the database does not answer its check within this
+    long (a network partition), well before the database releases the lock to another replica (30 s)."""
     champion_poll_seconds: float = Field(5.0, gt=0)
     """PostgreSQL replicas: how often each replica compares its served champion (and its token list) with
     the database, besides the immediate NOTIFY; bounds how long a missed notification leaves a stale one."""

@@ -10,6 +10,12 @@ database needs to notice the closed connection. A leader checks its session on t
 steps down as soon as the session is gone (the database restarted), so two leaders overlap at most
 one beat.
 
+A database that stops answering without closing anything (a network partition) would leave the
+check waiting: the leader gives the check ``check_seconds`` and steps down when it has no answer by
+then, while its session asks the server to drop it only after :data:`SERVER_DEAD_CLIENT_SECONDS` of
+silence. So an unreachable leader has stopped its jobs before PostgreSQL can hand the lock to another
+replica.
+
 On DuckDB one process owns the file: :class:`SoleLeader` is always the leader.
 """
 
@@ -27,6 +33,12 @@ log = logging.getLogger(__name__)
 
 LEADER_LOCK = 0x7475_6E6C
 """Advisory lock key held by the leader's session for as long as it leads."""
+
+SERVER_DEAD_CLIENT_SECONDS = 30
+"""The leader's session asks PostgreSQL to end it (and release the lock) after about this long without
+an answer from the replica: TCP keepalives 15 s idle + 3 probes 5 s apart, and the same user timeout."""
+_SESSION_OPTIONS = ("-c tcp_keepalives_idle=15 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3 "
+                    f"-c tcp_user_timeout={SERVER_DEAD_CLIENT_SECONDS * 1000}")
 
 
 class SoleLeader:
@@ -56,10 +68,12 @@ class AdvisoryLockLeader:
     """
 
     def __init__(self, url: str, on_gain: Callable[[], None], on_lose: Callable[[], None],
-                 retry_seconds: float = 2.0) -> None:
+                 retry_seconds: float = 2.0, check_seconds: float = 5.0) -> None:
         self.url = url
         self.on_gain, self.on_lose = on_gain, on_lose
         self.retry_seconds = max(0.05, float(retry_seconds))
+        self.check_seconds = min(float(check_seconds), SERVER_DEAD_CLIENT_SECONDS / 2)
+        self._lose_lock = threading.Lock()
         self.is_leader = False
         self.changes = 0
         """Times this process became leader."""
@@ -87,12 +101,13 @@ class AdvisoryLockLeader:
     def _beat(self) -> None:
         import psycopg
 
+        from tuneloop.monitor.storage.pg_connect import connect
+
         try:
             if self._con is None or self._con.closed or self._con.broken:
-                self._con = psycopg.connect(self.url, autocommit=True, connect_timeout=5,
-                                            application_name="tuneloop-leader")
+                self._con = connect(self.url, application_name="tuneloop-leader", options=_SESSION_OPTIONS)
             if self.is_leader:
-                self._con.execute("SELECT 1").fetchall()  # the session (and so the lock) is still there
+                self._check_session()
                 return
             got = self._con.execute("SELECT pg_try_advisory_lock(%s)", [LEADER_LOCK]).fetchall()[0][0]
         except psycopg.Error as e:
@@ -107,17 +122,35 @@ class AdvisoryLockLeader:
             except Exception:
                 log.exception("starting the leader's services failed")
 
+    def _check_session(self) -> None:
+        """The session (and so the lock) is still there; no answer within ``check_seconds`` steps down."""
+        deadline = threading.Timer(self.check_seconds, self._lose,
+                                   [f"the database did not answer within {self.check_seconds:g} s"])
+        deadline.daemon = True
+        deadline.start()
+        try:
+            self._con.execute("SELECT 1").fetchall()
+        finally:
+            deadline.cancel()
+
     def _step_down(self, why: str) -> None:
         con, self._con = self._con, None
         if con is not None:
             con.close()
-        if self.is_leader:
+        self._lose(why)
+
+    def _lose(self, why: str) -> None:
+        """Stop leading (once, whichever thread notices first); the session may still hold the lock,
+        in which case the next beat that gets an answer takes leadership back."""
+        with self._lose_lock:
+            if not self.is_leader:
+                return
             self.is_leader = False
-            log.warning("this replica is no longer the leader: %s", why)
-            try:
-                self.on_lose()
-            except Exception:
-                log.exception("stopping the leader's services failed")
+        log.warning("this replica is no longer the leader: %s", why)
+        try:
+            self.on_lose()
+        except Exception:
+            log.exception("stopping the leader's services failed")
 
 
 class LeaderGauge:
@@ -132,8 +165,8 @@ class LeaderGauge:
 
 
 def elect(url: str | None, on_gain: Callable[[], None], on_lose: Callable[[], None],
-          retry_seconds: float) -> SoleLeader | AdvisoryLockLeader:
+          retry_seconds: float, check_seconds: float = 5.0) -> SoleLeader | AdvisoryLockLeader:
     """The election for a store: by advisory lock on PostgreSQL (``url``), the sole process otherwise."""
     if url:
-        return AdvisoryLockLeader(url, on_gain, on_lose, retry_seconds)
+        return AdvisoryLockLeader(url, on_gain, on_lose, retry_seconds, check_seconds)
     return SoleLeader(on_gain, on_lose)

@@ -123,7 +123,7 @@ class Runtime:
         self._stops.append(("drift", self.drift.stop))
         self._stops.append(("retrain", self.retrain.stop))
         self.leadership = elect(self.settings.store.url, self._lead, self._follow,
-                                self.settings.store.leader_retry_seconds)
+                                self.settings.store.leader_retry_seconds, self.settings.store.leader_check_seconds)
         self.leadership.start()
         self._stops.append(("leadership", self.leadership.stop))
         if self.settings.store.url:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import psycopg
 
 from tuneloop.monitor.storage.errors import StoreUnavailable, first_line
+from tuneloop.monitor.storage.pg_connect import connect
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class ChampionListener:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                con = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+                con = connect(self.url)
             except psycopg.Error as e:
                 self._down(e)
                 self._stop.wait(self.poll_seconds)

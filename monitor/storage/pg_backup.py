@@ -22,6 +22,7 @@ import psycopg
 
 from tuneloop.monitor.config import redact_password
 from tuneloop.monitor.storage.errors import StoreError, StoreFull, StoreLockedError, StoreUnavailable, is_disk_full
+from tuneloop.monitor.storage.pg_connect import connect
 
 DUMP_FILE = "tuneloop.dump"
 """The ``pg_dump`` custom-format archive inside a backup's ``db`` directory."""
@@ -97,7 +98,7 @@ def restore_dump(directory: Path, url: str, *, overwrite: bool, stamp: str) -> t
     is kept, renamed ``replaced_<stamp>``, and put back if the restore fails. Returns the restored rows
     per table and the name of the kept schema (None when the database was empty).
     """
-    with psycopg.connect(url, autocommit=True) as con:
+    with connect(url) as con:
         others = con.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
             "AND backend_type = 'client backend'").fetchone()[0]

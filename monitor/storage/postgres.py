@@ -42,6 +42,7 @@ from tuneloop.monitor.storage.errors import (
     is_disk_full,
 )
 from tuneloop.monitor.storage.notify import CHAMPION_TRIGGER_SQL
+from tuneloop.monitor.storage.pg_connect import connect
 from tuneloop.monitor.storage.rows import frame_with_embeddings
 from tuneloop.monitor.storage.store import Store
 
@@ -52,7 +53,6 @@ replica is always seen by the transaction of another that stores its prediction 
 ROLLUP_LOCK = 0x7475_6E67  # held while folding the hourly rollup: two replicas folding at once would double sums
 INGEST_SEQUENCE = "prediction_ingest_seq"
 """The database sequence that numbers ingest batches for every replica (arrival order)."""
-CONNECT_TIMEOUT_SECONDS = 5
 
 _INSERTED_TYPES = pa.schema([("project", pa.string()), ("id", pa.string()), ("ts", pa.timestamp("us")),
                              ("model_version", pa.string()), ("label", pa.string()),
@@ -316,7 +316,7 @@ class PostgresStore(Store):
     # -- connections ------------------------------------------------------------------------------
     def _connect(self) -> psycopg.Connection:
         try:
-            con = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+            con = connect(self.url)
         except psycopg.Error as e:
             reason = first_line(e)
             raise StoreUnavailable(f"cannot connect to PostgreSQL at {redact_password(self.url)}: {reason}") from None
