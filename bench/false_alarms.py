@@ -140,13 +140,19 @@ def mix(window: pd.DataFrame, off: pd.DataFrame, share: float, rng: np.random.Ge
     return pd.concat([window.iloc[keep], off.iloc[rng.integers(0, len(off), n_off)]], ignore_index=True)
 
 
-def evidently_verdict(ref_x: np.ndarray, cur_x: np.ndarray) -> bool:
+def evidently_verdict(ref_x: np.ndarray, cur_x: np.ndarray) -> tuple[bool, float]:
+    """Evidently's default embedding drift on these rows: (drifted, its domain classifier's ROC AUC)."""
     from evidently.legacy.metrics.data_drift.embedding_drift_methods import model
 
     cols = [f"e{i}" for i in range(ref_x.shape[1])]
     ref, cur = pd.DataFrame(ref_x, columns=cols), pd.DataFrame(cur_x, columns=cols)
-    _, drifted, _ = model(bootstrap=len(ref) < 1000)(cur, ref)
-    return bool(drifted)
+    roc_auc, drifted, _ = model(bootstrap=len(ref) < 1000)(cur, ref)
+    return bool(drifted), float(roc_auc)
+
+
+def score(result) -> float:
+    """tuneloop's embedding statistic in units of its own threshold (>1 alarms), comparable across references."""
+    return result.value / result.threshold if result.threshold > 0 else float("inf")
 
 
 def compared_rows(reference: pd.DataFrame, current: pd.DataFrame, settings, result) -> tuple[np.ndarray, np.ndarray]:
@@ -195,6 +201,7 @@ class Tally:
         self.any_alarm: dict[int, int] = {}
         self.windows: dict[int, int] = {}
         self.detect: dict[tuple[int, float], list[int]] = {}  # tuneloop, Evidently, both, windows
+        self.scores: dict[tuple[int, float], list[tuple[float, float]]] = {}  # (tuneloop, Evidently) per window
 
     def add(self, key: tuple[int, str], table: dict, k: int) -> None:
         table[key] = table.get(key, 0) + k
@@ -209,9 +216,11 @@ class Tally:
             self.add((size, m), self.alarms, sum(flags))
             self.add((size, m), self.alerts, alerts_opened(flags, settings.open_after, settings.close_after))
 
-    def embedding(self, size: int, share: float, ours: bool, theirs: bool) -> None:
+    def embedding(self, size: int, share: float, ours, theirs: tuple[bool, float]) -> None:
+        """Record one window's embedding verdicts: tuneloop's check result and Evidently's (drifted, ROC AUC)."""
         d = self.detect.setdefault((size, share), [0, 0, 0, 0])
-        d[0], d[1], d[2], d[3] = d[0] + ours, d[1] + theirs, d[2] + (ours and theirs), d[3] + 1
+        d[0], d[1], d[2], d[3] = d[0] + ours.drifted, d[1] + theirs[0], d[2] + (ours.drifted and theirs[0]), d[3] + 1
+        self.scores.setdefault((size, share), []).append((score(ours), theirs[1]))
 
 
 def run_stream(topic: str, raw: pd.DataFrame, emb: np.ndarray, args, settings, checks, tally: Tally,
@@ -235,7 +244,7 @@ def run_stream(topic: str, raw: pd.DataFrame, emb: np.ndarray, args, settings, c
                                                            version="v1")}
                 verdicts.append({m: r.drifted for m, r in results.items()})
                 emb_result = results["embedding_drift"]
-                tally.embedding(size, 0.0, emb_result.drifted,
+                tally.embedding(size, 0.0, emb_result,
                                 evidently_verdict(*compared_rows(reference, window, settings, emb_result)))
             tally.sequence(size, verdicts, settings)
         for share in MIXTURES:
@@ -244,7 +253,7 @@ def run_stream(topic: str, raw: pd.DataFrame, emb: np.ndarray, args, settings, c
                 mixed = mix(window, off, share, rng)
                 (r,) = run_checks(reference, mixed, settings, LABELS, checks=checks[:1])
                 theirs = evidently_verdict(*compared_rows(reference, mixed, settings, r))
-                tally.embedding(size, share, r.drifted, theirs)
+                tally.embedding(size, share, r, theirs)
         print(f"  size {size:,}: {tally.windows[(size, '')]} windows so far, alarms "
               f"{ {m: tally.alarms[(size, m)] for m in tally.names if tally.alarms.get((size, m))} } at "
               f"{time.perf_counter() - t0:.0f} s (load {os.getloadavg()[0]:.1f})", flush=True)
@@ -289,6 +298,42 @@ def report(tally: Tally, promoted: Tally, sizes: list[int]) -> None:
     for (size, share), (k_t, k_e, both, n) in sorted(tally.detect.items()):
         label = "0 % (false alarms)" if share == 0 else f"{share:.0%} (detection)"
         print(f"| {size:,} | {label} | {rate(k_t, n)} | {rate(k_e, n)} | {both} |")
+    matched_comparison(tally)
+
+
+def detected_at(null: np.ndarray, drifted: np.ndarray, alarms: int) -> int:
+    """Windows of ``drifted`` flagged by the threshold that flags exactly ``alarms`` of the ``null`` windows."""
+    if alarms <= 0:
+        return int((drifted > null.max()).sum())
+    return int((drifted >= np.sort(null)[-alarms]).sum())
+
+
+def matched_comparison(tally: Tally) -> None:
+    """Both tools at the same false-alarm rate, and their threshold-free separation (ROC AUC of windows).
+
+    A detection rate means little beside a different false-alarm rate: each tool's statistic is
+    thresholded again so that it flags as many no-drift windows as the other tool's own threshold
+    did, on the same windows, and the ROC AUC of no-drift against drifted windows needs no threshold.
+    """
+    from scipy.stats import mannwhitneyu
+
+    print("\n## The same comparison at equal false-alarm rates (each statistic re-thresholded on the no-drift "
+          "windows)\n")
+    print("| window | off-topic share | Evidently's false alarms: tuneloop / Evidently detect | tuneloop's false "
+          "alarms: tuneloop / Evidently detect | window ROC AUC tuneloop / Evidently |")
+    print("|---|---|---|---|---|")
+    for size in sorted({s for s, _ in tally.scores}):
+        null = np.array(tally.scores.get((size, 0.0), []))
+        if len(null) == 0:
+            continue
+        fa_t, fa_e = tally.detect[(size, 0.0)][0], tally.detect[(size, 0.0)][1]
+        for share in sorted(sh for s, sh in tally.scores if s == size and sh > 0):
+            hit = np.array(tally.scores[(size, share)])
+            auc = [mannwhitneyu(hit[:, j], null[:, j]).statistic / (len(hit) * len(null)) for j in (0, 1)]
+            print(f"| {size:,} | {share:.0%} | at {fa_e}/{len(null)}: {detected_at(null[:, 0], hit[:, 0], fa_e)} / "
+                  f"{detected_at(null[:, 1], hit[:, 1], fa_e)} of {len(hit)} | at {fa_t}/{len(null)}: "
+                  f"{detected_at(null[:, 0], hit[:, 0], fa_t)} / {detected_at(null[:, 1], hit[:, 1], fa_t)} of "
+                  f"{len(hit)} | {auc[0]:.3f} / {auc[1]:.3f} |")
 
 
 def main() -> None:
