@@ -16,7 +16,7 @@ the training labels (10 %, 20 %, 30 %) is flipped on purpose to another label, s
 
     nice -n 10 python bench/label_noise.py --part detect [--rows 3000] [--seeds 3]
     nice -n 10 python bench/label_noise.py --part time [--time-rows 10000]
-    nice -n 10 python bench/label_noise.py --part train [--train-rows 1200] [--test-rows 600]
+    nice -n 10 python bench/label_noise.py --part train [--train-rows 1200] [--test-rows 600] [--seeds 3]
 
 Results are printed and saved to ``bench/out/label_noise_<part>.json``.
 """
@@ -211,7 +211,7 @@ def main() -> None:
     elif args.part == "time":
         out = time_report(args.time_rows, args.encoder)
     else:
-        out = train_part(args.train_rows, args.test_rows, args.epochs)
+        out = train_part(args.train_rows, args.test_rows, args.epochs, seeds=args.seeds)
     out["load_average_at_start"] = load
     OUT.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.part != "detect" or (tuple(args.noise), args.first_seed) == (NOISE, 0) else (
@@ -221,8 +221,9 @@ def main() -> None:
     (OUT / f"label_noise_{args.part}{suffix}.json").write_text(json.dumps(out, indent=2), encoding="utf-8")
 
 
-def train_part(n_train: int, n_test: int, epochs: int = 3, share: float = 0.2) -> dict:
-    """Fine-tune the real base on clean, noisy (``share`` flipped) and cleaned rows; score on the same test rows."""
+def train_part(n_train: int, n_test: int, epochs: int = 3, share: float = 0.2, seeds: int = 1) -> dict:
+    """Fine-tune the real base on clean rows once, then per seed on noisy (``share`` flipped), cleaned
+    (likely-tier labels applied) and dropped (likely-tier rows removed) rows; score on the same test rows."""
     from tuneloop.monitor.config import ModelSettings
     from tuneloop.retrain.evaluate import evaluate
     from tuneloop.retrain.quality import label_errors
@@ -230,36 +231,42 @@ def train_part(n_train: int, n_test: int, epochs: int = 3, share: float = 0.2) -
 
     data = distinct_tweets(n_train + n_test, 0)  # the detection part's rows: embeddings cached
     train_rows, test = data.iloc[:n_train].reset_index(drop=True), data.iloc[n_train:].reset_index(drop=True)
-    noisy_labels, flipped = flip(train_rows["label"], share, 0)
-    noisy = train_rows.assign(label=noisy_labels)
-    emb = embed(noisy["text"].tolist(), OUT / "label_noise_emb.npz")
-    found, _ = label_errors(np.arange(len(noisy)), noisy["label"].to_numpy(), LABELS, emb, texts=noisy["text"].tolist())
-    cleaned = noisy.copy()
-    likely = [f for finding in found if finding.check == "label_error" for f in finding.fixes]
-    for f in likely:
-        cleaned.loc[f["row_id"], "label"] = f["label"]
-    suspects = [f["row_id"] for f in likely]
-    dropped = noisy.drop(index=suspects)
-    sets = {"clean": train_rows, "noisy": noisy, "cleaned": cleaned, "dropped": dropped}
-    out: dict = {"n_train": n_train, "n_test": n_test, "noise": share, "epochs": epochs, "flipped": int(flipped.sum()),
-                 "relabelled": len(likely),
-                 "wrong_labels": {k: int((v["label"] != train_rows["label"].loc[v.index]).sum())
-                                  for k, v in sets.items()}}
+    emb = embed(train_rows["text"].tolist(), OUT / "label_noise_emb.npz")
     settings = ModelSettings(epochs=epochs)
-    for name, rows in sets.items():
-        t0 = time.perf_counter()
-        result = train(rows[["text", "label"]], list(LABELS), settings, progress=False)
-        acc = evaluate(result.classifier, test)["accuracy"]
-        out[name] = {"test_accuracy": acc, "seconds": round(time.perf_counter() - t0, 1)}
-        print(f"{name}: {out['wrong_labels'][name]} wrong training labels, test accuracy {acc:.3f} "
-              f"({out[name]['seconds']} s)", flush=True)
-    lost = out["clean"]["test_accuracy"] - out["noisy"]["test_accuracy"]
-    for fixed in ("cleaned", "dropped"):  # suggested labels applied; suspected rows dropped instead
-        gained = out[fixed]["test_accuracy"] - out["noisy"]["test_accuracy"]
-        out[f"recovered_share_{fixed}"] = gained / lost if lost > 0 else None
-        print(f"accuracy lost to noise {lost:+.3f}; recovered ({fixed}): {out[f'recovered_share_{fixed}']}", flush=True)
-    return out
 
+    def accuracy(name: str, rows: pd.DataFrame) -> float:
+        t0 = time.perf_counter()
+        model = train(rows[["text", "label"]], list(LABELS), settings, progress=False).classifier
+        acc = evaluate(model, test)["accuracy"]
+        print(f"{name}: {int((rows['label'] != train_rows['label'].loc[rows.index]).sum())} wrong training labels, "
+              f"test accuracy {acc:.3f} ({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f})", flush=True)
+        return acc
+
+    out: dict = {"n_train": n_train, "n_test": n_test, "noise": share, "epochs": epochs,
+                 "clean": accuracy("clean", train_rows), "runs": []}
+    for seed in range(seeds):
+        noisy_labels, flipped = flip(train_rows["label"], share, seed)
+        noisy = train_rows.assign(label=noisy_labels)
+        found, _ = label_errors(np.arange(len(noisy)), noisy["label"].to_numpy(), LABELS, emb, seed=seed,
+                                texts=noisy["text"].tolist())
+        likely = [f for finding in found if finding.check == "label_error" for f in finding.fixes]
+        cleaned = noisy.copy()
+        for f in likely:
+            cleaned.loc[f["row_id"], "label"] = f["label"]
+        run = {"seed": seed, "flipped": int(flipped.sum()), "likely": len(likely),
+               "noisy": accuracy(f"seed {seed} noisy", noisy), "cleaned": accuracy(f"seed {seed} cleaned", cleaned),
+               "dropped": accuracy(f"seed {seed} dropped", noisy.drop(index=[f["row_id"] for f in likely]))}
+        lost = out["clean"] - run["noisy"]
+        for fixed in ("cleaned", "dropped"):  # suggested labels applied; suspected rows dropped instead
+            run[f"recovered_{fixed}"] = (run[fixed] - run["noisy"]) / lost if lost > 0 else None
+        print(f"seed {seed}: accuracy lost to noise {lost:+.3f}; recovered: relabelled {run['recovered_cleaned']}, "
+              f"dropped {run['recovered_dropped']}", flush=True)
+        out["runs"].append(run)
+    for fixed in ("cleaned", "dropped"):
+        shares = [r[f"recovered_{fixed}"] for r in out["runs"] if r[f"recovered_{fixed}"] is not None]
+        out[f"recovered_{fixed}_median"] = float(np.median(shares)) if shares else None
+        print(f"recovered ({fixed}), median over {len(shares)} seeds: {out[f'recovered_{fixed}_median']}", flush=True)
+    return out
 
 if __name__ == "__main__":
     main()
