@@ -16,6 +16,11 @@ with the range over rounds. Thread counts are pinned (``--threads``, default: th
 torch, OpenMP and MKL in this process and in both servers (one uvicorn worker each), so both sides
 compete for the cores the same way in every run.
 
+In phase 1 the two sides also alternate batch by batch inside a round (bare then HTTP on one
+batch, HTTP then bare on the next), so that a burst of load from other processes lands on both.
+With ``--profile``, py-spy samples the dynamic server in one extra round of each phase, run after
+the measured rounds: sampling pauses the process it samples, so it never overlaps a measurement.
+
     .venv/bin/python bench/serve.py [--rounds 7] [--batches 6] [--seconds 5] [--threads N]
                                     [--profile DIR]   # py-spy on the dynamic server (flame graphs)
 """
@@ -33,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -135,25 +141,57 @@ def stop_profile(proc: subprocess.Popen | None) -> None:
             proc.wait(60)
 
 
-def bare_round(clf, batches: list[list[str]], worker: ThreadPoolExecutor) -> list[float]:  # type: ignore[no-untyped-def]
+IDLE_FRAMES = ("Condition.wait", "Queue.get", "_worker (", "Runner.run (", "select (", "Event.wait", "Writer._run (")
+"""Leaf frames of threads waiting for work (py-spy's raw format samples them too)."""
+
+
+def summarise_profile(path: Path, top: int = 10) -> list[str]:
+    """The busy samples of a py-spy raw profile by thread role, then the heaviest leaf frames."""
+    roles: Counter[str] = Counter()
+    leaves: Counter[str] = Counter()
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        if not count.isdigit() or frames[-1].startswith(IDLE_FRAMES):
+            continue
+        role = next((name for key, name in (("ModelServer._process", "forward"), ("Writer._run", "writer"),
+                                             ("Runner.run", "event loop")) if key in stack), "other")
+        roles[role] += int(count)
+        leaves[f"{role}: {' < '.join(f.split(' (')[0] for f in frames[-1:-4:-1])}"] += int(count)
+    busy = sum(roles.values()) or 1
+    out = [f"{path.name}: {busy} busy samples; " + ", ".join(f"{r} {n / busy:.0%}" for r, n in roles.most_common())]
+    out += [f"  {n / busy:6.1%}  {leaf}" for leaf, n in leaves.most_common(top)]
+    return out
+
+
+def bare_batch(clf, batch: list[str], worker: ThreadPoolExecutor) -> float:  # type: ignore[no-untyped-def]
     """The forward alone, run on a long-lived worker thread exactly as the server's batch worker runs it
     (torch's CPU parallelism can behave differently on the main thread, notably when cores are busy)."""
-    out = []
-    for b in batches:
-        t = time.perf_counter()
-        worker.submit(clf.predict, b, batch_size=len(b)).result()
-        out.append(time.perf_counter() - t)
-    return out
+    t = time.perf_counter()
+    worker.submit(clf.predict, batch, batch_size=len(batch)).result()
+    return time.perf_counter() - t
 
 
-def http_round(client: httpx.Client, batches: list[list[str]]) -> list[float]:
-    out = []
-    for b in batches:
-        t = time.perf_counter()
-        r = client.post("/v1/predict", json={"texts": b})
-        out.append(time.perf_counter() - t)
-        r.raise_for_status()
-    return out
+def http_batch(client: httpx.Client, batch: list[str]) -> float:
+    t = time.perf_counter()
+    r = client.post("/v1/predict", json={"texts": batch})
+    elapsed = time.perf_counter() - t
+    r.raise_for_status()
+    return elapsed
+
+
+def paired_round(clf, client: httpx.Client, batches: list[list[str]], worker: ThreadPoolExecutor,  # type: ignore[no-untyped-def]
+                 first_http: bool) -> tuple[list[float], list[float]]:
+    """(bare, http) seconds per batch; the side that goes first alternates from batch to batch."""
+    bare, http = [], []
+    for i, b in enumerate(batches):
+        if (i % 2 == 0) == first_http:
+            http.append(http_batch(client, b))
+            bare.append(bare_batch(clf, b, worker))
+        else:
+            bare.append(bare_batch(clf, b, worker))
+            http.append(http_batch(client, b))
+    return bare, http
 
 
 async def concurrent_round(url: str, texts: list[str], clients: int, seconds: float) -> tuple[int, list[float], int]:
@@ -227,24 +265,23 @@ def main() -> None:
               f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
 
         # -- 1. logging + HTTP overhead at batch 32 ---------------------------------------------------
-        profile = start_profile(dyn.pid, args.profile / "serve-batch32.txt") if args.profile else None
         worker = ThreadPoolExecutor(1, initializer=set_threads, initargs=(args.threads,))
         with httpx.Client(base_url=dyn_url, timeout=120) as client, worker:
             warm = [pool[i : i + 32] for i in range(0, 64, 32)]
-            bare_round(clf, warm, worker)
-            http_round(client, warm)
+            paired_round(clf, client, warm, worker, False)
             for r in range(args.rounds):
                 batches = [pool[(r * args.batches + i) * 32 : (r * args.batches + i + 1) * 32]
                            for i in range(args.batches)]
-                if r % 2:
-                    http, bare = http_round(client, batches), bare_round(clf, batches, worker)
-                else:
-                    bare, http = bare_round(clf, batches, worker), http_round(client, batches)
+                bare, http = paired_round(clf, client, batches, worker, first_http=bool(r % 2))
                 overheads.append(sum(http) / sum(bare) - 1)
                 p50_ratios.append(statistics.median(http) / statistics.median(bare))
                 bare_rates.append(32 * len(bare) / sum(bare))
                 http_rates.append(32 * len(http) / sum(http))
-        stop_profile(profile)
+            if args.profile:  # one unmeasured round under py-spy
+                profile = start_profile(dyn.pid, args.profile / "serve-batch32.txt")
+                for b in batches:
+                    http_batch(client, b)
+                stop_profile(profile)
         logged = httpx.get(f"{dyn_url}/v1/status").json().get("project_predictions")
         del clf
         load.append(os.getloadavg()[0])
@@ -253,7 +290,6 @@ def main() -> None:
         asyncio.run(concurrent_round(dyn_url, pool, 4, 2))  # warm both
         asyncio.run(concurrent_round(one_url, pool, 4, 2))
         before = httpx.get(f"{dyn_url}/v1/serving").json()["projects"]["default"]
-        profile = start_profile(dyn.pid, args.profile / "serve-concurrent.txt") if args.profile else None
         for r in range(args.rounds):
             sides = [(dyn_url, dyn_lat), (one_url, one_lat)]
             rates = {}
@@ -266,12 +302,15 @@ def main() -> None:
             one_rates.append(rates[one_url])
             speedups.append(rates[dyn_url] / max(rates[one_url], 1e-9))
             vs_offline.append(rates[dyn_url] / bare_rates[r])
-        stop_profile(profile)
         after = httpx.get(f"{dyn_url}/v1/serving").json()["projects"]["default"]
         batches_run = after["batches"] - before["batches"]
         mean_batch = (after["texts"] - before["texts"]) / max(batches_run, 1)
         depths = by_depth(before, after)
         load.append(os.getloadavg()[0])
+        if args.profile:  # one unmeasured round under py-spy
+            profile = start_profile(dyn.pid, args.profile / "serve-concurrent.txt")
+            asyncio.run(concurrent_round(dyn_url, pool, args.clients, args.seconds))
+            stop_profile(profile)
     finally:
         for p in procs:
             p.terminate()
@@ -301,6 +340,10 @@ def main() -> None:
     print(f"   mean batch {mean_batch:.1f} texts over {batches_run} forwards; by queue depth when taken:")
     for depth, n, mean in depths:
         print(f"     {depth:>8} texts queued: {n:6} forwards, mean batch {mean:5.1f}")
+    if args.profile:
+        for name in ("serve-batch32.txt", "serve-concurrent.txt"):
+            if (args.profile / name).exists():
+                print("\n".join(summarise_profile(args.profile / name)))
 
 
 if __name__ == "__main__":
