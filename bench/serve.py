@@ -9,12 +9,22 @@
    Also printed: concurrent single-text throughput against the offline batch-32 throughput of
    phase 1 (goal >= 0.8x), and the mean batch against the queue depth it was taken from.
 
+Beside wall-clock figures, CPU-time figures are printed: CPU seconds of the server process (read
+from /proc) per text against CPU seconds of the bare forward per text. On a machine shared with
+other work they move far less than wall-clock rates, which follow whatever else runs; on idle cores
+the wall-clock ratios approach them.
+
 Both servers are real ``tuneloop serve`` processes on loopback, each with its own data dir and
 the same version. Every figure is a ratio measured within one round; rounds alternate which side
 goes first so that machine noise hits both sides alike, and the summary gives the median round
 with the range over rounds. Thread counts are pinned (``--threads``, default: the CPU count) for
 torch, OpenMP and MKL in this process and in both servers (one uvicorn worker each), so both sides
 compete for the cores the same way in every run.
+
+In phase 1 the two sides also alternate batch by batch inside a round (bare then HTTP on one
+batch, HTTP then bare on the next), so that a burst of load from other processes lands on both.
+With ``--profile``, py-spy samples the dynamic server in one extra round of each phase, run after
+the measured rounds: sampling pauses the process it samples, so it never overlaps a measurement.
 
     .venv/bin/python bench/serve.py [--rounds 7] [--batches 6] [--seconds 5] [--threads N]
                                     [--profile DIR]   # py-spy on the dynamic server (flame graphs)
@@ -33,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -135,25 +146,64 @@ def stop_profile(proc: subprocess.Popen | None) -> None:
             proc.wait(60)
 
 
-def bare_round(clf, batches: list[list[str]], worker: ThreadPoolExecutor) -> list[float]:  # type: ignore[no-untyped-def]
-    """The forward alone, run on a long-lived worker thread exactly as the server's batch worker runs it
-    (torch's CPU parallelism can behave differently on the main thread, notably when cores are busy)."""
-    out = []
-    for b in batches:
-        t = time.perf_counter()
-        worker.submit(clf.predict, b, batch_size=len(b)).result()
-        out.append(time.perf_counter() - t)
+IDLE_FRAMES = ("Condition.wait", "Queue.get", "_worker (", "Runner.run (", "select (", "Event.wait", "Writer._run (")
+"""Leaf frames of threads waiting for work (py-spy's raw format samples them too)."""
+
+
+def summarise_profile(path: Path, top: int = 10) -> list[str]:
+    """The busy samples of a py-spy raw profile by thread role, then the heaviest leaf frames."""
+    roles: Counter[str] = Counter()
+    leaves: Counter[str] = Counter()
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        if not count.isdigit() or frames[-1].startswith(IDLE_FRAMES):
+            continue
+        role = next((name for key, name in (("ModelServer._process", "forward"), ("Writer._run", "writer"),
+                                             ("Runner.run", "event loop")) if key in stack), "other")
+        roles[role] += int(count)
+        leaves[f"{role}: {' < '.join(f.split(' (')[0] for f in frames[-1:-4:-1])}"] += int(count)
+    busy = sum(roles.values()) or 1
+    out = [f"{path.name}: {busy} busy samples; " + ", ".join(f"{r} {n / busy:.0%}" for r, n in roles.most_common())]
+    out += [f"  {n / busy:6.1%}  {leaf}" for leaf, n in leaves.most_common(top)]
     return out
 
 
-def http_round(client: httpx.Client, batches: list[list[str]]) -> list[float]:
-    out = []
-    for b in batches:
-        t = time.perf_counter()
-        r = client.post("/v1/predict", json={"texts": b})
-        out.append(time.perf_counter() - t)
-        r.raise_for_status()
-    return out
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc), all its threads included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bare_batch(clf, batch: list[str], worker: ThreadPoolExecutor) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """(wall, CPU) seconds of the forward alone, run on a long-lived worker thread exactly as the server's
+    batch worker runs it (torch's CPU parallelism can behave differently on the main thread)."""
+    t, c = time.perf_counter(), time.process_time()
+    worker.submit(clf.predict, batch, batch_size=len(batch)).result()
+    return time.perf_counter() - t, time.process_time() - c
+
+
+def http_batch(client: httpx.Client, batch: list[str], server_pid: int) -> tuple[float, float]:
+    """(wall seconds, server CPU seconds) of one ``POST /v1/predict``."""
+    t, c = time.perf_counter(), cpu_seconds(server_pid)
+    r = client.post("/v1/predict", json={"texts": batch})
+    elapsed = time.perf_counter() - t
+    r.raise_for_status()
+    return elapsed, cpu_seconds(server_pid) - c
+
+
+def paired_round(clf, client: httpx.Client, batches: list[list[str]], worker: ThreadPoolExecutor,  # type: ignore[no-untyped-def]
+                 server_pid: int, first_http: bool) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """(bare, http) (wall, CPU) seconds per batch; the side that goes first alternates from batch to batch."""
+    bare, http = [], []
+    for i, b in enumerate(batches):
+        if (i % 2 == 0) == first_http:
+            http.append(http_batch(client, b, server_pid))
+            bare.append(bare_batch(clf, b, worker))
+        else:
+            bare.append(bare_batch(clf, b, worker))
+            http.append(http_batch(client, b, server_pid))
+    return bare, http
 
 
 async def concurrent_round(url: str, texts: list[str], clients: int, seconds: float) -> tuple[int, list[float], int]:
@@ -214,6 +264,7 @@ def main() -> None:
     load = [os.getloadavg()[0]]
     overheads, p50_ratios, bare_rates, http_rates = [], [], [], []
     speedups, vs_offline, dyn_rates, one_rates = [], [], [], []
+    cpu_overheads, cpu_speedups, cpu_vs_offline, bare_cpu_per_text = [], [], [], []
     dyn_lat, one_lat, errors = [], [], 0
     try:
         version_dir = make_version(root / "train", args.train_rows, tweets)
@@ -227,24 +278,26 @@ def main() -> None:
               f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
 
         # -- 1. logging + HTTP overhead at batch 32 ---------------------------------------------------
-        profile = start_profile(dyn.pid, args.profile / "serve-batch32.txt") if args.profile else None
         worker = ThreadPoolExecutor(1, initializer=set_threads, initargs=(args.threads,))
         with httpx.Client(base_url=dyn_url, timeout=120) as client, worker:
             warm = [pool[i : i + 32] for i in range(0, 64, 32)]
-            bare_round(clf, warm, worker)
-            http_round(client, warm)
+            paired_round(clf, client, warm, worker, dyn.pid, False)
             for r in range(args.rounds):
                 batches = [pool[(r * args.batches + i) * 32 : (r * args.batches + i + 1) * 32]
                            for i in range(args.batches)]
-                if r % 2:
-                    http, bare = http_round(client, batches), bare_round(clf, batches, worker)
-                else:
-                    bare, http = bare_round(clf, batches, worker), http_round(client, batches)
+                timed = paired_round(clf, client, batches, worker, dyn.pid, first_http=bool(r % 2))
+                (bare, bare_cpu), (http, http_cpu) = (list(zip(*side, strict=True)) for side in timed)
+                cpu_overheads.append(sum(http_cpu) / sum(bare_cpu) - 1)
+                bare_cpu_per_text.append(sum(bare_cpu) / (32 * len(bare)))
                 overheads.append(sum(http) / sum(bare) - 1)
                 p50_ratios.append(statistics.median(http) / statistics.median(bare))
                 bare_rates.append(32 * len(bare) / sum(bare))
                 http_rates.append(32 * len(http) / sum(http))
-        stop_profile(profile)
+            if args.profile:  # one unmeasured round under py-spy
+                profile = start_profile(dyn.pid, args.profile / "serve-batch32.txt")
+                for b in batches:
+                    http_batch(client, b, dyn.pid)
+                stop_profile(profile)
         logged = httpx.get(f"{dyn_url}/v1/status").json().get("project_predictions")
         del clf
         load.append(os.getloadavg()[0])
@@ -253,12 +306,13 @@ def main() -> None:
         asyncio.run(concurrent_round(dyn_url, pool, 4, 2))  # warm both
         asyncio.run(concurrent_round(one_url, pool, 4, 2))
         before = httpx.get(f"{dyn_url}/v1/serving").json()["projects"]["default"]
-        profile = start_profile(dyn.pid, args.profile / "serve-concurrent.txt") if args.profile else None
         for r in range(args.rounds):
-            sides = [(dyn_url, dyn_lat), (one_url, one_lat)]
-            rates = {}
-            for url, lat in sides[:: -1 if r % 2 else 1]:
+            sides = [(dyn_url, dyn_lat, dyn.pid), (one_url, one_lat, one.pid)]
+            rates, cpu_per_request = {}, {}
+            for url, lat, pid in sides[:: -1 if r % 2 else 1]:
+                c = cpu_seconds(pid)
                 n, got, e = asyncio.run(concurrent_round(url, pool, args.clients, args.seconds))
+                cpu_per_request[url] = (cpu_seconds(pid) - c) / max(n, 1)
                 rates[url] = n / args.seconds
                 lat += got
                 errors += e
@@ -266,12 +320,17 @@ def main() -> None:
             one_rates.append(rates[one_url])
             speedups.append(rates[dyn_url] / max(rates[one_url], 1e-9))
             vs_offline.append(rates[dyn_url] / bare_rates[r])
-        stop_profile(profile)
+            cpu_speedups.append(cpu_per_request[one_url] / max(cpu_per_request[dyn_url], 1e-9))
+            cpu_vs_offline.append(bare_cpu_per_text[r] / max(cpu_per_request[dyn_url], 1e-9))
         after = httpx.get(f"{dyn_url}/v1/serving").json()["projects"]["default"]
         batches_run = after["batches"] - before["batches"]
         mean_batch = (after["texts"] - before["texts"]) / max(batches_run, 1)
         depths = by_depth(before, after)
         load.append(os.getloadavg()[0])
+        if args.profile:  # one unmeasured round under py-spy
+            profile = start_profile(dyn.pid, args.profile / "serve-concurrent.txt")
+            asyncio.run(concurrent_round(dyn_url, pool, args.clients, args.seconds))
+            stop_profile(profile)
     finally:
         for p in procs:
             p.terminate()
@@ -292,15 +351,23 @@ def main() -> None:
     print(f"   {'POST /v1/predict + logging':30}{spread(http_rates, '{:.1f}'):>24}")
     print(f"   HTTP + logging overhead: {spread(overheads, '{:+.1%}')} of the forward (goal <= +10%); "
           f"p50 ratio {spread(p50_ratios)}; rows logged {logged}")
+    print(f"   by CPU time: server {spread(cpu_overheads, '{:+.1%}')} over the bare forward's "
+          f"{spread([c * 1e3 for c in bare_cpu_per_text], '{:.1f}')} CPU ms per text")
     print(f"2. {args.clients} concurrent single-text clients, {args.seconds:.0f}s per side per round")
     print(f"   {'':30}{'req/s':>24}{'p50 ms':>9}{'p99 ms':>9}")
     print(row("dynamic batching (max 64)", dyn_rates, dyn_lat))
     print(row("batch-1 serving", one_rates, one_lat))
     print(f"   dynamic batching speed-up: {spread(speedups, '{:.2f}x')} (goal >= 3x); failed requests {errors}")
     print(f"   concurrent single-text vs offline batch-32 throughput: {spread(vs_offline, '{:.2f}x')} (goal >= 0.8x)")
+    print(f"   by CPU time per text: speed-up {spread(cpu_speedups, '{:.2f}x')}, "
+          f"vs offline batch-32 {spread(cpu_vs_offline, '{:.2f}x')}")
     print(f"   mean batch {mean_batch:.1f} texts over {batches_run} forwards; by queue depth when taken:")
     for depth, n, mean in depths:
         print(f"     {depth:>8} texts queued: {n:6} forwards, mean batch {mean:5.1f}")
+    if args.profile:
+        for name in ("serve-batch32.txt", "serve-concurrent.txt"):
+            if (args.profile / name).exists():
+                print("\n".join(summarise_profile(args.profile / name)))
 
 
 if __name__ == "__main__":

@@ -6,14 +6,17 @@ both alike; the figure that matters is the ratio (goal >= 0.9). Besides wall-clo
 script reports CPU time of this process (DuckDB's threads included) for each side, which other
 processes' load does not inflate, and the median of the per-batch wall-clock ratios. The store's
 side includes folding its partial hourly rollup rows (``Store.compact_rollup``) once at the end,
-so the figure carries the whole cost of the rollup.
+so the figure carries the whole cost of the rollup. The whole comparison runs ``--repeat`` times on
+fresh files and the summary gives each figure's median with its range over the repeats.
 
-    .venv/bin/python bench/store.py [--rows 100000] [--batch 1000] [--dim 384]
+    .venv/bin/python bench/store.py [--rows 100000] [--batch 1000] [--dim 384] [--repeat 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -52,23 +55,15 @@ def make_batches(rows: int, batch: int, dim: int, seed: int = 0) -> list[pa.Tabl
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=100_000)
-    ap.add_argument("--batch", type=int, default=1000)
-    ap.add_argument("--dim", type=int, default=384)
-    args = ap.parse_args()
-
-    batches = make_batches(args.rows, args.batch, args.dim)
-    raw_batches = [
-        b.append_column("ingest_seq", pa.array([i + 1] * b.num_rows, pa.int64())) for i, b in enumerate(batches)
-    ]
+def compare(batches: list[pa.Table], raw_batches: list[pa.Table]) -> dict[str, float]:
+    """One store-vs-raw run on fresh files: rates, CPU times, ratios and the compaction time."""
+    rows = sum(b.num_rows for b in batches)
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "store.duckdb")
         raw = duckdb.connect(str(Path(tmp) / "raw.duckdb"))
         for _, sql in MIGRATIONS:
             raw.execute(sql)
-        wall = {"store": [], "raw": []}
+        wall: dict[str, list[float]] = {"store": [], "raw": []}
         cpu = {"store": 0.0, "raw": 0.0}
 
         def timed(side: str, fn, i: int) -> None:  # type: ignore[no-untyped-def]
@@ -94,20 +89,50 @@ def main() -> None:
         compact_s = time.perf_counter() - t
         wall["store"][-1] += compact_s
         cpu["store"] += time.process_time() - c
-        assert store.count_predictions() == args.rows
-        assert int(store.traffic()["n"].sum()) == args.rows
+        assert store.count_predictions() == rows
+        assert int(store.traffic()["n"].sum()) == rows
         store.close()
         raw.close()
+    store_rate, raw_rate = rows / sum(wall["store"]), rows / sum(wall["raw"])
+    return {"store": store_rate, "raw": raw_rate, "ratio": store_rate / raw_rate,
+            "cpu_ratio": cpu["raw"] / cpu["store"], "cpu_store": cpu["store"], "cpu_raw": cpu["raw"],
+            "per_batch": float(np.median(np.array(wall["raw"]) / np.array(wall["store"]))),
+            "compact_ms": compact_s * 1e3, "folded": folded}
 
-    store_rate, raw_rate = args.rows / sum(wall["store"]), args.rows / sum(wall["raw"])
-    per_batch = np.median(np.array(wall["raw"]) / np.array(wall["store"]))
-    print(f"rows={args.rows} batch={args.batch} dim={args.dim}")
-    print(f"Store.append_predictions : {store_rate:10,.0f} rows/s   (CPU {cpu['store']:.1f} s)")
-    print(f"raw DuckDB Arrow INSERT  : {raw_rate:10,.0f} rows/s   (CPU {cpu['raw']:.1f} s)")
-    print(f"ratio store/raw          : {store_rate / raw_rate:10.2f}   (goal >= 0.9)")
-    print(f"  by CPU time            : {cpu['raw'] / cpu['store']:10.2f}")
-    print(f"  median per batch       : {per_batch:10.2f}")
-    print(f"  rollup compaction      : {compact_s * 1e3:10.1f} ms for {folded} partial rows (in the store side)")
+
+def spread(values: list[float], fmt: str) -> str:
+    """Median with the range over repeats: ``median [min..max]``."""
+    return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}..{fmt.format(max(values))}]"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+
+    batches = make_batches(args.rows, args.batch, args.dim)
+    raw_batches = [
+        b.append_column("ingest_seq", pa.array([i + 1] * b.num_rows, pa.int64())) for i, b in enumerate(batches)
+    ]
+    load = [os.getloadavg()[0]]
+    runs = [compare(batches, raw_batches) for _ in range(args.repeat)]
+    load.append(os.getloadavg()[0])
+
+    def col(key: str) -> list[float]:
+        return [r[key] for r in runs]
+
+    print(f"rows={args.rows} batch={args.batch} dim={args.dim}; median [min..max] over {args.repeat} runs; "
+          f"load average (1 min) at start / end: {load[0]:.1f} / {load[1]:.1f}")
+    print(f"Store.append_predictions : {spread(col('store'), '{:,.0f}'):>28} rows/s")
+    print(f"raw DuckDB Arrow INSERT  : {spread(col('raw'), '{:,.0f}'):>28} rows/s")
+    print(f"ratio store/raw          : {spread(col('ratio'), '{:.2f}'):>28}   (goal >= 0.9)")
+    print(f"  by CPU time            : {spread(col('cpu_ratio'), '{:.2f}'):>28}")
+    print(f"  median per batch       : {spread(col('per_batch'), '{:.2f}'):>28}")
+    print(f"  rollup compaction      : {spread(col('compact_ms'), '{:.1f}'):>28} ms for "
+          f"{int(statistics.median(col('folded')))} partial rows (in the store side)")
 
 
 if __name__ == "__main__":

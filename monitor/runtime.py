@@ -85,12 +85,13 @@ class Runtime:
 
         own_store = store is None
         store = store or open_store(settings)
-        serving = Serving(store, settings)
+        writer = Writer.from_settings(store, settings)
+        serving = Serving(store, settings, writer)
         health = CollectorRegistry(auto_describe=False)
         health.register(ModelHealthCollector(store))
         runtime = cls(
             settings=settings, store=store, tokens=TokenRegistry(store), scheduler=Scheduler(),
-            writer=Writer.from_settings(store, settings), serving=serving, drift=DriftService(store, settings),
+            writer=writer, serving=serving, drift=DriftService(store, settings),
             retrain=RetrainService(store, settings, serving),
             embedder=BackgroundEmbedder(store, settings) if settings.embedder.enabled else None,
             model_health=health, own_store=own_store,

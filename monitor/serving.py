@@ -10,6 +10,11 @@ while the model would otherwise be idle). The queue is bounded: past ``serve_max
 waiting texts, :meth:`~ModelServer.submit` raises :class:`ServeQueueFull` (the API answers 503
 + ``Retry-After``) rather than letting latency grow without limit.
 
+Logging: given the writer, the worker hands the rows of the whole forward to it as ONE Arrow table
+(:mod:`tuneloop.monitor.prediction_rows`) that commits without a group-commit wait (the forward is
+the group), and resolves each caller's future only after that COMMIT. The worker does not wait for
+the commit: the next forward starts at once.
+
 Hot-swap: the served model is one immutable :class:`LoadedModel` reference. A swap loads the new
 classifier in the calling thread (never in the batch worker), then replaces the reference in
 one assignment. Each batch reads the reference once, so a batch already taken finishes on the
@@ -33,11 +38,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tuneloop.monitor import metrics, mlflow_tracking, registry
+from tuneloop.monitor.prediction_rows import CallerRows, LoggedRows, prediction_rows
 from tuneloop.monitor.storage import DEFAULT_PROJECT, Store
 
 if TYPE_CHECKING:
     from tuneloop.monitor.config import Settings
-    from tuneloop.retrain.model import TextClassifier
+    from tuneloop.monitor.writer import Writer
+    from tuneloop.retrain.model import Predictions, TextClassifier
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +90,7 @@ class ServeResult:
     batch_texts: int  # texts in the forward pass this slice came from
     queue_ms: float
     forward_ms: float
+    logged: LoggedRows | None = None  # the committed rows, when the server logs (has a writer)
 
 
 @dataclass
@@ -90,6 +98,7 @@ class _Request:
     texts: list[str]
     future: Future[ServeResult]
     t0: float = field(default_factory=time.perf_counter)
+    metadata: dict[str, Any] | None = None
 
 
 def _depth_bucket(texts: int) -> str:
@@ -112,8 +121,9 @@ class ModelServer:
     """
 
     def __init__(self, project: str = DEFAULT_PROJECT, max_batch: int = 64, max_wait_ms: float = 0.0,
-                 threads: int = 0, max_queue: int = 1024, device: str = "auto") -> None:
+                 threads: int = 0, max_queue: int = 1024, device: str = "auto", writer: Writer | None = None) -> None:
         self.project = project
+        self.writer = writer  # logs every prediction before its caller is answered (None: no logging)
         self.max_batch = max(1, int(max_batch))
         self.max_wait = max(0.0, float(max_wait_ms)) / 1000.0
         self.max_queue = max(1, int(max_queue))
@@ -191,13 +201,18 @@ class ModelServer:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def submit(self, texts: list[str]) -> Future[ServeResult]:
-        """Queue ``texts`` for the next batch; the future resolves to their :class:`ServeResult`.
+    def submit(self, texts: list[str], metadata: dict[str, Any] | None = None,
+               started: float | None = None) -> Future[ServeResult]:
+        """Queue ``texts`` for the next batch; the future resolves to their :class:`ServeResult`
+        (with a writer: once their rows, carrying ``metadata``, are committed).
 
+        ``started`` (``time.perf_counter()``): when the caller's request began, for the logged latency.
         Raises :class:`ServeQueueFull` when they would take the queue past ``max_queue`` texts (a
         single request larger than that is still taken when nothing else waits).
         """
-        request = _Request(list(texts), Future())
+        request = _Request(list(texts), Future(), metadata=metadata)
+        if started is not None:
+            request.t0 = started
         if not request.texts:
             request.future.set_exception(ValueError("no texts to predict"))
             return request.future
@@ -279,15 +294,45 @@ class ModelServer:
         self.requests_served += len(batch)
         metrics.SERVE_BATCH_TEXTS.labels(self.project).observe(len(texts))
         metrics.SERVE_FORWARD_SECONDS.labels(self.project).observe(done - start)
-        offset = 0
+        results, offset = [], 0
         for r in batch:
             sl = slice(offset, offset + len(r.texts))
             offset += len(r.texts)
-            r.future.set_result(ServeResult(
+            results.append(ServeResult(
                 version=loaded.version, label_names=loaded.classifier.labels, labels=pred.labels[sl],
                 probs=pred.probs[sl], confidence=pred.confidence[sl], embeddings=pred.embeddings[sl],
                 batch_texts=len(texts), queue_ms=(start - r.t0) * 1000, forward_ms=forward_ms,
             ))
+        if self.writer is None:
+            for r, result in zip(batch, results, strict=True):
+                r.future.set_result(result)
+            return
+        self._log(batch, results, texts, pred, loaded, done)
+
+    def _log(self, batch: list[_Request], results: list[ServeResult], texts: list[str], pred: Predictions,
+             loaded: LoadedModel, done: float) -> None:
+        """Queue the forward's rows as one write; the callers are answered from the writer thread after COMMIT."""
+        assert self.writer is not None
+        try:
+            table, logged = prediction_rows(
+                texts, pred.labels, pred.probs, pred.embeddings, loaded.classifier.labels, loaded.version,
+                [CallerRows(len(r.texts), (done - r.t0) * 1000, r.metadata) for r in batch])
+            written = self.writer.submit_predictions(table, self.project, linger=False)
+        except Exception as e:  # a full or stopping writer: these callers get the error, the worker goes on
+            for r in batch:
+                r.future.set_exception(e)
+            return
+
+        def answer(write: Future[Any]) -> None:
+            error = write.exception()
+            for r, result, rows in zip(batch, results, logged, strict=True):
+                if error is not None:
+                    r.future.set_exception(error)
+                else:
+                    result.logged = rows
+                    r.future.set_result(result)
+
+        written.add_done_callback(answer)
 
     def stats(self) -> dict[str, Any]:
         batches = sum(self.batch_sizes.values())
@@ -306,9 +351,10 @@ class Serving:
     start-up). Readiness never fails for a project without a champion; it only reports it.
     """
 
-    def __init__(self, store: Store, settings: Settings) -> None:
+    def __init__(self, store: Store, settings: Settings, writer: Writer | None = None) -> None:
         self.store = store
         self.settings = settings
+        self.writer = writer  # every server logs its predictions through it (None: no logging)
         self._servers: dict[str, ModelServer] = {}
         self._initialised: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
@@ -326,7 +372,7 @@ class Serving:
             if srv is None:
                 m = self.settings.model
                 srv = ModelServer(project, m.serve_max_batch, m.serve_max_wait_ms, m.threads,
-                                  m.serve_max_queue, device=m.device).start()
+                                  m.serve_max_queue, device=m.device, writer=self.writer).start()
                 self._servers[project] = srv
                 self._initialised[project] = threading.Event()
         if fresh:

@@ -2,7 +2,8 @@
 
 Like datasette's ``execute_write_fn``: request handlers validate their batch, enqueue it and await
 a future; the writer thread takes everything queued (up to ``server.group_commit_rows`` rows, or
-whatever arrives within ``server.group_commit_ms`` of the first job) and appends all prediction
+whatever arrives within ``server.group_commit_ms`` of the first job; no wait when that job was
+submitted with ``linger=False``, as a served forward's rows are) and appends all prediction
 batches in ONE transaction, then resolves each caller's future with that caller's own
 accepted/duplicate counts. A future resolves only after COMMIT: an acknowledged row survives a
 crash. If the combined transaction fails, each batch is retried on its own so that one bad batch
@@ -64,6 +65,8 @@ class _Job:
     unknown: UnknownPolicy = "pending"
     token_id: str | None = None
     future: Future = field(default_factory=Future)
+    linger: bool = True
+    """Whether the writer may wait ``group_commit_ms`` for more jobs to join this one's group."""
     counted: bool = True
     """Its rows still count in the writer's queued rows."""
 
@@ -150,9 +153,13 @@ class Writer:
             self._queue.put(job)  # under the lock, so it is always ahead of stop()'s sentinel
         return job.future
 
-    def submit_predictions(self, table: pa.Table, project: str = DEFAULT_PROJECT) -> Future:
-        """Queue a prediction batch (store columns); the future gives its :class:`AppendResult`."""
-        return self._submit(_Job("predictions", table, project))
+    def submit_predictions(self, table: pa.Table, project: str = DEFAULT_PROJECT, linger: bool = True) -> Future:
+        """Queue a prediction batch (store columns); the future gives its :class:`AppendResult`.
+
+        ``linger=False``: the batch is a group already (a forward pass's rows); when it opens a group,
+        the writer takes what is queued at that moment and commits without waiting for more.
+        """
+        return self._submit(_Job("predictions", table, project, linger=linger))
 
     def submit_feedback(
         self, table: pa.Table, project: str = DEFAULT_PROJECT, unknown: UnknownPolicy = "pending",
@@ -180,7 +187,7 @@ class Writer:
             if first is None:
                 break
             group, rows = [first], first.rows
-            deadline = time.monotonic() + self.group_commit_ms / 1000.0
+            deadline = time.monotonic() + (self.group_commit_ms / 1000.0 if first.linger else 0.0)
             while rows < self.group_commit_rows:
                 try:
                     job = self._queue.get_nowait()

@@ -140,6 +140,67 @@ def test_continuous_batching_takes_the_whole_queue_in_one_forward(trained):
         server.stop()
 
 
+def test_a_forward_is_logged_as_one_write_and_each_caller_answered_after_its_commit(trained, tmp_path):
+    from tuneloop.monitor.storage import Store
+    from tuneloop.monitor.writer import Writer
+
+    store = Store(tmp_path / "log.duckdb")
+    # a long group-commit window: only the forward's own group (linger=False) lets the answers come back
+    writer = Writer(store, group_commit_ms=60_000).start()
+    server = ModelServer("default", max_batch=64, writer=writer)
+    try:
+        server.swap("v1", trained[1].models_dir / "v1")
+        started = time.perf_counter() - 0.5  # the callers' requests began half a second ago
+        committed, all_answered = [], threading.Event()
+
+        def on_answer(future):  # runs as the caller is answered: its rows must be stored by then
+            committed.append(len(store.get_predictions(future.result().logged.ids)))
+            if len(committed) == 6:
+                all_answered.set()
+
+        futures = []
+        for i in range(6):
+            futures.append(server.submit([f"a great film {i}", f"an awful day {i}"][: 1 + i % 2],
+                                         metadata={"caller": i}, started=started))
+            futures[-1].add_done_callback(on_answer)
+        server.start()
+        results = [f.result(30) for f in futures]
+        assert all_answered.wait(30)
+        assert writer.prediction_groups == 1  # six callers, one forward, one transaction
+        assert committed == [1 + i % 2 for i in range(6)]
+        for i, r in enumerate(results):
+            rows = store.get_predictions(r.logged.ids).set_index("id").loc[r.logged.ids]
+            assert rows["label"].tolist() == r.labels
+            assert rows["confidence"].tolist() == r.logged.confidence == [max(p.values()) for p in r.logged.probs]
+            assert set(rows["metadata"]) == {json.dumps({"caller": i}, separators=(",", ":"))}
+            assert (rows["latency_ms"] >= 500).all()
+            assert all(np.allclose(np.asarray(e, dtype=np.float32), r.embeddings[k])
+                       for k, e in enumerate(rows["embedding"]))
+    finally:
+        server.stop()
+        writer.stop()
+        store.close()
+
+
+def test_a_writer_that_refuses_fails_the_callers_not_the_worker(trained, tmp_path):
+    from tuneloop.monitor.storage import Store
+    from tuneloop.monitor.writer import Writer, WriterStopped
+
+    store = Store(tmp_path / "log.duckdb")
+    writer = Writer(store).start()
+    server = ModelServer("default", max_batch=64, writer=writer).start()
+    try:
+        server.swap("v1", trained[1].models_dir / "v1")
+        writer.stop()
+        with pytest.raises(WriterStopped):
+            server.predict(["a great film"], timeout=30)
+        server.writer = None  # the worker is still serving
+        assert server.predict(["a great film"], timeout=30).labels[0] in LABELS
+    finally:
+        server.stop()
+        store.close()
+
+
 def test_model_queue_is_bounded_and_refuses_instead_of_growing(trained):
     models_dir = trained[1].models_dir
     server = ModelServer("default", max_batch=8, max_queue=4)  # no worker yet: everything waits

@@ -229,3 +229,68 @@ def test_rollup_migration_keeps_existing_sums(tmp_path, monkeypatch):
     traffic = s.traffic()
     assert traffic["n"].tolist() == [8] and traffic["mean_confidence"].tolist() == [pytest.approx(4.0 / 8)]
     s.close()
+
+
+def test_rollup_readers_agree_with_the_raw_rows_after_many_appends(store, monkeypatch):
+    """Hundreds of appends (group commits, retries, two projects, missing versions and confidences,
+    rows across hours and days) with compaction running by itself: every rollup reader answers what
+    a recomputation from the raw ``predictions`` rows answers."""
+    from datetime import datetime, timedelta
+
+    from tuneloop.monitor.storage import store as store_module
+
+    monkeypatch.setattr(store_module, "ROLLUP_COMPACT_ROWS", 40)
+    rng = np.random.default_rng(7)
+    t0 = datetime(2025, 6, 1, 22, 0)
+    labels = np.array(["negative", "neutral", "positive"])
+    sent = 0
+    for b in range(150):
+        n = int(rng.integers(1, 30))
+        conf = rng.uniform(0.3, 1.0, n).round(4)
+        table = pa.table({
+            "id": [f"m{b}-{i}" for i in range(n)], "text": ["t"] * n, "label": labels[rng.integers(0, 3, n)],
+            "confidence": pa.array([None if rng.random() < 0.1 else float(c) for c in conf], pa.float64()),
+            "model_version": pa.array([None if rng.random() < 0.1 else f"v{int(rng.integers(1, 4))}"
+                                       for _ in range(n)], pa.string()),
+            "ts": pa.array([t0 + timedelta(minutes=int(m)) for m in rng.integers(0, 60 * 30, n)], pa.timestamp("us")),
+        })
+        project = "default" if b % 3 else "other"
+        if b % 10 == 4:  # a retried request: its rows count once
+            store.append_predictions(table.slice(0, n // 2), project)
+        if b % 7 == 0:  # a group commit of two requests
+            store.append_prediction_batches([(table.slice(0, n // 2), project), (table.slice(n // 2), project)])
+        else:
+            store.append_predictions(table, project)
+        sent += n
+
+    def raw(sql: str):
+        return store.query(sql)
+
+    recomputed = raw("""SELECT project, date_trunc('hour', ts) AS hour, coalesce(model_version, '') AS model_version,
+                               label, count(*) AS n, coalesce(sum(confidence), 0) AS confidence_sum
+                        FROM predictions GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4""")
+    rolled = raw("""SELECT project, hour, model_version, label, sum(n) AS n, sum(confidence_sum) AS confidence_sum
+                    FROM prediction_hourly GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4""")
+    assert int(recomputed["n"].sum()) == sent
+    assert rolled[["project", "hour", "model_version", "label"]].values.tolist() == \
+        recomputed[["project", "hour", "model_version", "label"]].values.tolist()
+    assert rolled["n"].astype(int).tolist() == recomputed["n"].astype(int).tolist()
+    assert rolled["confidence_sum"].tolist() == pytest.approx(recomputed["confidence_sum"].tolist(), rel=1e-12)
+
+    assert store.projects.prediction_counts() == {
+        p: int(n) for p, n in raw("SELECT project, count(*) AS n FROM predictions GROUP BY project").values}
+    for project in ("default", "other"):
+        for bucket in ("hour", "day"):
+            traffic = store.traffic(project, bucket)
+            expected = raw(f"""SELECT date_trunc('{bucket}', ts) AS bucket,
+                                      coalesce(model_version, '') AS model_version, count(*) AS n,
+                                      coalesce(sum(confidence), 0) / count(*) AS mean_confidence
+                               FROM predictions WHERE project = '{project}' GROUP BY 1, 2 ORDER BY 1, 2""")
+            assert traffic[["bucket", "model_version"]].values.tolist() == \
+                expected[["bucket", "model_version"]].values.tolist()
+            assert traffic["n"].astype(int).tolist() == expected["n"].astype(int).tolist()
+            assert traffic["mean_confidence"].tolist() == pytest.approx(expected["mean_confidence"].tolist(), rel=1e-12)
+        mix = store.label_mix(project)
+        expected_mix = raw(f"SELECT label, count(*) AS n FROM predictions WHERE project = '{project}' "
+                           "GROUP BY 1 ORDER BY 1")
+        assert mix.values.tolist() == expected_mix.values.tolist()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 
 import pyarrow as pa
 import pytest
@@ -62,3 +63,18 @@ def test_a_cancelled_caller_does_not_fail_the_rest_of_its_group(store):
     writer.stop()
     assert store.query("SELECT id FROM predictions")["id"].tolist() == ["kept"]
     assert writer.queued_rows == 0
+
+
+def test_a_batch_that_is_a_group_already_commits_without_the_wait(store):
+    writer = Writer(store, group_commit_ms=60_000).start()
+    try:
+        t = time.perf_counter()
+        assert writer.submit_predictions(batch("now"), linger=False).result(timeout=10).accepted == 1
+        assert time.perf_counter() - t < 30
+        lingering = writer.submit_predictions(batch("later"))  # opens a group that waits for the window
+        time.sleep(0.2)
+        assert not lingering.done()
+    finally:
+        writer.stop()  # drains: the waiting batch is written too
+    assert lingering.result().accepted == 1
+    assert store.count_predictions() == 2

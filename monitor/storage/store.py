@@ -58,6 +58,10 @@ DEFAULT_PROJECT = "default"
 ROLLUP_COMPACT_ROWS = 4096
 """Partial rollup rows appended since the last compaction that trigger the next one."""
 
+ROLLUP_VALUES_ROWS = 1000
+"""Largest rollup part appended as one INSERT ... VALUES (PostgreSQL takes at most 65,535
+parameters in a statement); a larger one is staged as a table."""
+
 
 class Store:
     """Owner of one tuneloop DuckDB file.
@@ -319,9 +323,18 @@ class Store:
         """Append the hourly aggregate of ``rows`` (rows just inserted) as partial rollup rows.
 
         The aggregate is computed here in Arrow (a few rows per batch) and appended without an
-        upsert: the rollup costs the write path one small INSERT. Readers sum per key.
+        upsert, as one parameterised INSERT ... VALUES: no staged table to register or copy, so
+        the rollup costs the write path one small statement. Readers sum per key.
         """
         part = hourly_part(rows)
+        if part is not None and part.num_rows <= ROLLUP_VALUES_ROWS:
+            columns = part.column_names
+            row = f"({', '.join('?' * len(columns))})"
+            params = [v for values in zip(*(part[c].to_pylist() for c in columns), strict=True) for v in values]
+            cur.execute(f"INSERT INTO prediction_hourly ({', '.join(columns)}) VALUES "
+                        f"{', '.join([row] * part.num_rows)}", params).fetchall()
+            self._rollup_parts += part.num_rows
+            return
         if part is None:  # ts is not a naive timestamp column: let the database cast and aggregate
             with self.staged(cur, "rollup_rows", rows):
                 cur.execute(
