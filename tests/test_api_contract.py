@@ -55,6 +55,9 @@ def test_project_settings_are_typed_in_schema_and_server(api, schema):
         r = api.post("/v1/projects", json={"project": "typed", "labels": ["a", "b"], "settings": bad})
         assert r.status_code == 422, (bad, r.text)
     r = api.post("/v1/projects", json={"project": "typed", "labels": ["a", "b"],
+                                       "settings": {"drift": {"windowsize": 1}}})
+    assert r.status_code == 422 and "settings.drift.windowsize: unknown key" in r.text, r.text
+    r = api.post("/v1/projects", json={"project": "typed", "labels": ["a", "b"],
                                        "settings": {"drift": {"window_size": 200.0}}})
     assert r.status_code == 201 and r.json()["settings"]["drift"]["window_size"] == 200
 

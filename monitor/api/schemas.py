@@ -243,8 +243,9 @@ class ProjectCreate(Strict):
             model = OVERRIDABLE.get(name)
             if model is None:
                 continue  # named in the create_project error
+            known = set(model.model_fields) - SERVER_WIDE.get(name, set())  # the others: named in create_project
             try:
-                model.model_validate(checked[name], strict=True)
+                model.model_validate({k: v for k, v in checked[name].items() if k in known}, strict=True)
             except ValidationError as e:
                 first = e.errors()[0]
                 key = ".".join(str(p) for p in first["loc"])
