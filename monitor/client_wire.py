@@ -128,12 +128,15 @@ def wire_table(table: pa.Table, now: float) -> pa.Table:
                                                              else None, n)}
     for name in ("text", "label"):
         out[name] = table.column(name).cast(pa.string())
-    out["ts"] = _timestamps(table.column("ts") if "ts" in table.column_names else None, n, now)
-    for name in ("confidence", "probs", "embedding", "model_version", "metadata"):
-        if name in table.column_names:
-            column = table.column(name)
-            if column.null_count < n:
-                out[name] = _CONVERTERS[name](column)
+    try:  # a value a cast cannot carry (NaN seconds, say): the per-row way sets aside just its row
+        out["ts"] = _timestamps(table.column("ts") if "ts" in table.column_names else None, n, now)
+        for name in ("confidence", "probs", "embedding", "model_version", "metadata"):
+            if name in table.column_names:
+                column = table.column(name)
+                if column.null_count < n:
+                    out[name] = _CONVERTERS[name](column)
+    except pa.ArrowException as e:
+        raise NotVectorisable(str(e)) from e
     return pa.table({name: out[name] for name in _WIRE_ORDER if name in out})
 
 

@@ -366,6 +366,11 @@ def test_a_table_the_wire_format_cannot_carry_sets_aside_only_the_culprit_rows(m
     kept = [ids[i] for i in (0, 1, 3, 5)]
     assert ids_in(srv.store, kept) == set(kept)
     assert srv.store.get_predictions([ids[1]]).iloc[0]["ts"] == datetime(2023, 11, 14, 22, 13, 21, 500000)
+    with Client(srv.url, srv.tokens["ingest"], batch_size=100) as tl:
+        ids = tl.log_predictions(pa.table({"text": [f"{tag} s{i}" for i in range(3)], "label": ["neutral"] * 3,
+                                           "ts": [1_700_000_000.0, float("nan"), 1_700_000_002.0]}))
+    assert [(e.ids, e.status) for e in tl.errors] == [([ids[1]], None)]
+    assert ids_in(srv.store, ids) == {ids[0], ids[2]}
 
 
 def test_a_dataframe_request_over_the_body_limit_is_halved_until_it_fits(tmp_path, running_server):
@@ -381,3 +386,18 @@ def test_a_dataframe_request_over_the_body_limit_is_halved_until_it_fits(tmp_pat
     assert tl.sent["predictions"] == n - 1
     kept = [i for k, i in enumerate(ids) if k != huge]
     assert ids_in(srv.store, kept) == set(kept)
+
+
+def test_a_dataframe_with_caller_mistakes_raises_in_the_caller_and_buffers_nothing(module_server):
+    import pandas as pd
+
+    with Client(module_server.url, module_server.tokens["ingest"]) as tl:
+        for frame, error in ((pd.DataFrame({"text": [1, 2], "label": ["neutral"] * 2}), TypeError),
+                             (pd.DataFrame({"text": ["a", "b"], "label": ["neutral", None]}), TypeError),
+                             (pd.DataFrame({"text": ["a"], "label": ["neutral"],
+                                            "metadata": [{"bad": float("nan")}]}), ValueError),
+                             (pd.DataFrame({"text": ["a"]}), ValueError)):
+            with pytest.raises(error):
+                tl.log_predictions(frame)
+        assert tl.pending == 0
+    assert tl.errors == [] and tl.sent["predictions"] == 0
