@@ -390,12 +390,13 @@ def test_a_dataframe_request_over_the_body_limit_is_halved_until_it_fits(tmp_pat
 
 def test_a_dataframe_with_caller_mistakes_raises_in_the_caller_and_buffers_nothing(module_server):
     import pandas as pd
+    import pyarrow as pa
 
     with Client(module_server.url, module_server.tokens["ingest"]) as tl:
         for frame, error in ((pd.DataFrame({"text": [1, 2], "label": ["neutral"] * 2}), TypeError),
                              (pd.DataFrame({"text": ["a", "b"], "label": ["neutral", None]}), TypeError),
-                             (pd.DataFrame({"text": ["a"], "label": ["neutral"],
-                                            "metadata": [{"bad": float("nan")}]}), ValueError),
+                             (pa.table({"text": ["a"], "label": ["neutral"],  # NaN is not JSON
+                                        "metadata": pa.array([{"bad": float("nan")}])}), ValueError),
                              (pd.DataFrame({"text": ["a"]}), ValueError)):
             with pytest.raises(error):
                 tl.log_predictions(frame)
