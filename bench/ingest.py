@@ -20,6 +20,7 @@ One run measures, on this machine:
 
     .venv/bin/python bench/ingest.py [--batches 40] [--json-batches 6] [--sdk-rows 100000] [--sdk-repeats 3]
     .venv/bin/python bench/ingest.py --pending-only [--feedback-rows 200000] [--repeats 3]
+    .venv/bin/python bench/ingest.py --sdk-only [--sdk-rows 100000] [--sdk-repeats 3]
 """
 
 from __future__ import annotations
@@ -229,6 +230,25 @@ def sdk_frame_rate(url: str, token: str, rows: int, rng: np.random.Generator) ->
     return rows / elapsed
 
 
+def sdk_paths(url: str, token: str, rows: int, repeats: int,
+              rng: np.random.Generator) -> tuple[np.ndarray, list[float], list[float]]:
+    """Per-row and DataFrame SDK runs, alternating so load from other processes hits both alike:
+    the last run's per-call costs and the rows/s of each run."""
+    row_rates, frame_rates = [], []
+    for _ in range(repeats):
+        costs, rate = sdk_cost(url, token, rows, rng)
+        row_rates.append(rate)
+        frame_rates.append(sdk_frame_rate(url, token, rows, rng))
+    return costs, row_rates, frame_rates
+
+
+def print_sdk_paths(rows: int, row_rates: list[float], frame_rates: list[float]) -> None:
+    for name, rates in (("per-row log_prediction", row_rates), ("log_predictions(DataFrame)", frame_rates)):
+        print(f"SDK end-to-end, {name:<27} ({rows} rows incl. close): median {np.median(rates):,.0f} rows/s, "
+              f"range {min(rates):,.0f}-{max(rates):,.0f}   runs: " + ", ".join(f"{x:,.0f}" for x in rates))
+    print(f"  ratio DataFrame/per-row (medians)  : {np.median(frame_rates) / np.median(row_rates):10.2f}")
+
+
 def rss_mb(pid: int, field: str = "VmHWM") -> float:
     """Peak (VmHWM) or current (VmRSS) resident memory of a process, in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -246,11 +266,22 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="runs per pending count")
     ap.add_argument("--pending-only", action="store_true", help="only measure the cost of pending feedback")
     ap.add_argument("--sdk-repeats", type=int, default=3, help="alternating per-row / DataFrame SDK runs")
+    ap.add_argument("--sdk-only", action="store_true", help="only compare the SDK's per-row and DataFrame paths")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     if args.pending_only:
         with tempfile.TemporaryDirectory() as tmp:
             print_pending(pending_cost(Path(tmp), args.feedback_rows, args.repeats, rng), args.feedback_rows)
+        return
+    if args.sdk_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            proc, url, token = start_server(Path(tmp) / "server")
+            try:
+                _, row_rates, frame_rates = sdk_paths(url, token, args.sdk_rows, args.sdk_repeats, rng)
+            finally:
+                proc.terminate()
+                proc.wait(60)
+        print_sdk_paths(args.sdk_rows, row_rates, frame_rates)
         return
 
     rounds = [[make_batch(r * 10_000 + k, rng) for k in range(args.batches)] for r in range(2)]
@@ -269,11 +300,7 @@ def main() -> None:
             rss_steps["after Arrow ingest"] = rss_mb(proc.pid)
             json_rate = http_ingest(url, token, [json_body(t) for t in json_tables], "application/json")
             rss_steps["after JSON ingest"] = rss_mb(proc.pid)
-            row_rates, frame_rates = [], []
-            for _ in range(args.sdk_repeats):  # alternate, so load from other processes hits both alike
-                costs, sdk_rate = sdk_cost(url, token, args.sdk_rows, rng)
-                row_rates.append(sdk_rate)
-                frame_rates.append(sdk_frame_rate(url, token, args.sdk_rows, rng))
+            costs, row_rates, frame_rates = sdk_paths(url, token, args.sdk_rows, args.sdk_repeats, rng)
             rss = rss_steps["after SDK"] = rss_mb(proc.pid)
         finally:
             proc.terminate()
@@ -292,10 +319,7 @@ def main() -> None:
     p50, p99, p999 = np.percentile(us, [50, 99, 99.9])
     print(f"SDK log_prediction caller cost       : p50 {p50:.1f} us, p99 {p99:.1f} us, p99.9 {p999:.0f} us, "
           f"max {us.max():.0f} us   (goal p99 < 50 us)")
-    print(f"SDK end-to-end, per-row log_prediction ({args.sdk_rows} rows incl. close): "
-          f"median {np.median(row_rates):,.0f} rows/s   runs: " + ", ".join(f"{x:,.0f}" for x in row_rates))
-    print(f"SDK end-to-end, log_predictions(DataFrame)  ({args.sdk_rows} rows incl. close): "
-          f"median {np.median(frame_rates):,.0f} rows/s   runs: " + ", ".join(f"{x:,.0f}" for x in frame_rates))
+    print_sdk_paths(args.sdk_rows, row_rates, frame_rates)
     print(f"server peak RSS                      : {rss:10.0f} MB   ("
           + ", ".join(f"{k}: {v:.0f}" for k, v in rss_steps.items()) + "; idle is current RSS)")
     with tempfile.TemporaryDirectory() as tmp:

@@ -22,6 +22,7 @@ from tuneloop.monitor.alerts import AlertChange, WebhookNotifier, update_alerts
 from tuneloop.monitor.config import Settings
 from tuneloop.monitor.projects import labels_for, project_names, settings_for
 from tuneloop.monitor.storage import DEFAULT_PROJECT, Store, is_missing, utcnow
+from tuneloop.retrain.reference import not_trained_on
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ PRE_PROMOTION_ROWS = 5000
 """Most recent traffic rows before a promotion taken as the input checks' reference."""
 PRE_PROMOTION_MIN_ROWS = 200
 """Fewer pre-promotion rows than this: the input checks fall back on the version's reference rows."""
+MIN_ROWS = 20
+"""Fewest rows on each side of a check run."""
 
 
 @dataclass(frozen=True)
@@ -83,9 +86,12 @@ def reference_frames(store: Store, settings: Settings, project: str = DEFAULT_PR
     ``training``: the champion's reference rows (its predictions on its training, validation and
     holdout rows, or rows imported with ``tuneloop reference import``); for the input checks, the
     traffic served just before the champion's promotion when there is enough of it (it is what
-    traffic looked like when the version went live; queue picks and replayed rows are not). Without
-    reference rows, the project's first ``window_size`` predictions. ``pinned``: predictions between
-    ``pinned_start`` and ``pinned_end``.
+    traffic looked like when the version went live), else the reference rows the champion was not
+    trained on (held-out rows of the random evaluation slice, re-scored traffic): its training rows
+    are label-queue picks and replayed rows, which do not look like traffic, so traffic would look
+    drifted next to them. Only with fewer than :data:`MIN_ROWS` of those do the input checks take
+    every reference row (``inputs_source`` says so). Without reference rows, the project's first
+    ``window_size`` predictions. ``pinned``: predictions between ``pinned_start`` and ``pinned_end``.
     """
     drift = settings.drift
     if drift.reference == "pinned":
@@ -104,7 +110,13 @@ def reference_frames(store: Store, settings: Settings, project: str = DEFAULT_PR
         traffic = pre_promotion_traffic(store, project, name)
         if len(traffic) >= PRE_PROMOTION_MIN_ROWS:
             return Reference(name, traffic, df, name, f"{len(traffic)} traffic rows before {name} was promoted")
-        return Reference(name, df, df, name)
+        held_out = not_trained_on(df)
+        if len(held_out) == len(df):
+            return Reference(name, df, df, name)
+        if len(held_out) >= MIN_ROWS:
+            return Reference(name, held_out, df, name, f"{len(held_out)} reference rows {name} was not trained on")
+        return Reference(name, df, df, name, f"all {len(df)} reference rows, {len(df) - len(held_out)} training "
+                                             f"rows included: {name} has {len(held_out)} held-out rows")
     first = store.predictions.first_traffic(project, drift.window_size)
     return Reference("first-traffic", first, first)
 
@@ -153,7 +165,7 @@ def run_drift_checks(
     current = current_frame(store, settings, project)
     current, skipped = _drop_missing_embeddings(current)
     reference, _ = _drop_missing_embeddings(ref.inputs)
-    minimum = 20
+    minimum = MIN_ROWS
     if len(reference) < minimum or len(current) < minimum:
         raise NotEnoughData(
             f"not enough rows to compare: reference {len(reference)}, current {len(current)} (need {minimum} each"

@@ -35,7 +35,6 @@ import asyncio
 import atexit
 import functools
 import inspect
-import io
 import json
 import logging
 import random
@@ -45,18 +44,29 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 import httpx
-import pyarrow as pa
-import pyarrow.ipc as ipc
+
+from tuneloop.monitor.client_wire import (
+    PRED_FIELDS,
+    NotVectorisable,
+    PredictionChunk,
+    arrow_stream,
+    as_arrow,
+    as_rows,
+    entries_table,
+    prediction_rows,
+    predictions_table,
+    wire_table,
+)
 
 log = logging.getLogger(__name__)
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-PROBS_TYPE = pa.map_(pa.string(), pa.float64())
+__all__ = ["BufferFullError", "Client", "ClientError", "TuneloopError", "arrow_stream", "predictions_table"]
 
 # One buffered prediction: (id, text, label, confidence, probs, embedding, model_version, ts, metadata)
 _Pred = tuple[str, str, str, Any, Any, Any, Any, Any, Any]
@@ -88,7 +98,7 @@ class ClientError:
     records: list[dict[str, Any]] = field(repr=False)
 
 
-_PRED_FIELDS = ("id", "text", "label", "confidence", "probs", "embedding", "model_version", "ts", "metadata")
+_PRED_FIELDS = PRED_FIELDS
 _FEEDBACK_FIELDS = ("id", "prediction_id", "label", "source", "annotator")
 
 
@@ -132,9 +142,10 @@ class Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
         self._sync_http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
-        self._preds: deque[_Pred] = deque()
+        self._preds: deque[_Pred | PredictionChunk] = deque()
         self._feedback: deque[_Feedback] = deque()
         self._lock = threading.Condition()
+        self._chunk_extra = 0  # rows in buffered chunks beyond one per entry (under _lock)
         self._taken = 0  # records moved from the buffers to the sender (under _lock)
         self._resolved = 0  # records delivered or set aside as errors (under _lock)
         self._wake = threading.Event()
@@ -170,11 +181,11 @@ class Client:
         if metadata is not None:
             metadata = json.dumps(metadata, allow_nan=False, separators=(",", ":"))
         rid = id or uuid.uuid4().hex
-        if len(self._preds) + len(self._feedback) >= self.max_buffer:
+        if self._buffered() >= self.max_buffer:
             self._wait_for_space()
         self._preds.append((rid, text, label, confidence, probs, embedding, model_version,
                             time.time() if ts is None else ts, metadata))
-        if len(self._preds) >= self.batch_size:
+        if len(self._preds) + self._chunk_extra >= self.batch_size:
             self._wake.set()
         return rid
 
@@ -188,7 +199,7 @@ class Client:
         if source not in ("human", "import", "rule"):
             raise ValueError("source must be 'human', 'import' or 'rule'")
         fid = id or uuid.uuid4().hex
-        if len(self._preds) + len(self._feedback) >= self.max_buffer:
+        if self._buffered() >= self.max_buffer:
             self._wait_for_space()
         self._feedback.append((fid, prediction_id, label, source, annotator))
         if len(self._feedback) >= self.batch_size:
@@ -202,35 +213,36 @@ class Client:
         ({label: p} or a map column), ``embedding`` (list of floats), ``model_version``, ``ts``
         (datetime or Unix seconds), ``metadata`` (dict or JSON text). Other columns are refused.
         """
-        table = _as_arrow(data)
+        table = as_arrow(data)
         unknown = set(table.column_names) - set(_PRED_FIELDS)
         if unknown:
             raise ValueError(f"unknown prediction columns {sorted(unknown)}; use {', '.join(_PRED_FIELDS)}")
         missing = {"text", "label"} - set(table.column_names)
         if missing:
             raise ValueError(f"missing required columns {sorted(missing)}")
-        n = table.num_rows
-        cols = {name: table.column(name).to_pylist() if name in table.column_names else [None] * n
-                for name in _PRED_FIELDS}
-        if any(not isinstance(t, str) for t in cols["text"]) or any(not isinstance(x, str) for x in cols["label"]):
-            raise TypeError("text and label must be non-null strings")
-        cols["id"] = [i or uuid.uuid4().hex for i in cols["id"]]
-        cols["probs"] = [dict(p) if isinstance(p, list) else p for p in cols["probs"]]
-        cols["metadata"] = [m if m is None or isinstance(m, str) else json.dumps(m, allow_nan=False,
-                                                                                   separators=(",", ":"))
-                            for m in cols["metadata"]]
-        now = time.time()
-        cols["ts"] = [now if t is None else t for t in cols["ts"]]
-        rows = list(zip(*(cols[name] for name in _PRED_FIELDS), strict=True))
-        for start in range(0, n, self.batch_size):
+        try:  # column by column: the rows are sent as slices of this table
+            wire = wire_table(table, time.time())
+        except NotVectorisable:  # a column only the per-row conversion takes
+            rows = prediction_rows(table, time.time())
+            entries: list[Any] = [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
+            ids = [r[0] for r in rows]
+        else:
+            entries = [PredictionChunk(wire.slice(i, self.batch_size))
+                       for i in range(0, wire.num_rows, self.batch_size)]
+            ids = wire.column("id").to_pylist()
+        for entry in entries:
             if self._closing:
                 raise RuntimeError("the client is closed")
-            chunk = rows[start:start + self.batch_size]
-            if len(self._preds) + len(self._feedback) + len(chunk) > self.max_buffer:
-                self._wait_for_space(len(chunk))
-            self._preds.extend(chunk)
+            if self._buffered() + len(entry) > self.max_buffer:
+                self._wait_for_space(len(entry))
+            with self._lock:
+                if isinstance(entry, PredictionChunk):
+                    self._preds.append(entry)
+                    self._chunk_extra += len(entry) - 1
+                else:
+                    self._preds.extend(entry)
             self._wake.set()
-        return cols["id"]
+        return ids
 
     def logged(self, fn: Callable[..., Any] | None = None, *, model_version: str | None = None) -> Any:
         """Decorator: log every call of a predict function (sync or async) with its inputs and outputs.
@@ -278,19 +290,23 @@ class Client:
         self._wake.set()
         limit = max(0, self.max_buffer - needed)
         with self._lock:
-            while len(self._preds) + len(self._feedback) > limit and not self._closed:
+            while self._buffered() > limit and not self._closed:
                 self._lock.wait(0.1)
+
+    def _buffered(self) -> int:
+        """Records in the buffers (a chunk counts its rows); exact under _lock."""
+        return len(self._preds) + self._chunk_extra + len(self._feedback)
 
     @property
     def pending(self) -> int:
         """Records logged but not yet acknowledged or set aside."""
         with self._lock:
-            return self._taken - self._resolved + len(self._preds) + len(self._feedback)
+            return self._taken - self._resolved + self._buffered()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Send everything logged so far; True when all of it was acknowledged or set aside."""
         with self._lock:
-            target = self._taken + len(self._preds) + len(self._feedback)
+            target = self._taken + self._buffered()
         self._wake.set()
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
@@ -360,13 +376,21 @@ class Client:
         return r.json()
 
     # -- the sender thread ----------------------------------------------------------------------
-    def _take(self, buffer: deque, limit: int) -> list:
+    def _take(self, buffer: deque, limit: int) -> tuple[list, int]:
+        """Entries from the front of ``buffer`` holding at most ``limit`` records (a chunk is never
+        split; a first chunk is taken whole); returns them and their record count."""
+        batch, n = [], 0
         with self._lock:
-            n = min(len(buffer), limit)
-            batch = [buffer.popleft() for _ in range(n)]
+            while buffer:
+                size = len(buffer[0]) if isinstance(buffer[0], PredictionChunk) else 1
+                if batch and n + size > limit or n >= limit:
+                    break
+                batch.append(buffer.popleft())
+                n += size
+                self._chunk_extra -= size - 1
             self._taken += n
             self._lock.notify_all()
-        return batch
+        return batch, n
 
     def _resolve(self, n: int) -> None:
         with self._lock:
@@ -381,23 +405,32 @@ class Client:
                 # Count feedback first: every prediction logged before a counted feedback row is then
                 # in the counted predictions, which go first. So feedback never overtakes its
                 # prediction, and neither kind can starve the other.
-                n_feedback, n_preds = len(self._feedback), len(self._preds)
+                n_feedback = len(self._feedback)
+                with self._lock:
+                    n_preds = len(self._preds) + self._chunk_extra
                 if not n_feedback and not n_preds:
                     break
                 for kind, buffer, n in (("predictions", self._preds, n_preds),
                                         ("feedback", self._feedback, n_feedback)):
                     while n > 0:
-                        batch = self._take(buffer, min(n, self.batch_size))
-                        n -= len(batch)
-                        self._deliver(kind, batch)
+                        batch, taken = self._take(buffer, min(n, self.batch_size))
+                        n -= taken
+                        self._deliver(kind, batch, taken)
             if self._closing:
                 return
 
-    def _deliver(self, kind: Literal["predictions", "feedback"], records: list) -> None:
-        """Send one batch until acknowledged, or set (some of) it aside; resolves every record."""
+    def _deliver(self, kind: Literal["predictions", "feedback"], records: list, n: int | None = None) -> None:
+        """Send one batch until acknowledged, or set (some of) it aside; resolves every record.
+
+        ``records`` may hold chunks (``n`` records in all): sent as they are, and turned into one
+        tuple per record only when some records must be told apart (refused, too large, unencodable).
+        """
+        if n is None:
+            n = len(records)
         try:
             body, content_type = self._encode(kind, records)
         except Exception as e:  # a value the wire format cannot carry: find the culprits
+            records = as_rows(records)
             if len(records) == 1:
                 self._set_aside(kind, records, None, f"cannot be encoded: {e}")
                 return
@@ -409,9 +442,12 @@ class Client:
         except Exception as e:  # e.g. the connection pool closed by close(timeout): never lose track
             status, detail = None, f"{type(e).__name__}: {e}"
         if status is not None and status < 300:
-            self.sent[kind] += len(records)
-            self._resolve(len(records))
-        elif status == 422 and len(records) > 1 and (bad := _bad_records(detail, len(records))):
+            self.sent[kind] += n
+            self._resolve(n)
+            return
+        if n != len(records):
+            records = as_rows(records)
+        if status == 422 and len(records) > 1 and (bad := _bad_records(detail, len(records))):
             good = [r for i, r in enumerate(records) if i not in bad]
             self._set_aside(kind, [records[i] for i in sorted(bad)], 422,
                             [d for d in detail if _record_index(d) in bad])
@@ -451,7 +487,7 @@ class Client:
         if kind == "feedback":
             rows = [dict(zip(_FEEDBACK_FIELDS, r, strict=True)) for r in records]
             return json.dumps({"records": rows, "project": self.project}).encode(), "application/json"
-        return arrow_stream(predictions_table(records)), ARROW_STREAM
+        return arrow_stream(entries_table(records)), ARROW_STREAM
 
     def _set_aside(self, kind: Literal["predictions", "feedback"], records: list, status: int | None,
                    detail: Any) -> None:
@@ -469,17 +505,9 @@ class Client:
     def _set_aside_unsent(self) -> None:
         """After close: anything still buffered (the sender gave up or is stuck) goes to ``errors``."""
         for kind, buffer in (("predictions", self._preds), ("feedback", self._feedback)):
-            records = self._take(buffer, len(buffer))
+            records = as_rows(self._take(buffer, self._buffered())[0])
             if records:
                 self._set_aside(kind, records, None, "client closed before these could be sent")
-
-
-def _as_arrow(data: Any) -> pa.Table:
-    if isinstance(data, pa.Table):
-        return data
-    if type(data).__module__.startswith("pandas"):  # pandas is the caller's: not imported here otherwise
-        return pa.Table.from_pandas(data, preserve_index=False)
-    raise TypeError(f"log_predictions takes a pandas DataFrame or a pyarrow Table, not {type(data).__name__}")
 
 
 def _is_pair(out: Any) -> bool:
@@ -496,63 +524,6 @@ def _parse_output(output: Any) -> tuple[str, float | None, dict[str, float] | No
         score = output.get("confidence", output.get("score"))
         return output["label"], None if score is None else float(score), output.get("probs")
     raise TypeError(f"cannot read a label from the predict function's output {output!r}")
-
-
-# -- wire helpers -----------------------------------------------------------------------------------
-def _epoch_us(ts: Any) -> int:
-    if isinstance(ts, datetime):
-        if ts.tzinfo is None:
-            ts = ts.replace(tzinfo=UTC)
-        return int(ts.timestamp() * 1_000_000)
-    return int(float(ts) * 1_000_000)
-
-
-def _embedding_array(values: Sequence[Any]) -> pa.Array:
-    try:  # a dense matrix is one copy with numpy; without numpy, pyarrow converts lists itself
-        import numpy as np
-    except ImportError:
-        return pa.array([None if v is None else list(v) for v in values], pa.list_(pa.float32()))
-    present = [v for v in values if v is not None]
-    if len(present) == len(values):
-        try:
-            matrix = np.asarray(values, dtype=np.float32)
-        except ValueError:  # ragged: the server will say which row is wrong
-            matrix = None
-        if matrix is not None and matrix.ndim == 2:
-            n, d = matrix.shape
-            offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32))
-            return pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1)))
-    return pa.array([None if v is None else np.asarray(v, dtype=np.float32) for v in values],
-                    pa.list_(pa.float32()))
-
-
-def predictions_table(records: Sequence[_Pred]) -> pa.Table:
-    """Buffered predictions -> the Arrow table ``POST /v1/predictions`` takes (absent columns left out)."""
-    ids, texts, labels, conf, probs, emb, versions, ts, meta = zip(*records, strict=True)
-    cols: dict[str, pa.Array] = {
-        "id": pa.array(ids, pa.string()),
-        "text": pa.array(texts, pa.string()),
-        "label": pa.array(labels, pa.string()),
-        "ts": pa.array([_epoch_us(t) for t in ts], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-    }
-    if any(c is not None for c in conf):
-        cols["confidence"] = pa.array(conf, pa.float64())
-    if any(p is not None for p in probs):
-        cols["probs"] = pa.array([None if p is None else list(p.items()) for p in probs], PROBS_TYPE)
-    if any(e is not None for e in emb):
-        cols["embedding"] = _embedding_array(emb)
-    if any(v is not None for v in versions):
-        cols["model_version"] = pa.array(versions, pa.string())
-    if any(m is not None for m in meta):
-        cols["metadata"] = pa.array(meta, pa.string())
-    return pa.table(cols)
-
-
-def arrow_stream(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    with ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue()
 
 
 def _detail(r: httpx.Response) -> Any:

@@ -32,6 +32,7 @@ from tuneloop.monitor.storage import Store, is_missing, utcnow
 IMPORTED_REFERENCE = "imported"
 EXAMPLES = 10  # unmatched keys/ids shown in a report
 _KEY_FIELD_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+KEY_FIELD_PATTERN = _KEY_FIELD_RE.pattern
 
 
 class ImportDataError(ValueError):

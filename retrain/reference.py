@@ -23,6 +23,17 @@ RESCORED_SPLIT = "rescored"
 """The ``split`` of reference rows that are earlier traffic scored again by the version after its promotion."""
 
 
+def not_trained_on(reference: pd.DataFrame) -> pd.DataFrame:
+    """The reference rows the version was not trained on (``split`` other than "train"; all without ``split``).
+
+    Held-out rows and re-scored traffic: unlike training rows (label-queue picks, replayed rows, in-sample
+    predictions) they look like what the version serves.
+    """
+    if "split" not in reference.columns:
+        return reference
+    return reference[reference["split"].astype(str) != "train"].reset_index(drop=True)
+
+
 def _probs_json(labels: list[str], row: np.ndarray) -> str:
     return json.dumps({lab: round(float(p), 6) for lab, p in zip(labels, row, strict=True)})
 

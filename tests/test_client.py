@@ -252,3 +252,153 @@ def test_a_client_only_venv_logs_10000_rows_from_a_dataframe(module_server, tmp_
     assert len(ids_in(srv.store, [report["first"], report["last"]])) == 2
     n = srv.store.query("SELECT count(*) AS n FROM predictions WHERE text LIKE 'client-only %'")["n"][0]
     assert n == 10_000
+
+
+# -- log_predictions sends slices of the caller's table; records are told apart only when needed ---
+
+
+def test_dataframe_rows_the_server_refuses_are_set_aside_and_the_rest_stored_in_order(module_server):
+    import pandas as pd
+
+    srv = module_server
+    tag, n, refused_at = str(time.time_ns()), 1200, {3, 499, 500, 1199}
+    df = pd.DataFrame({
+        "id": [f"{tag}-given-{i}" if i % 7 == 0 else None for i in range(n)],
+        "text": [f"{tag} row {i}" for i in range(n)],
+        "label": ["furious" if i in refused_at else "neutral" for i in range(n)],
+        "probs": [{"neutral": 0.75, "positive": 0.25}] * n,
+        "embedding": [np.full(384, i / n, np.float32) for i in range(n)],
+        "metadata": [{"row": i} for i in range(n)],
+    })
+    with Client(srv.url, srv.tokens["ingest"], batch_size=500, flush_interval=5) as tl:
+        ids = tl.log_predictions(df)
+    assert len(ids) == n and len(set(ids)) == n
+    assert all(ids[i] == f"{tag}-given-{i}" for i in range(0, n, 7))
+    assert {i for e in tl.errors for i in e.ids} == {ids[i] for i in refused_at}
+    assert all(e.status == 422 for e in tl.errors) and tl.sent["predictions"] == n - len(refused_at)
+    refused = sorted((r["text"], r["label"], r["metadata"]) for e in tl.errors for r in e.records)
+    assert refused == sorted((f"{tag} row {i}", "furious", f'{{"row":{i}}}') for i in refused_at)
+    stored = srv.store.get_predictions(ids).set_index("id")
+    assert set(stored.index) == {ids[i] for i in range(n) if i not in refused_at}
+    for i in (0, 4, 498, 501, 1198):  # each id names its own row
+        row = stored.loc[ids[i]]
+        assert row["text"] == f"{tag} row {i}" and row["metadata"] == f'{{"row":{i}}}'
+        assert row["embedding"][0] == pytest.approx(i / n) and row["confidence"] == pytest.approx(0.75)
+
+
+def test_dataframe_rows_count_against_max_buffer(module_server):
+    import pandas as pd
+    from conftest import free_port
+
+    def frame(n, tag):  # type: ignore[no-untyped-def]
+        return pd.DataFrame({"text": [f"{tag} {i}" for i in range(n)], "label": ["neutral"] * n})
+
+    down = Client(f"http://127.0.0.1:{free_port()}", "t", max_buffer=250, batch_size=100, on_full="raise",
+                  max_retries=100, backoff=2, flush_interval=60)
+    down.log_predictions(frame(100, "in flight"))
+    deadline = time.monotonic() + 10
+    while down._taken < 100 and time.monotonic() < deadline:  # the sender holds it, retrying (seconds apart)
+        time.sleep(0.01)
+    assert len(down.log_predictions(frame(200, "buffered"))) == 200
+    for i in range(50):
+        down.log_prediction(f"one more {i}", "neutral")
+    assert down.pending == 350
+    with pytest.raises(BufferFullError):  # 250 rows buffered: the table's rows count, not its slices
+        down.log_prediction("one too many", "neutral")
+    with pytest.raises(BufferFullError):
+        down.log_predictions(frame(1, "too many"))
+    assert not down.close(timeout=0.5)
+    assert sum(len(e.ids) for e in down.errors) == 350  # every buffered row reported, none dropped silently
+
+    srv = module_server
+    tag = str(time.time_ns())
+    with Client(srv.url, srv.tokens["ingest"], max_buffer=250, batch_size=100, flush_interval=0.01) as tl:
+        ids = tl.log_predictions(frame(3000, tag))  # twelve times the buffer: blocks until there is room
+    assert tl.errors == [] and tl.sent["predictions"] == 3000 and ids_in(srv.store, ids) == set(ids)
+
+
+def test_feedback_logged_after_a_dataframe_is_sent_after_its_predictions(module_server):
+    import pandas as pd
+    import pyarrow as pa
+
+    srv = module_server
+    tag, n = str(time.time_ns()), 2000
+    sent: list[tuple[str, set[str]]] = []
+
+    def record_request(request):  # type: ignore[no-untyped-def]
+        body = request.read()
+        if request.url.path == "/v1/predictions":
+            sent.append(("predictions", set(pa.ipc.open_stream(body).read_all()["id"].to_pylist())))
+        else:
+            import json
+
+            sent.append(("feedback", {r["prediction_id"] for r in json.loads(body)["records"]}))
+
+    df = pd.DataFrame({"text": [f"{tag} {i}" for i in range(n)], "label": ["positive"] * n})
+    with Client(srv.url, srv.tokens["label"], batch_size=300, flush_interval=5) as tl:
+        tl._http.event_hooks["request"].append(record_request)
+        ids = tl.log_predictions(df)
+        fids = [tl.log_feedback(ids[i], "negative") for i in (n - 1, 0, n // 2)]
+    assert tl.errors == []
+    first_sent = {}
+    for position, (kind, keys) in enumerate(sent):
+        for key in keys:
+            first_sent.setdefault((kind, key), position)
+    for i in (n - 1, 0, n // 2):
+        assert first_sent[("predictions", ids[i])] < first_sent[("feedback", ids[i])]
+    stored = srv.store.query("SELECT id, predicted_label FROM feedback WHERE prediction_id IN (?, ?, ?)",
+                             [ids[n - 1], ids[0], ids[n // 2]]).to_dict("records")
+    assert sorted(stored, key=lambda r: r["id"]) == sorted(
+        [{"id": f, "predicted_label": "positive"} for f in fids], key=lambda r: r["id"])
+
+
+def test_a_table_the_wire_format_cannot_carry_sets_aside_only_the_culprit_rows(module_server):
+    import pyarrow as pa
+
+    srv = module_server
+    tag = str(time.time_ns())
+    table = pa.table({"text": [f"{tag} {i}" for i in range(6)], "label": ["neutral"] * 6,
+                      "ts": ["1700000000", "1700000001.5", "not a time", "1700000003", "", "1700000005"]})
+    with Client(srv.url, srv.tokens["ingest"], batch_size=100) as tl:
+        ids = tl.log_predictions(table)
+    assert [(e.ids, e.status) for e in tl.errors] == [([ids[2]], None), ([ids[4]], None)]
+    assert "cannot be encoded" in tl.errors[0].detail and tl.errors[0].records[0]["text"] == f"{tag} 2"
+    kept = [ids[i] for i in (0, 1, 3, 5)]
+    assert ids_in(srv.store, kept) == set(kept)
+    assert srv.store.get_predictions([ids[1]]).iloc[0]["ts"] == datetime(2023, 11, 14, 22, 13, 21, 500000)
+    with Client(srv.url, srv.tokens["ingest"], batch_size=100) as tl:
+        ids = tl.log_predictions(pa.table({"text": [f"{tag} s{i}" for i in range(3)], "label": ["neutral"] * 3,
+                                           "ts": [1_700_000_000.0, float("nan"), 1_700_000_002.0]}))
+    assert [(e.ids, e.status) for e in tl.errors] == [([ids[1]], None)]
+    assert ids_in(srv.store, ids) == {ids[0], ids[2]}
+
+
+def test_a_dataframe_request_over_the_body_limit_is_halved_until_it_fits(tmp_path, running_server):
+    import pandas as pd
+
+    srv = running_server(tmp_path, server={"max_body_bytes": 16384})
+    n, huge = 400, 7
+    df = pd.DataFrame({"text": [("y" * 20000 if i == huge else f"row {i} ") + "x" * 200 for i in range(n)],
+                       "label": ["neutral"] * n})
+    with Client(srv.url, srv.tokens["ingest"], batch_size=400) as tl:
+        ids = tl.log_predictions(df)
+    assert [(e.ids, e.status) for e in tl.errors] == [([ids[huge]], 413)]  # alone and still too large
+    assert tl.sent["predictions"] == n - 1
+    kept = [i for k, i in enumerate(ids) if k != huge]
+    assert ids_in(srv.store, kept) == set(kept)
+
+
+def test_a_dataframe_with_caller_mistakes_raises_in_the_caller_and_buffers_nothing(module_server):
+    import pandas as pd
+    import pyarrow as pa
+
+    with Client(module_server.url, module_server.tokens["ingest"]) as tl:
+        for frame, error in ((pd.DataFrame({"text": [1, 2], "label": ["neutral"] * 2}), TypeError),
+                             (pd.DataFrame({"text": ["a", "b"], "label": ["neutral", None]}), TypeError),
+                             (pa.table({"text": ["a"], "label": ["neutral"],  # NaN is not JSON
+                                        "metadata": pa.array([{"bad": float("nan")}])}), ValueError),
+                             (pd.DataFrame({"text": ["a"]}), ValueError)):
+            with pytest.raises(error):
+                tl.log_predictions(frame)
+        assert tl.pending == 0
+    assert tl.errors == [] and tl.sent["predictions"] == 0

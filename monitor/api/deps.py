@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from typing import Annotated
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import AfterValidator, BeforeValidator
 
 from tuneloop.monitor.auth import ANONYMOUS_ADMIN, AuthError, Principal
+from tuneloop.monitor.collect import naive_utc
 from tuneloop.monitor.config import Settings
 from tuneloop.monitor.projects import PROJECT_PATTERN, require_project
 from tuneloop.monitor.runtime import Runtime
 from tuneloop.monitor.storage import DEFAULT_PROJECT, Store
 
 __all__ = ["DEFAULT", "PROJECT_PATTERN", "Admin", "Ingest", "Labeller", "OptionalProject", "ProjectQuery",
-           "RuntimeDep", "SettingsDep", "StoreDep", "check_role", "require_known", "resolve_project"]
+           "RuntimeDep", "SettingsDep", "StoreDep", "TimeQuery", "check_role", "require_known", "resolve_project"]
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -94,3 +98,37 @@ def resolve_project(body: str | None, query: str | None) -> str:
             "type": "value_error", "loc": ("body", "project"), "input": body,
             "msg": f"project {body!r} in the body differs from {query!r} in the query"}])
     return body or query or DEFAULT_PROJECT
+
+
+# -- time query parameters: RFC 3339 or Unix seconds, always naive UTC inside ------------------------
+MAX_UNIX_SECONDS = 253_402_300_799
+"""9999-12-31T23:59:59Z, the last second a datetime holds."""
+
+
+def unix_seconds(value: Any) -> Any:
+    """A number (``1767225600``, ``1.7672256e9``) is Unix seconds; anything else is left to the date-time parser.
+
+    Pydantic alone reads numbers past 2e10 as milliseconds and refuses exponents, which the schema's
+    ``number`` branch allows.
+    """
+    try:
+        seconds = float(value) if isinstance(value, str) else None
+    except ValueError:
+        return value
+    if seconds is None:
+        return value
+    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_UNIX_SECONDS:
+        raise ValueError(f"Unix seconds must be between 0 and {MAX_UNIX_SECONDS} (year 9999)")
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def as_naive_utc(ts: datetime) -> datetime:
+    """Naive UTC, as the store keeps it; an offset that moves the time out of years 1-9999 is a 422."""
+    try:
+        return naive_utc(ts)
+    except OverflowError:
+        raise ValueError("the time in UTC falls outside years 1-9999") from None
+
+
+TimeQuery = Annotated[datetime, BeforeValidator(unix_seconds), AfterValidator(as_naive_utc)]
+"""A time query parameter (RFC 3339, or Unix seconds), as naive UTC."""

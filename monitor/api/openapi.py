@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 from starlette.types import Message, Receive, Scope, Send
 
+from tuneloop.monitor.api.deps import MAX_UNIX_SECONDS
 from tuneloop.monitor.api.middleware import HttpOnly
 
 SCHEME = "bearerAuth"
@@ -78,7 +79,7 @@ def _accept_unix_seconds(schema: dict[str, Any]) -> None:
             options = schema.setdefault("anyOf", [])
             if branch is schema:
                 options.append({k: schema.pop(k) for k in ("type", "format") if k in schema})
-            options.append({"type": "number", "description": "Unix seconds"})
+            options.append({"type": "number", "minimum": 0, "maximum": MAX_UNIX_SECONDS, "description": "Unix seconds"})
             return
 
 

@@ -7,13 +7,15 @@ records (:mod:`tuneloop.monitor.wire`) are re-exported here with them.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tuneloop.monitor.imports import KEY_FIELD_PATTERN
 from tuneloop.monitor.operations import NAME_PATTERN as BACKUP_NAME_PATTERN
-from tuneloop.monitor.projects import PROJECT_PATTERN
+from tuneloop.monitor.projects import OVERRIDABLE, PROJECT_PATTERN, SERVER_WIDE
 from tuneloop.monitor.storage import DEFAULT_PROJECT
 from tuneloop.monitor.wire import (
     ID_MAX_CHARS,
@@ -24,8 +26,26 @@ from tuneloop.monitor.wire import (
     PredictionRecord,
     Strict,
 )
+from tuneloop.retrain.versions import NAME_RE
 
+VERSION_PATTERN = NAME_RE.pattern
 __all__ = ["ID_MAX_CHARS", "FeedbackBatch", "FeedbackRecord", "PredictionBatch", "PredictionRecord"]  # the wire format
+
+
+WHITESPACE = r"\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+"""Python's whitespace (``str.strip``) and JavaScript's (``\\s`` in the schema's ECMA-262 regexes), as one class."""
+NOT_BLANK = f"[^{WHITESPACE}]"
+"""A string with content: the same pattern in the schema and in the server's checks."""
+_NOT_BLANK_RE = re.compile(NOT_BLANK)
+
+
+def is_blank(text: str) -> bool:
+    return _NOT_BLANK_RE.search(text) is None
+
+
+def whole_number(value: Any) -> Any:
+    """JSON has one number type: ``30.0`` is the integer 30 (as JSON Schema's ``integer`` says); ``30.5`` is not."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 class IngestResult(BaseModel):
@@ -118,7 +138,7 @@ class PredictRequest(Strict):
     texts: list[str] = Field(description="Texts to classify (1 to server.max_batch, each at most "
                                          "server.max_text_chars characters).",
                              json_schema_extra={"minItems": 1, "items": {"type": "string", "minLength": 1,
-                                                                         "pattern": r"\S"}})
+                                                                         "pattern": NOT_BLANK}})
     project: str | None = Field(None, pattern=PROJECT_PATTERN, description="Project; default 'default'.")
     metadata: dict[str, Any] | None = Field(None, description="Stored with every prediction of this request.")
 
@@ -127,7 +147,7 @@ class PredictRequest(Strict):
     def _texts(cls, texts: list[str]) -> list[str]:
         if not texts:
             raise ValueError("texts is empty: send at least one text")
-        empty = [i for i, t in enumerate(texts) if not t.strip()]
+        empty = [i for i, t in enumerate(texts) if is_blank(t)]
         if empty:
             raise ValueError(f"texts {empty[:10]} are empty or blank; every text needs content")
         for i, t in enumerate(texts):
@@ -174,7 +194,8 @@ class RollbackRequest(Strict):
 
 class RegisterRequest(Strict):
     status: str = Field("challenger", pattern="^(challenger|archived|rejected)$")
-    parent: str | None = Field(None, description="Defaults to the parent in the version's training_config.json.")
+    parent: str | None = Field(None, pattern=VERSION_PATTERN, max_length=64,
+                               description="Defaults to the parent in the version's training_config.json.")
     data_snapshot: str | None = None
     project: str | None = Field(None, pattern=PROJECT_PATTERN)
 
@@ -191,14 +212,45 @@ ProjectField = Field(DEFAULT_PROJECT, pattern=PROJECT_PATTERN, description="Moni
 MAX_IMPORT_RECORDS = 100_000
 
 
+def overrides_schema() -> dict[str, Any]:
+    """The schema of a project's ``settings``: the keys of each section a project may override, and no others."""
+    sections = {}
+    for name, model in OVERRIDABLE.items():
+        keys = model.model_json_schema()["properties"]
+        sections[name] = {"type": "object", "additionalProperties": False,
+                          "properties": {k: v for k, v in keys.items() if k not in SERVER_WIDE.get(name, ())}}
+    return {"type": "object", "properties": sections, "additionalProperties": False}
+
+
 class ProjectCreate(Strict):
     project: str = Field(pattern=PROJECT_PATTERN, description="Name: 1-64 of A-Z a-z 0-9 . _ -")
-    labels: list[Annotated[str, Field(pattern=r"\S")]] = Field(
+    labels: list[Annotated[str, Field(pattern=NOT_BLANK)]] = Field(
         min_length=2, json_schema_extra={"uniqueItems": True},
         description="The model's label set, at least two distinct labels.")
     settings: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description='Overrides of config sections, e.g. {"drift": {"window_size": 200}}.'
+        default_factory=dict, description='Overrides of config sections, e.g. {"drift": {"window_size": 200}}.',
+        json_schema_extra=lambda schema: schema.update(overrides_schema()),
     )
+
+    @field_validator("settings")
+    @classmethod
+    def _json_types(cls, settings: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Values of the JSON types the schema names: ``false`` is no number, ``"5"`` no integer (strict mode);
+        ``500.0`` is the integer 500."""
+        checked = {}
+        for name, values in settings.items():
+            checked[name] = {key: whole_number(value) for key, value in values.items()}
+            model = OVERRIDABLE.get(name)
+            if model is None:
+                continue  # named in the create_project error
+            known = set(model.model_fields) - SERVER_WIDE.get(name, set())  # the others: named in create_project
+            try:
+                model.model_validate({k: v for k, v in checked[name].items() if k in known}, strict=True)
+            except ValidationError as e:
+                first = e.errors()[0]
+                key = ".".join(str(p) for p in first["loc"])
+                raise ValueError(f"settings.{name}.{key}: {first['msg']}") from None
+        return checked
 
 
 class ReferenceRecord(Strict):
@@ -218,17 +270,44 @@ class ReferenceImportBody(Strict):
 class FeedbackImportRecord(Strict):
     prediction_id: str | None = Field(None, description="With by = 'id'.")
     key: str | None = Field(None, description="With by = 'key': the value of metadata.<key_field>.")
-    label: str
+    label: str = Field(pattern=NOT_BLANK, description="One of the project's labels.")
     ts: datetime | None = None
     annotator: str | None = None
 
 
+
+
+def _records_need(field: str) -> dict[str, Any]:
+    return {"properties": {"records": {"items": {
+        "required": [field], "properties": {field: {"type": "string", "pattern": NOT_BLANK}}}}}}
+
+
 class FeedbackImportBody(Strict):
+    """``by = 'id'``: every record names its ``prediction_id``; ``by = 'key'``: its ``key``, and the body its
+    ``key_field`` (the schema says so too, with if/then/else)."""
+
+    model_config = ConfigDict(json_schema_extra={
+        "if": {"properties": {"by": {"const": "key"}}, "required": ["by"]},
+        "then": {**_records_need("key"), "required": ["key_field"]},
+        "else": _records_need("prediction_id"),
+    })
+
     project: str = ProjectField
     by: Literal["id", "key"] = "id"
-    key_field: str | None = Field(None, description="Metadata field holding the client key (by = 'key').")
+    key_field: str | None = Field(None, description="Metadata field holding the client key (by = 'key'); dots "
+                                                    "address nested fields.", pattern=KEY_FIELD_PATTERN)
     annotator: str | None = None
     records: list[FeedbackImportRecord] = Field(min_length=1, max_length=MAX_IMPORT_RECORDS)
+
+    @model_validator(mode="after")
+    def _matching_keys(self) -> FeedbackImportBody:
+        field = "prediction_id" if self.by == "id" else "key"
+        if self.by == "key" and self.key_field is None:
+            raise ValueError("key_field is required when by = 'key' (the metadata field holding the client key)")
+        missing = [i for i, r in enumerate(self.records) if is_blank(getattr(r, field) or "")]
+        if missing:
+            raise ValueError(f"records {missing[:10]} need a non-blank {field!r} when by = {self.by!r}")
+        return self
 
 
 # -- Datasets ---------------------------------------------------------------------------------------
@@ -280,7 +359,8 @@ class BackupListItem(BaseModel):
 
 
 class RetentionRequest(Strict):
-    raw_days: int | None = Field(None, ge=1, le=1_000_000, strict=True, description="Default retention.raw_days.")
+    raw_days: Annotated[int, Field(ge=1, le=1_000_000, strict=True), BeforeValidator(whole_number)] | None = Field(
+        None, description="Default retention.raw_days.")
 
 
 class RetentionInfo(BaseModel):

@@ -18,6 +18,7 @@ from tuneloop.monitor.drift.context import CheckContext, jsonable, reference_fin
 from tuneloop.monitor.drift.distribution import check_categorical, check_descriptor, check_numeric
 from tuneloop.monitor.drift.embedding import check_embedding
 from tuneloop.monitor.drift.quality import check_estimated, check_labelled
+from tuneloop.retrain.reference import not_trained_on
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def output_sides(
     """
     note: dict[str, Any] = {}
     if "split" in reference.columns:
-        held_out = reference[reference["split"].astype(str) != "train"]
+        held_out = not_trained_on(reference)
         note["reference_training_rows_left_out"] = len(reference) - len(held_out)
         note["reference_rows_by_source"] = rows_by_source(held_out)
         reference = held_out.reset_index(drop=True)

@@ -6,7 +6,6 @@ through the group-commit :mod:`~tuneloop.monitor.writer` (answered only after CO
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
@@ -22,6 +21,7 @@ from tuneloop.monitor.api.deps import (
     OptionalProject,
     ProjectQuery,
     RuntimeDep,
+    TimeQuery,
     resolve_project,
 )
 from tuneloop.monitor.api.schemas import (
@@ -199,19 +199,16 @@ def retract_feedback(
     return {"retracted": feedback_id, "project": project}
 
 
-def _utc(ts: datetime | None) -> datetime | None:
-    return None if ts is None else collect.naive_utc(ts)
-
-
 @router.get("/predictions", response_model=PredictionPage, summary="Page through logged predictions")
 def get_predictions(
     _: Labeller, rt: RuntimeDep, project: ProjectQuery = DEFAULT,
-    since: Annotated[datetime | None, Query(description="ts >= since (UTC when no offset)")] = None,
-    until: Annotated[datetime | None, Query(description="ts < until")] = None,
+    since: Annotated[TimeQuery | None, Query(description="ts >= since (UTC when no offset)")] = None,
+    until: Annotated[TimeQuery | None, Query(description="ts < until")] = None,
     model_version: str | None = None,
     labelled: Annotated[bool | None, Query(description="true: only with feedback; false: only without")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    cursor: Annotated[str | None, Query(pattern="^[A-Za-z0-9_=-]*$", description="next_cursor of the previous page")
+                      ] = None,
     order: Literal["asc", "desc"] = "desc",
     include_embedding: bool = False,
 ) -> dict[str, Any]:
@@ -221,7 +218,7 @@ def get_predictions(
     """
     try:
         items, next_cursor = collect.list_predictions(
-            rt.store, project, since=_utc(since), until=_utc(until),
+            rt.store, project, since=since, until=until,
             model_version=model_version, labelled=labelled, limit=limit, cursor=cursor, order=order,
             include_embedding=include_embedding,
         )
@@ -235,7 +232,7 @@ def get_predictions(
 def get_stats(
     _: Labeller, rt: RuntimeDep, project: ProjectQuery = DEFAULT,
     bucket: Literal["minute", "hour", "day"] = "hour",
-    since: Annotated[datetime | None, Query(description="Buckets from this time on (UTC when no offset)")] = None,
+    since: Annotated[TimeQuery | None, Query(description="Buckets from this time on (UTC when no offset)")] = None,
 ) -> dict[str, Any]:
     return {"project": project, "bucket": bucket,
-            "items": collect.stats(rt.store, project, bucket, _utc(since))}
+            "items": collect.stats(rt.store, project, bucket, since)}

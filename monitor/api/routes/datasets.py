@@ -11,7 +11,7 @@ import json
 import tempfile
 import threading
 from pathlib import Path as FsPath
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
@@ -57,20 +57,26 @@ async def _read_upload(request: Request, limit: int) -> bytes:
 
 
 UploadParams = dict[str, Any]
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {
+    "type": "string", "format": "binary",
+    "description": "The file's bytes: CSV, TSV, Parquet or JSON Lines, as `format` or the filename says"}}}}}
+"""The upload is the raw body (read as a stream, not parsed by FastAPI), so the schema states it here."""
 
 
 def upload_params(
     filename: Annotated[str | None, Query(max_length=300, description="The file's name (its suffix names the format)")
                         ] = None,
-    format: Annotated[str | None, Query(description="csv, tsv, parquet or jsonl (default: from filename)")] = None,
-    encoding: Annotated[str, Query(max_length=40, description="Text encoding of CSV/TSV/JSONL")] = "utf-8",
+    format: Annotated[Literal["csv", "tsv", "parquet", "jsonl"] | None,
+                      Query(description="The file format (default: from the filename's suffix)")] = None,
+    encoding: Annotated[str, Query(pattern=r"^[A-Za-z0-9._-]{1,40}$", description="Text encoding of CSV/TSV/JSONL")
+                        ] = "utf-8",
 ) -> UploadParams:
     return {"filename": filename, "format": format, "encoding": encoding}
 
 
 @router.post("/datasets/preview", summary="Parse an uploaded file, guess its text and label columns (stores nothing)",
              responses={413: {"description": "file over the upload limit"}, 415: {"description": "unknown format"},
-                        422: {"description": "unreadable file"}})
+                        422: {"description": "unreadable file"}}, openapi_extra=UPLOAD_BODY)
 async def preview_upload(_: Admin, rt: RuntimeDep, request: Request,
                          params: Annotated[UploadParams, Depends(upload_params)]) -> Any:
     try:
@@ -82,7 +88,8 @@ async def preview_upload(_: Admin, rt: RuntimeDep, request: Request,
 
 @router.post("/datasets", status_code=201, summary="Upload a labelled file as a new dataset (all or nothing)",
              responses={413: {"description": "file over the upload limit"}, 415: {"description": "unknown format"},
-                        422: {"description": "invalid file; `errors` lists the problems with their row numbers"}})
+                        422: {"description": "invalid file; `errors` lists the problems with their row numbers"}},
+             openapi_extra=UPLOAD_BODY)
 async def upload_dataset(
     _: Admin, rt: RuntimeDep, request: Request, params: Annotated[UploadParams, Depends(upload_params)],
     name: Annotated[str | None, Query(max_length=200)] = None,

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import HTMLResponse
 
-from tuneloop.monitor import collect
 from tuneloop.monitor.alerts import ack_alert, list_alerts
-from tuneloop.monitor.api.deps import DEFAULT, Admin, Labeller, ProjectQuery, RuntimeDep
+from tuneloop.monitor.api.deps import DEFAULT, Admin, Labeller, ProjectQuery, RuntimeDep, TimeQuery
 from tuneloop.monitor.checks import NotEnoughData
 
 router = APIRouter(prefix="/v1", tags=["drift"])
@@ -29,9 +27,8 @@ def run_checks_now(_: Admin, rt: RuntimeDep, project: ProjectQuery = DEFAULT) ->
 def recent_checks(
     _: Labeller, rt: RuntimeDep, project: ProjectQuery = DEFAULT,
     metric: str | None = None, limit: Annotated[int, Query(ge=1, le=5000)] = 500,
-    since: Annotated[datetime | None, Query(description="Only checks from this time on (UTC when no offset)")] = None,
+    since: Annotated[TimeQuery | None, Query(description="Only checks from this time on (UTC when no offset)")] = None,
 ) -> dict[str, Any]:
-    since = None if since is None else collect.naive_utc(since)
     return {"items": rt.store.checks.recent(project, limit, metric, since)}
 
 

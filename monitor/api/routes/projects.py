@@ -62,10 +62,6 @@ def reference_import(_: Admin, rt: RuntimeDep, body: ReferenceImportBody) -> dic
 def feedback_import(principal: Labeller, rt: RuntimeDep, body: FeedbackImportBody) -> dict[str, Any]:
     rows = [r.model_dump(exclude_none=True) for r in body.records]
     df = pd.DataFrame(rows)
-    if body.by == "key" and "key" not in df.columns:
-        raise _bad_input("records need 'key' when by = 'key'", "records")
-    if body.by == "id" and "prediction_id" not in df.columns:
-        raise _bad_input("records need 'prediction_id' when by = 'id'", "records")
     try:
         report = imports.import_feedback(rt.store, rt.settings, body.project, df, by=body.by,
                                          key_field=body.key_field, annotator=body.annotator or principal.name)
