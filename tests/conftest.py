@@ -273,17 +273,26 @@ def sentiment_version(tmp_path_factory, sentiment_trained):  # type: ignore[no-u
 # -- reliability figures: numbers the reliability tests report, printed at the end of the run ----------
 
 RELIABILITY_FIGURES: list[tuple[str, str]] = []
+FIGURE_PROPERTY = "reliability figure"
 
 
 @pytest.fixture
-def figure():  # type: ignore[no-untyped-def]
-    """``figure(name, value)``: a figure printed in the "reliability figures" section of the summary."""
+def figure(request):  # type: ignore[no-untyped-def]
+    """``figure(name, value)``: a figure printed in the "reliability figures" section of the summary.
+
+    Kept in the test's report (``user_properties``), so figures measured in parallel workers reach the
+    summary printed by the main process too."""
 
     def record(name: str, value: Any) -> None:
-        RELIABILITY_FIGURES.append((name, str(value)))
+        request.node.user_properties.append((FIGURE_PROPERTY, (name, str(value))))
         print(f"{name}: {value}")
 
     return record
+
+
+def pytest_runtest_logreport(report):  # type: ignore[no-untyped-def]
+    if report.when == "teardown":  # the last report of a test carries every figure it recorded
+        RELIABILITY_FIGURES.extend(tuple(value) for key, value in report.user_properties if key == FIGURE_PROPERTY)
 
 
 def pytest_terminal_summary(terminalreporter):  # type: ignore[no-untyped-def]
