@@ -28,8 +28,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/tuneloop demo
 
+# Two workers (pytest-xdist): each test file runs whole on one of them, the longest files first
+# (tests/conftest.py); each worker keeps torch to one thread.
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -n 2 --dist loadfile --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(BIN)/ruff check monitor retrain dashboard tests bench

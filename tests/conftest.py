@@ -17,6 +17,7 @@ that would load the packaged encoder (the embedder) are off unless a test turns 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess as sp
@@ -229,6 +230,29 @@ def module_server(tmp_path_factory):  # type: ignore[no-untyped-def]
     server.close()
 
 
+# -- parallel runs (pytest-xdist, as `make test` runs the suite) --------------------------------------------
+
+LONG_MODULES = ["test_demo.py", "test_replicas.py", "test_drift.py", "test_packaged_bases.py", "test_soak.py",
+                "test_replica_retrain.py", "test_crash.py", "test_reference_rescore.py", "test_ray_launcher.py",
+                "test_registry_safety.py"]
+"""Started first under ``--dist loadfile --no-loadscope-reorder``: whole files go to one worker each, in
+collection order, so the longest ones must not be left until the end, with the other worker idle."""
+
+
+def pytest_configure(config):  # type: ignore[no-untyped-def]
+    if hasattr(config, "workerinput"):  # a worker: one torch thread each, so two workers share two cores
+        os.environ["OMP_NUM_THREADS"] = "1"  # servers, jobs and the demo started as child processes
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
+    if hasattr(config, "workerinput"):  # every worker sorts alike, as xdist requires
+        rank = {name: i for i, name in enumerate(LONG_MODULES)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 # -- a tiny real classifier, trained once per session (random 2-layer BERT, keyword sentiment) ---------
 
 TINY_LABELS = ["negative", "neutral", "positive"]
@@ -273,17 +297,26 @@ def sentiment_version(tmp_path_factory, sentiment_trained):  # type: ignore[no-u
 # -- reliability figures: numbers the reliability tests report, printed at the end of the run ----------
 
 RELIABILITY_FIGURES: list[tuple[str, str]] = []
+FIGURE_PROPERTY = "reliability figure"
 
 
 @pytest.fixture
-def figure():  # type: ignore[no-untyped-def]
-    """``figure(name, value)``: a figure printed in the "reliability figures" section of the summary."""
+def figure(request):  # type: ignore[no-untyped-def]
+    """``figure(name, value)``: a figure printed in the "reliability figures" section of the summary.
+
+    Kept in the test's report (``user_properties``), so figures measured in parallel workers reach the
+    summary printed by the main process too."""
 
     def record(name: str, value: Any) -> None:
-        RELIABILITY_FIGURES.append((name, str(value)))
+        request.node.user_properties.append((FIGURE_PROPERTY, (name, str(value))))
         print(f"{name}: {value}")
 
     return record
+
+
+def pytest_runtest_logreport(report):  # type: ignore[no-untyped-def]
+    if report.when == "teardown":  # the last report of a test carries every figure it recorded
+        RELIABILITY_FIGURES.extend(tuple(value) for key, value in report.user_properties if key == FIGURE_PROPERTY)
 
 
 def pytest_terminal_summary(terminalreporter):  # type: ignore[no-untyped-def]
