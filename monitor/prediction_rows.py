@@ -16,6 +16,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
+from tuneloop.monitor.embedder import embedding_array
 from tuneloop.monitor.storage import utcnow
 
 PROBABILITY_DECIMALS = 6
@@ -48,10 +49,6 @@ def prediction_rows(texts: list[str], labels: list[str], probs: np.ndarray, embe
     prob_dicts = [dict(zip(label_names, row, strict=True)) for row in rounded.tolist()]
     top2 = np.sort(rounded, axis=1)[:, -2:] if rounded.shape[1] >= 2 else np.zeros((n, 2))
     confidence = rounded.max(axis=1) if n else np.zeros(0)
-    emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-    dim = emb.shape[1] if emb.ndim == 2 else 0
-    embedding = pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int32)),
-                                         pa.array(emb.reshape(-1)))
     ids = [uuid.uuid4().hex for _ in range(n)]
     counts = [c.count for c in callers]
     # json, not orjson, for metadata: orjson refuses integers past 64 bits
@@ -65,7 +62,7 @@ def prediction_rows(texts: list[str], labels: list[str], probs: np.ndarray, embe
         "confidence": pa.array(confidence, pa.float64()),
         "margin": pa.array(top2[:, 1] - top2[:, 0], pa.float64()),
         "probs": pa.array([orjson.dumps(d).decode() for d in prob_dicts], pa.string()),
-        "embedding": embedding,
+        "embedding": embedding_array(embeddings),
         "latency_ms": pa.array(np.repeat([c.latency_ms for c in callers], counts), pa.float64()),
         "metadata": pa.array([m for m, k in zip(metadata, counts, strict=True) for _ in range(k)], pa.string()),
     })

@@ -55,7 +55,7 @@ def output_sides(
         held_out = not_trained_on(reference)
         note["reference_training_rows_left_out"] = len(reference) - len(held_out)
         note["reference_rows_by_source"] = rows_by_source(held_out)
-        reference = held_out.reset_index(drop=True)
+        reference = held_out
     if version is not None and "model_version" in current.columns:
         same = current[current["model_version"].astype(str) == version]
         note["current_other_version_rows_left_out"] = len(current) - len(same)
