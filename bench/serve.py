@@ -50,6 +50,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from store import spread  # noqa: E402 - median [min..max], as bench/store.py prints it
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 THREADS = int(os.environ.get("TUNELOOP_BENCH_THREADS") or os.cpu_count() or 1)
 
@@ -122,11 +125,6 @@ def start_server(data_dir: Path, version_dir: Path, max_batch: int, threads: int
                 return proc, url
         time.sleep(0.5)
     raise RuntimeError("server did not become ready")
-
-
-def spread(values: list[float], fmt: str = "{:.3f}") -> str:
-    """Median with the range over rounds: ``median [min..max]``."""
-    return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}..{fmt.format(max(values))}]"
 
 
 def start_profile(pid: int, out: Path) -> subprocess.Popen | None:

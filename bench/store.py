@@ -100,8 +100,8 @@ def compare(batches: list[pa.Table], raw_batches: list[pa.Table]) -> dict[str, f
             "compact_ms": compact_s * 1e3, "folded": folded}
 
 
-def spread(values: list[float], fmt: str) -> str:
-    """Median with the range over repeats: ``median [min..max]``."""
+def spread(values: list[float], fmt: str = "{:.3f}") -> str:
+    """Median with the range over repeats or rounds: ``median [min..max]``."""
     return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}..{fmt.format(max(values))}]"
 
 
