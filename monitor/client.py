@@ -57,7 +57,7 @@ from tuneloop.monitor.client_wire import (
     as_arrow,
     as_rows,
     entries_table,
-    prediction_rows,
+    per_row_tuples,
     predictions_table,
     wire_table,
 )
@@ -223,7 +223,7 @@ class Client:
         try:  # column by column: the rows are sent as slices of this table
             wire = wire_table(table, time.time())
         except NotVectorisable:  # a column only the per-row conversion takes
-            rows = prediction_rows(table, time.time())
+            rows = per_row_tuples(table, time.time())
             entries: list[Any] = [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
             ids = [r[0] for r in rows]
         else:

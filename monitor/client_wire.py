@@ -100,7 +100,7 @@ def _check_text_and_label(table: pa.Table) -> None:
             raise TypeError("text and label must be non-null strings")
 
 
-def prediction_rows(table: pa.Table, now: float) -> list[_Pred]:
+def per_row_tuples(table: pa.Table, now: float) -> list[_Pred]:
     """A caller's table -> per-row tuples (for columns the vectorised path does not take)."""
     n = table.num_rows
     cols = {name: table.column(name).to_pylist() if name in table.column_names else [None] * n
