@@ -43,30 +43,31 @@ NEAR_DUPLICATE_COSINE = 0.97
 """Embedding cosine at or above this (and not an exact duplicate): the same text, reworded or retweeted."""
 FOLDS = 10
 """Folds of the embeddings' out-of-fold model: each fit sees 90 % of the rows, so its probabilities are
-nearer the full-data model's (likely tier at 20 % flipped, seeds 10-12: precision 0.606 -> 0.614 against 5)."""
+nearer the full-data model's (likely tier at 20 % flipped, seeds 10-12: precision 0.614, against 0.606 with 5)."""
 TEXT_FOLDS = 5
 """Folds (at most) of the character n-gram model: its fits cost most, and 10 folds gained it nothing measurable."""
 MAX_LISTED = 10_000
 """At most this many row ids per finding in the report (the count is always the full one)."""
 C_GRID = (0.3, 1.0, 10.0)
-"""Regularisation strengths of the out-of-fold logistic regression; the one with the lowest
-cross-validated log-loss is used. Encoders differ: real sentence embeddings of noisy tweets want
+"""Regularisation strengths of the out-of-fold logistic regressions (embeddings, character n-grams); the
+one with the lowest cross-validated log-loss is used. Encoders differ: real sentence embeddings of noisy tweets want
 0.3-1, a small or random encoder 10 (measured in bench/label_noise.py and tests/test_quality.py)."""
 C_SAMPLE = 2000
 """Rows (at most) used to choose C: the choice is stable well before that, and it bounds the cost."""
 CHAR_NGRAMS = (3, 4)
 """Character n-grams (within words) of the TF-IDF model blended into the embeddings' probabilities:
-they catch words, their stems and misspellings. On noisy tweets they made the likely tier more
-precise than word unigrams and bigrams did (bench/label_noise.py, seeds 10-12 at 20 %: 0.58 -> 0.61);
-2-4 and 2-5 grams did no better and cost up to twice as much."""
+they catch words, their stems and misspellings. On noisy tweets they fit the given labels better than
+word unigrams and bigrams and made the likely tier more precise (bench/label_noise.py, seeds 10-12 at
+20 %: 0.58 -> 0.61); 2-4 and 2-5 grams did no better and cost up to twice as much."""
 CHAR_FEATURES = 10_000
 """The most frequent n-grams kept: rarer ones add little to a linear model of a few thousand rows,
 and fewer coefficients make each fit about 2.5x faster (measured on 10,000 tweets)."""
 TOL = 1e-3
 """Stopping tolerance of the out-of-fold fits: about half the iterations of scikit-learn's 1e-4 at no
 measured loss in the suspects' precision; the fits are most of the label check's time."""
-CHAR_SHARES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-"""Candidate weights of the character model in the blend; the lowest log-loss on the given labels wins."""
+CHAR_SHARES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+"""Candidate weights of the character model in the blend; the lowest log-loss on the given labels wins
+(tweets: 0.3-0.5; up to 1 when the embeddings carry nothing of the labels)."""
 
 OPT_IN_CHECKS = ("possible_label_error",)
 """Findings whose fixes are offered in the finding only, not in ``suggested_fixes`` (not acted on by default)."""
