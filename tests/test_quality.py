@@ -200,3 +200,35 @@ def test_report_encoder_is_a_quantised_copy_that_embeds_alike_and_keys_its_cache
     cosine = (report.encode(texts) * tiny_encoder.encode(texts)).sum(axis=1)
     assert np.median(cosine) > 0.9, np.median(cosine)
     assert report.key == f"{base}|32|{VARIANT}" != f"{base}|32"
+
+
+def misspelt_keyword_texts(n: int, seed: int) -> pd.DataFrame:
+    """Texts whose label shows only in a word stem with a random ending ("greatqzx"): no whole word repeats."""
+    rng = np.random.default_rng(seed)
+    stems = {"negative": "awful", "neutral": "plain", "positive": "great"}
+    filler = ["the", "a", "today", "my", "this", "city", "team", "phone", "weather", "car"]
+    letters = list("bcdfghjkmnpqrvwxz")
+    rows = []
+    for i in range(n):
+        label = LABELS[i % 3]
+        word = stems[label] + "".join(rng.choice(letters, 3))
+        rows.append((" ".join([*rng.choice(filler, 3), word, *rng.choice(filler, 2)]), label))
+    return pd.DataFrame(rows, columns=["text", "label"])
+
+
+def test_label_errors_read_word_pieces_the_encoder_cannot_see() -> None:
+    """The character n-gram model shares a stem across spellings; a word model would see no repeated word."""
+    from tuneloop.retrain.quality import label_errors
+
+    noisy, flipped = flip(misspelt_keyword_texts(300, seed=4), 0.2, seed=2)
+    blind = np.random.default_rng(0).normal(size=(len(noisy), 16))  # embeddings that carry no label
+    found, _ = label_errors(np.arange(1, len(noisy) + 1), noisy["label"].to_numpy(), LABELS, blind,
+                            texts=noisy["text"].tolist())
+    likely = {f.check: f for f in found}["label_error"]
+    hits = set(likely.rows) & flipped
+    precision, recall = len(hits) / len(likely.rows), len(hits) / len(flipped)
+    assert precision >= 0.9 and recall >= 0.5, (precision, recall)
+    assert "character n-gram model" in likely.details["method"]
+    without, _ = label_errors(np.arange(1, len(noisy) + 1), noisy["label"].to_numpy(), LABELS, blind)
+    guessed = [set(f.rows) for f in without if f.check == "label_error"]
+    assert not guessed or len(guessed[0] & flipped) / len(guessed[0]) < 0.5  # the embeddings alone: about chance
