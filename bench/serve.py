@@ -264,6 +264,7 @@ def main() -> None:
     speedups, vs_offline, dyn_rates, one_rates = [], [], [], []
     cpu_overheads, cpu_speedups, cpu_vs_offline, bare_cpu_per_text = [], [], [], []
     dyn_lat, one_lat, errors = [], [], 0
+    client_cpu_ms, server_cpu_ms = [], []  # per request on the dynamic side: this process's clients vs the server
     try:
         version_dir = make_version(root / "train", args.train_rows, tweets)
         dyn, dyn_url = start_server(root / "dynamic", version_dir, 64, args.threads)
@@ -308,9 +309,12 @@ def main() -> None:
             sides = [(dyn_url, dyn_lat, dyn.pid), (one_url, one_lat, one.pid)]
             rates, cpu_per_request = {}, {}
             for url, lat, pid in sides[:: -1 if r % 2 else 1]:
-                c = cpu_seconds(pid)
+                c, own = cpu_seconds(pid), time.process_time()
                 n, got, e = asyncio.run(concurrent_round(url, pool, args.clients, args.seconds))
                 cpu_per_request[url] = (cpu_seconds(pid) - c) / max(n, 1)
+                if url == dyn_url:
+                    client_cpu_ms.append((time.process_time() - own) / max(n, 1) * 1e3)
+                    server_cpu_ms.append(cpu_per_request[url] * 1e3)
                 rates[url] = n / args.seconds
                 lat += got
                 errors += e
@@ -359,6 +363,8 @@ def main() -> None:
     print(f"   concurrent single-text vs offline batch-32 throughput: {spread(vs_offline, '{:.2f}x')} (goal >= 0.8x)")
     print(f"   by CPU time per text: speed-up {spread(cpu_speedups, '{:.2f}x')}, "
           f"vs offline batch-32 {spread(cpu_vs_offline, '{:.2f}x')}")
+    print(f"   CPU per request on the dynamic side: server {spread(server_cpu_ms, '{:.1f}')} ms, this bench's "
+          f"own clients {spread(client_cpu_ms, '{:.1f}')} ms (they share the cores with the server)")
     print(f"   mean batch {mean_batch:.1f} texts over {batches_run} forwards; by queue depth when taken:")
     for depth, n, mean in depths:
         print(f"     {depth:>8} texts queued: {n:6} forwards, mean batch {mean:5.1f}")

@@ -6,14 +6,19 @@ included) over everything queued, up to ``serve_max_batch`` texts, and hands eac
 slice. Batching is continuous: the next forward starts as soon as the previous one ends, with
 whatever queued meanwhile, so a queue of N requests is served by one forward, not by the few
 that arrived in a fixed window (``serve_max_wait_ms`` > 0 adds such a window to fill batches
-while the model would otherwise be idle). The queue is bounded: past ``serve_max_queue``
-waiting texts, :meth:`~ModelServer.submit` raises :class:`ServeQueueFull` (the API answers 503
-+ ``Retry-After``) rather than letting latency grow without limit.
+while the model would otherwise be idle). As callers are answered only after their commit, the
+worker waits up to ``serve_fill_ms`` for the callers of the previous forward to come back before
+starting a smaller one, so that closed-loop clients share forwards instead of alternating in two half
+batches. The served classifier has its LoRA adapter merged into plain layers
+(:meth:`TextClassifier.merge_for_serving`): the same outputs without peft's wrappers in each forward.
+The queue is bounded: past ``serve_max_queue`` waiting texts, :meth:`~ModelServer.submit` raises
+:class:`ServeQueueFull` (the API answers 503 + ``Retry-After``) rather than letting latency grow
+without limit.
 
 Logging: given the writer, the worker hands the rows of the whole forward to it as ONE Arrow table
 (:mod:`tuneloop.monitor.prediction_rows`) that commits without a group-commit wait (the forward is
-the group), and resolves each caller's future only after that COMMIT. The worker does not wait for
-the commit: the next forward starts at once.
+the group), and resolves each caller's future only after that COMMIT. The worker does not block on
+the commit: the writer thread answers; only the bounded fill wait above may hold the next forward.
 
 Hot-swap: the served model is one immutable :class:`LoadedModel` reference. A swap loads the new
 classifier in the calling thread (never in the batch worker), then replaces the reference in
