@@ -14,6 +14,10 @@ from /proc) per text against CPU seconds of the bare forward per text. On a mach
 other work they move far less than wall-clock rates, which follow whatever else runs; on idle cores
 the wall-clock ratios approach them.
 
+The concurrent clients are asyncio tasks in this process, one keep-alive connection each, speaking
+plain HTTP/1.1 (:class:`LeanClient`): they share the cores with the server, so they are kept cheap,
+and their own CPU per request is printed beside the server's.
+
 Both servers are real ``tuneloop serve`` processes on loopback, each with its own data dir and
 the same version. Every figure is a ratio measured within one round; rounds alternate which side
 goes first so that machine noise hits both sides alike, and the summary gives the median round
@@ -49,6 +53,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from store import spread  # noqa: E402 - median [min..max], as bench/store.py prints it
@@ -204,21 +209,57 @@ def paired_round(clf, client: httpx.Client, batches: list[list[str]], worker: Th
     return bare, http
 
 
+class LeanClient:
+    """One keep-alive HTTP/1.1 connection that posts JSON and reads the answer by its Content-Length.
+
+    The bench's clients share the 2 cores with the server they measure; httpx spends several CPU
+    milliseconds per request, which the server then lacks. This client spends a fraction of that, so
+    the concurrent figures measure the server rather than the load generator. It reads exactly what
+    the server sends (status line, headers with Content-Length, body); anything else is an error.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> None:
+        self.reader, self.writer, self.host = reader, writer, host
+
+    @classmethod
+    async def connect(cls, url: str) -> LeanClient:
+        host, _, port = url.removeprefix("http://").partition(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        return cls(reader, writer, f"{host}:{port}")
+
+    async def post(self, path: str, body: dict) -> tuple[int, bytes]:
+        payload = orjson.dumps(body)
+        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                          f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status_line, *headers = head.decode("latin-1").split("\r\n")
+        length = next(int(v) for k, _, v in (h.partition(":") for h in headers) if k.lower() == "content-length")
+        return int(status_line.split()[1]), await self.reader.readexactly(length)
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
 async def concurrent_round(url: str, texts: list[str], clients: int, seconds: float) -> tuple[int, list[float], int]:
+    """``clients`` closed-loop single-text callers (one asyncio task and keep-alive connection each)."""
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + seconds
 
     async def one(k: int) -> None:
         nonlocal errors
-        async with httpx.AsyncClient(base_url=url, timeout=120) as c:
+        client = await LeanClient.connect(url)
+        try:
             i = k
             while time.perf_counter() < deadline:
                 t = time.perf_counter()
-                r = await c.post("/v1/predict", json={"texts": [texts[i % len(texts)]]})
+                status, _ = await client.post("/v1/predict", {"texts": [texts[i % len(texts)]]})
                 latencies.append(time.perf_counter() - t)
-                errors += r.status_code != 200
+                errors += status != 200
                 i += clients
+        finally:
+            await client.close()
 
     await asyncio.gather(*(one(k) for k in range(clients)))
     return len(latencies), latencies, errors
@@ -264,13 +305,14 @@ def main() -> None:
     speedups, vs_offline, dyn_rates, one_rates = [], [], [], []
     cpu_overheads, cpu_speedups, cpu_vs_offline, bare_cpu_per_text = [], [], [], []
     dyn_lat, one_lat, errors = [], [], 0
+    client_cpu_ms, server_cpu_ms = [], []  # per request on the dynamic side: this process's clients vs the server
     try:
         version_dir = make_version(root / "train", args.train_rows, tweets)
         dyn, dyn_url = start_server(root / "dynamic", version_dir, 64, args.threads)
         procs.append(dyn)
         one, one_url = start_server(root / "batch1", version_dir, 1, args.threads)
         procs.append(one)
-        clf = load_version(version_dir, threads=args.threads)
+        clf = load_version(version_dir, threads=args.threads).merge_for_serving()  # the model as the servers run it
         pool = texts[1000:]
         print(f"servers up; torch threads {__import__('torch').get_num_threads()} (pinned {args.threads}), "
               f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
@@ -308,9 +350,12 @@ def main() -> None:
             sides = [(dyn_url, dyn_lat, dyn.pid), (one_url, one_lat, one.pid)]
             rates, cpu_per_request = {}, {}
             for url, lat, pid in sides[:: -1 if r % 2 else 1]:
-                c = cpu_seconds(pid)
+                c, own = cpu_seconds(pid), time.process_time()
                 n, got, e = asyncio.run(concurrent_round(url, pool, args.clients, args.seconds))
                 cpu_per_request[url] = (cpu_seconds(pid) - c) / max(n, 1)
+                if url == dyn_url:
+                    client_cpu_ms.append((time.process_time() - own) / max(n, 1) * 1e3)
+                    server_cpu_ms.append(cpu_per_request[url] * 1e3)
                 rates[url] = n / args.seconds
                 lat += got
                 errors += e
@@ -359,6 +404,8 @@ def main() -> None:
     print(f"   concurrent single-text vs offline batch-32 throughput: {spread(vs_offline, '{:.2f}x')} (goal >= 0.8x)")
     print(f"   by CPU time per text: speed-up {spread(cpu_speedups, '{:.2f}x')}, "
           f"vs offline batch-32 {spread(cpu_vs_offline, '{:.2f}x')}")
+    print(f"   CPU per request on the dynamic side: server {spread(server_cpu_ms, '{:.1f}')} ms, this bench's "
+          f"own clients {spread(client_cpu_ms, '{:.1f}')} ms (they share the cores with the server)")
     print(f"   mean batch {mean_batch:.1f} texts over {batches_run} forwards; by queue depth when taken:")
     for depth, n, mean in depths:
         print(f"     {depth:>8} texts queued: {n:6} forwards, mean batch {mean:5.1f}")

@@ -6,14 +6,19 @@ included) over everything queued, up to ``serve_max_batch`` texts, and hands eac
 slice. Batching is continuous: the next forward starts as soon as the previous one ends, with
 whatever queued meanwhile, so a queue of N requests is served by one forward, not by the few
 that arrived in a fixed window (``serve_max_wait_ms`` > 0 adds such a window to fill batches
-while the model would otherwise be idle). The queue is bounded: past ``serve_max_queue``
-waiting texts, :meth:`~ModelServer.submit` raises :class:`ServeQueueFull` (the API answers 503
-+ ``Retry-After``) rather than letting latency grow without limit.
+while the model would otherwise be idle). As callers are answered only after their commit, the
+worker waits up to ``serve_fill_ms`` for the callers of the previous forward to come back before
+starting a smaller one, so that closed-loop clients share forwards instead of alternating in two half
+batches. The served classifier has its LoRA adapter merged into plain layers
+(:meth:`TextClassifier.merge_for_serving`): the same outputs without peft's wrappers in each forward.
+The queue is bounded: past ``serve_max_queue`` waiting texts, :meth:`~ModelServer.submit` raises
+:class:`ServeQueueFull` (the API answers 503 + ``Retry-After``) rather than letting latency grow
+without limit.
 
 Logging: given the writer, the worker hands the rows of the whole forward to it as ONE Arrow table
 (:mod:`tuneloop.monitor.prediction_rows`) that commits without a group-commit wait (the forward is
-the group), and resolves each caller's future only after that COMMIT. The worker does not wait for
-the commit: the next forward starts at once.
+the group), and resolves each caller's future only after that COMMIT. The worker does not block on
+the commit: the writer thread answers; only the bounded fill wait above may hold the next forward.
 
 Hot-swap: the served model is one immutable :class:`LoadedModel` reference. A swap loads the new
 classifier in the calling thread (never in the batch worker), then replaces the reference in
@@ -121,11 +126,17 @@ class ModelServer:
     """
 
     def __init__(self, project: str = DEFAULT_PROJECT, max_batch: int = 64, max_wait_ms: float = 0.0,
-                 threads: int = 0, max_queue: int = 1024, device: str = "auto", writer: Writer | None = None) -> None:
+                 threads: int = 0, max_queue: int = 1024, device: str = "auto", writer: Writer | None = None,
+                 fill_ms: float = 0.0) -> None:
         self.project = project
         self.writer = writer  # logs every prediction before its caller is answered (None: no logging)
         self.max_batch = max(1, int(max_batch))
         self.max_wait = max(0.0, float(max_wait_ms)) / 1000.0
+        self.fill_wait = max(0.0, float(fill_ms)) / 1000.0
+        self._unanswered = 0  # forwards whose callers wait for their commit (see _wait_for_returning_callers)
+        self._answered = 0  # callers of the last answered forward: they may come back
+        self._answered_at = 0.0
+        self._arrived = 0  # requests queued since those callers were answered
         self.max_queue = max(1, int(max_queue))
         self.threads = threads
         self.device = device  # model.device: auto = CUDA when present
@@ -166,7 +177,7 @@ class ModelServer:
             if warm is not None and warm.version == version and warm.path == Path(path):
                 return warm
         t = time.perf_counter()
-        classifier = load_version(path, threads=self.threads, device=self.device)
+        classifier = load_version(path, threads=self.threads, device=self.device).merge_for_serving()
         classifier.predict(["warm up"])  # first forward allocates; do it before traffic sees the model
         log.info("loaded %s/%s in %.2fs", self.project, version, time.perf_counter() - t)
         return LoadedModel(version, Path(path), classifier)
@@ -223,6 +234,7 @@ class ModelServer:
                 raise ServeQueueFull(self._queued_texts, self.max_queue)
             self._queue.append(request)
             self._queued_texts += len(request.texts)
+            self._arrived += 1
             self._cond.notify()
         return request.future
 
@@ -245,6 +257,7 @@ class ModelServer:
                     if remaining <= 0:
                         break
                     self._cond.wait(remaining)
+            self._wait_for_returning_callers()
             depth = self._queued_texts
             batch, n = [], 0
             while self._queue and (not batch or n + len(self._queue[0].texts) <= self.max_batch):
@@ -258,6 +271,32 @@ class ModelServer:
             counts[0] += 1
             counts[1] += n
             return batch
+
+    def _wait_for_returning_callers(self) -> None:
+        """Fill the batch with the callers the previous forward is about to answer (under ``_cond``).
+
+        Callers answered only after their commit are not queued when the next forward could start:
+        taking the queue at once splits closed-loop clients into two groups that alternate, each
+        forward holding half of them while the other half waits for its commit. So while the
+        previous forward's answers are pending, or were just sent and fewer requests have arrived
+        since than were answered, wait (at most ``fill_wait`` in all) instead of starting a half batch.
+        """
+        if self.fill_wait <= 0:
+            return
+        deadline = time.perf_counter() + self.fill_wait
+        while self._queued_texts < self.max_batch and not self._stopping:
+            now = time.perf_counter()
+            returning = self._arrived < self._answered and now - self._answered_at < self.fill_wait
+            if not (self._unanswered or returning) or now >= deadline:
+                return
+            self._cond.wait(deadline - now)
+
+    def _answered_now(self, callers: int) -> None:
+        """Record that ``callers`` of one forward were just answered (they may come back at once)."""
+        with self._cond:
+            self._unanswered = max(0, self._unanswered - 1)
+            self._answered, self._arrived, self._answered_at = callers, 0, time.perf_counter()
+            self._cond.notify()
 
     def _run(self) -> None:
         if self.threads > 0:  # OpenMP thread counts are per calling thread: apply model.threads here too
@@ -306,6 +345,7 @@ class ModelServer:
         if self.writer is None:
             for r, result in zip(batch, results, strict=True):
                 r.future.set_result(result)
+            self._answered_now(len(batch))
             return
         self._log(batch, results, texts, pred, loaded, done)
 
@@ -313,6 +353,8 @@ class ModelServer:
              loaded: LoadedModel, done: float) -> None:
         """Queue the forward's rows as one write; the callers are answered from the writer thread after COMMIT."""
         assert self.writer is not None
+        with self._cond:
+            self._unanswered += 1
         try:
             table, logged = prediction_rows(
                 texts, pred.labels, pred.probs, pred.embeddings, loaded.classifier.labels, loaded.version,
@@ -321,6 +363,7 @@ class ModelServer:
         except Exception as e:  # a full or stopping writer: these callers get the error, the worker goes on
             for r in batch:
                 r.future.set_exception(e)
+            self._answered_now(len(batch))
             return
 
         def answer(write: Future[Any]) -> None:
@@ -331,6 +374,7 @@ class ModelServer:
                 else:
                     result.logged = rows
                     r.future.set_result(result)
+            self._answered_now(len(batch))
 
         written.add_done_callback(answer)
 
@@ -372,7 +416,8 @@ class Serving:
             if srv is None:
                 m = self.settings.model
                 srv = ModelServer(project, m.serve_max_batch, m.serve_max_wait_ms, m.threads,
-                                  m.serve_max_queue, device=m.device, writer=self.writer).start()
+                                  m.serve_max_queue, device=m.device, writer=self.writer,
+                                  fill_ms=m.serve_fill_ms).start()
                 self._servers[project] = srv
                 self._initialised[project] = threading.Event()
         if fresh:

@@ -94,6 +94,7 @@ class TextClassifier(nn.Module):
         self.device = resolve_device(settings.device)
         self.to(self.device)
         self.sparse: SparseModel | None = None  # TF-IDF + LR blended into predict() (settings.blend_tfidf)
+        self.serving_only = False  # the adapter is folded into plain layers (see merge_for_serving)
 
     # ---- construction -------------------------------------------------------------------------
 
@@ -142,6 +143,25 @@ class TextClassifier(nn.Module):
         clf.sparse = SparseModel.load(path)
         return clf.eval()
 
+    def merge_for_serving(self) -> TextClassifier:
+        """Fold the LoRA adapter into plain encoder layers, in place, and return ``self``.
+
+        The outputs stay the same (up to float rounding), but each forward no longer passes through
+        peft's wrapper layers. What needs the adapter apart (saving, training, the base encoder's own
+        pooled vectors) is refused afterwards: load the version again for that.
+        """
+        if self.lora and hasattr(self.encoder, "merge_and_unload"):
+            with _quiet_peft(), torch.no_grad(), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="All adapters are already merged")  # from_dir merged them
+                self.encoder = self.encoder.merge_and_unload()
+            self.serving_only = True
+        return self
+
+    def _refuse_if_serving_only(self, what: str) -> None:
+        if self.serving_only:
+            raise ValueError(f"cannot {what}: this classifier's adapter is merged into the encoder for serving; "
+                             "load the version again")
+
     @classmethod
     def from_version(cls, path: str | os.PathLike[str], threads: int = 0) -> TextClassifier:
         """Load a version directory (see :func:`tuneloop.retrain.versions.load_version`)."""
@@ -155,6 +175,7 @@ class TextClassifier(nn.Module):
 
         if not self.lora:
             raise ValueError("only LoRA classifiers can be saved (full fine-tuning is for comparison only)")
+        self._refuse_if_serving_only("save it")
         path = Path(path)
         self.encoder.save_pretrained(path / ADAPTER_DIR)
         head = {k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}
@@ -189,6 +210,7 @@ class TextClassifier(nn.Module):
     @torch.inference_mode()
     def base_pooled(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """Pooled (not normalised) vectors of the base encoder with any LoRA adapter switched off."""
+        self._refuse_if_serving_only("pool with the base encoder")
         was_training = self.training
         self.eval()
         off = self.encoder.disable_adapter() if self.lora and hasattr(self.encoder, "disable_adapter") \

@@ -69,6 +69,10 @@ class ModelSettings(Section):
     takes whatever queued while the previous one ran)."""
     serve_max_queue: int = Field(1024, ge=1)
     """Texts waiting for a forward pass; beyond this /v1/predict answers 503 + Retry-After."""
+    serve_fill_ms: float = Field(20.0, ge=0)
+    """Longest wait, before a forward, for the callers the previous forward is answering (after its
+    commit) to come back, so that closed-loop clients share one forward instead of alternating in
+    two half batches; 0 = never wait. Only taken while such answers are pending or just sent."""
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     """Where training and serving run: "auto" (the first CUDA GPU when torch sees one, else the CPU), "cpu",
     "cuda" or "cuda:N". On a GPU forward passes use mixed precision (bfloat16, or float16 with loss scaling)."""

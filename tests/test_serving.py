@@ -201,6 +201,81 @@ def test_a_writer_that_refuses_fails_the_callers_not_the_worker(trained, tmp_pat
         store.close()
 
 
+def test_the_served_model_is_merged_and_answers_as_the_adapter_model_does(trained, tmp_path):
+    import shutil
+
+    import torch
+
+    from tuneloop.monitor.demo.data import load_tweets
+    from tuneloop.retrain.versions import load_version
+
+    # v1 with a clearly non-zero adapter, so that a wrong merge would change the outputs
+    version = tmp_path / "v1x"
+    shutil.copytree(trained[1].models_dir / "v1", version)
+    adapter = load_version(version, threads=1, trainable=True)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in adapter.encoder.named_parameters():
+            if ".lora_B" in name:
+                p.copy_(torch.randn_like(p) * 0.05)
+    adapter.save(version)
+    texts = load_tweets()["text"].iloc[:200].tolist()
+    expected = adapter.predict(texts)
+    with adapter.encoder.disable_adapter():
+        without = adapter.predict(texts)
+    assert np.abs(expected.embeddings - without.embeddings).max() > 1e-3  # the adapter matters
+
+    server = ModelServer("default", max_batch=64).start()
+    try:
+        served = server.swap("v1x", version).classifier
+        assert not [n for n, _ in served.encoder.named_modules() if "lora" in n]  # plain layers, no peft wrappers
+        got = [server.predict(texts[i : i + 50], timeout=60) for i in range(0, len(texts), 50)]
+        assert [label for r in got for label in r.labels] == expected.labels
+        np.testing.assert_allclose(np.vstack([r.probs for r in got]), expected.probs, atol=1e-5)
+        np.testing.assert_allclose(np.vstack([r.embeddings for r in got]), expected.embeddings, atol=1e-5)
+        with pytest.raises(ValueError, match="merged into the encoder for serving"):
+            served.save(tmp_path / "copy")
+        with pytest.raises(ValueError, match="merged into the encoder for serving"):
+            served.base_pooled(texts[:2])
+        server.swap("v1", trained[1].models_dir / "v1")  # hot-swap to another merged model and back
+        assert server.predict(texts[:1]).version == "v1"
+        assert server.swap("v1x", version).classifier is served  # the previous model stays warm
+        assert server.predict(texts[:3]).labels == expected.labels[:3]
+    finally:
+        server.stop()
+
+
+def test_closed_loop_callers_share_one_forward_instead_of_alternating(trained, tmp_path):
+    from tuneloop.monitor.storage import Store
+    from tuneloop.monitor.writer import Writer
+
+    store = Store(tmp_path / "log.duckdb")
+    writer = Writer(store).start()
+    # a generous fill window: the callers answered after each commit are waited for, not left to the next forward
+    server = ModelServer("default", max_batch=64, writer=writer, fill_ms=2000)
+    clients, rounds = 8, 6
+    try:
+        server.swap("v1", trained[1].models_dir / "v1")
+        server.start()
+        barrier = threading.Barrier(clients)
+
+        def client(k):
+            barrier.wait()
+            return [server.predict([f"the great film {k} {j}"], timeout=60) for j in range(rounds)]
+
+        with ThreadPoolExecutor(clients) as pool:
+            results = [r for chunk in pool.map(client, range(clients)) for r in chunk]
+        assert len(store.get_predictions([i for r in results for i in r.logged.ids])) == clients * rounds
+        stats = server.stats()
+        # the first forward may start before every client has arrived; after it, each forward holds all of them
+        assert stats["batches"] <= rounds + 1, stats
+        assert server.batch_sizes[clients] >= rounds - 1, stats
+    finally:
+        server.stop()
+        writer.stop()
+        store.close()
+
+
 def test_model_queue_is_bounded_and_refuses_instead_of_growing(trained):
     models_dir = trained[1].models_dir
     server = ModelServer("default", max_batch=8, max_queue=4)  # no worker yet: everything waits

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator, BeforeValidator
 
@@ -22,18 +23,21 @@ __all__ = ["DEFAULT", "PROJECT_PATTERN", "Admin", "Ingest", "Labeller", "Optiona
            "RuntimeDep", "SettingsDep", "StoreDep", "TimeQuery", "check_role", "require_known", "resolve_project"]
 
 
-def get_runtime(request: Request) -> Runtime:
+# The dependencies below are coroutines: a plain ``def`` dependency costs every request a hop to the
+# thread pool and back, and these only read attributes (a token miss may read the tokens table: that
+# part alone goes to a thread).
+async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_store(runtime: RuntimeDep) -> Store:
+async def get_store(runtime: RuntimeDep) -> Store:
     return runtime.store
 
 
-def get_settings(runtime: RuntimeDep) -> Settings:
+async def get_settings(runtime: RuntimeDep) -> Settings:
     return runtime.settings
 
 
@@ -53,12 +57,12 @@ def check_role(runtime: Runtime, authorization: str | None, role: str) -> Princi
 def require_role(role: str) -> Callable[..., Principal]:
     """Dependency factory: ``Annotated[Principal, Depends(require_role("admin"))]``."""
 
-    def dependency(
+    async def dependency(
         runtime: RuntimeDep, authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
     ) -> Principal:
         if not runtime.settings.auth.enabled:
             return ANONYMOUS_ADMIN
-        return runtime.tokens.authenticate(authorization, role)
+        return await run_in_threadpool(runtime.tokens.authenticate, authorization, role)
 
     return dependency
 

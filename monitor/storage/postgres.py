@@ -50,6 +50,9 @@ MIGRATION_LOCK = 0x7475_6E65  # advisory lock key held while migrating, so repli
 PENDING_LOCK = 0x7475_6E66
 """Transaction lock: ingest takes it shared, feedback exclusive, so a label parked as pending by one
 replica is always seen by the transaction of another that stores its prediction (never stranded)."""
+ROLLUP_VALUES_ROWS = 1000
+"""Largest rollup part appended as one INSERT ... VALUES (PostgreSQL takes at most 65,535
+parameters in a statement); a larger one is staged as a table."""
 ROLLUP_LOCK = 0x7475_6E67  # held while folding the hourly rollup: two replicas folding at once would double sums
 INGEST_SEQUENCE = "prediction_ingest_seq"
 """The database sequence that numbers ingest batches for every replica (arrival order)."""
@@ -411,6 +414,19 @@ class PostgresStore(Store):
         finally:
             if not cur.lost:
                 cur.execute("SELECT pg_advisory_unlock(?)", [ROLLUP_LOCK]).fetchall()
+
+    def _append_rollup_part(self, cur: Any, part: pa.Table) -> None:
+        """Append rollup rows as one parameterised INSERT ... VALUES: no temp table to create and copy
+        for a few rows (a part past :data:`ROLLUP_VALUES_ROWS` rows is staged)."""
+        columns = ", ".join(part.column_names)
+        if part.num_rows > ROLLUP_VALUES_ROWS:
+            with self.staged(cur, "rollup_part", part):
+                cur.execute(f"INSERT INTO prediction_hourly ({columns}) SELECT {columns} FROM rollup_part").fetchall()
+            return
+        row = f"({', '.join('?' * part.num_columns)})"
+        params = [v for values in zip(*(part[c].to_pylist() for c in part.column_names), strict=True) for v in values]
+        cur.execute(f"INSERT INTO prediction_hourly ({columns}) VALUES {', '.join([row] * part.num_rows)}",
+                    params).fetchall()
 
     # -- reads and staging ---------------------------------------------------------------------------
     def fetch_arrow(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> pa.Table:

@@ -58,9 +58,6 @@ DEFAULT_PROJECT = "default"
 ROLLUP_COMPACT_ROWS = 4096
 """Partial rollup rows appended since the last compaction that trigger the next one."""
 
-ROLLUP_VALUES_ROWS = 1000
-"""Largest rollup part appended as one INSERT ... VALUES (PostgreSQL takes at most 65,535
-parameters in a statement); a larger one is staged as a table."""
 
 
 class Store:
@@ -296,45 +293,39 @@ class Store:
     ) -> list[int]:
         """Insert ``table`` and roll up what went in; returns the ``ingest_seq`` of each inserted row.
 
-        Views registered inside the transaction vanish with a rollback, so there is no cleanup on
-        error (unregistering in an aborted transaction would itself fail and hide the cause).
+        The common case reads ``table`` through DuckDB's replacement scan of a local variable, as a raw
+        Arrow insert does: registering it as a view (and dropping it) would cost about as much again as
+        the insert's own bookkeeping. A view is registered only where several statements join it
+        (pending feedback) or for the ``RETURNING`` path. Views registered inside the transaction vanish
+        with a rollback, so there is no cleanup on error (unregistering in an aborted transaction would
+        itself fail and hide the cause).
         """  # PostgreSQL: PostgresStore._insert_predictions (COPY, then ON CONFLICT DO NOTHING)
-        cur.register("incoming", table)
         if ignore_existing:
+            cur.register("incoming", table)
             # A DML relation runs once, here; its result is exactly the rows that went in.
-            inserted = cur.sql(
+            rows = cur.sql(
                 f"INSERT OR IGNORE INTO predictions BY NAME SELECT * FROM incoming RETURNING {self._INSERTED_COLUMNS}"
             ).to_arrow_table()
             cur.unregister("incoming")
-            cur.register("inserted", inserted)
-            source, rows = "inserted", inserted
         else:
+            incoming = table  # noqa: F841 - read by DuckDB's replacement scan
             cur.execute("INSERT INTO predictions BY NAME SELECT * FROM incoming").fetchall()
-            source, rows = "incoming", table
+            rows = table
         seqs = rows.column("ingest_seq")
         if len(seqs):
             self._roll_up(cur, rows)
             if self._has_pending:
-                self._resolve_pending(cur, source)
-        cur.unregister(source)
+                with self.staged(cur, "inserted", rows):
+                    self._resolve_pending(cur, "inserted")
         return seqs.to_pylist()
 
-    def _roll_up(self, cur: duckdb.DuckDBPyConnection, rows: pa.Table) -> None:
+    def _roll_up(self, cur: Any, rows: pa.Table) -> None:
         """Append the hourly aggregate of ``rows`` (rows just inserted) as partial rollup rows.
 
         The aggregate is computed here in Arrow (a few rows per batch) and appended without an
-        upsert, as one parameterised INSERT ... VALUES: no staged table to register or copy, so
-        the rollup costs the write path one small statement. Readers sum per key.
+        upsert, in one small statement (:meth:`_append_rollup_part`). Readers sum per key.
         """
         part = hourly_part(rows)
-        if part is not None and part.num_rows <= ROLLUP_VALUES_ROWS:
-            columns = part.column_names
-            row = f"({', '.join('?' * len(columns))})"
-            params = [v for values in zip(*(part[c].to_pylist() for c in columns), strict=True) for v in values]
-            cur.execute(f"INSERT INTO prediction_hourly ({', '.join(columns)}) VALUES "
-                        f"{', '.join([row] * part.num_rows)}", params).fetchall()
-            self._rollup_parts += part.num_rows
-            return
         if part is None:  # ts is not a naive timestamp column: let the database cast and aggregate
             with self.staged(cur, "rollup_rows", rows):
                 cur.execute(
@@ -347,10 +338,14 @@ class Store:
                 ).fetchall()
             self._rollup_parts += 1
             return
-        with self.staged(cur, "rollup_part", part):
-            cur.execute(f"INSERT INTO prediction_hourly ({', '.join(part.column_names)}) "
-                        f"SELECT {', '.join(part.column_names)} FROM rollup_part").fetchall()
+        self._append_rollup_part(cur, part)
         self._rollup_parts += part.num_rows
+
+    def _append_rollup_part(self, cur: Any, part: pa.Table) -> None:
+        """Append rollup rows (``hourly_part``'s columns): DuckDB scans the Arrow table in place."""
+        rollup_part = part  # noqa: F841 - read by DuckDB's replacement scan
+        columns = ", ".join(part.column_names)
+        cur.execute(f"INSERT INTO prediction_hourly ({columns}) SELECT {columns} FROM rollup_part").fetchall()
 
     def compact_rollup(self) -> int:
         """Fold the partial rows of ``prediction_hourly`` into one row per key; returns the rows removed.
