@@ -407,12 +407,13 @@ def lora_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options; ``--model lora`` gets smaller defaults, while explicit values always hold."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=None, help="default 3 (lora: 2)")
     p.add_argument("--budget", type=int, default=600)
-    p.add_argument("--pool", type=int, default=3000)
-    p.add_argument("--test", type=int, default=1500)
+    p.add_argument("--pool", type=int, default=None, help="default 3000 (lora: 600)")
+    p.add_argument("--test", type=int, default=None, help="default 1500 (lora: 400)")
     p.add_argument("--scenario", choices=("iid", "shift"), default="iid",
                    help="iid: start labels from all topics; shift: start labels from airline tweets only")
     p.add_argument("--queue-scale", type=int, default=0, help="time the label queue at this many rows instead")
@@ -422,14 +423,17 @@ def main() -> int:
     p.add_argument("--strategies", default=",".join(LORA_STRATEGIES), help="lora: strategies (random included)")
     p.add_argument("--data-dir", type=Path, default=OUT / "loop" / "data", help="lora: where the demo's v1 is cached")
     p.add_argument("--threads", type=int, default=1, help="lora: torch CPU threads per fine-tune (0 = all cores)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    lora = args.model == "lora"  # each lora point is a fine-tune
+    args.seeds = args.seeds if args.seeds is not None else (2 if lora else 3)
+    args.pool = args.pool if args.pool is not None else (600 if lora else 3000)
+    args.test = args.test if args.test is not None else (400 if lora else 1500)
+    return args
+
+
+def main() -> int:
+    args = parse_args()
     if args.model == "lora":
-        if args.pool == 3000:
-            args.pool = 600
-        if args.test == 1500:
-            args.test = 400
-        if args.seeds == 3:
-            args.seeds = 2
         return lora_main(args)
     if args.queue_scale:
         queue_scale(args.queue_scale)

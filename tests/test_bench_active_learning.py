@@ -25,3 +25,12 @@ def test_fine_tunes_use_the_retrain_jobs_epoch_and_blend_settings() -> None:
     default = al.retrain_model_settings(plain)
     assert (default.epochs, default.blend_on_validation) == (plain.retrain.epochs, True)
     assert plain.model.epochs == 0  # the settings passed in are left alone
+
+
+def test_lora_mode_has_small_defaults_but_keeps_explicit_values() -> None:
+    small = al.parse_args(["--model", "lora"])
+    assert (small.seeds, small.pool, small.test) == (2, 600, 400)
+    asked = al.parse_args(["--model", "lora", "--seeds", "3", "--pool", "3000", "--test", "1500"])
+    assert (asked.seeds, asked.pool, asked.test) == (3, 3000, 1500)
+    stand_in = al.parse_args([])
+    assert (stand_in.seeds, stand_in.pool, stand_in.test) == (3, 3000, 1500)
