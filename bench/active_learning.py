@@ -21,11 +21,13 @@ setting that fits 2 cores (see :func:`lora_main`): the champion v1 of the demo (
 all-MiniLM-L6-v2, airline tweets) scores a pool of shifted traffic once (an exact, cached pass:
 the queue ranks by the champion's probabilities, as in production, where the champion serves
 until a retrain), each strategy's first k picks are labelled, and the real trainer fine-tunes v1
-on them plus the retrain's replay. It also runs the logistic stand-in on the same picks, to say
-how well the fast proxy agrees with the real model. Results are cached per (strategy, seed, k)
-in ``bench/out/al_lora/``: an interrupted run resumes.
+on them plus the retrain's replay, with the retrain job's epoch and blend settings. It also runs
+the logistic stand-in on the same picks, to say how well the fast proxy agrees with the real
+model (each strategy's gain over random at the same seed and k, real vs stand-in). Results are
+cached per (strategy, seed, k, training settings) in ``bench/out/al_lora/``: an interrupted run
+resumes, and a larger ``--seeds`` adds seeds to the ones already trained.
 
-    nice -n 10 python bench/active_learning.py --model lora [--seeds 2] [--pool 600] [--test 400]
+    nice -n 19 python bench/active_learning.py --model lora [--seeds 2] [--pool 600] [--test 400] [--threads 1]
 
 ``--queue-scale N`` instead times ``GET /v1/label-queue``'s library call on a DuckDB store of N
 predictions (384-dim embeddings) against the same call on 10 000 rows: the candidate pool is
@@ -233,6 +235,19 @@ def champion_pass(v1: Path, texts: list[str], cache: Path) -> tuple[np.ndarray, 
     return pred.probs, pred.embeddings
 
 
+def retrain_model_settings(settings):  # type: ignore[no-untyped-def]
+    """The model settings a retrain job trains with (as ``retrain/job.py`` derives them from the retrain
+    settings): ``retrain.epochs`` passes, or epochs sized to ``retrain.step_budget`` steps, and the fixed
+    blend when ``retrain.fixed_blend`` is set. The demo's retrains use the step budget and the fixed blend."""
+    m, r = settings.model.model_copy(deep=True), settings.retrain
+    m.epochs = r.epochs
+    if r.step_budget:
+        m.epochs, m.min_steps = 0, r.step_budget
+    if r.fixed_blend:
+        m.blend_on_validation = False
+    return m
+
+
 def lora_point(settings, v1: Path, picked: pd.DataFrame, older: pd.DataFrame, test: pd.DataFrame,  # type: ignore[no-untyped-def]
                seed: int) -> float:
     """Test accuracy of v1 fine-tuned by the real trainer on ``picked`` plus the retrain's replay."""
@@ -243,7 +258,7 @@ def lora_point(settings, v1: Path, picked: pd.DataFrame, older: pd.DataFrame, te
     r = settings.retrain
     replay = stratified_sample(older, min(round(r.replay_ratio * len(picked)), r.replay_max, len(older)), seed)
     data = pd.concat([picked[["text", "label"]], replay[["text", "label"]]], ignore_index=True)
-    result = train(data, None, settings.model, init_from=v1, epochs=r.epochs, progress=False)
+    result = train(data, None, retrain_model_settings(settings), init_from=v1, progress=False)
     return float(evaluate(result.classifier, test)["accuracy"])
 
 
@@ -254,19 +269,101 @@ def proxy_point(x_picked: np.ndarray, y_picked: np.ndarray, x_replay: np.ndarray
 
 
 def ratio_at(curve: list[tuple[float, float]], random_curve: list[tuple[float, float]]) -> float | None:
-    """Labels random needs for random's best accuracy / labels ``curve`` needs for it."""
+    """Labels random needs for its accuracy at its largest budget / labels ``curve`` needs for it.
+
+    Both counts come from the same interpolation, so a random curve that reached its final accuracy
+    earlier (noise) is not credited with its whole budget. None when ``curve`` never reaches it."""
     target = random_curve[-1][1]
-    need = labels_to_reach(curve, target)
-    return None if not need else random_curve[-1][0] / need
+    need, random_need = labels_to_reach(curve, target), labels_to_reach(random_curve, target)
+    return None if not need or not random_need else random_need / need
+
+
+Curves = dict[str, list[list[tuple[float, float]]]]
+"""Per strategy, per seed: (labels, test accuracy) points."""
+
+
+def mean_curve(curves: list[list[tuple[float, float]]]) -> list[tuple[float, float]]:
+    """The pointwise mean over seeds of curves measured at the same label counts."""
+    return [(n, float(np.mean([c[i][1] for c in curves]))) for i, (n, _) in enumerate(curves[0])]
+
+
+def seed_interval(values: list[float | None]) -> str:
+    """Mean and 95 % Student-t interval over seeds (n = seeds whose value exists), with the per-seed values."""
+    from scipy import stats as st
+
+    xs = np.array([v for v in values if v is not None], float)
+    shown = ", ".join("never" if v is None else f"{v:.2f}" for v in values)
+    if len(xs) < 2:
+        return f"{xs.mean():.2f} (one seed; per seed: {shown})" if len(xs) else f"— (per seed: {shown})"
+    lo, hi = st.t.interval(0.95, len(xs) - 1, loc=xs.mean(), scale=st.sem(xs)) if xs.std() > 0 else (xs[0],) * 2
+    return f"{xs.mean():.2f} [95% t-interval {lo:.2f}, {hi:.2f}], n = {len(xs)} of {len(values)} seeds ({shown})"
+
+
+def lora_report(real: Curves, proxy: Curves, ks: list[int], random_ks: list[int], n_pool: int,
+                n_test: int) -> dict[str, Any]:
+    """Print accuracy per strategy, k and seed, the label ratios, and how well the stand-in agrees."""
+    from scipy import stats as st
+
+    strategies = list(real)
+    n_seeds = len(real["random"])
+    summary: dict[str, Any] = {"pool": n_pool, "test": n_test, "seeds": n_seeds, "ks": ks, "random_ks": random_ks,
+                               "model": "LoRA fine-tuning of v1 (the real trainer)"}
+    for name, curves in (("LoRA (real model)", real), ("logistic stand-in", proxy)):
+        print(f"\n{name}: test accuracy vs labels, mean [per seed]")
+        for k in random_ks:
+            cells = []
+            for s in strategies:
+                accs = [dict(c).get(k) for c in curves[s]]
+                cells.append(f"{s} —" if None in accs else
+                             f"{s} {np.mean(accs):.3f} [" + " ".join(f"{a:.3f}" for a in accs) + "]")
+            print(f"{k:>6} labels: " + "   ".join(cells))
+        for s in strategies:
+            if s == "random":
+                continue
+            pairs = list(zip(curves[s], curves["random"], strict=True))
+            ratios = [ratio_at(c, r) for c, r in pairs]
+            on_mean = ratio_at(mean_curve(curves[s]), mean_curve(curves["random"]))
+            print(f"  labels random needs for its accuracy at {random_ks[-1]} / labels {s} needs: "
+                  f"{seed_interval(ratios)}" + ("" if all(ratios) else f" (never: below {random_ks[-1] / ks[-1]:.0f})")
+                  + f"; on the mean curves {'never' if on_mean is None else f'{on_mean:.2f}'}")
+            # the other way round: random's labels for what the strategy reached with its largest budget
+            matched = [labels_to_reach(r, c[-1][1]) for c, r in pairs]
+            savings = [None if n is None else n / ks[-1] for n in matched]
+            print(f"  labels random needs for {s}'s accuracy at {ks[-1]} / {ks[-1]}: {seed_interval(savings)}"
+                  + ("" if all(savings) else f" (never: above {random_ks[-1] / ks[-1]:.0f})"))
+            summary.setdefault(name, {})[s] = {"ratios": ratios, "ratios_at_strategy_accuracy": savings,
+                                               "curves": [[list(p) for p in c] for c in curves[s]]}
+        summary.setdefault(name, {})["random"] = {"curves": [[list(p) for p in c] for c in curves["random"]]}
+    # Agreement on what matters: each strategy's gain over random at the same (seed, k), real vs stand-in
+    # (accuracy itself rises with k for both, which would flatter a correlation of raw accuracies).
+    def gain(curves: Curves, s: str, seed: int, k: int) -> float:
+        return dict(curves[s][seed])[k] - dict(curves["random"][seed])[k]
+
+    others = [s for s in strategies if s != "random"]
+    points = [(s, i, k) for s in others for i in range(n_seeds) for k in ks]
+    if len(points) > 2:
+        g_real = np.array([gain(real, *pt) for pt in points])
+        g_proxy = np.array([gain(proxy, *pt) for pt in points])
+        rho = st.spearmanr(g_real, g_proxy).statistic
+        same_sign = int((np.sign(g_real) == np.sign(g_proxy)).sum())
+        print(f"\nstand-in vs real model, gain over random at the same (strategy, seed, k), {len(points)} points: "
+              f"mean gain real {g_real.mean():+.3f}, stand-in {g_proxy.mean():+.3f}; "
+              f"same sign {same_sign}/{len(points)}; Spearman rho {rho:.2f}")
+        for s in others:
+            print(f"  {s:<12}" + "  ".join(
+                f"k={k}: real {np.mean([gain(real, s, i, k) for i in range(n_seeds)]):+.3f} "
+                f"stand-in {np.mean([gain(proxy, s, i, k) for i in range(n_seeds)]):+.3f}" for k in ks))
+        summary["proxy_gain_spearman"], summary["proxy_gain_same_sign"] = rho, [same_sign, len(points)]
+    return summary
 
 
 def lora_main(args: argparse.Namespace) -> int:
     """Accuracy vs labels with the real LoRA model, per strategy vs random, over seeds (resumable)."""
-    from scipy import stats as st
-
     from tuneloop.monitor.label_queue import rank_pool
 
     settings, _plan, v1, older, pools, test = lora_setting(args)
+    settings.model.threads = args.threads
+    trained_with = hashlib.sha1(retrain_model_settings(settings).model_dump_json(exclude={"threads"}).encode())
     ks = [int(k) for k in args.ks.split(",")]
     random_ks = ks + [2 * ks[-1]]  # random gets twice the largest budget, to see where it catches up
     strategies = [s for s in args.strategies.split(",") if s]
@@ -286,14 +383,16 @@ def lora_main(args: argparse.Namespace) -> int:
             order = rank_pool(frame, strategy, max(random_ks), reference=ref_emb, seed=seed)["row"].to_numpy()
             real_curve, proxy_curve = [], []
             for k in (random_ks if strategy == "random" else ks):
-                path = LORA_OUT / f"{strategy}-{seed}-{k}-{len(pool)}-{len(test)}.json"
+                path = LORA_OUT / f"{strategy}-{seed}-{k}-{len(pool)}-{len(test)}-{trained_with.hexdigest()[:8]}.json"
                 picked = order[:k]
                 if not path.exists():
-                    t = time.perf_counter()
+                    t, cpu = time.perf_counter(), time.process_time()
                     acc = lora_point(settings, v1, pool.iloc[picked], older, test, seed)
-                    path.write_text(json.dumps({"accuracy": acc, "seconds": round(time.perf_counter() - t, 1)}))
+                    wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+                    path.write_text(json.dumps({"accuracy": acc, "seconds": round(wall, 1),
+                                                "cpu_seconds": round(cpu, 1)}))
                     print(f"seed {seed} {strategy:<11} k={k:<4} LoRA test accuracy {acc:.3f} "
-                          f"({time.perf_counter() - t:.0f} s)", file=sys.stderr, flush=True)
+                          f"({wall:.0f} s wall, {cpu:.0f} s CPU)", file=sys.stderr, flush=True)
                 real_curve.append((k, json.loads(path.read_text())["accuracy"]))
                 rep_idx = np.random.default_rng(seed).choice(len(older), min(k, len(older)), replace=False)
                 proxy_curve.append((k, proxy_point(x_pool[picked], pool["label"].to_numpy()[picked], x_older[rep_idx],
@@ -302,53 +401,19 @@ def lora_main(args: argparse.Namespace) -> int:
             real[strategy].append(real_curve)
             proxy[strategy].append(proxy_curve)
 
-    def interval(values: list[float]) -> str:
-        xs = np.array([v for v in values if v is not None], float)
-        if len(xs) == 0:
-            return "—"
-        if len(xs) == 1:
-            return f"{xs[0]:.2f} (one seed)"
-        lo, hi = st.t.interval(0.95, len(xs) - 1, loc=xs.mean(), scale=st.sem(xs)) if xs.std() > 0 else (xs[0],) * 2
-        return f"{xs.mean():.2f} [95% CI {lo:.2f}, {hi:.2f}] over {len(xs)} seeds"
-
-    summary: dict[str, Any] = {"pool": len(pools[0]), "test": len(test), "seeds": len(pools), "ks": ks,
-                               "random_ks": random_ks, "model": "LoRA fine-tuning of v1 (the real trainer)"}
-    for name, curves in (("LoRA (real model)", real), ("logistic stand-in", proxy)):
-        print(f"\n{name}: test accuracy vs labels, mean over {len(pools)} seed(s)")
-        print(f"{'labels':>8}" + "".join(f"{s:>13}" for s in strategies))
-        for k in random_ks:
-            row = []
-            for s in strategies:
-                accs = [dict(c).get(k) for c in curves[s]]
-                row.append("—" if None in accs else f"{np.mean(accs):.3f}")
-            print(f"{k:>8}" + "".join(f"{v:>13}" for v in row))
-        for s in strategies:
-            if s == "random":
-                continue
-            ratios = [ratio_at(c, r) for c, r in zip(curves[s], curves["random"], strict=True)]
-            print(f"  labels random needs (for its accuracy at {random_ks[-1]}) / labels {s} needs: "
-                  f"{interval(ratios)}")
-            summary.setdefault(name, {})[s] = {"ratios": ratios,
-                                               "curves": [[list(p) for p in c] for c in curves[s]]}
-        summary.setdefault(name, {})["random"] = {"curves": [[list(p) for p in c] for c in curves["random"]]}
-    pairs = [(dict(rc).get(k), dict(pc).get(k)) for s in strategies for rc, pc in zip(real[s], proxy[s], strict=True)
-             for k in random_ks if dict(rc).get(k) is not None]
-    if len(pairs) > 2:
-        rho = st.spearmanr([a for a, _ in pairs], [b for _, b in pairs]).statistic
-        print(f"\nagreement of the stand-in with the real model over {len(pairs)} (strategy, seed, k) points: "
-              f"Spearman rho {rho:.2f}")
-        summary["proxy_spearman"] = rho
+    summary = lora_report(real, proxy, ks, random_ks, len(pools[0]), len(test))
     (LORA_OUT / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     print(f"wrote {LORA_OUT / 'summary.json'}")
     return 0
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options; ``--model lora`` gets smaller defaults, while explicit values always hold."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=None, help="default 3 (lora: 2)")
     p.add_argument("--budget", type=int, default=600)
-    p.add_argument("--pool", type=int, default=3000)
-    p.add_argument("--test", type=int, default=1500)
+    p.add_argument("--pool", type=int, default=None, help="default 3000 (lora: 600)")
+    p.add_argument("--test", type=int, default=None, help="default 1500 (lora: 400)")
     p.add_argument("--scenario", choices=("iid", "shift"), default="iid",
                    help="iid: start labels from all topics; shift: start labels from airline tweets only")
     p.add_argument("--queue-scale", type=int, default=0, help="time the label queue at this many rows instead")
@@ -357,14 +422,18 @@ def main() -> int:
     p.add_argument("--ks", default="40,80,160", help="lora: label counts per strategy (random also gets 2x the last)")
     p.add_argument("--strategies", default=",".join(LORA_STRATEGIES), help="lora: strategies (random included)")
     p.add_argument("--data-dir", type=Path, default=OUT / "loop" / "data", help="lora: where the demo's v1 is cached")
-    args = p.parse_args()
+    p.add_argument("--threads", type=int, default=1, help="lora: torch CPU threads per fine-tune (0 = all cores)")
+    args = p.parse_args(argv)
+    lora = args.model == "lora"  # each lora point is a fine-tune
+    args.seeds = args.seeds if args.seeds is not None else (2 if lora else 3)
+    args.pool = args.pool if args.pool is not None else (600 if lora else 3000)
+    args.test = args.test if args.test is not None else (400 if lora else 1500)
+    return args
+
+
+def main() -> int:
+    args = parse_args()
     if args.model == "lora":
-        if args.pool == 3000:
-            args.pool = 600
-        if args.test == 1500:
-            args.test = 400
-        if args.seeds == 3:
-            args.seeds = 2
         return lora_main(args)
     if args.queue_scale:
         queue_scale(args.queue_scale)
