@@ -236,16 +236,10 @@ def champion_pass(v1: Path, texts: list[str], cache: Path) -> tuple[np.ndarray, 
 
 
 def retrain_model_settings(settings):  # type: ignore[no-untyped-def]
-    """The model settings a retrain job trains with (as ``retrain/job.py`` derives them from the retrain
-    settings): ``retrain.epochs`` passes, or epochs sized to ``retrain.step_budget`` steps, and the fixed
-    blend when ``retrain.fixed_blend`` is set. The demo's retrains use the step budget and the fixed blend."""
-    m, r = settings.model.model_copy(deep=True), settings.retrain
-    m.epochs = r.epochs
-    if r.step_budget:
-        m.epochs, m.min_steps = 0, r.step_budget
-    if r.fixed_blend:
-        m.blend_on_validation = False
-    return m
+    """The model settings the retrain job trains with (the demo's: the step budget and the fixed blend)."""
+    from tuneloop.retrain.settings import retrain_model_settings as derive
+
+    return derive(settings.model, settings.retrain)
 
 
 def lora_point(settings, v1: Path, picked: pd.DataFrame, older: pd.DataFrame, test: pd.DataFrame,  # type: ignore[no-untyped-def]

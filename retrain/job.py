@@ -114,7 +114,7 @@ def run(args: argparse.Namespace, stop: threading.Event, progress: Progress) -> 
     """The job proper; returns the version directory written."""
     from tuneloop.retrain.dataset import read_manifest, read_snapshot
     from tuneloop.retrain.evaluate import classification_metrics, evaluate, with_rows
-    from tuneloop.retrain.settings import ModelSettings, RetrainSettings
+    from tuneloop.retrain.settings import ModelSettings, RetrainSettings, retrain_model_settings
     from tuneloop.retrain.trainer import effective_batch_size, train
     from tuneloop.retrain.versions import load_version, validate_version_name, write_version
 
@@ -123,13 +123,8 @@ def run(args: argparse.Namespace, stop: threading.Event, progress: Progress) -> 
             raise Cancelled()
 
     cfg = json.loads(Path(args.settings).read_text(encoding="utf-8"))
-    model_settings = ModelSettings(**cfg.get("model", {}))
     retrain_settings = RetrainSettings(**cfg.get("retrain", {}))
-    model_settings.epochs = retrain_settings.epochs
-    if retrain_settings.step_budget:  # epochs sized to the data by the trainer
-        model_settings.epochs, model_settings.min_steps = 0, retrain_settings.step_budget
-    if retrain_settings.fixed_blend:
-        model_settings.blend_on_validation = False
+    model_settings = retrain_model_settings(ModelSettings(**cfg.get("model", {})), retrain_settings)
     validate_version_name(args.version)
     models_dir = Path(args.models_dir)
     if (models_dir / args.version).exists():

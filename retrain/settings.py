@@ -170,3 +170,15 @@ class RetrainSettings(Section):
         if not ok or parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ValueError("must be the dashboard's http(s)://host:port address, e.g. http://127.0.0.1:8265")
         return address
+
+
+def retrain_model_settings(model: ModelSettings, retrain: RetrainSettings) -> ModelSettings:
+    """The model settings a retrain trains with: ``retrain.epochs`` passes, or epochs sized to
+    ``retrain.step_budget`` optimiser steps, and the fixed even blend when ``retrain.fixed_blend``."""
+    out = model.model_copy(deep=True)
+    out.epochs = retrain.epochs
+    if retrain.step_budget:  # epochs sized to the data by the trainer
+        out.epochs, out.min_steps = 0, retrain.step_budget
+    if retrain.fixed_blend:
+        out.blend_on_validation = False
+    return out
