@@ -60,6 +60,11 @@ class ModelSettings(Section):
     the served model is then whichever of the encoder, TF-IDF + LR or a blend validates best (by more
     than 3 points of macro-F1 over the even blend, else 0.5), and its validation score is optimistic by
     that choice. The weight used is saved with the version."""
+    contrastive_weight: float = Field(0.0, ge=0)
+    """Weight of a supervised contrastive loss (retrain/contrastive.py) on each batch's pooled embeddings,
+    added to cross-entropy: same-label rows are pulled together. 0 = cross-entropy alone."""
+    contrastive_temperature: float = Field(0.1, gt=0)
+    """Temperature of that loss: lower sharpens it onto the hardest pairs."""
     seed: int = 0
     threads: int = Field(0, ge=0)
     """torch CPU threads; 0 = all cores."""
