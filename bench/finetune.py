@@ -345,17 +345,25 @@ def report(cells: dict[str, Any], configs: tuple[str, ...] = CONFIGS, base: str 
     return "\n".join(lines)
 
 
+def _encoder_alone(cell: dict[str, Any]) -> str:
+    alone = cell.get("by_weight", {}).get("0")
+    return f"{alone['macro_f1']:.3f}" if alone else "–"
+
+
 def compare(cells: dict[str, Any], variant: str, base: str = DEFAULT_BASE) -> str:
     """Cell by cell, where ``variant`` has run: the baselines' test macro-F1, "new" and ``variant`` as
-    served, each one's margin over the best baseline of the same sample (points), and their seconds."""
+    served, each one's margin over the best baseline of the same sample (points), both fine-tuned encoders
+    alone (no TF-IDF blend: the part a training change moves, without the noise of the blend weight chosen on
+    a few dozen validation rows), and their seconds."""
     table: dict[tuple[str, int, str], dict[str, dict[str, Any]]] = {}
     for key, cell in cells.items():
         name, size, seed, config = _column(key, base)
         table.setdefault((name, size, seed), {})[config] = served(cell)
     lines = [f"{variant} against new (base {base}); margins in points of macro-F1 over the best baseline", "",
              "| dataset | rows | seed | majority | tfidf_logreg | frozen_logreg | new | variant | new margin "
-             "| variant margin | new s | variant s | variant train s | variant samples/s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| variant margin | new encoder | variant encoder | new s | variant s | variant train s "
+             "| variant samples/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     margins: dict[str, list[float]] = {"new": [], "variant": []}
     for (name, size, seed), by in sorted(table.items()):
         if variant not in by or not all(c in by for c in ("majority", "tfidf_logreg", "new")):
@@ -368,6 +376,7 @@ def compare(cells: dict[str, Any], variant: str, base: str = DEFAULT_BASE) -> st
         lines.append(f"| {name} | {size} | {seed} | {by['majority']['macro_f1']:.3f} | "
                      f"{by['tfidf_logreg']['macro_f1']:.3f} | {frozen} | {new['macro_f1']:.3f} | "
                      f"{var['macro_f1']:.3f} | {margins['new'][-1]:+.1f} | {margins['variant'][-1]:+.1f} | "
+                     f"{_encoder_alone(new)} | {_encoder_alone(var)} | "
                      f"{new['seconds']:.0f} | {var['seconds']:.0f} | {var.get('train_seconds', float('nan')):.0f} | "
                      f"{var.get('train_samples_s', float('nan')):.1f} |")
     if margins["new"]:

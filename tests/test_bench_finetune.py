@@ -70,5 +70,8 @@ def test_a_settings_variant_is_compared_cell_by_cell_with_new_and_the_baselines(
     rows = [line for line in lines if line.startswith("| d |")]
     assert len(rows) == 1  # seed 1 has no variant cell
     row = [c.strip() for c in rows[0].split("|")]
-    assert row[7:11] == ["0.620", "0.670", "+2.0", "+7.0"]  # margins over the best baseline, 0.6
+    assert row[7:13] == ["0.620", "0.670", "+2.0", "+7.0", "–", "–"]  # margins over the best baseline, 0.6
+    cells[f"d|300|0|{variant}"]["by_weight"] = {"0": _cell(0.64)}  # the fine-tuned encoder without the blend
+    row = [c.strip() for c in finetune.compare(cells, variant).splitlines()[4].split("|")]
+    assert row[11:13] == ["–", "0.640"]
     assert lines[-1] == f"1 cells: mean margin new +2.00, {variant} +7.00 points"
