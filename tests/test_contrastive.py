@@ -62,19 +62,3 @@ def test_contrastive_training_pulls_same_label_texts_together(sentiment_base, se
     continued = train(keyword_sentiment(48, seed=7), None, s.model_copy(update={"epochs": 1}),
                       init_from=sentiment_version, progress=False)  # incremental retraining with the loss on
     assert continued.classifier.labels == LABELS and continued.history[-1]["train_contrastive_loss"] > 0
-
-
-def test_contrastive_stage_tunes_the_encoder_then_refits_the_head(sentiment_base, sentiment_settings):
-    s = sentiment_settings.model_copy(update={"contrastive_epochs": 3, "epochs": 1, "learning_rate": 1e-2})
-    lines: list[str] = []
-    r = train(keyword_sentiment(240), LABELS, s, progress=False, log=lines.append)
-    losses = r.metrics["contrastive_losses"]
-    assert len(losses) == 3 and losses[-1] < losses[0]
-    assert sum(line.startswith("contrastive epoch") for line in lines) == 3
-    assert r.history[0]["epoch"] == 0  # the refitted head on the tuned encoder is a candidate
-    held = keyword_sentiment(90, seed=3)
-    y = torch.tensor([LABELS.index(v) for v in held["label"]])
-    base = torch.nn.functional.normalize(torch.as_tensor(r.classifier.base_pooled(held["text"].tolist())), dim=1)
-    tuned = torch.as_tensor(r.classifier.predict(held["text"].tolist()).embeddings)
-    assert supcon_loss(tuned, y, 0.1) < supcon_loss(base, y, 0.1) - 0.3
-    assert r.metrics["val_accuracy"] > 0.7
