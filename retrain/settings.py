@@ -65,9 +65,6 @@ class ModelSettings(Section):
     added to cross-entropy: same-label rows are pulled together. 0 = cross-entropy alone."""
     contrastive_temperature: float = Field(0.1, gt=0)
     """Temperature of that loss: lower sharpens it onto the hardest pairs."""
-    contrastive_epochs: int = Field(0, ge=0)
-    """Passes of that loss alone on the encoder before cross-entropy, after which the head is refitted by
-    logistic regression on the tuned embeddings (SetFit's two stages); 0 = no such stage."""
     seed: int = 0
     threads: int = Field(0, ge=0)
     """torch CPU threads; 0 = all cores."""

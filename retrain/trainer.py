@@ -124,38 +124,6 @@ def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> 
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def _contrastive_stage(clf: TextClassifier, texts: list[str], y: torch.Tensor, lengths: np.ndarray,
-                       settings: ModelSettings, say: Callable[[str], None]) -> list[float]:
-    """``contrastive_epochs`` passes of the supervised contrastive loss alone on the encoder (its LoRA
-    adapter), then the head refitted by logistic regression on the tuned pooled vectors: the two stages
-    of SetFit, which moves a sentence encoder's geometry before any head is trained on it.
-    Returns the mean loss of each pass."""
-    body = [p for n, p in clf.named_parameters() if p.requires_grad and not n.startswith("head.")]
-    opt = torch.optim.AdamW(body, lr=settings.learning_rate, weight_decay=0.01)
-    total = settings.contrastive_epochs * math.ceil(len(texts) / settings.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.05, 1 - s / max(1, total)))
-    rng, losses = np.random.default_rng(settings.seed + 1), []
-    for epoch in range(1, settings.contrastive_epochs + 1):
-        clf.train()
-        loss_sum, seen = 0.0, 0
-        for b in _batches(lengths, settings.batch_size, rng):
-            _, embedding = clf(**clf.tokenize([texts[i] for i in b]))
-            loss = supcon_loss(embedding, y[b], settings.contrastive_temperature)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(body, 1.0)
-            opt.step()
-            sched.step()
-            loss_sum, seen = loss_sum + loss.item() * len(b), seen + len(b)
-        losses.append(loss_sum / max(seen, 1))
-        say(f"contrastive epoch {epoch}/{settings.contrastive_epochs}: loss {losses[-1]:.4f}")
-    labels = [clf.labels[i] for i in y.tolist()]
-    coef, intercept = bl.frozen_logreg(clf.base_pooled(texts, settings.serve_max_batch, adapter=True), labels,
-                                       clf.labels, settings.seed)
-    clf.warm_start_head(coef, intercept)
-    return losses
-
-
 @torch.inference_mode()
 def _validate(clf: TextClassifier, va: pd.DataFrame, weights: torch.Tensor, batch_size: int) -> dict[str, Any]:
     clf.eval()
@@ -238,12 +206,6 @@ def train(
     warm = init_from is None and settings.warm_start_head and base.frozen_coef is not None
     if warm:
         clf.warm_start_head(base.frozen_coef, base.frozen_intercept)
-    contrastive_losses: list[float] = []
-    if settings.contrastive_epochs:
-        t_stage = time.perf_counter()
-        contrastive_losses = _contrastive_stage(clf, texts, y, lengths, settings, say)
-        contrastive_seconds = time.perf_counter() - t_stage
-        warm = True  # the refitted head on the tuned encoder is epoch 0's candidate
 
     # ---- optimiser: AdamW with linear warm-up and decay --------------------------------------------
     params = [p for p in clf.parameters() if p.requires_grad]
@@ -264,8 +226,6 @@ def train(
     best: dict[str, Any] | None = None
     best_state: dict[str, torch.Tensor] = {}
     stopped, bad_epochs, train_seconds, train_cpu_seconds, seen_total = None, 0, 0.0, 0.0, 0
-    if contrastive_losses:
-        train_seconds, seen_total = contrastive_seconds, len(texts) * len(contrastive_losses)
     if warm:  # epoch 0: the warm-started head on the untouched base, a candidate like any epoch
         best = {"epoch": 0, "train_loss": None, "samples_per_s": 0.0,
                 **_validate(clf, va, weights, settings.serve_max_batch)}
@@ -354,7 +314,7 @@ def train(
                    train_cpu_seconds=round(train_cpu_seconds, 3),
                    train_samples_per_s=seen_total / max(train_seconds, 1e-9),
                    fine_tuned_encoder=encoder_only, blend_tfidf=settings.blend_tfidf, blend_scores=blend_scores,
-                   served=bl.served_model(settings.blend_tfidf), contrastive_losses=contrastive_losses,
+                   served=bl.served_model(settings.blend_tfidf),
                    **bl.summary(model_scores, base.scores))
     say(f"best epoch {best['epoch']}: val_accuracy {metrics['val_accuracy']:.3f} "
         f"val_macro_f1 {metrics['val_macro_f1']:.3f}")
