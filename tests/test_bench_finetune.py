@@ -38,12 +38,40 @@ def test_main_trains_from_the_chosen_base_and_records_speed(tmp_path, capsys) ->
                           model_type="mpnet")
     out = tmp_path / "finetune-test.json"
     finetune.main(["--base", str(base), "--datasets", "airline", "--sizes", "40", "--seeds", "0",
-                   "--configs", "majority,frozen_logreg,new", "--threads", "1", "--out", str(out)])
+                   "--configs", "majority,frozen_logreg,new,new:contrastive_weight=1", "--threads", "1",
+                   "--out", str(out)])
     cells = json.loads(out.read_text())
-    assert set(cells) >= {f"airline|40|0|frozen_logreg|{base}", f"airline|40|0|new|{base}"}
+    assert set(cells) >= {f"airline|40|0|frozen_logreg|{base}", f"airline|40|0|new|{base}",
+                          f"airline|40|0|new:contrastive_weight=1|{base}"}
+    assert cells[f"airline|40|0|new:contrastive_weight=1|{base}"]["train_seconds"] > 0
     new = cells[f"airline|40|0|new|{base}"]
     assert new["n_train"] == 40 and new["n_test"] == 400 and 0 <= new["macro_f1"] <= 1
     assert new["train_samples_s"] > 0 and new["predict_texts_s"] > 0
     assert len(new["rows"]["test"]["probe"][0]) == 3  # the per-row record holds the tiny base's probe
     printed = capsys.readouterr().out
     assert f"frozen {base} + LR" in printed
+
+
+def test_a_settings_variant_is_compared_cell_by_cell_with_new_and_the_baselines() -> None:
+    assert finetune.overrides("new:contrastive_weight=0.5:patience=2") == {"contrastive_weight": "0.5",
+                                                                           "patience": "2"}
+    assert finetune.overrides("new") == {}
+    for bad in ("old", "new:contrastive_weight"):
+        try:
+            finetune.overrides(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad!r} was accepted")
+    variant = "new:contrastive_weight=1"
+    cells = {"d|300|0|majority": _cell(0.2), "d|300|0|tfidf_logreg": _cell(0.6), "d|300|0|frozen_logreg": _cell(0.5),
+             "d|300|0|new": _cell(0.62), f"d|300|0|{variant}": _cell(0.67),
+             "d|300|1|majority": _cell(0.2), "d|300|1|tfidf_logreg": _cell(0.6), "d|300|1|new": _cell(0.58)}
+    lines = finetune.compare(cells, variant).splitlines()
+    rows = [line for line in lines if line.startswith("| d |")]
+    assert len(rows) == 1  # seed 1 has no variant cell
+    row = [c.strip() for c in rows[0].split("|")]
+    assert row[7:13] == ["0.620", "0.670", "+2.0", "+7.0", "–", "–"]  # margins over the best baseline, 0.6
+    cells[f"d|300|0|{variant}"]["by_weight"] = {"0": _cell(0.64)}  # the fine-tuned encoder without the blend
+    row = [c.strip() for c in finetune.compare(cells, variant).splitlines()[4].split("|")]
+    assert row[11:13] == ["–", "0.640"]
+    assert lines[-1] == f"1 cells: mean margin new +2.00, {variant} +7.00 points"
