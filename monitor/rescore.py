@@ -161,7 +161,7 @@ class _ServedVersion:
         self.labels: list[str] = []
 
     def predict(self, texts: list[str]) -> ServeResult:
-        result = self.server.predict(texts, timeout=RESCORE_SECONDS)
+        result = self.server.predict(texts, timeout=RESCORE_SECONDS, log=False)  # not traffic: never logged
         if result.version != self.version:
             raise VersionChanged(f"serving moved from {self.version} to {result.version}")
         self.labels = list(result.label_names)

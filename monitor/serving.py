@@ -49,7 +49,7 @@ from tuneloop.monitor.storage import DEFAULT_PROJECT, Store
 if TYPE_CHECKING:
     from tuneloop.monitor.config import Settings
     from tuneloop.monitor.writer import Writer
-    from tuneloop.retrain.model import Predictions, TextClassifier
+    from tuneloop.retrain.model import TextClassifier
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,7 @@ class _Request:
     future: Future[ServeResult]
     t0: float = field(default_factory=time.perf_counter)
     metadata: dict[str, Any] | None = None
+    log: bool = True  # False: the server's own scoring (reference re-scoring), not traffic to record
 
 
 def _depth_bucket(texts: int) -> str:
@@ -213,15 +214,17 @@ class ModelServer:
             self._thread.join(timeout)
 
     def submit(self, texts: list[str], metadata: dict[str, Any] | None = None,
-               started: float | None = None) -> Future[ServeResult]:
+               started: float | None = None, log: bool = True) -> Future[ServeResult]:
         """Queue ``texts`` for the next batch; the future resolves to their :class:`ServeResult`
         (with a writer: once their rows, carrying ``metadata``, are committed).
 
         ``started`` (``time.perf_counter()``): when the caller's request began, for the logged latency.
+        ``log=False`` is for the server's own scoring (re-scoring a reference): it shares the forwards
+        but is answered at once and never stored as a prediction, so it does not count as traffic.
         Raises :class:`ServeQueueFull` when they would take the queue past ``max_queue`` texts (a
         single request larger than that is still taken when nothing else waits).
         """
-        request = _Request(list(texts), Future(), metadata=metadata)
+        request = _Request(list(texts), Future(), metadata=metadata, log=log)
         if started is not None:
             request.t0 = started
         if not request.texts:
@@ -238,9 +241,9 @@ class ModelServer:
             self._cond.notify()
         return request.future
 
-    def predict(self, texts: list[str], timeout: float | None = None) -> ServeResult:
+    def predict(self, texts: list[str], timeout: float | None = None, log: bool = True) -> ServeResult:
         """Blocking :meth:`submit`."""
-        return self.submit(texts).result(timeout)
+        return self.submit(texts, log=log).result(timeout)
 
     # -- the batch worker ----------------------------------------------------------------------------
     def _take_batch(self) -> list[_Request] | None:
@@ -342,22 +345,28 @@ class ModelServer:
                 probs=pred.probs[sl], confidence=pred.confidence[sl], embeddings=pred.embeddings[sl],
                 batch_texts=len(texts), queue_ms=(start - r.t0) * 1000, forward_ms=forward_ms,
             ))
-        if self.writer is None:
-            for r, result in zip(batch, results, strict=True):
+        logged = [i for i, r in enumerate(batch) if r.log] if self.writer is not None else []
+        for r, result in zip(batch, results, strict=True):
+            if not logged or not r.log:  # nothing to wait for: answered now
                 r.future.set_result(result)
+        if not logged:
             self._answered_now(len(batch))
             return
-        self._log(batch, results, texts, pred, loaded, done)
+        # only the callers' rows are logged: the server's own scoring may have shared the forward
+        offsets = np.cumsum([0] + [len(r.texts) for r in batch])
+        rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in logged])
+        self._log([batch[i] for i in logged], [results[i] for i in logged], [texts[j] for j in rows],
+                  [pred.labels[j] for j in rows], pred.probs[rows], pred.embeddings[rows], loaded, done)
 
-    def _log(self, batch: list[_Request], results: list[ServeResult], texts: list[str], pred: Predictions,
-             loaded: LoadedModel, done: float) -> None:
+    def _log(self, batch: list[_Request], results: list[ServeResult], texts: list[str], labels: list[str],
+             probs: np.ndarray, embeddings: np.ndarray, loaded: LoadedModel, done: float) -> None:
         """Queue the forward's rows as one write; the callers are answered from the writer thread after COMMIT."""
         assert self.writer is not None
         with self._cond:
             self._unanswered += 1
         try:
             table, logged = prediction_rows(
-                texts, pred.labels, pred.probs, pred.embeddings, loaded.classifier.labels, loaded.version,
+                texts, labels, probs, embeddings, loaded.classifier.labels, loaded.version,
                 [CallerRows(len(r.texts), (done - r.t0) * 1000, r.metadata) for r in batch])
             written = self.writer.submit_predictions(table, self.project, linger=False)
         except Exception as e:  # a full or stopping writer: these callers get the error, the worker goes on

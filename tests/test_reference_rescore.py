@@ -89,9 +89,11 @@ def test_reference_grows_by_rescored_traffic_and_compares_like_with_like(running
     serve(client, before_traffic)
     assert not any(r["drifted"] for r in check(client).values())  # the window the re-scoring may use is clean
     held_out = server.store.references.rows("default", "v2")
+    traffic = server.store.count_predictions()
     rows = promote_and_wait_for_rescoring(server, client)
 
     rescored = rows[rows["split"] == RESCORED_SPLIT]
+    assert server.store.count_predictions() == traffic  # re-scoring is not traffic: nothing new is logged
     expected = set(before_traffic) - set(held_out["text"])
     assert len(rows) == len(held_out) + len(rescored)  # appended, the held-out rows kept
     assert sorted(rescored["text"]) == sorted(expected) and rescored["true_label"].isna().all()

@@ -182,6 +182,33 @@ def test_a_forward_is_logged_as_one_write_and_each_caller_answered_after_its_com
         store.close()
 
 
+def test_the_servers_own_scoring_shares_a_forward_but_is_never_logged_as_traffic(trained, tmp_path):
+    from tuneloop.monitor.storage import Store
+    from tuneloop.monitor.writer import Writer
+
+    store = Store(tmp_path / "log.duckdb")
+    writer = Writer(store).start()
+    server = ModelServer("default", max_batch=64, writer=writer)
+    try:
+        server.swap("v1", trained[1].models_dir / "v1")
+        callers = [server.submit([f"a great film {i}"]) for i in range(3)]
+        own = server.submit([f"an old review {i}" for i in range(5)], log=False)  # e.g. re-scoring a reference
+        callers.append(server.submit(["an awful day", "a fine day"]))
+        server.start()  # one forward takes all four requests
+        results, scored = [f.result(30) for f in callers], own.result(30)
+        assert {r.batch_texts for r in results} == {scored.batch_texts} == {10}
+        assert scored.logged is None and len(scored.labels) == 5
+        assert store.count_predictions() == 5  # the callers' texts only
+        stored = store.get_predictions([i for r in results for i in r.logged.ids]).set_index("id")
+        for r in results:
+            assert stored.loc[r.logged.ids, "label"].tolist() == r.labels
+            assert stored.loc[r.logged.ids, "text"].str.startswith(("a great", "an awful", "a fine")).all()
+    finally:
+        server.stop()
+        writer.stop()
+        store.close()
+
+
 def test_a_writer_that_refuses_fails_the_callers_not_the_worker(trained, tmp_path):
     from tuneloop.monitor.storage import Store
     from tuneloop.monitor.writer import Writer, WriterStopped
