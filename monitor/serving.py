@@ -336,27 +336,31 @@ class ModelServer:
         self.requests_served += len(batch)
         metrics.SERVE_BATCH_TEXTS.labels(self.project).observe(len(texts))
         metrics.SERVE_FORWARD_SECONDS.labels(self.project).observe(done - start)
-        results, offset = [], 0
+        results, slices, offset = [], [], 0
         for r in batch:
             sl = slice(offset, offset + len(r.texts))
             offset += len(r.texts)
+            slices.append(sl)
             results.append(ServeResult(
                 version=loaded.version, label_names=loaded.classifier.labels, labels=pred.labels[sl],
                 probs=pred.probs[sl], confidence=pred.confidence[sl], embeddings=pred.embeddings[sl],
                 batch_texts=len(texts), queue_ms=(start - r.t0) * 1000, forward_ms=forward_ms,
             ))
         logged = [i for i, r in enumerate(batch) if r.log] if self.writer is not None else []
-        for r, result in zip(batch, results, strict=True):
-            if not logged or not r.log:  # nothing to wait for: answered now
+        waits = set(logged)
+        for i, (r, result) in enumerate(zip(batch, results, strict=True)):
+            if i not in waits:  # nothing to wait for: answered now
                 r.future.set_result(result)
         if not logged:
             self._answered_now(len(batch))
             return
-        # only the callers' rows are logged: the server's own scoring may have shared the forward
-        offsets = np.cumsum([0] + [len(r.texts) for r in batch])
-        rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in logged])
-        self._log([batch[i] for i in logged], [results[i] for i in logged], [texts[j] for j in rows],
-                  [pred.labels[j] for j in rows], pred.probs[rows], pred.embeddings[rows], loaded, done)
+        labels, probs, embeddings = pred.labels, pred.probs, pred.embeddings
+        if len(logged) < len(batch):  # the server's own scoring shared the forward: log the callers' rows only
+            rows = np.concatenate([np.arange(slices[i].start, slices[i].stop) for i in logged])
+            texts, labels = [texts[j] for j in rows], [labels[j] for j in rows]
+            probs, embeddings = probs[rows], embeddings[rows]
+            batch, results = [batch[i] for i in logged], [results[i] for i in logged]
+        self._log(batch, results, texts, labels, probs, embeddings, loaded, done)
 
     def _log(self, batch: list[_Request], results: list[ServeResult], texts: list[str], labels: list[str],
              probs: np.ndarray, embeddings: np.ndarray, loaded: LoadedModel, done: float) -> None:

@@ -59,7 +59,6 @@ ROLLUP_COMPACT_ROWS = 4096
 """Partial rollup rows appended since the last compaction that trigger the next one."""
 
 
-
 class Store:
     """Owner of one tuneloop DuckDB file.
 
