@@ -9,6 +9,7 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -140,15 +141,26 @@ def test_continuous_batching_takes_the_whole_queue_in_one_forward(trained):
         server.stop()
 
 
-def test_a_forward_is_logged_as_one_write_and_each_caller_answered_after_its_commit(trained, tmp_path):
+@contextmanager
+def logging_server(path: Path, writer_options: dict | None = None, **server_options):  # type: ignore[no-untyped-def]
+    """A ModelServer (not started) logging through a real Writer into a real Store at ``path``."""
     from tuneloop.monitor.storage import Store
     from tuneloop.monitor.writer import Writer
 
-    store = Store(tmp_path / "log.duckdb")
-    # a long group-commit window: only the forward's own group (linger=False) lets the answers come back
-    writer = Writer(store, group_commit_ms=60_000).start()
-    server = ModelServer("default", max_batch=64, writer=writer)
+    store = Store(path)
+    writer = Writer(store, **(writer_options or {})).start()
+    server = ModelServer("default", max_batch=64, writer=writer, **server_options)
     try:
+        yield server, writer, store
+    finally:
+        server.stop()
+        writer.stop()
+        store.close()
+
+
+def test_a_forward_is_logged_as_one_write_and_each_caller_answered_after_its_commit(trained, tmp_path):
+    # a long group-commit window: only the forward's own group (linger=False) lets the answers come back
+    with logging_server(tmp_path / "log.duckdb", {"group_commit_ms": 60_000}) as (server, writer, store):
         server.swap("v1", trained[1].models_dir / "v1")
         started = time.perf_counter() - 0.5  # the callers' requests began half a second ago
         committed, all_answered = [], threading.Event()
@@ -176,20 +188,10 @@ def test_a_forward_is_logged_as_one_write_and_each_caller_answered_after_its_com
             assert (rows["latency_ms"] >= 500).all()
             assert all(np.allclose(np.asarray(e, dtype=np.float32), r.embeddings[k])
                        for k, e in enumerate(rows["embedding"]))
-    finally:
-        server.stop()
-        writer.stop()
-        store.close()
 
 
 def test_the_servers_own_scoring_shares_a_forward_but_is_never_logged_as_traffic(trained, tmp_path):
-    from tuneloop.monitor.storage import Store
-    from tuneloop.monitor.writer import Writer
-
-    store = Store(tmp_path / "log.duckdb")
-    writer = Writer(store).start()
-    server = ModelServer("default", max_batch=64, writer=writer)
-    try:
+    with logging_server(tmp_path / "log.duckdb") as (server, _, store):
         server.swap("v1", trained[1].models_dir / "v1")
         callers = [server.submit([f"a great film {i}"]) for i in range(3)]
         own = server.submit([f"an old review {i}" for i in range(5)], log=False)  # e.g. re-scoring a reference
@@ -203,29 +205,19 @@ def test_the_servers_own_scoring_shares_a_forward_but_is_never_logged_as_traffic
         for r in results:
             assert stored.loc[r.logged.ids, "label"].tolist() == r.labels
             assert stored.loc[r.logged.ids, "text"].str.startswith(("a great", "an awful", "a fine")).all()
-    finally:
-        server.stop()
-        writer.stop()
-        store.close()
 
 
 def test_a_writer_that_refuses_fails_the_callers_not_the_worker(trained, tmp_path):
-    from tuneloop.monitor.storage import Store
-    from tuneloop.monitor.writer import Writer, WriterStopped
+    from tuneloop.monitor.writer import WriterStopped
 
-    store = Store(tmp_path / "log.duckdb")
-    writer = Writer(store).start()
-    server = ModelServer("default", max_batch=64, writer=writer).start()
-    try:
+    with logging_server(tmp_path / "log.duckdb") as (server, writer, _):
+        server.start()
         server.swap("v1", trained[1].models_dir / "v1")
         writer.stop()
         with pytest.raises(WriterStopped):
             server.predict(["a great film"], timeout=30)
         server.writer = None  # the worker is still serving
         assert server.predict(["a great film"], timeout=30).labels[0] in LABELS
-    finally:
-        server.stop()
-        store.close()
 
 
 def test_the_served_model_is_merged_and_answers_as_the_adapter_model_does(trained, tmp_path):
@@ -273,15 +265,9 @@ def test_the_served_model_is_merged_and_answers_as_the_adapter_model_does(traine
 
 
 def test_closed_loop_callers_share_one_forward_instead_of_alternating(trained, tmp_path):
-    from tuneloop.monitor.storage import Store
-    from tuneloop.monitor.writer import Writer
-
-    store = Store(tmp_path / "log.duckdb")
-    writer = Writer(store).start()
-    # a generous fill window: the callers answered after each commit are waited for, not left to the next forward
-    server = ModelServer("default", max_batch=64, writer=writer, fill_ms=2000)
     clients, rounds = 8, 6
-    try:
+    # a generous fill window: the callers answered after each commit are waited for, not left to the next forward
+    with logging_server(tmp_path / "log.duckdb", fill_ms=2000) as (server, _, store):
         server.swap("v1", trained[1].models_dir / "v1")
         server.start()
         barrier = threading.Barrier(clients)
@@ -297,10 +283,6 @@ def test_closed_loop_callers_share_one_forward_instead_of_alternating(trained, t
         # the first forward may start before every client has arrived; after it, each forward holds all of them
         assert stats["batches"] <= rounds + 1, stats
         assert server.batch_sizes[clients] >= rounds - 1, stats
-    finally:
-        server.stop()
-        writer.stop()
-        store.close()
 
 
 def test_model_queue_is_bounded_and_refuses_instead_of_growing(trained):
