@@ -172,13 +172,15 @@ def test_hourly_rollup_is_exact_through_partial_rows_and_compaction(store, monke
         if b == 5:  # a retried batch counts once
             store.append_predictions(table.slice(0, 10))
         store.append_predictions(table)
+        store.catch_up_rollup()  # DuckDB: one partial aggregate per append, as upkeep adds under steady traffic
         for h, c in zip(hours, conf, strict=True):
             e = expected.setdefault(t0 + timedelta(hours=int(h)), [0, 0.0])
             e[0] += 1
             e[1] += c
-    # string timestamps take the SQL path of the rollup; they count the same
+    # string timestamps count the same
     store.append_predictions([{"id": "s1", "text": "t", "label": "neutral", "confidence": 0.5,
                                "ts": "2025-05-01 12:30:00"}])
+    store.catch_up_rollup()
     expected[t0 + timedelta(hours=2)][0] += 1
     expected[t0 + timedelta(hours=2)][1] += 0.5
 
@@ -201,7 +203,8 @@ def test_hourly_rollup_is_exact_through_partial_rows_and_compaction(store, monke
     assert store.compact_rollup() == partial - keys
     check()
     assert rollup_rows() == keys
-    # compaction also runs by itself once enough partial rows have been appended
+    # catch-up and compaction also run by themselves once enough rows wait
+    monkeypatch.setattr(store_module, "ROLLUP_CATCH_UP_ROWS", 1)
     monkeypatch.setattr(store_module, "ROLLUP_COMPACT_ROWS", 2)
     store.append_predictions([{"id": "late", "text": "t", "label": "positive", "confidence": 0.25,
                                "ts": t0, "model_version": "v1"}])
@@ -233,13 +236,15 @@ def test_rollup_migration_keeps_existing_sums(tmp_path, monkeypatch):
 
 def test_rollup_readers_agree_with_the_raw_rows_after_many_appends(store, monkeypatch):
     """Hundreds of appends (group commits, retries, two projects, missing versions and confidences,
-    rows across hours and days) with compaction running by itself: every rollup reader answers what
-    a recomputation from the raw ``predictions`` rows answers."""
+    rows across hours and days) with catch-up and compaction running by themselves: every rollup reader
+    answers what a recomputation from the raw ``predictions`` rows answers, and so does the stored rollup
+    once caught up."""
     from datetime import datetime, timedelta
 
     from tuneloop.monitor.storage import store as store_module
 
     monkeypatch.setattr(store_module, "ROLLUP_COMPACT_ROWS", 40)
+    monkeypatch.setattr(store_module, "ROLLUP_CATCH_UP_ROWS", 97)
     rng = np.random.default_rng(7)
     t0 = datetime(2025, 6, 1, 22, 0)
     labels = np.array(["negative", "neutral", "positive"])
@@ -269,13 +274,17 @@ def test_rollup_readers_agree_with_the_raw_rows_after_many_appends(store, monkey
     recomputed = raw("""SELECT project, date_trunc('hour', ts) AS hour, coalesce(model_version, '') AS model_version,
                                label, count(*) AS n, coalesce(sum(confidence), 0) AS confidence_sum
                         FROM predictions GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4""")
-    rolled = raw("""SELECT project, hour, model_version, label, sum(n) AS n, sum(confidence_sum) AS confidence_sum
-                    FROM prediction_hourly GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4""")
     assert int(recomputed["n"].sum()) == sent
-    assert rolled[["project", "hour", "model_version", "label"]].values.tolist() == \
-        recomputed[["project", "hour", "model_version", "label"]].values.tolist()
-    assert rolled["n"].astype(int).tolist() == recomputed["n"].astype(int).tolist()
-    assert rolled["confidence_sum"].tolist() == pytest.approx(recomputed["confidence_sum"].tolist(), rel=1e-12)
+
+    def same_as_recomputed(rollup_rows: str) -> None:
+        rolled = raw(f"""SELECT project, hour, model_version, label, sum(n) AS n, sum(confidence_sum) AS confidence_sum
+                         FROM {rollup_rows} GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4""")
+        assert rolled[["project", "hour", "model_version", "label"]].values.tolist() == \
+            recomputed[["project", "hour", "model_version", "label"]].values.tolist()
+        assert rolled["n"].astype(int).tolist() == recomputed["n"].astype(int).tolist()
+        assert rolled["confidence_sum"].tolist() == pytest.approx(recomputed["confidence_sum"].tolist(), rel=1e-12)
+
+    same_as_recomputed(store.hourly_rows)
 
     assert store.projects.prediction_counts() == {
         p: int(n) for p, n in raw("SELECT project, count(*) AS n FROM predictions GROUP BY project").values}
@@ -294,3 +303,5 @@ def test_rollup_readers_agree_with_the_raw_rows_after_many_appends(store, monkey
         expected_mix = raw(f"SELECT label, count(*) AS n FROM predictions WHERE project = '{project}' "
                            "GROUP BY 1 ORDER BY 1")
         assert mix.values.tolist() == expected_mix.values.tolist()
+    store.catch_up_rollup()
+    same_as_recomputed("prediction_hourly")

@@ -110,7 +110,7 @@ class MaintenanceRepository(Repository):
                         with self.store.staged(cur, "retired", keys):
                             hours |= {(project, r[0]) for r in self._roll_up_feedback(cur, project)}
                             n_feedback += _delete_keyed(cur, "feedback", "prediction_id")
-                            n_predictions += _delete_keyed(cur, "predictions", "id")
+                            n_predictions += self._delete_keyed(cur, "predictions", "id")
                 if keys.num_rows < batch_rows:
                     break
         n_predictions += self._delete_batches("predictions", "SELECT project, id FROM predictions WHERE ts < ?",
@@ -152,9 +152,16 @@ class MaintenanceRepository(Repository):
                 keys = self.store.fetch_arrow(cur, f"{keys_sql} LIMIT ?", [*params, batch_rows])
                 if keys.num_rows:
                     with self.store.staged(cur, "retired", keys):
-                        deleted += _delete_keyed(cur, table, "id")
+                        deleted += self._delete_keyed(cur, table, "id")
             if keys.num_rows < batch_rows:
                 return deleted
+
+    def _delete_keyed(self, cur: Any, table: str, id_column: str) -> int:
+        """:func:`_delete_keyed`; predictions are first counted in the hourly rollup, in the same transaction
+        (the rollup keeps the traffic of deleted rows, so it must hold them before they go)."""
+        if table == "predictions":
+            self.store.catch_up_rollup(cur)
+        return _delete_keyed(cur, table, id_column)
 
 
 def _delete_keyed(cur: Any, table: str, id_column: str) -> int:

@@ -228,4 +228,14 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE retrain_runs ADD COLUMN heartbeat TIMESTAMP;
         """,
     ),
+    (
+        9,
+        """
+        -- The DuckDB store rolls predictions up after commits: prediction_hourly counts every prediction
+        -- whose ingest_seq is at or below rolled_up_seq and none above (see storage/rollup.py). Every row
+        -- stored so far was rolled up on ingest. PostgreSQL rolls up on ingest and leaves the row as it is.
+        CREATE TABLE prediction_rollup_state (rolled_up_seq BIGINT NOT NULL);
+        INSERT INTO prediction_rollup_state SELECT coalesce(max(ingest_seq), 0) FROM predictions;
+        """,
+    ),
 ]

@@ -31,7 +31,7 @@ from psycopg.types.numeric import FloatLoader, NumericBinaryLoader
 from psycopg.types.string import ByteaBinaryLoader, TextBinaryLoader, TextLoader
 
 from tuneloop.monitor.config import redact_password
-from tuneloop.monitor.storage.batches import first_rows
+from tuneloop.monitor.storage.batches import first_rows, hourly_part
 from tuneloop.monitor.storage.dialect import POSTGRES
 from tuneloop.monitor.storage.errors import (
     StoreError,
@@ -414,6 +414,25 @@ class PostgresStore(Store):
         finally:
             if not cur.lost:
                 cur.execute("SELECT pg_advisory_unlock(?)", [ROLLUP_LOCK]).fetchall()
+
+    # -- the hourly rollup, kept inside the ingest transaction --------------------------------------------
+    def _hourly_rows(self) -> str:
+        """Rollup readers sum ``prediction_hourly`` alone: every committed row is in it (:meth:`_roll_up`)."""
+        return "prediction_hourly"
+
+    def catch_up_rollup(self, cur: Any | None = None) -> int:
+        """Nothing waits: each ingest transaction rolls up its own rows."""
+        self._unrolled_rows = 0
+        return 0
+
+    def _roll_up(self, cur: Any, rows: pa.Table) -> None:
+        """Append the hourly aggregate of ``rows`` (just inserted) as partial rollup rows, in their own
+        transaction: replicas commit out of ``ingest_seq`` order, so a watermark on it (as the DuckDB store
+        keeps) could pass a batch still to commit."""
+        part = hourly_part(rows)
+        assert part is not None, "inserted rows are typed as _INSERTED_TYPES (naive timestamps, float confidence)"
+        self._append_rollup_part(cur, part)
+        self._rollup_parts += part.num_rows
 
     def _append_rollup_part(self, cur: Any, part: pa.Table) -> None:
         """Append rollup rows as one parameterised INSERT ... VALUES: no temp table to create and copy

@@ -42,7 +42,7 @@ class ProjectRepository(Repository):
     def prediction_counts(self) -> dict[str, int]:
         """Predictions per project, from the hourly rollup (no scan of ``predictions``)."""
         return {p: int(n) for p, n in self._rows(
-            "SELECT project, sum(n)::BIGINT AS n FROM prediction_hourly GROUP BY project")}
+            f"SELECT project, sum(n)::BIGINT AS n FROM {self.store.hourly_rows} GROUP BY project")}
 
     def summary_counts(self, project: str) -> dict[str, Any]:
         """The counts of :data:`SUMMARY_COUNTS` for one project, in one query."""

@@ -30,7 +30,6 @@ from tuneloop.monitor.storage.batches import (
     as_arrow,
     fill_columns,
     first_rows,
-    hourly_part,
 )
 from tuneloop.monitor.storage.clock import new_id, utcnow
 from tuneloop.monitor.storage.dialect import DUCKDB, Dialect
@@ -46,6 +45,7 @@ from tuneloop.monitor.storage.maintenance import MaintenanceRepository
 from tuneloop.monitor.storage.migrations import MIGRATIONS
 from tuneloop.monitor.storage.predictions import FeedbackRepository, PredictionRepository
 from tuneloop.monitor.storage.projects import ProjectRepository
+from tuneloop.monitor.storage.rollup import HOURLY_ROWS, ROLLUP_STATE, catch_up, rolled_up_seq
 from tuneloop.monitor.storage.rows import frame_with_embeddings
 from tuneloop.monitor.storage.runs import RunRepository
 from tuneloop.monitor.storage.tokens import TokenRepository
@@ -57,6 +57,9 @@ DEFAULT_PROJECT = "default"
 
 ROLLUP_COMPACT_ROWS = 4096
 """Partial rollup rows appended since the last compaction that trigger the next one."""
+ROLLUP_CATCH_UP_ROWS = 20_000
+"""Predictions stored since the hourly rollup last caught up that trigger the next catch-up (after the
+commit). It bounds the rows each rollup reader aggregates on top of ``prediction_hourly``."""
 
 
 class Store:
@@ -91,12 +94,17 @@ class Store:
         self._opened()
 
     def _opened(self) -> None:
-        """Migrate (unless read-only), read the ingest state and attach the repositories."""
+        """Migrate (unless read-only), read the ingest state, attach the repositories and bring the
+        hourly rollup up to date with what an earlier process stored."""
         if not self.read_only:
             self.migrate()
-        self._ingest_seq = self.scalar("SELECT coalesce(max(ingest_seq), 0) FROM predictions") or 0
+        self.hourly_rows = self._hourly_rows()
+        rolled_up = rolled_up_seq(self.cursor()) if self.hourly_rows == HOURLY_ROWS else 0
+        # never below the watermark: numbers above it must be new even after retention deleted the newest rows
+        self._ingest_seq = max(int(self.scalar("SELECT coalesce(max(ingest_seq), 0) FROM predictions")), rolled_up)
         self._has_pending = bool(self.scalar("SELECT count(*) FROM pending_feedback"))
         self._rollup_parts = 0  # partial rollup rows appended since the last compaction
+        self._unrolled_rows = 0  # predictions stored since the rollup last caught up
         self.checks = CheckRepository(self)
         self.alerts = AlertRepository(self)
         self.deliveries = DeliveryRepository(self)
@@ -108,6 +116,16 @@ class Store:
         self.runs = RunRepository(self)
         self.tokens = TokenRepository(self)
         self.maintenance = MaintenanceRepository(self)
+        if not self.read_only and self._ingest_seq > rolled_up:
+            self.catch_up_rollup()
+
+    def _hourly_rows(self) -> str:
+        """What rollup readers select from: the stored rollup plus the rows above the watermark (see
+        :mod:`~tuneloop.monitor.storage.rollup`). A file from before the watermark, opened read-only and
+        so not migrated, rolled every row up on ingest: its ``prediction_hourly`` is whole."""
+        has_state = self.scalar("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+                                "AND schema_name = 'main' AND table_name = ?", [ROLLUP_STATE])
+        return HOURLY_ROWS if has_state else "prediction_hourly"
 
     # -- connection handling -------------------------------------------------------------------
     def cursor(self) -> duckdb.DuckDBPyConnection:
@@ -227,8 +245,8 @@ class Store:
 
         ``batch`` needs ``text`` and ``label``; ``id`` (client-chosen, makes retries idempotent),
         ``ts``, ``confidence``, ``margin``, ``probs`` (JSON text), ``embedding``, ``model_version``,
-        ``latency_ms``, ``metadata`` (JSON text) are optional. Hourly rollups are updated in the
-        same transaction from the rows actually inserted.
+        ``latency_ms``, ``metadata`` (JSON text) are optional. The hourly rollup counts the rows actually
+        inserted as soon as they are committed (see :mod:`~tuneloop.monitor.storage.rollup`).
         """
         return self.append_prediction_batches([(batch, project)])[0]
 
@@ -242,31 +260,28 @@ class Store:
         gets its own ``ingest_seq``. The common case (no duplicates) is a plain ``INSERT``, as fast
         as a raw Arrow append; only when the primary key rejects a row is the transaction redone
         with ``INSERT OR IGNORE ... RETURNING`` to learn which rows went in.
+
+        Batches are numbered and committed under the write lock, so they commit in ``ingest_seq`` order
+        (the rollup's watermark relies on it).
         """
-        parts: list[pa.Table] = []
-        seqs: list[int | None] = []  # per pair; None for an empty batch
-        for batch, project in batches:
-            table = as_arrow(batch)
-            if not table.num_rows:
-                seqs.append(None)
-                continue
-            seq = self._next_seq()
-            parts.append(self._prepare_predictions(table, project, seq))
-            seqs.append(seq)
-        if not parts:
+        tables = [as_arrow(batch) for batch, _ in batches]
+        prepared = [self._prepare_predictions(t, project) if t.num_rows else None
+                    for t, (_, project) in zip(tables, batches, strict=True)]
+        if not any(t is not None for t in prepared):
             return [AppendResult(0, 0) for _ in batches]
-        combined = parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="permissive")
-        try:
-            with self.transaction() as cur:
-                inserted = Counter(self._insert_predictions(cur, combined, ignore_existing=False))
-        except duckdb.ConstraintException:
-            with self.transaction() as cur:
-                inserted = Counter(self._insert_predictions(cur, first_rows(combined), ignore_existing=True))
-        if self._rollup_parts >= ROLLUP_COMPACT_ROWS:
-            try:  # upkeep after the commit: the batches are stored whatever happens here
-                self.compact_rollup()
-            except Exception:
-                log.exception("folding the hourly rollup failed; it is retried after the next appends")
+        with self._write_lock:
+            seqs = [None if t is None else self._next_seq() for t in prepared]  # per pair; None: empty batch
+            parts = [t.append_column("ingest_seq", pa.array([seq] * t.num_rows, pa.int64()))
+                     for t, seq in zip(prepared, seqs, strict=True) if t is not None]
+            combined = parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="permissive")
+            try:
+                with self.transaction() as cur:
+                    inserted = Counter(self._insert_predictions(cur, combined, ignore_existing=False))
+            except duckdb.ConstraintException:
+                with self.transaction() as cur:
+                    inserted = Counter(self._insert_predictions(cur, first_rows(combined), ignore_existing=True))
+        self._unrolled_rows += sum(inserted.values())
+        self._rollup_upkeep()
         sizes = iter(t.num_rows for t in parts)
         results = []
         for seq in seqs:
@@ -275,22 +290,21 @@ class Store:
         return results
 
     @staticmethod
-    def _prepare_predictions(table: pa.Table, project: str, seq: int) -> pa.Table:
-        """Full column list in table order, missing ids made up, and the batch's ``ingest_seq``."""
+    def _prepare_predictions(table: pa.Table, project: str) -> pa.Table:
+        """Full column list in table order and missing ids made up (``ingest_seq`` comes under the lock)."""
         if "id" not in table.column_names:
             table = table.append_column("id", pa.array([new_id() for _ in range(table.num_rows)]))
         elif table.column("id").null_count:
             ids = [i if i is not None else new_id() for i in table.column("id").to_pylist()]
             table = table.set_column(table.column_names.index("id"), "id", pa.array(ids, pa.string()))
-        table = fill_columns(table, PREDICTION_COLUMNS, {"project": project, "ts": utcnow})
-        return table.append_column("ingest_seq", pa.array([seq] * table.num_rows, pa.int64()))
+        return fill_columns(table, PREDICTION_COLUMNS, {"project": project, "ts": utcnow})
 
     _INSERTED_COLUMNS = "project, id, ts, model_version, label, confidence, ingest_seq"
 
     def _insert_predictions(
         self, cur: duckdb.DuckDBPyConnection, table: pa.Table, *, ignore_existing: bool
     ) -> list[int]:
-        """Insert ``table`` and roll up what went in; returns the ``ingest_seq`` of each inserted row.
+        """Insert ``table``; returns the ``ingest_seq`` of each inserted row.
 
         The common case reads ``table`` through DuckDB's replacement scan of a local variable, as a raw
         Arrow insert does: registering it as a view (and dropping it) would cost about as much again as
@@ -310,49 +324,46 @@ class Store:
             incoming = table  # noqa: F841 - read by DuckDB's replacement scan
             cur.execute("INSERT INTO predictions BY NAME SELECT * FROM incoming").fetchall()
             rows = table
-        seqs = rows.column("ingest_seq")
-        if len(seqs):
-            self._roll_up(cur, rows)
-            if self._has_pending:
-                with self.staged(cur, "inserted", rows):
-                    self._resolve_pending(cur, "inserted")
-        return seqs.to_pylist()
+        if rows.num_rows and self._has_pending:
+            with self.staged(cur, "inserted", rows):
+                self._resolve_pending(cur, "inserted")
+        return rows.column("ingest_seq").to_pylist()
 
-    def _roll_up(self, cur: Any, rows: pa.Table) -> None:
-        """Append the hourly aggregate of ``rows`` (rows just inserted) as partial rollup rows.
+    def _rollup_upkeep(self) -> None:
+        """After a commit (the batches are stored whatever happens here): catch the hourly rollup up once
+        :data:`ROLLUP_CATCH_UP_ROWS` predictions wait, fold it once :data:`ROLLUP_COMPACT_ROWS` partial
+        rows accumulated."""
+        try:
+            if self._unrolled_rows >= ROLLUP_CATCH_UP_ROWS:
+                self.catch_up_rollup()
+            if self._rollup_parts >= ROLLUP_COMPACT_ROWS:
+                self.compact_rollup()
+        except Exception:
+            log.exception("bringing the hourly rollup up to date failed; it is retried after the next appends")
 
-        The aggregate is computed here in Arrow (a few rows per batch) and appended without an
-        upsert, in one small statement (:meth:`_append_rollup_part`). Readers sum per key.
+    def catch_up_rollup(self, cur: Any | None = None) -> int:
+        """Roll up the predictions ``prediction_hourly`` does not count yet; returns the partial rows added.
+
+        In ``cur``'s transaction when given (retention calls it before deleting rows), else in its own.
+        Readers count those predictions either way; this only keeps what they aggregate small.
         """
-        part = hourly_part(rows)
-        if part is None:  # ts is not a naive timestamp column: let the database cast and aggregate
-            with self.staged(cur, "rollup_rows", rows):
-                cur.execute(
-                    """
-                    INSERT INTO prediction_hourly
-                    SELECT project, date_trunc('hour', ts::TIMESTAMP), coalesce(model_version, ''), label,
-                           count(*), coalesce(sum(confidence), 0)
-                    FROM rollup_rows GROUP BY 1, 2, 3, 4
-                    """
-                ).fetchall()
-            self._rollup_parts += 1
-            return
-        self._append_rollup_part(cur, part)
-        self._rollup_parts += part.num_rows
-
-    def _append_rollup_part(self, cur: Any, part: pa.Table) -> None:
-        """Append rollup rows (``hourly_part``'s columns): DuckDB scans the Arrow table in place."""
-        rollup_part = part  # noqa: F841 - read by DuckDB's replacement scan
-        columns = ", ".join(part.column_names)
-        cur.execute(f"INSERT INTO prediction_hourly ({columns}) SELECT {columns} FROM rollup_part").fetchall()
+        if cur is None:
+            with self.transaction() as tx:
+                return self.catch_up_rollup(tx)
+        added = catch_up(cur, self._ingest_seq)
+        self._unrolled_rows = 0
+        self._rollup_parts += added
+        return added
 
     def compact_rollup(self) -> int:
-        """Fold the partial rows of ``prediction_hourly`` into one row per key; returns the rows removed.
+        """Catch the rollup up, then fold the partial rows of ``prediction_hourly`` into one row per key;
+        returns the rows removed.
 
         One transaction: readers see the same sums before, during and after.
         """
         key = ", ".join(ROLLUP_KEY)
         with self.transaction() as cur:
+            self.catch_up_rollup(cur)
             folded = self.fetch_arrow(
                 cur,
                 f"""SELECT {key}, sum(n)::BIGINT AS n, sum(confidence_sum) AS confidence_sum, count(*) AS parts
@@ -533,7 +544,7 @@ class Store:
             f"""
             SELECT date_trunc('{bucket}', hour) AS bucket, model_version,
                    sum(n)::BIGINT AS n, sum(confidence_sum) / sum(n) AS mean_confidence
-            FROM prediction_hourly WHERE project = ? AND hour >= ?
+            FROM {self.hourly_rows} WHERE project = ? AND hour >= ?
             GROUP BY 1, 2 ORDER BY bucket, model_version
             """,
             [project, since or datetime.min],
@@ -541,8 +552,8 @@ class Store:
 
     def label_mix(self, project: str = DEFAULT_PROJECT, since: datetime | None = None) -> pd.DataFrame:
         return self.query(
-            """SELECT label, sum(n)::BIGINT AS n FROM prediction_hourly
-               WHERE project = ? AND hour >= ? GROUP BY label ORDER BY label""",
+            f"""SELECT label, sum(n)::BIGINT AS n FROM {self.hourly_rows}
+                WHERE project = ? AND hour >= ? GROUP BY label ORDER BY label""",
             [project, since or datetime.min],
         )
 
