@@ -537,13 +537,16 @@ class Store:
     def traffic(
         self, project: str = DEFAULT_PROJECT, bucket: str = "hour", since: datetime | None = None
     ) -> pd.DataFrame:
-        """Predictions per bucket (hour|day) and model version, from the hourly rollup (no scan)."""
+        """Predictions per bucket (hour|day) and model version, from the hourly rollup (no scan).
+
+        The confidence sums are added in order of value: the same rows give the same mean to the last
+        bit, however the parts arrive (the rows not rolled up yet come from a parallel aggregate)."""
         if bucket not in ("hour", "day"):
             raise ValueError("bucket must be 'hour' or 'day'")
         return self.query(
             f"""
             SELECT date_trunc('{bucket}', hour) AS bucket, model_version,
-                   sum(n)::BIGINT AS n, sum(confidence_sum) / sum(n) AS mean_confidence
+                   sum(n)::BIGINT AS n, sum(confidence_sum ORDER BY confidence_sum) / sum(n) AS mean_confidence
             FROM {self.hourly_rows} WHERE project = ? AND hour >= ?
             GROUP BY 1, 2 ORDER BY bucket, model_version
             """,
