@@ -5,8 +5,9 @@ two are interleaved batch by batch (alternating which goes first) so that machin
 both alike; the figure that matters is the ratio (goal >= 0.9). Besides wall-clock time the
 script reports CPU time of this process (DuckDB's threads included) for each side, which other
 processes' load does not inflate, and the median of the per-batch wall-clock ratios. The store's
-side includes folding its partial hourly rollup rows (``Store.compact_rollup``) once at the end,
-so the figure carries the whole cost of the rollup. The whole comparison runs ``--repeat`` times on
+side includes the catch-ups of its hourly rollup that run after commits, and one last catch-up and
+fold of its partial rollup rows (``Store.compact_rollup``) at the end, so the figure carries the
+whole cost of the rollup. The whole comparison runs ``--repeat`` times on
 fresh files and the summary gives each figure's median with its range over the repeats.
 
     .venv/bin/python bench/store.py [--rows 100000] [--batch 1000] [--dim 384] [--repeat 5]
@@ -131,7 +132,7 @@ def main() -> None:
     print(f"ratio store/raw          : {spread(col('ratio'), '{:.2f}'):>28}   (goal >= 0.9)")
     print(f"  by CPU time            : {spread(col('cpu_ratio'), '{:.2f}'):>28}")
     print(f"  median per batch       : {spread(col('per_batch'), '{:.2f}'):>28}")
-    print(f"  rollup compaction      : {spread(col('compact_ms'), '{:.1f}'):>28} ms for "
+    print(f"  last catch-up and fold : {spread(col('compact_ms'), '{:.1f}'):>28} ms, folding away "
           f"{int(statistics.median(col('folded')))} partial rows (in the store side)")
 
 
