@@ -16,7 +16,8 @@
   are refused, or with ``overwrite`` kept in a schema ``replaced_<time>``.
 * :func:`run_retention` deletes raw predictions and feedback older than
   ``retention.raw_days`` (whole hours, by prediction time), in bounded batches. The hourly traffic
-  rollup (``prediction_hourly``) is never touched, and the labelled accuracy of the rows being
+  rollup (``prediction_hourly``) keeps counting them (rows it has not caught up with are rolled up
+  in the transaction that deletes them), and the labelled accuracy of the rows being
   deleted is frozen into ``feedback_hourly`` in the same transaction, so dashboards keep their history.
 
 HTTP (role admin): ``POST /v1/admin/backup``, ``GET /v1/admin/backups``,
@@ -356,7 +357,7 @@ def run_retention(
     :meth:`Store.labelled_accuracy` counts it), and their feedback and they are deleted, together.
     Then pending feedback older than the cutoff goes, in batches too. Pending feedback whose
     prediction never came goes sooner, after ``pending_hours`` (its TTL): while any is pending,
-    every ingest commit joins against it. ``prediction_hourly`` is kept as is. A crash mid-way
+    every ingest commit joins against it. ``prediction_hourly`` loses nothing. A crash mid-way
     leaves every count right; the next run deletes the rest.
     """
     if raw_days < 1:
