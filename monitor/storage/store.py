@@ -537,7 +537,8 @@ class Store:
     def traffic(
         self, project: str = DEFAULT_PROJECT, bucket: str = "hour", since: datetime | None = None
     ) -> pd.DataFrame:
-        """Predictions per bucket (hour|day) and model version, from the hourly rollup (no scan).
+        """Predictions per bucket (hour|day) and model version, from the hourly rollup (no scan beyond the
+        rows it has not caught up with).
 
         The confidence sums are added in order of value: the same rows give the same mean to the last
         bit, however the parts arrive (the rows not rolled up yet come from a parallel aggregate)."""
