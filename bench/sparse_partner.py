@@ -36,6 +36,8 @@ from tuneloop.retrain import baselines as bl
 
 OUT = Path(__file__).parent / "out"
 DEV_SEEDS = (0,)
+PROBS = OUT / "sparse-partner-probs.json"  # each candidate's validation and test probabilities per cached cell
+_PROBS: dict[str, dict[str, Any]] = {}
 
 
 @dataclass(frozen=True)
@@ -178,7 +180,7 @@ def best_baseline(cells: dict[str, Any], name: str, size: int, seed: int) -> flo
 
 
 def blend_cell(cell: dict[str, Any], sp: dict[str, Any], cands: dict[str, Candidate], seed: int,
-               fitted: dict[tuple[str, str], Fitted]) -> dict[str, Any]:
+               fitted: dict[tuple[str, str], Fitted], cell_key: str = "") -> dict[str, Any]:
     """Per candidate: weight chosen on validation, served test macro-F1, and the candidate alone on test."""
     rows, labels = cell["rows"], sp["labels"]
     assert rows["labels"] == labels and rows["val"]["y"] == sp["va"]["label"].tolist(), "split not reproduced"
@@ -195,6 +197,7 @@ def blend_cell(cell: dict[str, Any], sp: dict[str, Any], cands: dict[str, Candid
         if cname == "word":
             assert np.allclose(p_va, rows["val"]["tfidf"], atol=2e-4), "word model does not reproduce the cache"
             assert np.allclose(p_te, rows["test"]["tfidf"], atol=2e-4), "word model does not reproduce the cache"
+        _PROBS.setdefault(cell_key, {})[cname] = {"val": np.round(p_va, 5).tolist(), "test": np.round(p_te, 5).tolist()}
         weight, val_scores = bl.choose_blend(enc_va, p_va, y_va, labels)
         out[cname] = {"weight": weight, "served": _f1(y_te, (1 - weight) * enc_te + weight * p_te, labels),
                       "alone": _f1(y_te, p_te, labels), "c": fitted[cname, "tr"].c,
@@ -223,7 +226,7 @@ def blend_table(which: str, cands: dict[str, Candidate]) -> str:
     for key in chosen:
         name, size, seed = key.split("|")[0], int(key.split("|")[1]), int(key.split("|")[2])
         sp = splits(name, size, seed)
-        res = blend_cell(cells[key], sp, cands, seed, fitted_by_sample.setdefault((name, size, seed), {}))
+        res = blend_cell(cells[key], sp, cands, seed, fitted_by_sample.setdefault((name, size, seed), {}), key)
         best = best_baseline(cells, name, size, seed)
         for c in ("word", *names):
             if best is not None:
@@ -238,6 +241,10 @@ def blend_table(which: str, cands: dict[str, Candidate]) -> str:
                      + " | ".join(f"{diffs[c][-1]:+.1f}" for c in names) + " |")
         print(key, json.dumps({c: {k: v for k, v in r.items() if k != "val"} if isinstance(r, dict) else r
                                for c, r in res.items()}), flush=True)
+    old = json.loads(PROBS.read_text()) if PROBS.is_file() else {}
+    for key, by in _PROBS.items():
+        old.setdefault(key, {}).update(by)
+    PROBS.write_text(json.dumps(old))
     lines.append("")
     for c in names:
         lines.append(f"{c}: mean {statistics.mean(diffs[c]):+.2f} points vs word blend over {len(diffs[c])} cells, "
@@ -271,6 +278,86 @@ def alone_table(sizes: list[int], seeds: list[int], datasets: list[str], cands: 
     return "\n".join(lines)
 
 
+def _log_loss_weight(enc: np.ndarray, part: np.ndarray, y: list[str], labels: list[str]) -> float:
+    idx = np.array([labels.index(v) for v in y])
+    loss = {w: -np.log(np.clip(((1 - w) * enc + w * part)[np.arange(len(y)), idx], 1e-12, 1)).mean()
+            for w in bl.BLEND_WEIGHTS}
+    return min(loss, key=loss.get)
+
+
+def _rule_margin(margin: float, weights: tuple[float, ...] = bl.BLEND_WEIGHTS) -> Any:
+    def rule(enc: np.ndarray, part: np.ndarray, y: list[str], labels: list[str]) -> float:
+        scores = {w: _f1(y, (1 - w) * enc + w * part, labels) for w in weights}
+        best = max(scores, key=lambda w: (round(scores[w], 9), -abs(w - 0.5)))
+        return 0.5 if scores[best] - scores[0.5] <= margin else best
+    return rule
+
+
+RULES = {"current": _rule_margin(bl.BLEND_MARGIN), "fixed_0.5": lambda *a: 0.5, "margin_5": _rule_margin(0.05),
+         "log_loss": _log_loss_weight, "inner_weights": _rule_margin(bl.BLEND_MARGIN, (0.25, 0.5, 0.75))}
+
+
+def rules_table(which: str, cand: str) -> str:
+    """Served test macro-F1 of each weight rule with the word model and with ``cand`` as the partner, from the
+    probabilities cached by ``--blend``: points against today (word model, current rule)."""
+    cells, probs = cached_cells(), json.loads(PROBS.read_text())
+    keys = sorted(k for k in probs if _is_wanted(k, which) and cand in probs[k] and "word" in probs[k])
+    combos = [(partner, rule) for partner in ("word", cand) for rule in RULES]
+    gains: dict[tuple[str, str], list[float]] = {c: [] for c in combos}
+    lines = [f"{which} cells: served test macro-F1 minus today's (word, current rule), points", "",
+             "| cell | today | " + " | ".join(f"{p} {r}" for p, r in combos) + " |", "|---|---|" + "---|" * len(combos)]
+    for key in keys:
+        rows = cells[key]["rows"]
+        labels, y_va, y_te = rows["labels"], rows["val"]["y"], rows["test"]["y"]
+        enc_va, enc_te = np.asarray(rows["val"]["encoder"]), np.asarray(rows["test"]["encoder"])
+        served = {}
+        for partner, rule in combos:
+            p_va, p_te = (np.asarray(probs[key][partner][s]) for s in ("val", "test"))
+            w = RULES[rule](enc_va, p_va, y_va, labels)
+            served[partner, rule] = _f1(y_te, (1 - w) * enc_te + w * p_te, labels)
+        today = served["word", "current"]
+        for c in combos:
+            gains[c].append(100 * (served[c] - today))
+        lines.append(f"| {key} | {today:.3f} | " + " | ".join(f"{gains[c][-1]:+.1f}" for c in combos) + " |")
+    lines.append("| mean (worst) | | " + " | ".join(f"{statistics.mean(g):+.2f} ({min(g):+.1f})"
+                                                  for g in gains.values()) + " |")
+    return "\n".join(lines)
+
+
+def cost(cand: str, name: str, seed: int = 0, size: int = 300, repeats: int = 5) -> dict[str, float]:
+    """Fit seconds, milliseconds per 32-text predict (median of ``repeats``) of the word model and ``cand``
+    beside the served encoder's forward on the same batch, and the bytes the model would add to a version
+    directory (vocabulary as JSON, idf and coefficients as float32)."""
+    from tuneloop.retrain.model import TextClassifier
+    from tuneloop.retrain.settings import ModelSettings
+
+    sp = splits(name, size, seed)
+    texts, y, batch = sp["tr"]["text"].tolist(), sp["tr"]["label"].tolist(), sp["te"]["text"].tolist()[:32]
+
+    def ms(fn: Any) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return round(1000 * statistics.median(times), 2)
+
+    out: dict[str, float] = {}
+    for c in ("word", cand):
+        t0 = time.perf_counter()
+        f = Fitted(CANDIDATES[c], texts, y, sp["labels"], seed)
+        out[f"{c}_fit_s"] = round(time.perf_counter() - t0, 2)
+        out[f"{c}_predict32_ms"] = ms(lambda f=f: f.predict_proba(batch))
+        models = f.parts if f.spec.average else [f]
+        out[f"{c}_bytes"] = sum(len(json.dumps(list(v.vocabulary_), ensure_ascii=False).encode()) + 4 * len(v.idf_)
+                                for m in models for v in m.vecs) + sum(4 * m.coef.size for m in models)
+    max_length = 64 if name in ("airline", "tweets5") else 256  # what the trainer chose for these texts
+    clf = TextClassifier.from_base(finetune.DEFAULT_BASE, sp["labels"], ModelSettings(max_length=max_length))
+    out["encoder_predict32_ms"] = ms(lambda: clf.predict(batch))
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cells", default="dev", choices=("dev", "fresh", "all"))
@@ -279,7 +366,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--alone-seeds", default="0")
     p.add_argument("--datasets", default="airline,tweets5,drugs,bbc")
     p.add_argument("--blend", action="store_true", help="score the blends on cached fine-tune cells")
+    p.add_argument("--cost", default="", help="only time fit and predict of this candidate against the word model")
+    p.add_argument("--rules", default="", help="only compare the weight rules with this partner (after --blend)")
     args = p.parse_args(argv)
+    if args.cost:
+        for name in args.datasets.split(","):
+            print(name, cost(args.cost, name), flush=True)
+        return
+    if args.rules:
+        print(rules_table(args.cells, args.rules))
+        return
     cands = {c: CANDIDATES[c] for c in ["word", *[c for c in args.candidates.split(",") if c != "word"]]}
     if args.alone_sizes:
         print(alone_table([int(s) for s in args.alone_sizes.split(",")], [int(s) for s in args.alone_seeds.split(",")],
