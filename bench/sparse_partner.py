@@ -212,9 +212,10 @@ def _is_wanted(key: str, which: str) -> bool:
     return which == "all" or dev == (which == "dev")
 
 
-def blend_table(which: str, cands: dict[str, Candidate]) -> str:
+def blend_table(which: str, cands: dict[str, Candidate], only: tuple[str, ...] = ()) -> str:
     cells = cached_cells()
-    chosen = sorted(k for k, v in cells.items() if "rows" in v and _is_wanted(k, which))
+    chosen = sorted(k for k, v in cells.items() if "rows" in v and _is_wanted(k, which)
+                    and (not only or any(k.startswith(o) for o in only)))
     names = [c for c in cands if c != "word"]
     lines = [f"{which} cells: served test macro-F1 (weight chosen on validation); margin over best baseline in "
              "points; candidate minus word blend", "",
@@ -297,11 +298,12 @@ RULES = {"current": _rule_margin(bl.BLEND_MARGIN), "fixed_0.5": lambda *a: 0.5, 
          "log_loss": _log_loss_weight, "inner_weights": _rule_margin(bl.BLEND_MARGIN, (0.25, 0.5, 0.75))}
 
 
-def rules_table(which: str, cand: str) -> str:
+def rules_table(which: str, cand: str, only: tuple[str, ...] = ()) -> str:
     """Served test macro-F1 of each weight rule with the word model and with ``cand`` as the partner, from the
     probabilities cached by ``--blend``: points against today (word model, current rule)."""
     cells, probs = cached_cells(), json.loads(PROBS.read_text())
-    keys = sorted(k for k in probs if _is_wanted(k, which) and cand in probs[k] and "word" in probs[k])
+    keys = sorted(k for k in probs if _is_wanted(k, which) and cand in probs[k] and "word" in probs[k]
+                  and (not only or any(k.startswith(o) for o in only)))
     combos = [(partner, rule) for partner in ("word", cand) for rule in RULES]
     gains: dict[tuple[str, str], list[float]] = {c: [] for c in combos}
     lines = [f"{which} cells: served test macro-F1 minus today's (word, current rule), points", "",
@@ -366,6 +368,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--alone-seeds", default="0")
     p.add_argument("--datasets", default="airline,tweets5,drugs,bbc")
     p.add_argument("--blend", action="store_true", help="score the blends on cached fine-tune cells")
+    p.add_argument("--only", default="", help="only the cached cells whose key starts with one of these (comma list)")
     p.add_argument("--cost", default="", help="only time fit and predict of this candidate against the word model")
     p.add_argument("--rules", default="", help="only compare the weight rules with this partner (after --blend)")
     args = p.parse_args(argv)
@@ -373,15 +376,17 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.datasets.split(","):
             print(name, cost(args.cost, name), flush=True)
         return
+    only = tuple(o for o in args.only.split(",") if o)
     if args.rules:
-        print(rules_table(args.cells, args.rules))
+        print(rules_table(args.cells, args.rules, only))
         return
+    only = tuple(o for o in args.only.split(",") if o)
     cands = {c: CANDIDATES[c] for c in ["word", *[c for c in args.candidates.split(",") if c != "word"]]}
     if args.alone_sizes:
         print(alone_table([int(s) for s in args.alone_sizes.split(",")], [int(s) for s in args.alone_seeds.split(",")],
                           args.datasets.split(","), cands))
     if args.blend:
-        print(blend_table(args.cells, cands))
+        print(blend_table(args.cells, cands, only))
 
 
 if __name__ == "__main__":
