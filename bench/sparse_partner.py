@@ -1,7 +1,9 @@
 """Sparse blend partners scored on cached fine-tunes, without fine-tuning again.
 
     nice -n 15 .venv/bin/python -m bench.sparse_partner [--cells dev|fresh|all] [--candidates a,b]
-        [--alone-sizes 300,1000] [--alone-seeds 0] [--blend]
+        [--alone-sizes 300,1000] [--alone-seeds 0] [--blend] [--only "airline|300|4|"]
+    .venv/bin/python -m bench.sparse_partner --rules word_char_avg --cells fresh   # after --blend
+    nice -n 15 .venv/bin/python -m bench.sparse_partner --cost word_char_avg --datasets airline,drugs,bbc
 
 The served model blends the fine-tuned encoder's probabilities with a sparse text model's, at a weight
 chosen on the validation rows (:func:`tuneloop.retrain.baselines.choose_blend`). ``bench/finetune.py``
@@ -166,7 +168,7 @@ def _f1(y: list[str], probs: np.ndarray, labels: list[str]) -> float:
 
 
 def cached_cells() -> dict[str, dict[str, Any]]:
-    """Every cached fine-tune cell that kept per-row probabilities, by key, and the cached baselines."""
+    """Every cell that bench/finetune.py cached, by key (fine-tunes with per-row probabilities, baselines)."""
     cells: dict[str, dict[str, Any]] = {}
     for path in sorted(glob.glob(str(OUT / "finetune*.json"))):
         cells.update(json.loads(Path(path).read_text()))
@@ -280,6 +282,7 @@ def alone_table(sizes: list[int], seeds: list[int], datasets: list[str], cands: 
 
 
 def _log_loss_weight(enc: np.ndarray, part: np.ndarray, y: list[str], labels: list[str]) -> float:
+    """The weight whose blend has the lowest log-loss on the validation rows (all rows count, not only hits)."""
     idx = np.array([labels.index(v) for v in y])
     loss = {w: -np.log(np.clip(((1 - w) * enc + w * part)[np.arange(len(y)), idx], 1e-12, 1)).mean()
             for w in bl.BLEND_WEIGHTS}
@@ -287,6 +290,7 @@ def _log_loss_weight(enc: np.ndarray, part: np.ndarray, y: list[str], labels: li
 
 
 def _rule_margin(margin: float, weights: tuple[float, ...] = bl.BLEND_WEIGHTS) -> Any:
+    """The served rule (:func:`tuneloop.retrain.baselines.pick_blend_weight`) with another margin or weights."""
     def rule(enc: np.ndarray, part: np.ndarray, y: list[str], labels: list[str]) -> float:
         scores = {w: _f1(y, (1 - w) * enc + w * part, labels) for w in weights}
         best = max(scores, key=lambda w: (round(scores[w], 9), -abs(w - 0.5)))
