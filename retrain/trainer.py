@@ -150,11 +150,13 @@ def train(
     stop_event: threading.Event | None = None,
     log: Callable[[str], None] | None = None,
     full_finetune: bool = False,
+    refit_head: bool = False,
 ) -> TrainResult:
     """Train a classifier on ``data`` (columns text, label) and return it with its validation metrics.
 
     From ``base`` (default ``settings.base``) with ``labels``, or, with ``init_from``, continuing that
-    version's adapter and head: its label map is kept and ``labels`` (if given) must be the same set.
+    version's adapter and head: its label map is kept and ``labels`` (if given) must be the same set;
+    ``refit_head`` then first refits that head on the version's own embeddings of the training rows.
     Early stopping keeps the epoch with the best validation macro-F1 (ties: lower loss). Setting
     ``stop_event`` ends training after the current step; the best state so far is returned with
     ``metrics["stopped"] == "stop_event"``.
@@ -206,6 +208,13 @@ def train(
     warm = init_from is None and settings.warm_start_head and base.frozen_coef is not None
     if warm:
         clf.warm_start_head(base.frozen_coef, base.frozen_intercept)
+    elif init_from is not None and refit_head and settings.warm_start_head:
+        # the continued version's head was fitted to its old data; refit it on what its encoder makes of
+        # the new rows, and count that as epoch 0 like a fresh warm start
+        coef, intercept = bl.frozen_logreg(clf.base_pooled(texts, settings.serve_max_batch, adapter=True),
+                                           tr["label"].tolist(), clf.labels, settings.seed)
+        clf.warm_start_head(coef, intercept)
+        warm = True
 
     # ---- optimiser: AdamW with linear warm-up and decay --------------------------------------------
     params = [p for p in clf.parameters() if p.requires_grad]

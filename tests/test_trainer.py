@@ -119,6 +119,20 @@ def test_incremental_training_keeps_the_version_label_map(sentiment_version, sen
         train(bad, None, s, init_from=sentiment_version, progress=False)
 
 
+def test_refit_head_relearns_a_continued_versions_head_on_the_new_rows(sentiment_version, sentiment_settings):
+    # the same keywords, other labels: the version's encoder still separates them, its head maps them wrong
+    moved = keyword_sentiment(120, seed=3, labels=("positive", "negative", "neutral"))
+    s = sentiment_settings.model_copy(update={"epochs": 1, "learning_rate": 1e-6, "head_learning_rate": 1e-6})
+    kept = train(moved, None, s, init_from=sentiment_version, progress=False)
+    refit = train(moved, None, s, init_from=sentiment_version, progress=False, refit_head=True)
+    assert [h["epoch"] for h in kept.history] == [1]  # the version's head, barely moved
+    assert kept.history[0]["val_accuracy"] < 0.4
+    assert [h["epoch"] for h in refit.history] == [0, 1]  # epoch 0: the refitted head on the unchanged encoder
+    assert refit.history[0]["val_accuracy"] > 0.8
+    assert evaluate(refit.classifier, keyword_sentiment(90, seed=4, labels=("positive", "negative", "neutral")))[
+        "accuracy"] > 0.8
+
+
 def test_stop_event_ends_training_and_returns_the_state_so_far(sentiment_settings):
     stop = threading.Event()
     stop.set()
