@@ -206,6 +206,7 @@ def train(
     say(f"baselines ({time.perf_counter() - t_base:.1f} s): " + ", ".join(
         f"{bl.BASELINE_NAMES[k]} macro-F1 {v['macro_f1']:.3f}" for k, v in base.scores.items()))
     warm = init_from is None and settings.warm_start_head and base.frozen_coef is not None
+    refitted = False
     if warm:
         clf.warm_start_head(base.frozen_coef, base.frozen_intercept)
     elif init_from is not None and refit_head and settings.warm_start_head:
@@ -214,7 +215,7 @@ def train(
         coef, intercept = bl.frozen_logreg(clf.base_pooled(texts, settings.serve_max_batch, adapter=True),
                                            tr["label"].tolist(), clf.labels, settings.seed)
         clf.warm_start_head(coef, intercept)
-        warm = True
+        warm = refitted = True
 
     # ---- optimiser: AdamW with linear warm-up and decay --------------------------------------------
     params = [p for p in clf.parameters() if p.requires_grad]
@@ -325,6 +326,7 @@ def train(
                    fine_tuned_encoder=encoder_only, blend_tfidf=settings.blend_tfidf, blend_scores=blend_scores,
                    served=bl.served_model(settings.blend_tfidf),
                    **bl.summary(model_scores, base.scores))
+    metrics["head_refit"] = refitted
     say(f"best epoch {best['epoch']}: val_accuracy {metrics['val_accuracy']:.3f} "
         f"val_macro_f1 {metrics['val_macro_f1']:.3f}")
     say(metrics["baseline_verdict"])
