@@ -43,7 +43,7 @@ class DemoPlan:
     fixed_blend: bool = True  # retrain.fixed_blend
     # The challenger first refits v1's head (fitted to airline tweets) on v1's embeddings of the new rows:
     # measured with bench/retrain_recipes.py on the same random picks and 400 shifted-topic test tweets,
-    # test accuracy +5.8/+3.3 points at 160 labels (seeds 0/1), +2.8 at seed 2, +1.5 at 320 labels.
+    # test accuracy +5.8/+3.3 points at 160 labels (seeds 0/1; seed 2: +2.8), -0.3/+1.5 at 320.
     refit_head: bool = True  # retrain.refit_head
 
     @classmethod
