@@ -242,18 +242,23 @@ def retrain_model_settings(settings):  # type: ignore[no-untyped-def]
     return derive(settings.model, settings.retrain)
 
 
-def lora_point(settings, v1: Path, picked: pd.DataFrame, older: pd.DataFrame, test: pd.DataFrame,  # type: ignore[no-untyped-def]
-               seed: int) -> float:
-    """Test accuracy of v1 fine-tuned by the real trainer on ``picked`` plus the retrain's replay."""
+def training_rows(settings, picked: pd.DataFrame, older: pd.DataFrame, seed: int) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+    """The picked rows plus the retrain's replay: a stratified sample of v1's training rows."""
     from tuneloop.retrain.dataset import stratified_sample
-    from tuneloop.retrain.evaluate import evaluate
-    from tuneloop.retrain.trainer import train
 
     r = settings.retrain
     replay = stratified_sample(older, min(round(r.replay_ratio * len(picked)), r.replay_max, len(older)), seed)
-    data = pd.concat([picked[["text", "label"]], replay[["text", "label"]]], ignore_index=True)
-    result = train(data, None, retrain_model_settings(settings), init_from=v1, progress=False,
-                   refit_head=r.refit_head)
+    return pd.concat([picked[["text", "label"]], replay[["text", "label"]]], ignore_index=True)
+
+
+def lora_point(settings, v1: Path, picked: pd.DataFrame, older: pd.DataFrame, test: pd.DataFrame,  # type: ignore[no-untyped-def]
+               seed: int) -> float:
+    """Test accuracy of v1 fine-tuned by the real trainer on ``picked`` plus the retrain's replay."""
+    from tuneloop.retrain.evaluate import evaluate
+    from tuneloop.retrain.trainer import train
+
+    result = train(training_rows(settings, picked, older, seed), None, retrain_model_settings(settings), init_from=v1,
+                   progress=False, refit_head=settings.retrain.refit_head)
     return float(evaluate(result.classifier, test)["accuracy"])
 
 

@@ -42,15 +42,6 @@ FINE_TUNES: dict[str, dict[str, Any]] = {
 }
 
 
-def training_rows(settings, picked: pd.DataFrame, older: pd.DataFrame, seed: int) -> pd.DataFrame:  # type: ignore[no-untyped-def]
-    """The picked rows plus the retrain's replay, exactly as ``active_learning.lora_point`` builds them."""
-    from tuneloop.retrain.dataset import stratified_sample
-
-    r = settings.retrain
-    replay = stratified_sample(older, min(round(r.replay_ratio * len(picked)), r.replay_max, len(older)), seed)
-    return pd.concat([picked[["text", "label"]], replay[["text", "label"]]], ignore_index=True)
-
-
 def accuracy(probs: np.ndarray, labels: list[str], y: np.ndarray) -> float:
     return float((np.asarray(labels)[probs.argmax(1)] == y).mean())
 
@@ -149,7 +140,7 @@ def main() -> int:
         pool = pools[seed]
         order = random_order(v1, pool, seed)
         for k in ks:
-            data = training_rows(settings, pool.iloc[order[:k]], older, seed)
+            data = al.training_rows(settings, pool.iloc[order[:k]], older, seed)
             row: dict[str, Any] = {"seed": seed, "k": k}
             x_train = {a: pooled(v1, data["text"].tolist(), OUT, adapter=a == "v1") for a in ("v1", "base")}
             x_test = {a: pooled(v1, test["text"].tolist(), OUT, adapter=a == "v1") for a in ("v1", "base")}
