@@ -39,7 +39,9 @@ FINE_TUNES: dict[str, dict[str, Any]] = {
     "refit": {"refit_head": True},
     "refit_lowlr": {"refit_head": True, "learning_rate": 3e-4, "head_learning_rate": 3e-3},
     "lowlr": {"learning_rate": 3e-4, "head_learning_rate": 3e-3},
+    "refit_unweighted": {"refit_head": True, "class_weights": False},
 }
+TRAIN_ARGUMENTS = ("refit_head", "class_weights")  # train() arguments, not model settings
 
 
 def accuracy(probs: np.ndarray, labels: list[str], y: np.ndarray) -> float:
@@ -50,11 +52,11 @@ def fine_tune(settings, v1: Path, data: pd.DataFrame, test: pd.DataFrame, change
     """Served, encoder-alone and TF-IDF-alone test accuracy of v1 fine-tuned on ``data`` with ``changes``."""
     from tuneloop.retrain.trainer import train
 
-    refit = changes.get("refit_head", False)
     model = al.retrain_model_settings(settings).model_copy(
-        update={k: v for k, v in changes.items() if k != "refit_head"})
+        update={k: v for k, v in changes.items() if k not in TRAIN_ARGUMENTS})
     t, cpu = time.perf_counter(), time.process_time()
-    result = train(data, None, model, init_from=v1, progress=False, refit_head=refit)
+    result = train(data, None, model, init_from=v1, progress=False,
+                   **{k: v for k, v in changes.items() if k in TRAIN_ARGUMENTS})
     clf, texts, y = result.classifier, test["text"].tolist(), test["label"].to_numpy()
     sparse, clf.sparse = clf.sparse, None
     encoder = clf.predict(texts).probs

