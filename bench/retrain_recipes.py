@@ -84,6 +84,8 @@ def frozen_recipes(x_train: dict[str, np.ndarray], data: pd.DataFrame, x_test: d
         probs /= probs.sum(1, keepdims=True)
         out[f"lr_{name}"] = accuracy(probs, labels, y)
         out[f"lr_{name}+tfidf"] = accuracy(0.5 * probs + 0.5 * tfidf, labels, y)
+        coef, intercept = bl.frozen_logreg(xs, y_train, labels, seed, balanced=False)  # for the rows' label mix
+        out[f"lr_{name}_unweighted"] = accuracy(x_test[name] @ coef.T + intercept, labels, y)
     return out
 
 
