@@ -242,18 +242,30 @@ def retrain_model_settings(settings):  # type: ignore[no-untyped-def]
     return derive(settings.model, settings.retrain)
 
 
-def lora_point(settings, v1: Path, picked: pd.DataFrame, older: pd.DataFrame, test: pd.DataFrame,  # type: ignore[no-untyped-def]
-               seed: int) -> float:
-    """Test accuracy of v1 fine-tuned by the real trainer on ``picked`` plus the retrain's replay."""
+def training_rows(settings, picked: pd.DataFrame, older: pd.DataFrame, seed: int) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+    """The picked rows plus the retrain's replay: a stratified sample of v1's training rows."""
     from tuneloop.retrain.dataset import stratified_sample
-    from tuneloop.retrain.evaluate import evaluate
-    from tuneloop.retrain.trainer import train
 
     r = settings.retrain
     replay = stratified_sample(older, min(round(r.replay_ratio * len(picked)), r.replay_max, len(older)), seed)
-    data = pd.concat([picked[["text", "label"]], replay[["text", "label"]]], ignore_index=True)
-    result = train(data, None, retrain_model_settings(settings), init_from=v1, progress=False)
+    return pd.concat([picked[["text", "label"]], replay[["text", "label"]]], ignore_index=True)
+
+
+def lora_point(settings, v1: Path, picked: pd.DataFrame, older: pd.DataFrame, test: pd.DataFrame,  # type: ignore[no-untyped-def]
+               seed: int) -> float:
+    """Test accuracy of v1 fine-tuned by the real trainer on ``picked`` plus the retrain's replay."""
+    from tuneloop.retrain.evaluate import evaluate
+    from tuneloop.retrain.trainer import train
+
+    result = train(training_rows(settings, picked, older, seed), None, retrain_model_settings(settings), init_from=v1,
+                   progress=False, refit_head=settings.retrain.refit_head)
     return float(evaluate(result.classifier, test)["accuracy"])
+
+
+def training_key(settings) -> str:  # type: ignore[no-untyped-def]
+    """Names the retrain's training settings in cached results (the same as before refit_head when it is off)."""
+    key = retrain_model_settings(settings).model_dump_json(exclude={"threads"})
+    return hashlib.sha1((key + ("|refit_head" if settings.retrain.refit_head else "")).encode()).hexdigest()[:8]
 
 
 def proxy_point(x_picked: np.ndarray, y_picked: np.ndarray, x_replay: np.ndarray, y_replay: np.ndarray,
@@ -357,7 +369,7 @@ def lora_main(args: argparse.Namespace) -> int:
 
     settings, _plan, v1, older, pools, test = lora_setting(args)
     settings.model.threads = args.threads
-    trained_with = hashlib.sha1(retrain_model_settings(settings).model_dump_json(exclude={"threads"}).encode())
+    trained_with = training_key(settings)
     ks = [int(k) for k in args.ks.split(",")]
     random_ks = ks + [2 * ks[-1]]  # random gets twice the largest budget, to see where it catches up
     strategies = [s for s in args.strategies.split(",") if s]
@@ -377,7 +389,7 @@ def lora_main(args: argparse.Namespace) -> int:
             order = rank_pool(frame, strategy, max(random_ks), reference=ref_emb, seed=seed)["row"].to_numpy()
             real_curve, proxy_curve = [], []
             for k in (random_ks if strategy == "random" else ks):
-                path = LORA_OUT / f"{strategy}-{seed}-{k}-{len(pool)}-{len(test)}-{trained_with.hexdigest()[:8]}.json"
+                path = LORA_OUT / f"{strategy}-{seed}-{k}-{len(pool)}-{len(test)}-{trained_with}.json"
                 picked = order[:k]
                 if not path.exists():
                     t, cpu = time.perf_counter(), time.process_time()

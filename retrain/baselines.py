@@ -39,17 +39,17 @@ class _OneClass:
         self.classes_ = [label]
 
 
-def _fit_logreg(x: Any, y: list[str], seed: int, c: float) -> LogisticRegression | _OneClass:
+def _fit_logreg(x: Any, y: list[str], seed: int, c: float, balanced: bool = True) -> LogisticRegression | _OneClass:
     """A logistic fit, or the constant model when the rows carry one class only (a fully relabelled set)."""
-    return _logreg(seed, c).fit(x, y) if len(set(y)) > 1 else _OneClass(y[0])
+    return _logreg(seed, c, balanced).fit(x, y) if len(set(y)) > 1 else _OneClass(y[0])
 
 
-def _logreg(seed: int = 0, c: float = 10.0) -> LogisticRegression:
+def _logreg(seed: int = 0, c: float = 10.0, balanced: bool = True) -> LogisticRegression:
     """Balanced class weights: the same choice as the fine-tuned model's weighted loss (macro-F1 counts).
 
     C = 10 for TF-IDF rows (unit-norm, sparse: sklearn's C = 1 underfits them), 1 on standardised embeddings.
     """
-    return LogisticRegression(C=c, max_iter=2000, class_weight="balanced", random_state=seed)
+    return LogisticRegression(C=c, max_iter=2000, class_weight="balanced" if balanced else None, random_state=seed)
 
 
 @dataclass
@@ -62,10 +62,11 @@ class SparseModel:
     labels: list[str]
 
     @classmethod
-    def fit(cls, texts: Sequence[str], y: Sequence[str], labels: Sequence[str], seed: int = 0) -> SparseModel:
+    def fit(cls, texts: Sequence[str], y: Sequence[str], labels: Sequence[str], seed: int = 0,
+            balanced: bool = True) -> SparseModel:
         vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, max_features=TFIDF_MAX_FEATURES)
         x = vec.fit_transform(list(texts))
-        lr = _fit_logreg(x, list(y), seed, c=10.0)
+        lr = _fit_logreg(x, list(y), seed, c=10.0, balanced=balanced)
         return cls(vec, *_full_coef(lr, x.shape[1], labels), list(labels))
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
@@ -118,14 +119,14 @@ def _full_coef(lr: LogisticRegression | _OneClass, n_features: int,
 
 
 def frozen_logreg(train_x: np.ndarray, train_y: Sequence[str], labels: Sequence[str],
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                  seed: int = 0, balanced: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(coef [k, dim], intercept [k]) of a logistic fit on frozen embeddings, in ``labels`` order.
 
     Fitted on standardised features, then folded back to act on raw vectors, so the same weights can
     warm-start the classifier's linear head.
     """
     mu, sd = train_x.mean(axis=0), train_x.std(axis=0) + 1e-6
-    lr = _fit_logreg((train_x - mu) / sd, list(train_y), seed, c=1.0)
+    lr = _fit_logreg((train_x - mu) / sd, list(train_y), seed, c=1.0, balanced=balanced)
     coef, intercept = _full_coef(lr, train_x.shape[1], labels)
     coef = coef / sd
     return coef, intercept - coef @ mu

@@ -164,7 +164,8 @@ def run(args: argparse.Namespace, stop: threading.Event, progress: Progress) -> 
     progress.event("train", "continuing the champion " + champion_dir.name if champion_dir
                    else "training from the base (no champion)", 0.08)
     result = train(snap.train[["text", "label"]], None if champion_dir else labels, model_settings,
-                   init_from=champion_dir, progress=False, stop_event=flag, log=log)
+                   init_from=champion_dir, progress=False, stop_event=flag, log=log,
+                   refit_head=retrain_settings.refit_head)
     if result.metrics.get("stopped") == "stop_event" or stop.is_set():
         raise Cancelled()
     self_training = None
@@ -172,7 +173,7 @@ def run(args: argparse.Namespace, stop: threading.Event, progress: Progress) -> 
         result, self_training = _train_with_pseudo_labels(
             result, snap, Path(args.unlabelled), retrain_settings, progress,
             lambda data: train(data, None if champion_dir else labels, model_settings, init_from=champion_dir,
-                               progress=False, stop_event=flag, log=log))
+                               progress=False, stop_event=flag, log=log, refit_head=retrain_settings.refit_head))
         if result.metrics.get("stopped") == "stop_event" or stop.is_set():
             raise Cancelled()
     clf = result.classifier

@@ -208,12 +208,13 @@ class TextClassifier(nn.Module):
             self.head.bias.copy_(torch.as_tensor(intercept, dtype=self.head.bias.dtype, device=self.device))
 
     @torch.inference_mode()
-    def base_pooled(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        """Pooled (not normalised) vectors of the base encoder with any LoRA adapter switched off."""
+    def base_pooled(self, texts: list[str], batch_size: int = 64, adapter: bool = False) -> np.ndarray:
+        """Pooled (not normalised) vectors of the base encoder with any LoRA adapter switched off, or
+        with ``adapter``, of the encoder as it is (what the head reads)."""
         self._refuse_if_serving_only("pool with the base encoder")
         was_training = self.training
         self.eval()
-        off = self.encoder.disable_adapter() if self.lora and hasattr(self.encoder, "disable_adapter") \
+        off = self.encoder.disable_adapter() if self.lora and not adapter and hasattr(self.encoder, "disable_adapter") \
             else contextlib.nullcontext()
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))

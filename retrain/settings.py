@@ -153,6 +153,10 @@ class RetrainSettings(Section):
     fixed_blend: bool = False
     """The challenger serves model.blend_tfidf as set instead of a weight chosen on its validation rows,
     which are a few dozen in a retrain on a few hundred labels."""
+    refit_head: bool = False
+    """Before fine-tuning the champion, refit its head (logistic regression, as model.warm_start_head) on
+    the champion's own embeddings of the new training rows, and count that as epoch 0: the head it
+    brings was fitted to the label mix of its own data, not of the drifted traffic."""
 
     @field_validator("launcher")
     @classmethod

@@ -21,6 +21,9 @@ def test_fine_tunes_use_the_retrain_jobs_epoch_and_blend_settings() -> None:
     plan = DemoPlan()
     demo = al.retrain_model_settings(demo_settings(load_settings(), plan))
     assert (demo.epochs, demo.min_steps, demo.blend_on_validation) == (0, plan.step_budget, False)
+    assert demo_settings(load_settings(), plan).retrain.refit_head is plan.refit_head is True
+    assert al.training_key(demo_settings(load_settings(), plan)) != al.training_key(
+        demo_settings(load_settings(), DemoPlan(refit_head=False)))  # results of either are cached apart
     plain = load_settings()
     default = al.retrain_model_settings(plain)
     assert (default.epochs, default.blend_on_validation) == (plain.retrain.epochs, True)

