@@ -4,10 +4,13 @@ With several replicas on one PostgreSQL database every replica schedules the job
 only where ``gate()`` says so (the leader, :mod:`tuneloop.monitor.leader`); elsewhere its turn is
 counted as ``passed`` and nothing runs. When the leader dies, the survivor's next turn runs.
 
-Every job runs with ``max_instances=1`` and ``coalesce=True``: a job never overlaps itself, and
-missed runs collapse into one. A run skipped because the previous one still runs is logged as a
-warning (APScheduler's own) and counted in :attr:`Scheduler.skipped`: a job that keeps outlasting
-its interval should be seen. Jobs are plain callables so tests can call them directly.
+Every job runs with ``max_instances=1``, ``coalesce=True`` and no misfire grace limit: a job never
+overlaps itself, and turns the scheduler thread wakes late for (a loaded machine, a starved process)
+collapse into one run at once instead of being dropped until the next interval (with APScheduler's
+default grace of 1 s, a 1-second drift check on a loaded replica could be dropped turn after turn). A
+run skipped because the previous one still runs is logged as a warning (APScheduler's own) and counted
+in :attr:`Scheduler.skipped`: a job that keeps outlasting its interval should be seen. Jobs are plain
+callables so tests can call them directly.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ class Scheduler:
         """Runs per job in this process."""
         self.passed: dict[str, int] = {}
         """Turns per job left to the leader (``gate`` said no)."""
-        self._scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"max_instances": 1, "coalesce": True})
+        self._scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"max_instances": 1, "coalesce": True,
+                                                                            "misfire_grace_time": None})
         self.skipped: dict[str, int] = {}
         """Runs skipped per job: the previous run was still going, or the run came too late."""
         self._scheduler.add_listener(self._count_skip, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
