@@ -426,9 +426,9 @@ class PostgresStore(Store):
         return 0
 
     def _roll_up(self, cur: Any, rows: pa.Table) -> None:
-        """Append the hourly aggregate of ``rows`` (just inserted) as partial rollup rows, in their own
-        transaction: replicas commit out of ``ingest_seq`` order, so a watermark on it (as the DuckDB store
-        keeps) could pass a batch still to commit."""
+        """Append the hourly aggregate of ``rows`` (just inserted) as partial rollup rows, in the ingest
+        transaction that inserted them: replicas commit out of ``ingest_seq`` order, so a watermark on it
+        (as the DuckDB store keeps) could pass a batch still to commit."""
         part = hourly_part(rows)
         assert part is not None, "inserted rows are typed as _INSERTED_TYPES (naive timestamps, float confidence)"
         self._append_rollup_part(cur, part)
