@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.special import softmax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import active_learning as al  # noqa: E402
@@ -79,9 +80,7 @@ def frozen_recipes(x_train: dict[str, np.ndarray], data: pd.DataFrame, x_test: d
     out = {"tfidf": accuracy(tfidf, labels, y)}
     for name, xs in x_train.items():
         coef, intercept = bl.frozen_logreg(xs, y_train, labels, seed)
-        logits = x_test[name] @ coef.T + intercept
-        probs = np.exp(logits - logits.max(1, keepdims=True))
-        probs /= probs.sum(1, keepdims=True)
+        probs = softmax(x_test[name] @ coef.T + intercept, axis=1)
         out[f"lr_{name}"] = accuracy(probs, labels, y)
         out[f"lr_{name}+tfidf"] = accuracy(0.5 * probs + 0.5 * tfidf, labels, y)
         coef, intercept = bl.frozen_logreg(xs, y_train, labels, seed, balanced=False)  # for the rows' label mix
