@@ -292,9 +292,7 @@ def _log_loss_weight(enc: np.ndarray, part: np.ndarray, y: list[str], labels: li
 def _rule_margin(margin: float, weights: tuple[float, ...] = bl.BLEND_WEIGHTS) -> Any:
     """The served rule (:func:`tuneloop.retrain.baselines.pick_blend_weight`) with another margin or weights."""
     def rule(enc: np.ndarray, part: np.ndarray, y: list[str], labels: list[str]) -> float:
-        scores = {w: _f1(y, (1 - w) * enc + w * part, labels) for w in weights}
-        best = max(scores, key=lambda w: (round(scores[w], 9), -abs(w - 0.5)))
-        return 0.5 if scores[best] - scores[0.5] <= margin else best
+        return bl.pick_blend_weight({w: _f1(y, (1 - w) * enc + w * part, labels) for w in weights}, margin)
     return rule
 
 

@@ -184,10 +184,11 @@ def choose_blend(encoder_probs: np.ndarray, sparse_probs: np.ndarray, y: Sequenc
     return pick_blend_weight(scores), {f"{w:g}": round(v, 6) for w, v in scores.items()}
 
 
-def pick_blend_weight(scores: dict[float, float]) -> float:
-    """The rule of :func:`choose_blend` on given validation macro-F1 per TF-IDF weight."""
+def pick_blend_weight(scores: dict[float, float], margin: float = BLEND_MARGIN) -> float:
+    """The rule of :func:`choose_blend` on given validation macro-F1 per TF-IDF weight (``margin``: the gain
+    another weight needs over the even blend; bench/sparse_partner.py scores other margins)."""
     best = max(scores, key=lambda w: (round(scores[w], 9), -abs(w - 0.5)))
-    return 0.5 if 0.5 in scores and scores[best] - scores[0.5] <= BLEND_MARGIN else best
+    return 0.5 if 0.5 in scores and scores[best] - scores[0.5] <= margin else best
 
 
 def served_model(blend_tfidf: float) -> str:
