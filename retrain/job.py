@@ -165,17 +165,10 @@ def run(args: argparse.Namespace, stop: threading.Event, progress: Progress) -> 
                    else "training from the base (no champion)", 0.08)
     result = train(snap.train[["text", "label"]], None if champion_dir else labels, model_settings,
                    init_from=champion_dir, progress=False, stop_event=flag, log=log,
-                   refit_head=retrain_settings.refit_head)
+                   refit_head=retrain_settings.refit_head,
+                   self_training=_self_training(snap, args.unlabelled, retrain_settings, progress))
     if result.metrics.get("stopped") == "stop_event" or stop.is_set():
         raise Cancelled()
-    self_training = None
-    if retrain_settings.self_training and args.unlabelled:
-        result, self_training = _train_with_pseudo_labels(
-            result, snap, Path(args.unlabelled), retrain_settings, progress,
-            lambda data: train(data, None if champion_dir else labels, model_settings, init_from=champion_dir,
-                               progress=False, stop_event=flag, log=log, refit_head=retrain_settings.refit_head))
-        if result.metrics.get("stopped") == "stop_event" or stop.is_set():
-            raise Cancelled()
     clf = result.classifier
 
     # ---- evaluate challenger and champion on the same rows ----------------------------------------
@@ -219,7 +212,7 @@ def run(args: argparse.Namespace, stop: threading.Event, progress: Progress) -> 
         **result.metrics,
         "holdout": challenger["holdout"], "golden": challenger["golden"],
         "champion": champion, "baseline": baseline,
-        "history": result.history, "self_training": self_training,
+        "history": result.history,
         "snapshot": {"sha256": snap_manifest["sha256"], "n_train": len(snap.train), "n_new_train": snap.n_new_train,
                      "n_replay": snap.n_replay, "n_holdout": len(snap.holdout),
                      "n_golden": 0 if snap.golden is None else len(snap.golden), "path": str(args.snapshot)},
@@ -240,24 +233,17 @@ def run(args: argparse.Namespace, stop: threading.Event, progress: Progress) -> 
     return target
 
 
-def _train_with_pseudo_labels(result: Any, snap: Any, pool_path: Path, settings: Any, progress: Progress,
-                              train_again: Any) -> tuple[Any, dict[str, Any]]:
-    """The second pass of self-training (:mod:`tuneloop.retrain.selftrain`): the first pass's model
-    labels the unlabelled pool, and ``train_again`` trains on the snapshot's rows plus the pseudo-labels.
-    Returns the first pass unchanged when no pseudo-label qualifies."""
-    from tuneloop.retrain.selftrain import pseudo_label, usable_pool
+def _self_training(snap: Any, pool_path: str, settings: Any, progress: Progress) -> Any:
+    """The unlabelled pool and knobs for :mod:`tuneloop.retrain.selftrain`, or None without
+    ``retrain.self_training`` or a pool. Texts of the holdout, golden set and training rows are left out."""
+    if not (settings.self_training and pool_path):
+        return None
+    from tuneloop.retrain.selftrain import SelfTraining, usable_pool
 
     pool = usable_pool(pd.read_parquet(pool_path), snap.holdout, snap.golden, snap.train)
-    progress.event("train", f"self-training: labelling {len(pool)} unlabelled recent texts with the first pass")
-    rows, facts = pseudo_label(result.classifier, pool["text"].astype(str).tolist(), snap.n_new_train,
-                               settings.pseudo_min_confidence, settings.pseudo_ratio)
-    facts["first_pass"] = {k: result.metrics.get(k) for k in ("val_accuracy", "val_macro_f1", "best_epoch")}
-    progress.event("train", f"self-training: {facts['picked']} pseudo-labels kept of {facts['confident']} agreed "
-                   f"and confident ({facts.get('label_counts', {})}); training again")
-    if rows.empty:
-        return result, facts
-    data = pd.concat([snap.train[["text", "label"]], rows[["text", "label"]]], ignore_index=True)
-    return train_again(data), facts
+    progress.event("train", f"self-training: {len(pool)} unlabelled recent texts offered for pseudo-labels")
+    return SelfTraining(pool["text"].astype(str).tolist(), settings.pseudo_rounds, settings.pseudo_min_confidence,
+                        settings.pseudo_ratio)
 
 
 def _num(s: str) -> float | None:

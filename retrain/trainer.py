@@ -26,6 +26,7 @@ from tuneloop.retrain.contrastive import supcon_loss
 from tuneloop.retrain.device import grad_scaler
 from tuneloop.retrain.evaluate import check_labels, classification_metrics
 from tuneloop.retrain.model import TextClassifier, set_threads
+from tuneloop.retrain.selftrain import SelfTraining, pseudo_label
 from tuneloop.retrain.settings import ModelSettings
 from tuneloop.retrain.versions import data_manifest, load_version
 
@@ -152,6 +153,7 @@ def train(
     full_finetune: bool = False,
     refit_head: bool = False,
     class_weights: bool = True,
+    self_training: SelfTraining | None = None,
 ) -> TrainResult:
     """Train a classifier on ``data`` (columns text, label) and return it with its validation metrics.
 
@@ -160,6 +162,8 @@ def train(
     ``refit_head`` then first refits that head on the version's own embeddings of the training rows.
     ``class_weights=False`` trains (loss, refitted head, TF-IDF model) for accuracy on the rows' own label
     mix instead of weighting every class alike.
+    ``self_training`` adds pseudo-labels of its unlabelled pool to the training split (never to the
+    validation rows): see :mod:`tuneloop.retrain.selftrain`.
     Early stopping keeps the epoch with the best validation macro-F1 (ties: lower loss). Setting
     ``stop_event`` ends training after the current step; the best state so far is returned with
     ``metrics["stopped"] == "stop_event"``.
@@ -187,6 +191,15 @@ def train(
 
     # ---- data: split, settings sized to it, class weights ---------------------------------------------
     tr, va = validation_split(data, settings.val_fraction, settings.seed)
+    self_trained = None
+    if self_training is not None and self_training.pool:
+        t_pseudo = time.perf_counter()
+        pseudo, self_trained = pseudo_label(clf, tr, self_training, adapter=init_from is not None, seed=settings.seed)
+        say(f"self-training ({time.perf_counter() - t_pseudo:.1f} s): {self_trained['picked']} pseudo-labels of "
+            f"{self_trained['pool']} unlabelled texts after {self_training.rounds} round(s) "
+            f"{self_trained.get('label_counts', {})}")
+        tr = pd.concat([tr, pseudo[["text", "label"]]], ignore_index=True)
+        data = pd.concat([data, pseudo[["text", "label"]]], ignore_index=True)  # the served TF-IDF refit sees them
     texts, lengths = tr["text"].tolist(), tr["text"].str.len().to_numpy()
     settings = clf.settings = resolve_settings(settings, clf, texts, epochs)
     epochs = settings.epochs
@@ -333,6 +346,7 @@ def train(
                    served=bl.served_model(settings.blend_tfidf),
                    **bl.summary(model_scores, base.scores))
     metrics["head_refit"] = refitted
+    metrics["self_training"] = self_trained
     say(f"best epoch {best['epoch']}: val_accuracy {metrics['val_accuracy']:.3f} "
         f"val_macro_f1 {metrics['val_macro_f1']:.3f}")
     say(metrics["baseline_verdict"])

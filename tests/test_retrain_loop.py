@@ -519,8 +519,8 @@ def test_job_failure_puts_the_reason_last(tmp_path):
 
 def test_self_training_adds_agreed_pseudo_labels_from_unlabelled_traffic_outside_the_slice(tmp_path, tweets):
     """The run offers the newest unlabelled predictions, minus the evaluation slice, to the job; the job
-    trains a second pass on its labelled rows plus the pseudo-labels both views agree on, for epochs
-    sized to the step budget, serving the blend weight as set."""
+    trains on its labelled rows plus the pseudo-labels both frozen views agree on (validation rows stay
+    human labels), for epochs sized to the step budget, serving the blend weight as set."""
     import json
     import math
 
@@ -558,9 +558,11 @@ def test_self_training_adds_agreed_pseudo_labels_from_unlabelled_traffic_outside
     metrics = json.loads((settings.models_dir / run["version"] / "metrics.json").read_text())
     facts = metrics["self_training"]
     assert 0 < facts["picked"] <= facts["confident"] <= facts["agreed"] <= facts["pool"] <= len(pool)
-    assert max(facts["label_counts"].values()) <= facts["per_class_cap"]
+    assert facts["rounds"] == len(facts["per_round"]) == 3 and facts["per_round"][-1] == facts["picked"]
+    assert facts["picked"] <= facts["cap"] == int(2.0 * (metrics["snapshot"]["n_train"] - metrics["n_val"]))
     assert metrics["n_train"] + metrics["n_val"] == metrics["snapshot"]["n_train"] + facts["picked"]
+    assert metrics["n_val"] == round(0.15 * metrics["snapshot"]["n_train"])  # validation: human labels only
     steps_per_epoch = math.ceil(metrics["n_train"] / 16)  # step_budget: epochs for about 30 steps
     assert metrics["epochs_run"] == math.ceil(30 / steps_per_epoch) > 1
     assert metrics["blend_tfidf"] == 0.5 and metrics["blend_scores"] == {}  # fixed_blend: no weight chosen
-    assert metrics["head_refit"] is True  # refit_head: the champion's head refitted before the second pass
+    assert metrics["head_refit"] is True  # refit_head: the champion's head refitted on rows and pseudo-labels
