@@ -22,6 +22,7 @@ still decides on labelled random rows the challenger never trained on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,32 +68,52 @@ def pseudo_label(clf: TextClassifier, train: pd.DataFrame, plan: SelfTraining, a
     than the bare base."""
     seen = set(train["text"])
     texts = [t for t in dict.fromkeys(plan.pool) if t not in seen]
-    facts: dict[str, Any] = {"pool": len(texts), "rounds": plan.rounds, "min_confidence": plan.min_confidence,
-                             "per_round": []}
-    empty = pd.DataFrame({"text": pd.Series(dtype=object), "label": pd.Series(dtype=object),
-                          "confidence": pd.Series(dtype=float)})
-    cap = int(plan.ratio * len(train))
-    if not texts or plan.rounds <= 0 or cap <= 0 or train["label"].nunique() < 2:
-        return empty, {**facts, "agreed": 0, "confident": 0, "picked": 0}
-    y_train, labels = train["label"].astype(str).tolist(), clf.labels
+    if not texts or plan.rounds <= 0 or plan.ratio * len(train) < 1 or train["label"].nunique() < 2:
+        empty = pd.DataFrame({"text": pd.Series(dtype=object), "label": pd.Series(dtype=object),
+                              "confidence": pd.Series(dtype=float)})
+        return empty, {"pool": len(texts), "rounds": plan.rounds, "min_confidence": plan.min_confidence,
+                       "per_round": [], "agreed": 0, "confident": 0, "picked": 0}
     x_train = clf.base_pooled(train["text"].tolist(), adapter=adapter)
     x_pool = clf.base_pooled(texts, adapter=adapter)
-    picked, picked_labels = np.array([], dtype=int), np.array([], dtype=int)
+    picked, label_idx, confidence, facts = agreed_labels(train["text"].tolist(), train["label"].astype(str).tolist(),
+                                                         x_train, texts, x_pool, clf.labels, plan, seed)
+    rows = pd.DataFrame({"text": [texts[i] for i in picked], "label": [clf.labels[k] for k in label_idx],
+                         "confidence": confidence.astype(float)})
+    return rows, facts
+
+
+def agreed_labels(train_texts: list[str], train_labels: list[str], x_train: np.ndarray, pool_texts: list[str],
+                  x_pool: np.ndarray, labels: list[str], plan: SelfTraining,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """(pool rows picked, their label indices, their confidence, facts) after ``plan.rounds`` rounds of
+    fitting both views on the training rows plus the previous round's picks: ``x_*`` are the frozen
+    embeddings of the texts."""
+    cap = int(plan.ratio * len(train_texts))
+    picked, label_idx = np.array([], dtype=int), np.array([], dtype=int)
+    facts: dict[str, Any] = {"pool": len(pool_texts), "rounds": plan.rounds, "min_confidence": plan.min_confidence,
+                             "cap": cap, "per_round": []}
     for _ in range(plan.rounds):
-        extra = [labels[k] for k in picked_labels]
-        sparse = bl.SparseModel.fit(train["text"].tolist() + [texts[i] for i in picked], y_train + extra, labels, seed)
-        coef, intercept = bl.frozen_logreg(np.vstack([x_train, x_pool[picked]]), y_train + extra, labels, seed)
-        frozen, tfidf = softmax(x_pool @ coef.T + intercept, axis=1), sparse.predict_proba(texts)
+        predict = fit_views(train_texts + [pool_texts[i] for i in picked],
+                            train_labels + [labels[k] for k in label_idx],
+                            np.vstack([x_train, x_pool[picked]]), labels, seed)
+        frozen, tfidf = predict(pool_texts, x_pool)
         blend = 0.5 * frozen + 0.5 * tfidf
-        agreed = frozen.argmax(1) == tfidf.argmax(1)
         confidence = blend.max(1)
+        agreed = frozen.argmax(1) == tfidf.argmax(1)
         keep = np.flatnonzero(agreed & (confidence >= plan.min_confidence))
         picked = np.sort(keep[np.argsort(-confidence[keep], kind="stable")][:cap])
-        picked_labels = blend[picked].argmax(1)
+        label_idx = blend[picked].argmax(1)
         facts["per_round"].append(int(len(picked)))
-    rows = pd.DataFrame({"text": [texts[i] for i in picked], "label": [labels[k] for k in picked_labels],
-                         "confidence": confidence[picked].astype(float)}) if len(picked) else empty
-    facts.update({"agreed": int(agreed.sum()), "confident": int((agreed & (confidence >= plan.min_confidence)).sum()),
-                  "picked": len(rows), "cap": cap,
-                  "label_counts": {str(k): int(v) for k, v in rows["label"].value_counts().sort_index().items()}})
-    return rows, facts
+    counts = np.bincount(label_idx, minlength=len(labels))
+    facts.update({"agreed": int(agreed.sum()), "confident": int(len(keep)), "picked": int(len(picked)),
+                  "label_counts": {labels[k]: int(n) for k, n in enumerate(counts) if n}})
+    return picked, label_idx, confidence[picked], facts
+
+
+def fit_views(texts: list[str], y: list[str], x: np.ndarray, labels: list[str],
+              seed: int = 0) -> Callable[[list[str], np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Fit both views on the rows (texts, their frozen embeddings ``x``); returns texts, embeddings ->
+    (embedding-view probabilities, TF-IDF probabilities), each [n, k] in ``labels`` order."""
+    sparse = bl.SparseModel.fit(texts, y, labels, seed)
+    coef, intercept = bl.frozen_logreg(x, y, labels, seed)
+    return lambda t, e: (softmax(e @ coef.T + intercept, axis=1), sparse.predict_proba(t))
