@@ -15,6 +15,8 @@ test tweets. Recipes:
 Results are cached per (recipe, seed, k) in ``bench/out/al_lora/recipes/``.
 
     nice -n 15 python bench/retrain_recipes.py [--seeds 0,1] [--ks 160,320] [--recipes sturdy,refit] [--threads 1]
+    nice -n 15 python bench/retrain_recipes.py --seeds 0,1,2 --ks 300,600,1000,2000 --pool 2000 --test 1500 \
+        --recipes refit,refit_selftrain --limit refit_selftrain=300   # self-training's label savings
 """
 
 from __future__ import annotations
@@ -41,23 +43,30 @@ FINE_TUNES: dict[str, dict[str, Any]] = {
     "refit_lowlr": {"refit_head": True, "learning_rate": 3e-4, "head_learning_rate": 3e-3},
     "lowlr": {"learning_rate": 3e-4, "head_learning_rate": 3e-3},
     "refit_unweighted": {"refit_head": True, "class_weights": False},
+    "refit_selftrain": {"refit_head": True, "self_training": True},
 }
-TRAIN_ARGUMENTS = ("refit_head", "class_weights")  # train() arguments, not model settings
+TRAIN_ARGUMENTS = ("refit_head", "class_weights", "self_training")  # train() arguments, not model settings
 
 
 def accuracy(probs: np.ndarray, labels: list[str], y: np.ndarray) -> float:
     return float((np.asarray(labels)[probs.argmax(1)] == y).mean())
 
 
-def fine_tune(settings, v1: Path, data: pd.DataFrame, test: pd.DataFrame, changes: dict[str, Any]) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """Served, encoder-alone and TF-IDF-alone test accuracy of v1 fine-tuned on ``data`` with ``changes``."""
+def fine_tune(settings, v1: Path, data: pd.DataFrame, test: pd.DataFrame, changes: dict[str, Any],  # type: ignore[no-untyped-def]
+              unlabelled: list[str]) -> dict[str, Any]:
+    """Served, encoder-alone and TF-IDF-alone test accuracy of v1 fine-tuned on ``data`` with ``changes``
+    (``self_training``: with the retrain's self-training on the ``unlabelled`` texts)."""
+    from tuneloop.retrain.selftrain import SelfTraining
     from tuneloop.retrain.trainer import train
 
     model = al.retrain_model_settings(settings).model_copy(
         update={k: v for k, v in changes.items() if k not in TRAIN_ARGUMENTS})
+    arguments = {k: v for k, v in changes.items() if k in TRAIN_ARGUMENTS}
+    if arguments.get("self_training"):
+        r = settings.retrain
+        arguments["self_training"] = SelfTraining(unlabelled, r.pseudo_rounds, r.pseudo_min_confidence, r.pseudo_ratio)
     t, cpu = time.perf_counter(), time.process_time()
-    result = train(data, None, model, init_from=v1, progress=False,
-                   **{k: v for k, v in changes.items() if k in TRAIN_ARGUMENTS})
+    result = train(data, None, model, init_from=v1, progress=False, **arguments)
     clf, texts, y = result.classifier, test["text"].tolist(), test["label"].to_numpy()
     sparse, clf.sparse = clf.sparse, None
     encoder = clf.predict(texts).probs
@@ -67,6 +76,7 @@ def fine_tune(settings, v1: Path, data: pd.DataFrame, test: pd.DataFrame, change
             "encoder": accuracy(encoder, clf.labels, y), "tfidf": accuracy(tfidf, clf.labels, y),
             "best_epoch": result.metrics["best_epoch"], "epochs_run": result.metrics["epochs_run"],
             "val_accuracy": result.metrics["val_accuracy"], "seconds": round(time.perf_counter() - t, 1),
+            "pseudo_labels": (result.metrics.get("self_training") or {}).get("picked"),
             "cpu_seconds": round(time.process_time() - cpu, 1)}
 
 
@@ -128,7 +138,12 @@ def main() -> int:
     p.add_argument("--test", type=int, default=400)
     p.add_argument("--data-dir", type=Path, default=al.OUT / "loop" / "data")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--unlabelled", type=int, default=1500, help="pool rows after the k picked, offered to "
+                   "self-training recipes as unlabelled traffic")
+    p.add_argument("--limit", action="append", default=[], metavar="RECIPE=K,K",
+                   help="run RECIPE at these k only (a costly recipe beside a curve of a cheaper one)")
     args = p.parse_args()
+    limits = {name: {int(k) for k in ks.split(",")} for name, ks in (x.split("=", 1) for x in args.limit)}
     seeds, ks = [int(s) for s in args.seeds.split(",")], [int(k) for k in args.ks.split(",")]
     recipes = [r for r in args.recipes.split(",") if r]
     al_args = argparse.Namespace(data_dir=args.data_dir, pool=args.pool, test=args.test, seeds=max(seeds) + 1)
@@ -149,13 +164,18 @@ def main() -> int:
             x_test = {a: pooled(v1, test["text"].tolist(), OUT, adapter=a == "v1") for a in ("v1", "base")}
             row.update(frozen_recipes(x_train, data, x_test, test, labels, seed))
             for name in recipes:
+                if name in limits and k not in limits[name]:
+                    continue
                 changes = FINE_TUNES[name]
                 tag = hashlib.sha1(json.dumps(changes, sort_keys=True).encode()).hexdigest()[:8]
+                if changes.get("self_training"):
+                    tag += f"-u{args.unlabelled}"
                 path = OUT / f"{name}-{seed}-{k}-{len(pool)}-{len(test)}-{tag}.json"
                 if not path.exists() and not changes and (earlier := al_cached(settings, seed, k, pool, test)):
                     path = earlier  # the same fine-tune, run by active_learning.py (served accuracy only)
                 elif not path.exists():
-                    res = fine_tune(settings, v1, data, test, changes)
+                    unlabelled = pool["text"].iloc[order[k:k + args.unlabelled]].tolist()
+                    res = fine_tune(settings, v1, data, test, changes, unlabelled)
                     path.write_text(json.dumps(res))
                     print(f"seed {seed} k={k} {name}: {res}", file=sys.stderr, flush=True)
                 res = json.loads(path.read_text())
@@ -169,7 +189,27 @@ def main() -> int:
     print("\nmean over seeds per k:")
     print(table.drop(columns="seed").groupby("k").mean().round(3).T.to_string())
     (OUT / "summary.json").write_text(json.dumps(rows, indent=2, default=float))
+    for name in recipes:
+        plain = next((r for r, c in FINE_TUNES.items() if c == {k: v for k, v in FINE_TUNES[name].items()
+                                                                if k != "self_training"}), None)
+        if FINE_TUNES[name].get("self_training") and plain in recipes and len(ks) > 1:
+            label_savings(table, name, plain)
     return 0
+
+
+def label_savings(table: pd.DataFrame, name: str, plain: str) -> None:
+    """Labels ``plain`` needs to reach what ``name`` (the same with self-training) reaches at each k."""
+    print(f"\nlabels {plain} needs to match {name} (per seed, interpolated on {plain}'s curve):")
+    for k, group in table.groupby("k"):
+        ratios = []
+        for seed, target in zip(group["seed"], group[name], strict=True):
+            if pd.isna(target):
+                continue
+            own = table[table["seed"] == seed].sort_values("k")
+            need = al.labels_to_reach(list(zip(own["k"], own[plain], strict=True)), target)
+            ratios.append("beyond the largest k" if need is None else f"{need / k:.2f}x")
+        if ratios:
+            print(f"  k={k}: {', '.join(ratios)}")
 
 
 if __name__ == "__main__":

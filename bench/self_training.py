@@ -11,12 +11,24 @@ the frozen views reach with the oracle's labels) and the pseudo-labels' own accu
 
 Only v1's encoder passes are costly (about 90 s once; cached in ``bench/out/al_lora/recipes/``).
 
-    python bench/self_training.py [--seeds 0,1,2] [--k 300] [--pools 800,1500,3000] [--rounds 0,1,3]
+``--domains`` asks the same of a first training on other data (``bench/finetune.py``'s datasets):
+per dataset and seed, k stratified training rows, ``--pools`` other rows of its pool as unlabelled
+texts, the base encoder's embeddings; test accuracy and macro-F1 on the dataset's test rows, beside
+the best simple baseline (TF-IDF + LR or frozen-embedding LR) fitted on the same k rows.
+
+With several ``--ks`` it also prints the label savings: how many random labels the views need without
+self-training to reach what k labels reach with it (interpolated on the no-self-training curve, per
+seed).
+
+    python bench/self_training.py [--seeds 0,1,2] [--ks 300] [--pools 800,1500,3000] [--rounds 0,1,3]
+    python bench/self_training.py --ks 300,600,1000,2000,4000 --pools 1500 --rounds 0,3
+    python bench/self_training.py --domains airline,tweets5,bbc,drugs --seeds 0,1 --pools 1500
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -27,7 +39,11 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import active_learning as al  # noqa: E402
+import finetune as ft  # noqa: E402
 import retrain_recipes as rr  # noqa: E402
+
+DOMAIN_CACHE = al.OUT / "self_training"
+ORACLE_ACCURACY = 0.713  # the fine-tuned oracle's test accuracy on these rows (bench/loop.py, cached)
 
 
 def blend_accuracy(predict: Any, test: pd.DataFrame, x_test: np.ndarray, labels: list[str]) -> float:
@@ -38,12 +54,15 @@ def blend_accuracy(predict: Any, test: pd.DataFrame, x_test: np.ndarray, labels:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--k", type=int, default=300, help="labelled stream rows")
+    p.add_argument("--ks", default="300", help="labelled rows (a list: also prints the label savings)")
     p.add_argument("--pools", default="800,1500,3000", help="unlabelled stream rows offered")
     p.add_argument("--rounds", default="0,1,3")
     p.add_argument("--min-confidence", type=float, default=0.7)
     p.add_argument("--ratio", type=float, default=5.0)
+    p.add_argument("--domains", default="", help="datasets of bench/finetune.py instead of the demo's shift")
     args = p.parse_args()
+    if args.domains:
+        return domains(args)
 
     from tuneloop.monitor.demo.data import split_topics
     from tuneloop.monitor.demo.models import shifted_test, shifted_topics
@@ -73,39 +92,126 @@ def main() -> int:
     print(f"frozen views on every one of the {len(stream)} stream labels plus replay: test accuracy {ceiling:.3f}")
 
     results: list[dict[str, Any]] = []
-    for seed in [int(s) for s in args.seeds.split(",")]:
+    ks = [int(k) for k in args.ks.split(",")]
+    for seed, k, n_pool in itertools.product([int(s) for s in args.seeds.split(",")], ks,
+                                             [int(n) for n in args.pools.split(",")]):
         order = np.random.default_rng(seed).permutation(len(stream))
-        texts, y, x = rows(al.training_rows(settings, stream.iloc[order[:args.k]], older, seed))
-        for n_pool in [int(n) for n in args.pools.split(",")]:
-            unlabelled = order[args.k:args.k + n_pool]
-            pool_texts = stream["text"].iloc[unlabelled].tolist()
-            for rounds in [int(r) for r in args.rounds.split(",")]:
-                row: dict[str, Any] = {"seed": seed, "pool": n_pool, "rounds": rounds, "picked": 0, "pseudo_acc": None}
-                extra_texts: list[str] = []
-                extra_y: list[str] = []
-                extra_x = np.empty((0, x.shape[1]), dtype=x.dtype)
-                if rounds:
-                    plan_ = SelfTraining(pool_texts, rounds, args.min_confidence, args.ratio)
-                    picked, label_idx, _conf, facts = agreed_labels(texts, y, x, pool_texts, x_stream[unlabelled],
-                                                                    labels, plan_, seed)
-                    extra_texts, extra_y = [pool_texts[i] for i in picked], [labels[k] for k in label_idx]
-                    extra_x = x_stream[unlabelled][picked]
-                    truth = stream["label"].iloc[unlabelled].to_numpy()[picked]
-                    row.update(picked=facts["picked"], pseudo_acc=float((np.asarray(extra_y) == truth).mean()))
-                predict = fit_views(texts + extra_texts, y + extra_y, np.vstack([x, extra_x]), labels, seed)
-                row["test_accuracy"] = blend_accuracy(predict, test, x_test, labels)
-                results.append(row)
-                print(json.dumps(row), flush=True)
+        texts, y, x = rows(al.training_rows(settings, stream.iloc[order[:k]], older, seed))
+        unlabelled = order[k:k + n_pool]
+        pool_texts = stream["text"].iloc[unlabelled].tolist()
+        for rounds in [int(r) for r in args.rounds.split(",")]:
+            row: dict[str, Any] = {"seed": seed, "k": k, "pool": n_pool, "rounds": rounds, "picked": 0,
+                                   "pseudo_acc": None}
+            extra_texts: list[str] = []
+            extra_y: list[str] = []
+            extra_x = np.empty((0, x.shape[1]), dtype=x.dtype)
+            if rounds:
+                plan_ = SelfTraining(pool_texts, rounds, args.min_confidence, args.ratio)
+                picked, label_idx, _conf, facts = agreed_labels(texts, y, x, pool_texts, x_stream[unlabelled],
+                                                                labels, plan_, seed)
+                extra_texts, extra_y = [pool_texts[i] for i in picked], [labels[j] for j in label_idx]
+                extra_x = x_stream[unlabelled][picked]
+                truth = stream["label"].iloc[unlabelled].to_numpy()[picked]
+                row.update(picked=facts["picked"], pseudo_acc=float((np.asarray(extra_y) == truth).mean()))
+            predict = fit_views(texts + extra_texts, y + extra_y, np.vstack([x, extra_x]), labels, seed)
+            row["test_accuracy"] = blend_accuracy(predict, test, x_test, labels)
+            results.append(row)
+            print(json.dumps(row), flush=True)
     table = pd.DataFrame(results)
-    base = table[table["rounds"] == 0].set_index(["seed", "pool"])["test_accuracy"]
-    table["gain"] = table["test_accuracy"].to_numpy() - base.loc[list(zip(table["seed"], table["pool"],
-                                                                          strict=True))].to_numpy()
-    summary = table.groupby(["pool", "rounds"]).agg(
+    keys = ["seed", "k", "pool"]
+    base = table[table["rounds"] == 0].set_index(keys)["test_accuracy"]
+    table["gain"] = table["test_accuracy"].to_numpy() - base.loc[list(table[keys].itertuples(index=False))].to_numpy()
+    summary = table.groupby(["k", "pool", "rounds"]).agg(
         test_accuracy=("test_accuracy", "mean"), sd=("test_accuracy", "std"), gain=("gain", "mean"),
         gain_min=("gain", "min"), picked=("picked", "mean"), pseudo_acc=("pseudo_acc", "mean"), seeds=("seed", "count"))
-    print(f"\n{args.k} random labels plus replay; test accuracy of the frozen views' even blend "
-          f"(ratio: to the fine-tuned oracle's recorded 0.713):")
-    summary["ratio"] = summary["test_accuracy"] / 0.713
+    summary["ratio"] = summary["test_accuracy"] / ORACLE_ACCURACY
+    print(f"\nrandom labels plus replay; test accuracy of the frozen views' even blend (ratio: to the fine-tuned "
+          f"oracle's recorded {ORACLE_ACCURACY}):")
+    print(summary.round(3).to_string())
+    if len(ks) > 1 and 0 in table["rounds"].values:
+        label_savings(table, max(int(r) for r in args.rounds.split(",")))
+    return 0
+
+
+def label_savings(table: pd.DataFrame, rounds: int) -> None:
+    """Per k: random labels the views need without self-training to match k labels with it, over k."""
+    print(f"\nlabels needed without self-training to match k labels with {rounds} rounds (per seed, interpolated):")
+    for (k, n_pool), group in table[table["rounds"] == rounds].groupby(["k", "pool"]):
+        ratios = []
+        for seed, target in zip(group["seed"], group["test_accuracy"], strict=True):
+            plain = table[(table["seed"] == seed) & (table["pool"] == n_pool) & (table["rounds"] == 0)]
+            need = al.labels_to_reach(sorted(zip(plain["k"], plain["test_accuracy"], strict=True)), target)
+            ratios.append(None if need is None else need / k)
+        shown = ", ".join("beyond the largest k" if r is None else f"{r:.2f}x" for r in ratios)
+        known = [r for r in ratios if r is not None]
+        mean = f"mean {np.mean(known):.2f}x" if len(known) == len(ratios) else "not reached on every seed"
+        print(f"  k={k}, pool {n_pool}: {shown} ({mean})")
+
+
+def embedded(texts: list[str]) -> np.ndarray:
+    """The base encoder's embeddings (as bench/finetune.py's frozen baseline computes them), cached by text."""
+    import hashlib
+
+    key = hashlib.sha1("\n".join([ft.DEFAULT_BASE, *texts]).encode()).hexdigest()[:16]
+    path = DOMAIN_CACHE / f"emb-{key}.npy"
+    if not path.exists():
+        DOMAIN_CACHE.mkdir(parents=True, exist_ok=True)
+        np.save(path, ft._encoder().encode(texts))
+    return np.load(path)
+
+
+def domains(args: argparse.Namespace) -> int:
+    """Self-training's frozen views on a first training of other datasets (see the module docstring)."""
+    from tuneloop.retrain.evaluate import classification_metrics
+    from tuneloop.retrain.selftrain import SelfTraining, agreed_labels, fit_views
+
+    results: list[dict[str, Any]] = []
+    for name in args.domains.split(","):
+        pool, test = ft.dataset(name)
+        labels = sorted(pool["label"].astype(str).unique())
+        x_test, y_test = embedded(test["text"].tolist()), test["label"].astype(str).tolist()
+
+        def score(probs: np.ndarray, y_test: list[str] = y_test, labels: list[str] = labels) -> dict[str, float]:
+            m = classification_metrics(y_test, [labels[k] for k in probs.argmax(1)], labels)
+            return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            train = ft.training_sample(name, int(args.ks.split(",")[0]), seed)
+            texts, y, x = train["text"].tolist(), train["label"].astype(str).tolist(), embedded(train["text"].tolist())
+            rest = pool[~pool["text"].isin(set(texts))].sample(frac=1.0, random_state=seed)
+            for n_pool in [int(n) for n in args.pools.split(",")]:
+                unlabelled = rest.head(n_pool)
+                pool_texts, x_pool = unlabelled["text"].tolist(), embedded(unlabelled["text"].tolist())
+                frozen, tfidf = fit_views(texts, y, x, labels, seed)(test["text"].tolist(), x_test)
+                best = max(score(frozen)["macro_f1"], score(tfidf)["macro_f1"])
+                for rounds in [int(r) for r in args.rounds.split(",")]:
+                    row: dict[str, Any] = {"dataset": name, "seed": seed, "pool": n_pool, "rounds": rounds,
+                                           "best_baseline_f1": best, "picked": 0, "pseudo_acc": None}
+                    extra_texts: list[str] = []
+                    extra_y: list[str] = []
+                    extra_x = np.empty((0, x.shape[1]), dtype=x.dtype)
+                    if rounds:
+                        picked, label_idx, _conf, facts = agreed_labels(
+                            texts, y, x, pool_texts, x_pool, labels,
+                            SelfTraining(pool_texts, rounds, args.min_confidence, args.ratio), seed)
+                        extra_texts, extra_y = [pool_texts[i] for i in picked], [labels[k] for k in label_idx]
+                        extra_x = x_pool[picked]
+                        truth = unlabelled["label"].astype(str).to_numpy()[picked]
+                        row.update(picked=facts["picked"], pseudo_acc=float((np.asarray(extra_y) == truth).mean()))
+                    predict = fit_views(texts + extra_texts, y + extra_y, np.vstack([x, extra_x]), labels, seed)
+                    frozen, tfidf = predict(test["text"].tolist(), x_test)
+                    row.update(score(0.5 * frozen + 0.5 * tfidf))
+                    results.append(row)
+                    print(json.dumps(row), flush=True)
+    table = pd.DataFrame(results)
+    table["margin"] = table["macro_f1"] - table["best_baseline_f1"]
+    print(f"\n{args.ks.split(',')[0]} labelled rows; the frozen views' even blend, test macro-F1, and its margin "
+          f"over the best simple baseline on the same rows (points):")
+    summary = table.groupby(["dataset", "pool", "rounds"]).agg(
+        accuracy=("accuracy", "mean"), macro_f1=("macro_f1", "mean"), margin=("margin", "mean"),
+        margin_min=("margin", "min"), picked=("picked", "mean"), pseudo_acc=("pseudo_acc", "mean"),
+        seeds=("seed", "count"))
+    summary[["margin", "margin_min"]] *= 100
     print(summary.round(3).to_string())
     return 0
 
