@@ -141,6 +141,12 @@ def labels_to_reach(curve: list[tuple[float, float]], target: float) -> float | 
     return None
 
 
+def savings(curve: list[tuple[float, float]], k: int, accuracy: float) -> float | None:
+    """How many times ``k`` labels a (labels, accuracy) curve needs to reach ``accuracy`` (None: beyond it)."""
+    need = labels_to_reach(sorted(curve), accuracy)
+    return None if need is None else need / k
+
+
 def queue_scale(n_rows: int, repeats: int = 3) -> None:
     """Page latency of each strategy at ``n_rows`` vs at 10 000 rows (baseline, same run)."""
     import tempfile

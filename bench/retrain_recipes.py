@@ -205,9 +205,9 @@ def label_savings(table: pd.DataFrame, name: str, plain: str) -> None:
         for seed, target in zip(group["seed"], group[name], strict=True):
             if pd.isna(target):
                 continue
-            own = table[table["seed"] == seed].sort_values("k")
-            need = al.labels_to_reach(list(zip(own["k"], own[plain], strict=True)), target)
-            ratios.append("beyond the largest k" if need is None else f"{need / k:.2f}x")
+            own = table[table["seed"] == seed]
+            ratio = al.savings(list(zip(own["k"], own[plain], strict=True)), k, target)
+            ratios.append("beyond the largest k" if ratio is None else f"{ratio:.2f}x")
         if ratios:
             print(f"  k={k}: {', '.join(ratios)}")
 

@@ -140,8 +140,7 @@ def label_savings(table: pd.DataFrame, rounds: int) -> None:
         ratios = []
         for seed, target in zip(group["seed"], group["test_accuracy"], strict=True):
             plain = table[(table["seed"] == seed) & (table["pool"] == n_pool) & (table["rounds"] == 0)]
-            need = al.labels_to_reach(sorted(zip(plain["k"], plain["test_accuracy"], strict=True)), target)
-            ratios.append(None if need is None else need / k)
+            ratios.append(al.savings(list(zip(plain["k"], plain["test_accuracy"], strict=True)), k, target))
         shown = ", ".join("beyond the largest k" if r is None else f"{r:.2f}x" for r in ratios)
         known = [r for r in ratios if r is not None]
         mean = f"mean {np.mean(known):.2f}x" if len(known) == len(ratios) else "not reached on every seed"
