@@ -64,24 +64,25 @@ def usable_pool(pool: pd.DataFrame, *blocked: pd.DataFrame | None) -> pd.DataFra
 
 
 def pseudo_label(clf: TextClassifier, train: pd.DataFrame, plan: SelfTraining, adapter: bool,
-                 seed: int = 0) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """(rows text/label/confidence, facts): the pseudo-labels the two frozen views agree on after
-    ``plan.rounds`` rounds. ``adapter``: embed with the encoder as it is (a continued version) rather
-    than the bare base."""
+                 seed: int = 0) -> tuple[pd.DataFrame, dict[str, Any], np.ndarray | None]:
+    """(rows text/label/confidence, facts, embeddings): the pseudo-labels the two frozen views agree on
+    after ``plan.rounds`` rounds. ``adapter``: embed with the encoder as it is (a continued version)
+    rather than the bare base. The embeddings are those of ``train``'s rows and then of the rows
+    returned (None when nothing was embedded), so that training need not embed them again."""
     seen = set(train["text"])
     texts = [t for t in dict.fromkeys(plan.pool) if t not in seen]
     if not texts or plan.rounds <= 0 or plan.ratio * len(train) < 1 or train["label"].nunique() < 2:
         empty = pd.DataFrame({"text": pd.Series(dtype=object), "label": pd.Series(dtype=object),
                               "confidence": pd.Series(dtype=float)})
         return empty, {"pool": len(texts), "rounds": plan.rounds, "min_confidence": plan.min_confidence,
-                       "per_round": [], "agreed": 0, "confident": 0, "picked": 0}
+                       "per_round": [], "agreed": 0, "confident": 0, "picked": 0}, None
     x_train = clf.base_pooled(train["text"].tolist(), adapter=adapter)
     x_pool = clf.base_pooled(texts, adapter=adapter)
     picked, label_idx, confidence, facts = agreed_labels(train["text"].tolist(), train["label"].astype(str).tolist(),
                                                          x_train, texts, x_pool, clf.labels, plan, seed)
     rows = pd.DataFrame({"text": [texts[i] for i in picked], "label": [clf.labels[k] for k in label_idx],
                          "confidence": confidence.astype(float)})
-    return rows, facts
+    return rows, facts, np.vstack([x_train, x_pool[picked]])
 
 
 def agreed_labels(train_texts: list[str], train_labels: list[str], x_train: np.ndarray, pool_texts: list[str],

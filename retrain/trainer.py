@@ -192,9 +192,11 @@ def train(
     # ---- data: split, settings sized to it, class weights ---------------------------------------------
     tr, va = validation_split(data, settings.val_fraction, settings.seed)
     self_trained = None
+    embedded = None  # the start model's embeddings of tr's rows, when self-training has computed them
     if self_training is not None and self_training.pool:
         t_pseudo = time.perf_counter()
-        pseudo, self_trained = pseudo_label(clf, tr, self_training, adapter=init_from is not None, seed=settings.seed)
+        pseudo, self_trained, embedded = pseudo_label(clf, tr, self_training, adapter=init_from is not None,
+                                                      seed=settings.seed)
         say(f"self-training ({time.perf_counter() - t_pseudo:.1f} s): {self_trained['picked']} pseudo-labels of "
             f"{self_trained['pool']} unlabelled texts after {self_training.rounds} round(s) "
             f"{self_trained.get('label_counts', {})}")
@@ -217,7 +219,10 @@ def train(
 
     # ---- baselines on the same split; warm-start the head from the frozen-embedding fit ------------
     t_base = time.perf_counter()
-    frozen_tr = clf.base_pooled(texts, settings.serve_max_batch)
+    if embedded is not None and init_from is None:  # self-training already embedded them with the bare base
+        frozen_tr = embedded
+    else:
+        frozen_tr = clf.base_pooled(texts, settings.serve_max_batch)
     frozen_va = clf.base_pooled(va["text"].tolist(), settings.serve_max_batch)
     base = bl.fit_baselines(texts, tr["label"].tolist(), va["text"].tolist(), va["label"].tolist(), clf.labels,
                             frozen_tr, frozen_va, seed=settings.seed)
@@ -230,8 +235,9 @@ def train(
     elif init_from is not None and refit_head and settings.warm_start_head:
         # the continued version's head was fitted to its old data; refit it on what its encoder makes of
         # the new rows, and count that as epoch 0 like a fresh warm start
-        coef, intercept = bl.frozen_logreg(clf.base_pooled(texts, settings.serve_max_batch, adapter=True),
-                                           tr["label"].tolist(), clf.labels, settings.seed, balanced=class_weights)
+        own = embedded if embedded is not None else clf.base_pooled(texts, settings.serve_max_batch, adapter=True)
+        coef, intercept = bl.frozen_logreg(own, tr["label"].tolist(), clf.labels, settings.seed,
+                                           balanced=class_weights)
         clf.warm_start_head(coef, intercept)
         warm = refitted = True
 
