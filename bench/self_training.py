@@ -46,6 +46,25 @@ import retrain_recipes as rr  # noqa: E402
 DOMAIN_CACHE = al.OUT / "self_training"
 
 
+def views_after(rounds: int, args: argparse.Namespace, train: tuple[list[str], list[str], np.ndarray],
+                pool_texts: list[str], x_pool: np.ndarray, truth: np.ndarray, labels: list[str],
+                seed: int) -> tuple[Any, dict[str, Any]]:
+    """(the two views fitted on the training rows plus ``rounds`` rounds of pseudo-labels, facts: how many
+    pseudo-labels and how many of them match ``truth``, the pool's true labels)."""
+    from tuneloop.retrain.selftrain import SelfTraining, agreed_labels, fit_views
+
+    texts, y, x = train
+    if not rounds:
+        return fit_views(texts, y, x, labels, seed), {"picked": 0, "pseudo_acc": None}
+    picked, label_idx, _conf, facts = agreed_labels(
+        texts, y, x, pool_texts, x_pool, labels, SelfTraining(pool_texts, rounds, args.min_confidence, args.ratio),
+        seed)
+    pseudo_y = [labels[j] for j in label_idx]
+    predict = fit_views(texts + [pool_texts[i] for i in picked], y + pseudo_y, np.vstack([x, x_pool[picked]]),
+                        labels, seed)
+    return predict, {"picked": facts["picked"], "pseudo_acc": float((np.asarray(pseudo_y) == truth[picked]).mean())}
+
+
 def blend_accuracy(predict: Any, test: pd.DataFrame, x_test: np.ndarray, labels: list[str]) -> float:
     frozen, tfidf = predict(test["text"].tolist(), x_test)
     return rr.accuracy(0.5 * frozen + 0.5 * tfidf, labels, test["label"].to_numpy())
@@ -66,7 +85,7 @@ def main() -> int:
 
     from tuneloop.monitor.demo.data import split_topics
     from tuneloop.monitor.demo.models import shifted_test, shifted_topics
-    from tuneloop.retrain.selftrain import SelfTraining, agreed_labels, fit_views
+    from tuneloop.retrain.selftrain import fit_views
     from tuneloop.retrain.versions import load_version
 
     al_args = argparse.Namespace(data_dir=al.OUT / "loop" / "data", pool=1, test=1, seeds=1)
@@ -100,21 +119,10 @@ def main() -> int:
         unlabelled = order[k:k + n_pool]
         pool_texts = stream["text"].iloc[unlabelled].tolist()
         for rounds in [int(r) for r in args.rounds.split(",")]:
-            row: dict[str, Any] = {"seed": seed, "k": k, "pool": n_pool, "rounds": rounds, "picked": 0,
-                                   "pseudo_acc": None}
-            extra_texts: list[str] = []
-            extra_y: list[str] = []
-            extra_x = np.empty((0, x.shape[1]), dtype=x.dtype)
-            if rounds:
-                plan_ = SelfTraining(pool_texts, rounds, args.min_confidence, args.ratio)
-                picked, label_idx, _conf, facts = agreed_labels(texts, y, x, pool_texts, x_stream[unlabelled],
-                                                                labels, plan_, seed)
-                extra_texts, extra_y = [pool_texts[i] for i in picked], [labels[j] for j in label_idx]
-                extra_x = x_stream[unlabelled][picked]
-                truth = stream["label"].iloc[unlabelled].to_numpy()[picked]
-                row.update(picked=facts["picked"], pseudo_acc=float((np.asarray(extra_y) == truth).mean()))
-            predict = fit_views(texts + extra_texts, y + extra_y, np.vstack([x, extra_x]), labels, seed)
-            row["test_accuracy"] = blend_accuracy(predict, test, x_test, labels)
+            predict, facts = views_after(rounds, args, (texts, y, x), pool_texts, x_stream[unlabelled],
+                                         stream["label"].iloc[unlabelled].to_numpy(), labels, seed)
+            row: dict[str, Any] = {"seed": seed, "k": k, "pool": n_pool, "rounds": rounds, **facts,
+                                   "test_accuracy": blend_accuracy(predict, test, x_test, labels)}
             results.append(row)
             print(json.dumps(row), flush=True)
     table = pd.DataFrame(results)
@@ -164,7 +172,7 @@ def embedded(texts: list[str]) -> np.ndarray:
 def domains(args: argparse.Namespace) -> int:
     """Self-training's frozen views on a first training of other datasets (see the module docstring)."""
     from tuneloop.retrain.evaluate import classification_metrics
-    from tuneloop.retrain.selftrain import SelfTraining, agreed_labels, fit_views
+    from tuneloop.retrain.selftrain import fit_views
 
     results: list[dict[str, Any]] = []
     for name in args.domains.split(","):
@@ -186,20 +194,10 @@ def domains(args: argparse.Namespace) -> int:
                 frozen, tfidf = fit_views(texts, y, x, labels, seed)(test["text"].tolist(), x_test)
                 best = max(score(frozen)["macro_f1"], score(tfidf)["macro_f1"])
                 for rounds in [int(r) for r in args.rounds.split(",")]:
+                    predict, facts = views_after(rounds, args, (texts, y, x), pool_texts, x_pool,
+                                                 unlabelled["label"].astype(str).to_numpy(), labels, seed)
                     row: dict[str, Any] = {"dataset": name, "seed": seed, "pool": n_pool, "rounds": rounds,
-                                           "best_baseline_f1": best, "picked": 0, "pseudo_acc": None}
-                    extra_texts: list[str] = []
-                    extra_y: list[str] = []
-                    extra_x = np.empty((0, x.shape[1]), dtype=x.dtype)
-                    if rounds:
-                        picked, label_idx, _conf, facts = agreed_labels(
-                            texts, y, x, pool_texts, x_pool, labels,
-                            SelfTraining(pool_texts, rounds, args.min_confidence, args.ratio), seed)
-                        extra_texts, extra_y = [pool_texts[i] for i in picked], [labels[k] for k in label_idx]
-                        extra_x = x_pool[picked]
-                        truth = unlabelled["label"].astype(str).to_numpy()[picked]
-                        row.update(picked=facts["picked"], pseudo_acc=float((np.asarray(extra_y) == truth).mean()))
-                    predict = fit_views(texts + extra_texts, y + extra_y, np.vstack([x, extra_x]), labels, seed)
+                                           "best_baseline_f1": best, **facts}
                     frozen, tfidf = predict(test["text"].tolist(), x_test)
                     row.update(score(0.5 * frozen + 0.5 * tfidf))
                     results.append(row)
