@@ -36,11 +36,14 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from tuneloop.retrain.reference import REFERENCE_FILE, REFERENCE_MAX_ROWS, reference_rows, reference_sample
+
+if TYPE_CHECKING:
+    from tuneloop.retrain.selftrain import SelfTraining
 
 EXIT_FAILED, EXIT_CANCELLED = 2, 3
 _EPOCH_RE = re.compile(
@@ -233,7 +236,7 @@ def run(args: argparse.Namespace, stop: threading.Event, progress: Progress) -> 
     return target
 
 
-def _self_training(snap: Any, pool_path: str, settings: Any, progress: Progress) -> Any:
+def _self_training(snap: Any, pool_path: str, settings: Any, progress: Progress) -> SelfTraining | None:
     """The unlabelled pool and knobs for :mod:`tuneloop.retrain.selftrain`, or None without
     ``retrain.self_training`` or a pool. Texts of the holdout, golden set and training rows are left out."""
     if not (settings.self_training and pool_path):
