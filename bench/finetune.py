@@ -16,7 +16,9 @@ for blending them can be scored without training again; ``--rerun`` trains cache
 
 A config ``new:key=value:key=value`` is the current defaults with those model settings changed (e.g.
 ``new:contrastive_weight=1``): it is cached under that exact name, scored on the same training samples
-and test sets, and ``--compare CONFIG`` prints it cell by cell beside "new" and the baselines.
+and test sets, and ``--compare CONFIG`` prints it cell by cell beside "new" and the baselines. The key
+``unlabelled=N`` is not a model setting: it offers N other rows of the dataset's pool, without their
+labels, for self-training (``tuneloop train --unlabelled``, the retrain.pseudo_* defaults).
 
 ``--base`` picks the base of the frozen-encoder baseline and of both fine-tunes (default: the product's
 default, all-MiniLM-L6-v2). Cells of another base are cached under their own keys; the majority and
@@ -139,6 +141,13 @@ def training_sample(name: str, size: int, seed: int) -> pd.DataFrame:
     return stratified_sample(pool, min(size, len(pool)), seed)
 
 
+def unlabelled_sample(name: str, train: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """``n`` rows of the dataset's pool outside ``train``, in a seeded random order: the unlabelled texts a
+    self-training run is offered (their labels only score the pseudo-labels)."""
+    pool, _ = dataset(name)
+    return pool[~pool["text"].isin(set(train["text"]))].sample(frac=1.0, random_state=seed).head(n)
+
+
 def _scores(y_true: list[str], pred: list[str], labels: list[str]) -> dict[str, float]:
     from tuneloop.retrain.evaluate import classification_metrics
 
@@ -177,8 +186,15 @@ def run_cell(name: str, size: int, seed: int, config: str, base: str = DEFAULT_B
         coef, b = frozen_logreg(enc.encode(tr["text"].tolist()), y_tr, labels, seed)
         pred = [labels[i] for i in (enc.encode(te["text"].tolist()) @ coef.T + b).argmax(1)]
     else:
-        settings = ModelSettings(seed=seed, base=base, **(OLD_DEFAULTS if config == "old" else overrides(config)))
-        result = train(tr, labels, settings, progress=False)
+        from tuneloop.retrain.selftrain import SelfTraining
+        from tuneloop.retrain.settings import RetrainSettings
+
+        changes = dict(OLD_DEFAULTS if config == "old" else overrides(config))
+        n_unlabelled = int(changes.pop("unlabelled", 0))
+        plan = SelfTraining.from_settings(unlabelled_sample(name, tr, n_unlabelled, seed)["text"].tolist(),
+                                          RetrainSettings()) if n_unlabelled else None
+        settings = ModelSettings(seed=seed, base=base, **changes)
+        result = train(tr, labels, settings, progress=False, self_training=plan)
         seconds = time.perf_counter() - t0
         clf, texts = result.classifier, te["text"].tolist()
         pred = clf.predict(texts, batch_size=64).labels
@@ -193,7 +209,7 @@ def run_cell(name: str, size: int, seed: int, config: str, base: str = DEFAULT_B
                      max_length=clf.settings.max_length, batch_size=clf.settings.batch_size,
                      blend_tfidf=clf.settings.blend_tfidf, val_by_weight=result.metrics["blend_scores"],
                      train_samples_s=result.metrics["train_samples_per_s"], seconds=round(seconds, 1),
-                     train_seconds=result.metrics["train_seconds"])
+                     train_seconds=result.metrics["train_seconds"], self_training=result.metrics["self_training"])
     return {**_scores(y_te, pred, labels), "seconds": round(time.perf_counter() - t0, 1),
             "n_train": len(tr), "n_test": len(te), **extra}  # a fine-tune's seconds exclude the record above
 

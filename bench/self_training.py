@@ -57,7 +57,8 @@ def views_after(rounds: int, args: argparse.Namespace, train: tuple[list[str], l
     if not rounds:
         return fit_views(texts, y, x, labels, seed), {"picked": 0, "pseudo_acc": None}
     picked, label_idx, _conf, facts = agreed_labels(
-        texts, y, x, pool_texts, x_pool, labels, SelfTraining(pool_texts, rounds, args.min_confidence, args.ratio),
+        texts, y, x, pool_texts, x_pool, labels, SelfTraining(pool_texts, rounds, args.min_confidence, args.ratio,
+                                                              args.balance),
         seed)
     pseudo_y = [labels[j] for j in label_idx]
     predict = fit_views(texts + [pool_texts[i] for i in picked], y + pseudo_y, np.vstack([x, x_pool[picked]]),
@@ -78,6 +79,7 @@ def main() -> int:
     p.add_argument("--rounds", default="0,1,3")
     p.add_argument("--min-confidence", type=float, default=0.7)
     p.add_argument("--ratio", type=float, default=5.0)
+    p.add_argument("--balance", action="store_true", help="pseudo-labels in the training rows' class proportions")
     p.add_argument("--domains", default="", help="datasets of bench/finetune.py instead of the demo's shift")
     args = p.parse_args()
     if args.domains:
@@ -187,9 +189,8 @@ def domains(args: argparse.Namespace) -> int:
         for seed in [int(s) for s in args.seeds.split(",")]:
             train = ft.training_sample(name, int(args.ks.split(",")[0]), seed)
             texts, y, x = train["text"].tolist(), train["label"].astype(str).tolist(), embedded(train["text"].tolist())
-            rest = pool[~pool["text"].isin(set(texts))].sample(frac=1.0, random_state=seed)
             for n_pool in [int(n) for n in args.pools.split(",")]:
-                unlabelled = rest.head(n_pool)
+                unlabelled = ft.unlabelled_sample(name, train, n_pool, seed)
                 pool_texts, x_pool = unlabelled["text"].tolist(), embedded(unlabelled["text"].tolist())
                 frozen, tfidf = fit_views(texts, y, x, labels, seed)(test["text"].tolist(), x_test)
                 best = max(score(frozen)["macro_f1"], score(tfidf)["macro_f1"])

@@ -245,8 +245,7 @@ def _self_training(snap: Any, pool_path: str, settings: Any, progress: Progress)
 
     pool = usable_pool(pd.read_parquet(pool_path), snap.holdout, snap.golden, snap.train)
     progress.event("train", f"self-training: {len(pool)} unlabelled recent texts offered for pseudo-labels")
-    return SelfTraining(pool["text"].astype(str).tolist(), settings.pseudo_rounds, settings.pseudo_min_confidence,
-                        settings.pseudo_ratio)
+    return SelfTraining.from_settings(pool["text"].astype(str).tolist(), settings)
 
 
 def _num(s: str) -> float | None:

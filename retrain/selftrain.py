@@ -47,6 +47,13 @@ class SelfTraining:
     rounds: int = 3
     min_confidence: float = 0.7
     ratio: float = 5.0  # at most this many pseudo-labels per training row, the most confident first
+    balance: bool = True  # pseudo-labels per class in the training rows' class proportions
+
+    @classmethod
+    def from_settings(cls, pool: list[str], settings: Any) -> SelfTraining:
+        """The knobs of ``settings`` (a RetrainSettings: pseudo_rounds, pseudo_min_confidence, ...)."""
+        return cls(pool, settings.pseudo_rounds, settings.pseudo_min_confidence, settings.pseudo_ratio,
+                   settings.pseudo_balance)
 
 
 def _key(texts: pd.Series) -> pd.Series:
@@ -92,6 +99,7 @@ def agreed_labels(train_texts: list[str], train_labels: list[str], x_train: np.n
     fitting both views on the training rows plus the previous round's picks: ``x_*`` are the frozen
     embeddings of the texts."""
     cap = int(plan.ratio * len(train_texts))
+    prior = pd.Series(train_labels).value_counts(normalize=True).reindex(labels, fill_value=0.0).to_numpy()
     picked, label_idx = np.array([], dtype=int), np.array([], dtype=int)
     facts: dict[str, Any] = {"pool": len(pool_texts), "rounds": plan.rounds, "min_confidence": plan.min_confidence,
                              "cap": cap, "per_round": []}
@@ -104,13 +112,24 @@ def agreed_labels(train_texts: list[str], train_labels: list[str], x_train: np.n
         confidence = blend.max(1)
         agreed = frozen.argmax(1) == tfidf.argmax(1)
         keep = np.flatnonzero(agreed & (confidence >= plan.min_confidence))
-        picked = np.sort(keep[np.argsort(-confidence[keep], kind="stable")][:cap])
+        ranked = keep[np.argsort(-confidence[keep], kind="stable")]
+        if plan.balance:
+            ranked = _in_proportion(ranked, blend[ranked].argmax(1), prior, min(cap, len(ranked)))
+        picked = np.sort(ranked[:cap])
         label_idx = blend[picked].argmax(1)
         facts["per_round"].append(int(len(picked)))
     counts = np.bincount(label_idx, minlength=len(labels))
     facts.update({"agreed": int(agreed.sum()), "confident": int(len(keep)), "picked": int(len(picked)),
                   "label_counts": {labels[k]: int(n) for k, n in enumerate(counts) if n}})
     return picked, label_idx, confidence[picked], facts
+
+
+def _in_proportion(ranked: np.ndarray, label_idx: np.ndarray, prior: np.ndarray, total: int) -> np.ndarray:
+    """The first rows of ``ranked`` (most confident first) with at most ``prior[c] * total`` of each class c,
+    so that the pseudo-labels do not tilt the training rows further towards the classes the views favour."""
+    quota = np.floor(prior * total).astype(int)
+    rank_in_class = pd.Series(label_idx).groupby(label_idx).cumcount().to_numpy()
+    return ranked[rank_in_class < quota[label_idx]]
 
 
 def fit_views(texts: list[str], y: list[str], x: np.ndarray, labels: list[str],

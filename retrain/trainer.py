@@ -11,7 +11,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,20 +45,32 @@ class TrainResult:
 
 def read_labelled(path: str | Path) -> pd.DataFrame:
     """Read a labelled CSV or Parquet file with columns ``text`` and ``label`` (others are kept)."""
+    return check_labelled(read_table(path, "labelled data"), source=str(path))
+
+
+def read_unlabelled(path: str | Path) -> list[str]:
+    """The distinct non-empty texts of a CSV, TSV or Parquet file's ``text`` column (a label column is ignored)."""
+    frame = read_table(path, "unlabelled data")
+    if "text" not in frame.columns:
+        raise ValueError(f"unlabelled data {path}: no column 'text' (found {list(frame.columns)})")
+    texts = frame["text"].dropna().astype(str).str.strip()
+    return list(dict.fromkeys(texts[texts != ""]))
+
+
+def read_table(path: str | Path, what: str) -> pd.DataFrame:
+    """A CSV, TSV or Parquet file as a frame, text and label read as strings; ``what`` names it in errors."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"labelled data {path}: no such file")
+        raise FileNotFoundError(f"{what} {path}: no such file")
     suffix = path.suffix.lower()
     if suffix in {".parquet", ".pq"}:
-        df = pd.read_parquet(path)
-    elif suffix in {".csv", ".tsv", ".txt"}:
+        return pd.read_parquet(path)
+    if suffix in {".csv", ".tsv", ".txt"}:
         try:
-            df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype={"text": str, "label": str})
+            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype={"text": str, "label": str})
         except (pd.errors.ParserError, UnicodeDecodeError) as e:
-            raise ValueError(f"labelled data {path}: cannot parse as {suffix[1:]} ({e})") from None
-    else:
-        raise ValueError(f"labelled data {path}: expected .csv, .tsv or .parquet, got {suffix or 'no suffix'!r}")
-    return check_labelled(df, source=str(path))
+            raise ValueError(f"{what} {path}: cannot parse as {suffix[1:]} ({e})") from None
+    raise ValueError(f"{what} {path}: expected .csv, .tsv or .parquet, got {suffix or 'no suffix'!r}")
 
 
 def check_labelled(df: pd.DataFrame, source: str = "data") -> pd.DataFrame:
@@ -192,9 +204,12 @@ def train(
     # ---- data: split, settings sized to it, class weights ---------------------------------------------
     tr, va = validation_split(data, settings.val_fraction, settings.seed)
     self_trained = None
+    n_human = len(tr)  # the training split's human labels come first, any pseudo-labels after them
     embedded = None  # the start model's embeddings of tr's rows, when self-training has computed them
     if self_training is not None and self_training.pool:
         t_pseudo = time.perf_counter()
+        labelled = set(data["text"])  # a validation row's text must not come back as a training row
+        self_training = replace(self_training, pool=[t for t in self_training.pool if t not in labelled])
         pseudo, self_trained, embedded = pseudo_label(clf, tr, self_training, adapter=init_from is not None,
                                                       seed=settings.seed)
         say(f"self-training ({time.perf_counter() - t_pseudo:.1f} s): {self_trained['picked']} pseudo-labels of "
@@ -224,14 +239,18 @@ def train(
     else:
         frozen_tr = clf.base_pooled(texts, settings.serve_max_batch)
     frozen_va = clf.base_pooled(va["text"].tolist(), settings.serve_max_batch)
-    base = bl.fit_baselines(texts, tr["label"].tolist(), va["text"].tolist(), va["label"].tolist(), clf.labels,
-                            frozen_tr, frozen_va, seed=settings.seed)
+    # the guard's baselines are what a sceptic fits on the human labels alone
+    base = bl.fit_baselines(texts[:n_human], tr["label"].tolist()[:n_human], va["text"].tolist(),
+                            va["label"].tolist(), clf.labels, frozen_tr[:n_human], frozen_va, seed=settings.seed)
     say(f"baselines ({time.perf_counter() - t_base:.1f} s): " + ", ".join(
         f"{bl.BASELINE_NAMES[k]} macro-F1 {v['macro_f1']:.3f}" for k, v in base.scores.items()))
     warm = init_from is None and settings.warm_start_head and base.frozen_coef is not None
     refitted = False
     if warm:
-        clf.warm_start_head(base.frozen_coef, base.frozen_intercept)
+        coef, intercept = base.frozen_coef, base.frozen_intercept
+        if len(tr) > n_human:  # the head starts from the fit on the pseudo-labels too
+            coef, intercept = bl.frozen_logreg(frozen_tr, tr["label"].tolist(), clf.labels, settings.seed)
+        clf.warm_start_head(coef, intercept)
     elif init_from is not None and refit_head and settings.warm_start_head:
         # the continued version's head was fitted to its old data; refit it on what its encoder makes of
         # the new rows, and count that as epoch 0 like a fresh warm start
@@ -240,6 +259,9 @@ def train(
                                            balanced=class_weights)
         clf.warm_start_head(coef, intercept)
         warm = refitted = True
+    sparse = base.sparse  # the blend's TF-IDF model, fitted on the training split with any pseudo-labels
+    if len(tr) > n_human:
+        sparse = bl.SparseModel.fit(texts, tr["label"].tolist(), clf.labels, settings.seed)
 
     # ---- optimiser: AdamW with linear warm-up and decay --------------------------------------------
     params = [p for p in clf.parameters() if p.requires_grad]
@@ -331,11 +353,11 @@ def train(
     if settings.blend_tfidf > 0:  # served = blend of encoder and TF-IDF probabilities (settings.blend_tfidf)
         va_texts, clf.sparse = va["text"].tolist(), None  # a continued version's own TF-IDF model is replaced
         if settings.blend_on_validation:
-            weight, blend_scores = bl.choose_blend(clf.predict(va_texts).probs, base.sparse.predict_proba(va_texts),
+            weight, blend_scores = bl.choose_blend(clf.predict(va_texts).probs, sparse.predict_proba(va_texts),
                                                    va["label"].tolist(), clf.labels)
             settings = clf.settings = settings.model_copy(update={"blend_tfidf": weight})
             say(f"served: {bl.served_model(weight)}, chosen on validation macro-F1 per TF-IDF weight {blend_scores}")
-        clf.sparse = base.sparse
+        clf.sparse = sparse
         served = clf.predict(va_texts)
         m = classification_metrics(va["label"].tolist(), served.labels, clf.labels)
         metrics.update({f"val_{k}": v for k, v in m.items()})

@@ -1,8 +1,14 @@
-"""Self-training's rounds: the two frozen views label more of the pool once they learn from their own picks."""
+"""Self-training: the rounds label more of the pool once the views learn from their own picks; the picks keep
+the training rows' class proportions; ``tuneloop train --unlabelled`` self-trains a first training."""
+
+import json
 
 import numpy as np
+import pandas as pd
 
-from tuneloop.retrain.selftrain import SelfTraining, agreed_labels
+from tuneloop.retrain.selftrain import SelfTraining, _in_proportion, agreed_labels
+from tuneloop.retrain.tiny import keyword_sentiment
+from tuneloop.retrain.trainer import train
 
 LABELS = ["a", "b"]
 
@@ -28,8 +34,10 @@ def _setting() -> tuple[list[str], list[str], np.ndarray, list[str], np.ndarray]
 def test_later_rounds_label_what_only_the_first_rounds_pseudo_labels_taught():
     texts, y, x, pool, x_pool = _setting()
     truth = ["a"] * 15 + ["b"] * 30
-    one = agreed_labels(texts, y, x, pool, x_pool, LABELS, SelfTraining(pool, rounds=1, min_confidence=0.8))
-    three = agreed_labels(texts, y, x, pool, x_pool, LABELS, SelfTraining(pool, rounds=3, min_confidence=0.8))
+    one = agreed_labels(texts, y, x, pool, x_pool, LABELS,
+                        SelfTraining(pool, rounds=1, min_confidence=0.8, balance=False))
+    three = agreed_labels(texts, y, x, pool, x_pool, LABELS,
+                          SelfTraining(pool, rounds=3, min_confidence=0.8, balance=False))
     gamma_only = set(range(30, 45))
     assert not gamma_only & set(one[0].tolist())  # the TF-IDF view has never seen 'gamma' with a label
     assert gamma_only <= set(three[0].tolist())  # ... until it trains on the 'beta gamma' pseudo-labels
@@ -45,3 +53,64 @@ def test_the_cap_keeps_the_most_confident_pseudo_labels():
                                                                             ratio=10 / len(texts)))
     assert capped[3]["cap"] == 10 and capped[3]["picked"] == 10 < every[3]["picked"]
     assert capped[2].min() >= np.sort(every[2])[-10]  # the ten most confident of the uncapped picks
+
+
+def test_balanced_picks_keep_the_training_rows_class_proportions():
+    texts, y, x, pool, x_pool = _setting()  # training rows 20 a / 20 b; the pool's agreed picks 15 a / 30 b
+    free = agreed_labels(texts, y, x, pool, x_pool, LABELS, SelfTraining(pool, rounds=3, min_confidence=0.8,
+                                                                          balance=False))
+    kept = agreed_labels(texts, y, x, pool, x_pool, LABELS, SelfTraining(pool, rounds=3, min_confidence=0.8))
+    assert free[3]["label_counts"] == {"a": 15, "b": 30}
+    assert kept[3]["label_counts"] == {"a": 15, "b": 22}  # floor(45 / 2) of each class at most
+    ranked, classes = np.array([5, 3, 9, 1, 7, 8]), np.array([0, 0, 0, 1, 1, 1])  # most confident first
+    assert _in_proportion(ranked, classes, np.array([0.5, 0.5]), 4).tolist() == [5, 3, 1, 7]
+    assert _in_proportion(ranked, classes, np.array([0.75, 0.25]), 4).tolist() == [5, 3, 9, 1]
+
+
+THREE = ["negative", "neutral", "positive"]
+
+
+def test_the_guard_fits_its_baselines_on_the_human_labels_only(sentiment_settings):
+    data, pool = keyword_sentiment(90, seed=0), keyword_sentiment(300, seed=1)["text"].tolist()
+    settings = sentiment_settings.model_copy(update={"epochs": 1})
+    plain = train(data, THREE, settings, progress=False).metrics
+    self_trained = train(data, THREE, settings, progress=False, self_training=SelfTraining(pool)).metrics
+    assert self_trained["self_training"]["picked"] > 100
+    assert self_trained["n_train"] == plain["n_train"] + self_trained["self_training"]["picked"]
+    assert self_trained["n_val"] == plain["n_val"]
+    assert self_trained["baselines"] == plain["baselines"]  # what a sceptic fits on the same human rows
+
+
+def _cli(*args: str, cwd, env: dict[str, str]):  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from tuneloop.monitor.cli import app
+
+    return CliRunner().invoke(app, ["--data-dir", str(cwd / "d"), *args], env=env, catch_exceptions=False)
+
+
+def test_cli_train_self_trains_on_an_unlabelled_file(tmp_path, sentiment_base, monkeypatch):
+    from conftest import free_port
+
+    monkeypatch.chdir(tmp_path)
+    data = keyword_sentiment(60, seed=0)
+    data.to_csv("data.csv", index=False)
+    pool = keyword_sentiment(200, seed=2)[["text"]]
+    pool = pd.concat([pool, data[["text"]].head(5), pd.DataFrame({"text": ["", "  "]})])  # 5 labelled texts, 2 blank
+    pool.to_csv("pool.csv", index=False)
+    env = {"TUNELOOP_MODEL__BASE": str(sentiment_base), "TUNELOOP_MODEL__EPOCHS": "1",
+           "TUNELOOP_MODEL__MAX_LENGTH": "32", "TUNELOOP_SERVER__PORT": str(free_port())}
+
+    r = _cli("train", "data.csv", "--labels", ",".join(THREE), "--unlabelled", "pool.csv", cwd=tmp_path, env=env)
+    assert r.exit_code == 0, r.output
+    assert "pseudo-labels of" in r.stderr
+    facts = json.loads((tmp_path / "d" / "models" / "v1" / "metrics.json").read_text())["self_training"]
+    distinct = set(keyword_sentiment(200, seed=2)["text"]) - set(data["text"])
+    assert facts["pool"] == len(distinct)  # no blank, no duplicate, no labelled text
+    assert 0 < facts["picked"] <= 5 * 51 and facts["rounds"] == 3
+    counts = list(facts["label_counts"].values())
+    assert len(counts) == 3 and max(counts) <= min(facts["cap"], facts["confident"]) / 3  # the rows' even mix
+
+    pd.DataFrame({"body": ["a text"]}).to_csv("wrong.csv", index=False)
+    r = _cli("train", "data.csv", "--labels", ",".join(THREE), "--unlabelled", "wrong.csv", cwd=tmp_path, env=env)
+    assert r.exit_code == 1 and "no column 'text'" in r.output and "Traceback" not in r.output

@@ -26,17 +26,21 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="Overrides model.epochs.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Promote as the project's first champion even a model "
                                         "that does not beat the simple baselines.")] = False,
+    unlabelled: Annotated[Path | None, typer.Option(help="CSV/TSV/Parquet of unlabelled texts (column text) of the "
+                                                    "traffic to serve: self-training adds agreed, confident "
+                                                    "pseudo-labels of them to the training rows.")] = None,
     project: ProjectOpt = "default",
 ) -> None:
     """Train a model version, write it under models_dir and register it (through the server when one runs).
 
     Prints the model beside the simple baselines fitted on the same split. A model that does not beat the
     best of them is still registered, but becomes a project's first champion only with ``--force``.
+    ``--unlabelled`` self-trains on those texts with the retrain.pseudo_* settings.
     """
     s = settings()
     if epochs is not None:
         s.model.epochs = epochs
-    trained = _train(s, data, split_labels(labels), version, from_version)
+    trained = _train(s, data, split_labels(labels), version, from_version, unlabelled)
     guard = promote and not force and trained.metrics.get("beats_baselines") is False
     with connect(s, write=True) as backend:
         row = backend.register_version(project, trained.version)
@@ -53,20 +57,26 @@ def train(
                    + (" as champion" if promote else " as challenger"))
 
 
-def _train(s: Settings, data: Path, labels: list[str] | None, version: str | None, from_version: str | None) -> Any:
+def _train(s: Settings, data: Path, labels: list[str] | None, version: str | None, from_version: str | None,
+           unlabelled: Path | None = None) -> Any:
     """Check the file, train the version here, print its scores beside the baselines."""
     from tuneloop.retrain.baselines import baseline_table
     from tuneloop.retrain.build import train_version
     from tuneloop.retrain.quality import summary_lines
-    from tuneloop.retrain.trainer import read_labelled
+    from tuneloop.retrain.selftrain import SelfTraining
+    from tuneloop.retrain.trainer import read_labelled, read_unlabelled
 
     try:
         df = read_labelled(data)
+        pool = read_unlabelled(unlabelled) if unlabelled is not None else []
+        if unlabelled is not None and not pool:
+            raise ValueError(f"unlabelled data {unlabelled}: no texts")
         for line in summary_lines(data_report(df, labels, s)):
             typer.echo(f"data check: {line}", err=True)
         trained = train_version(s.models_dir, s.model, df, labels or (None if from_version else s.project.labels),
                                 version=version, from_version=from_version, progress=sys.stderr.isatty(),
-                                log=lambda m: typer.echo(m, err=True))
+                                log=lambda m: typer.echo(m, err=True),
+                                self_training=SelfTraining.from_settings(pool, s.retrain) if pool else None)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         fail(str(e))
     m = trained.metrics
