@@ -43,9 +43,11 @@ FINE_TUNES: dict[str, dict[str, Any]] = {
     "refit_lowlr": {"refit_head": True, "learning_rate": 3e-4, "head_learning_rate": 3e-3},
     "lowlr": {"learning_rate": 3e-4, "head_learning_rate": 3e-3},
     "refit_unweighted": {"refit_head": True, "class_weights": False},
-    "refit_selftrain": {"refit_head": True, "self_training": True},
+    "refit_selftrain": {"refit_head": True, "self_training": True, "pseudo_balance": True},
+    "refit_selftrain_unbalanced": {"refit_head": True, "self_training": True, "pseudo_balance": False},
 }
 TRAIN_ARGUMENTS = ("refit_head", "class_weights", "self_training")  # train() arguments, not model settings
+RETRAIN_SETTINGS = ("pseudo_balance",)  # self-training's knobs, from the retrain settings
 
 
 def accuracy(probs: np.ndarray, labels: list[str], y: np.ndarray) -> float:
@@ -60,11 +62,11 @@ def fine_tune(settings, v1: Path, data: pd.DataFrame, test: pd.DataFrame, change
     from tuneloop.retrain.trainer import train
 
     model = al.retrain_model_settings(settings).model_copy(
-        update={k: v for k, v in changes.items() if k not in TRAIN_ARGUMENTS})
+        update={k: v for k, v in changes.items() if k not in TRAIN_ARGUMENTS + RETRAIN_SETTINGS})
     arguments = {k: v for k, v in changes.items() if k in TRAIN_ARGUMENTS}
     if arguments.get("self_training"):
-        r = settings.retrain
-        arguments["self_training"] = SelfTraining(unlabelled, r.pseudo_rounds, r.pseudo_min_confidence, r.pseudo_ratio)
+        r = settings.retrain.model_copy(update={k: v for k, v in changes.items() if k in RETRAIN_SETTINGS})
+        arguments["self_training"] = SelfTraining.from_settings(unlabelled, r)
     t, cpu = time.perf_counter(), time.process_time()
     result = train(data, None, model, init_from=v1, progress=False, **arguments)
     clf, texts, y = result.classifier, test["text"].tolist(), test["label"].to_numpy()

@@ -191,6 +191,8 @@ def domains(args: argparse.Namespace) -> int:
             texts, y, x = train["text"].tolist(), train["label"].astype(str).tolist(), embedded(train["text"].tolist())
             for n_pool in [int(n) for n in args.pools.split(",")]:
                 unlabelled = ft.unlabelled_sample(name, train, n_pool, seed)
+                if unlabelled.empty:  # e.g. the drug reviews at 1,000 rows: all 600 are training rows
+                    continue
                 pool_texts, x_pool = unlabelled["text"].tolist(), embedded(unlabelled["text"].tolist())
                 frozen, tfidf = fit_views(texts, y, x, labels, seed)(test["text"].tolist(), x_test)
                 best = max(score(frozen)["macro_f1"], score(tfidf)["macro_f1"])
