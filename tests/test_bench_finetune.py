@@ -38,12 +38,15 @@ def test_main_trains_from_the_chosen_base_and_records_speed(tmp_path, capsys) ->
                           model_type="mpnet")
     out = tmp_path / "finetune-test.json"
     finetune.main(["--base", str(base), "--datasets", "airline", "--sizes", "40", "--seeds", "0",
-                   "--configs", "majority,frozen_logreg,new,new:contrastive_weight=1", "--threads", "1",
-                   "--out", str(out)])
+                   "--configs", "majority,frozen_logreg,new,new:contrastive_weight=1,new:unlabelled=80",
+                   "--threads", "1", "--out", str(out)])
     cells = json.loads(out.read_text())
     assert set(cells) >= {f"airline|40|0|frozen_logreg|{base}", f"airline|40|0|new|{base}",
                           f"airline|40|0|new:contrastive_weight=1|{base}"}
     assert cells[f"airline|40|0|new:contrastive_weight=1|{base}"]["train_seconds"] > 0
+    offered = cells[f"airline|40|0|new:unlabelled=80|{base}"]["self_training"]
+    assert offered["pool"] == 80 and offered["rounds"] == 3  # 80 other airline tweets, their labels withheld
+    assert cells[f"airline|40|0|new|{base}"]["self_training"] is None
     new = cells[f"airline|40|0|new|{base}"]
     assert new["n_train"] == 40 and new["n_test"] == 400 and 0 <= new["macro_f1"] <= 1
     assert new["train_samples_s"] > 0 and new["predict_texts_s"] > 0
