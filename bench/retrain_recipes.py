@@ -192,8 +192,8 @@ def main() -> int:
     print(table.drop(columns="seed").groupby("k").mean().round(3).T.to_string())
     (OUT / "summary.json").write_text(json.dumps(rows, indent=2, default=float))
     for name in recipes:
-        plain = next((r for r, c in FINE_TUNES.items() if c == {k: v for k, v in FINE_TUNES[name].items()
-                                                                if k != "self_training"}), None)
+        without = {k: v for k, v in FINE_TUNES[name].items() if k not in ("self_training", *RETRAIN_SETTINGS)}
+        plain = next((r for r, c in FINE_TUNES.items() if c == without), None)
         if FINE_TUNES[name].get("self_training") and plain in recipes and len(ks) > 1:
             label_savings(table, name, plain)
     return 0
@@ -208,10 +208,9 @@ def label_savings(table: pd.DataFrame, name: str, plain: str) -> None:
             if pd.isna(target):
                 continue
             own = table[table["seed"] == seed]
-            ratio = al.savings(list(zip(own["k"], own[plain], strict=True)), k, target)
-            ratios.append("beyond the largest k" if ratio is None else f"{ratio:.2f}x")
-        if ratios:
-            print(f"  k={k}: {', '.join(ratios)}")
+            ratios.append(al.savings(list(zip(own["k"], own[plain], strict=True)), k, target))
+        if ratios:  # None: beyond the largest k measured
+            print(f"  k={k}: {al.seed_interval(ratios)}")
 
 
 if __name__ == "__main__":

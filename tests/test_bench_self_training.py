@@ -27,4 +27,4 @@ def test_both_benches_report_savings_per_seed(capsys: pytest.CaptureFixture[str]
                             "refit_selftrain": [0.65, None, None]})
     rr.label_savings(recipes, "refit_selftrain", "refit")
     out = capsys.readouterr().out
-    assert "k=300: 3.50x" in out and "k=600" not in out  # only where the self-training recipe ran
+    assert "k=300: 3.50 (one seed" in out and "k=600" not in out  # only where the self-training recipe ran
