@@ -355,15 +355,8 @@ def train(
         if settings.blend_on_validation:
             weight, blend_scores = bl.choose_blend(clf.predict(va_texts).probs, sparse.predict_proba(va_texts),
                                                    va["label"].tolist(), clf.labels)
-            if len(tr) > n_human:
-                # self-trained: keep the set weight, as measured with the frozen views; chosen on ~45 rows,
-                # the weight cost 4.8 and 2.6 points of test macro-F1 on airline tweets and drug reviews
-                say(f"served: {bl.served_model(settings.blend_tfidf)} (self-trained: the weight is not chosen "
-                    f"on validation); validation macro-F1 per TF-IDF weight {blend_scores}")
-            else:
-                settings = clf.settings = settings.model_copy(update={"blend_tfidf": weight})
-                say(f"served: {bl.served_model(weight)}, chosen on validation macro-F1 per TF-IDF weight "
-                    f"{blend_scores}")
+            settings = clf.settings = settings.model_copy(update={"blend_tfidf": weight})
+            say(f"served: {bl.served_model(weight)}, chosen on validation macro-F1 per TF-IDF weight {blend_scores}")
         clf.sparse = sparse
         served = clf.predict(va_texts)
         m = classification_metrics(va["label"].tolist(), served.labels, clf.labels)

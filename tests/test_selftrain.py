@@ -72,17 +72,13 @@ THREE = ["negative", "neutral", "positive"]
 
 def test_the_guard_fits_its_baselines_on_the_human_labels_only(sentiment_settings):
     data, pool = keyword_sentiment(90, seed=0), keyword_sentiment(300, seed=1)["text"].tolist()
-    # the encoder sees only the first words, so 45 validation rows prefer TF-IDF alone for the plain model
-    settings = sentiment_settings.model_copy(update={"epochs": 1, "max_length": 4, "auto_max_length": False,
-                                                     "truncation": "head"})
+    settings = sentiment_settings.model_copy(update={"epochs": 1})
     plain = train(data, THREE, settings, progress=False).metrics
     self_trained = train(data, THREE, settings, progress=False, self_training=SelfTraining(pool)).metrics
-    assert self_trained["self_training"]["picked"] > 50
+    assert self_trained["self_training"]["picked"] > 100
     assert self_trained["n_train"] == plain["n_train"] + self_trained["self_training"]["picked"]
     assert self_trained["n_val"] == plain["n_val"]
     assert self_trained["baselines"] == plain["baselines"]  # what a sceptic fits on the same human rows
-    assert plain["blend_tfidf"] > 0.5
-    assert self_trained["blend_tfidf"] == 0.5 and len(self_trained["blend_scores"]) == 5  # ... not when self-trained
 
 
 def _cli(*args: str, cwd, env: dict[str, str]):  # type: ignore[no-untyped-def]
