@@ -236,8 +236,8 @@ def train(
     t_base = time.perf_counter()
     if embedded is not None and init_from is None:  # self-training already embedded them with the bare base
         frozen_tr = embedded
-    else:
-        frozen_tr = clf.base_pooled(texts, settings.serve_max_batch)
+    else:  # the bare base's embeddings serve only the baselines here: the human rows are enough
+        frozen_tr = clf.base_pooled(texts[:n_human], settings.serve_max_batch)
     frozen_va = clf.base_pooled(va["text"].tolist(), settings.serve_max_batch)
     # the guard's baselines are what a sceptic fits on the human labels alone
     base = bl.fit_baselines(texts[:n_human], tr["label"].tolist()[:n_human], va["text"].tolist(),
