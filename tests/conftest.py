@@ -47,6 +47,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cli_in_process(*args: str, cwd: Path, env: dict[str, str]):  # type: ignore[no-untyped-def]
+    """The real ``tuneloop`` command in this process, on the data dir ``cwd/d``: a subprocess would spend
+    most of its time importing torch."""
+    from typer.testing import CliRunner
+
+    from tuneloop.monitor.cli import app
+
+    return CliRunner().invoke(app, ["--data-dir", str(cwd / "d"), *args], env=env, catch_exceptions=False)
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

@@ -12,7 +12,7 @@ import random
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import free_port
+from conftest import cli_in_process, free_port
 
 from tuneloop.retrain import tiny
 from tuneloop.retrain.baselines import choose_blend, served_model, verdict
@@ -93,15 +93,6 @@ def test_verdict_names_the_best_baseline_and_the_gap():
     assert not beats and "10.0 points" in words and "TF-IDF + LR" in words
 
 
-def _cli(*args: str, cwd, env: dict[str, str]):  # type: ignore[no-untyped-def]
-    """The real command in this process: a subprocess would spend most of its time importing torch."""
-    from typer.testing import CliRunner
-
-    from tuneloop.monitor.cli import app
-
-    return CliRunner().invoke(app, ["--data-dir", str(cwd / "d"), *args], env=env, catch_exceptions=False)
-
-
 def test_cli_prints_the_baselines_and_blocks_an_unforced_first_promotion(tmp_path, sentiment_base, monkeypatch):
     monkeypatch.chdir(tmp_path)
     long_unbalanced(120).to_csv(tmp_path / "data.csv", index=False)
@@ -110,7 +101,7 @@ def test_cli_prints_the_baselines_and_blocks_an_unforced_first_promotion(tmp_pat
            "TUNELOOP_SERVER__PORT": str(free_port())}  # no server answers there: the offline path
     labels = ",".join(LABELS)
 
-    r = _cli("train", "data.csv", "--labels", labels, "--promote", cwd=tmp_path, env=env)
+    r = cli_in_process("train", "data.csv", "--labels", labels, "--promote", cwd=tmp_path, env=env)
     assert r.exit_code == 1, r.output
     for name in ("majority class", "TF-IDF + LR", "frozen encoder + LR", "fine-tuned model"):
         assert name in r.stdout
@@ -118,6 +109,6 @@ def test_cli_prints_the_baselines_and_blocks_an_unforced_first_promotion(tmp_pat
     refusal = r.stderr.strip().splitlines()[-1]
     assert refusal.startswith("not promoting v1") and "--force" in refusal
 
-    r = _cli("train", "data.csv", "--labels", labels, "--promote", "--force", cwd=tmp_path, env=env)
+    r = cli_in_process("train", "data.csv", "--labels", labels, "--promote", "--force", cwd=tmp_path, env=env)
     assert r.exit_code == 0, r.output
     assert "v2" in r.stdout and "as champion" in r.stdout

@@ -81,16 +81,8 @@ def test_the_guard_fits_its_baselines_on_the_human_labels_only(sentiment_setting
     assert self_trained["baselines"] == plain["baselines"]  # what a sceptic fits on the same human rows
 
 
-def _cli(*args: str, cwd, env: dict[str, str]):  # type: ignore[no-untyped-def]
-    from typer.testing import CliRunner
-
-    from tuneloop.monitor.cli import app
-
-    return CliRunner().invoke(app, ["--data-dir", str(cwd / "d"), *args], env=env, catch_exceptions=False)
-
-
 def test_cli_train_self_trains_on_an_unlabelled_file(tmp_path, sentiment_base, monkeypatch):
-    from conftest import free_port
+    from conftest import cli_in_process, free_port
 
     monkeypatch.chdir(tmp_path)
     data = keyword_sentiment(60, seed=0)
@@ -101,7 +93,8 @@ def test_cli_train_self_trains_on_an_unlabelled_file(tmp_path, sentiment_base, m
     env = {"TUNELOOP_MODEL__BASE": str(sentiment_base), "TUNELOOP_MODEL__EPOCHS": "1",
            "TUNELOOP_MODEL__MAX_LENGTH": "32", "TUNELOOP_SERVER__PORT": str(free_port())}
 
-    r = _cli("train", "data.csv", "--labels", ",".join(THREE), "--unlabelled", "pool.csv", cwd=tmp_path, env=env)
+    r = cli_in_process("train", "data.csv", "--labels", ",".join(THREE), "--unlabelled", "pool.csv",
+                       cwd=tmp_path, env=env)
     assert r.exit_code == 0, r.output
     assert "pseudo-labels of" in r.stderr
     facts = json.loads((tmp_path / "d" / "models" / "v1" / "metrics.json").read_text())["self_training"]
@@ -112,5 +105,6 @@ def test_cli_train_self_trains_on_an_unlabelled_file(tmp_path, sentiment_base, m
     assert len(counts) == 3 and max(counts) <= min(facts["cap"], facts["confident"]) / 3  # the rows' even mix
 
     pd.DataFrame({"body": ["a text"]}).to_csv("wrong.csv", index=False)
-    r = _cli("train", "data.csv", "--labels", ",".join(THREE), "--unlabelled", "wrong.csv", cwd=tmp_path, env=env)
+    r = cli_in_process("train", "data.csv", "--labels", ",".join(THREE), "--unlabelled", "wrong.csv",
+                       cwd=tmp_path, env=env)
     assert r.exit_code == 1 and "no column 'text'" in r.output and "Traceback" not in r.output
