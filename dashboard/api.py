@@ -191,9 +191,11 @@ class Api:
         return self.request("POST", f"/v1/datasets/{dataset_id}/fixes", project=False,
                             json={"version": version, "drop": drop, "relabel": relabel}).json()
 
-    def train_dataset(self, dataset_id: str, version: int, project: str, create_project: bool) -> dict[str, Any]:
+    def train_dataset(self, dataset_id: str, version: int, project: str, create_project: bool,
+                      self_training: bool = True) -> dict[str, Any]:
         return self.request("POST", f"/v1/datasets/{dataset_id}/train", project=False,
-                            json={"version": version, "project": project, "create_project": create_project}).json()
+                            json={"version": version, "project": project, "create_project": create_project,
+                                  "self_training": self_training}).json()
 
     def training(self, run_id: int) -> dict[str, Any]:
         return self.request("GET", f"/v1/training/{run_id}", project=False).json()

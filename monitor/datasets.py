@@ -6,6 +6,11 @@ uploaded file, 1-based, stable across versions), ``text`` and ``label``. Version
 each accepted set of fixes (drop rows, relabel rows) writes the next version, so the original is
 never lost and every model trained from a dataset names the exact version it saw.
 
+An upload with ``keep_unlabelled`` keeps its rows without a label in ``unlabelled.parquet`` (row_id,
+text) instead of refusing them: training self-trains on those texts (:mod:`tuneloop.retrain.selftrain`),
+which is worth most with a few hundred labelled rows (see the README). They belong to the dataset,
+not to a version: fixes change labelled rows only.
+
 Nothing is half-imported: a file is parsed and validated completely (every error with its row
 number) before anything is written, and the directory appears by one atomic rename.
 """
@@ -36,6 +41,8 @@ MAX_ERRORS = 50
 PREVIEW_ROWS = 10
 DATASET_ID = re.compile(r"^ds-[0-9a-f]{12}$")
 TEXT_NAMES = ("text", "sentence", "content", "review", "tweet", "message", "body", "comment", "utterance")
+UNLABELLED = "unlabelled.parquet"
+"""An upload's rows without a label (``keep_unlabelled``), beside the versions."""
 LABEL_NAMES = ("label", "labels", "sentiment", "class", "category", "target", "intent", "tag")
 
 
@@ -142,15 +149,17 @@ def preview(raw: bytes, fmt: str, encoding: str = "utf-8") -> dict[str, Any]:
     """What the mapping step shows: columns, first rows, guessed columns and the labels they imply."""
     df = parse(raw, fmt, encoding)
     text, label = guess_columns(df)
-    labels = sorted(df[label].str.strip().replace("", pd.NA).dropna().unique().tolist()) if label else []
+    found = df[label].str.strip().replace("", pd.NA) if label else pd.Series(dtype=object)
+    labels = sorted(found.dropna().unique().tolist())
     return {"format": fmt, "n_rows": len(df), "columns": [str(c) for c in df.columns],
             "rows": df.head(PREVIEW_ROWS).to_dict("records"), "text_column": text, "label_column": label,
-            "labels": labels[:200], "n_labels": len(labels)}
+            "labels": labels[:200], "n_labels": len(labels), "n_unlabelled": int(found.isna().sum()) if label else 0}
 
 
 def validate(df: pd.DataFrame, text_column: str | None, label_column: str | None,
-             labels: list[str] | None) -> tuple[pd.DataFrame, list[str]]:
-    """The dataset's rows (row_id, text, label) and label set; DatasetError with every row-numbered problem."""
+             labels: list[str] | None, keep_unlabelled: bool = False) -> tuple[pd.DataFrame, list[str]]:
+    """The dataset's rows (row_id, text, label) and label set; DatasetError with every row-numbered problem.
+    ``keep_unlabelled``: a row with an empty label is an unlabelled text (label "") rather than an error."""
     text_column, label_column = text_column or guess_columns(df)[0], label_column or guess_columns(df)[1]
     found = [str(c) for c in df.columns]
     if not text_column or text_column not in df.columns:
@@ -164,7 +173,11 @@ def validate(df: pd.DataFrame, text_column: str | None, label_column: str | None
         raise DatasetError("the file has a header but no rows")
     out = pd.DataFrame({"row_id": range(1, len(df) + 1), "text": df[text_column].astype(str).to_numpy(),
                         "label": df[label_column].astype(str).str.strip().to_numpy()})
-    errors = [{"row": int(r), "error": "empty label"} for r in out.loc[out["label"] == "", "row_id"]]
+    blank = out["label"] == ""
+    if keep_unlabelled:
+        blank &= out["text"].str.strip() == ""  # an unlabelled row still needs a text
+    errors = [{"row": int(r), "error": "empty text and label" if keep_unlabelled else "empty label"}
+              for r in out.loc[blank, "row_id"]]
     if labels:
         labels = [str(x).strip() for x in labels]
         if len(set(labels)) != len(labels) or "" in labels:
@@ -175,9 +188,10 @@ def validate(df: pd.DataFrame, text_column: str | None, label_column: str | None
     if errors:
         errors.sort(key=lambda e: e["row"])
         raise DatasetError(f"{len(errors)} row(s) have a bad label; nothing was imported", errors)
-    present = sorted(out["label"].unique().tolist())
+    present = sorted(set(out["label"]) - {""})
     if len(present) < 2:
-        raise DatasetError(f"every row has the label {present[0]!r}: a classifier needs at least two labels")
+        raise DatasetError(f"every labelled row has the label {present[0]!r}: a classifier needs at least two labels"
+                           if present else "no row has a label: a classifier needs at least two labels")
     return out, list(labels) if labels else present
 
 
@@ -196,12 +210,18 @@ class DatasetStore:
         return self.root / dataset_id
 
     def create(self, rows: pd.DataFrame, labels: list[str], meta: dict[str, Any]) -> dict[str, Any]:
-        """Store validated ``rows`` as version 1 of a new dataset, atomically; return its description."""
+        """Store validated ``rows`` as version 1 of a new dataset, atomically; return its description.
+        Rows with an empty label go to ``unlabelled.parquet``."""
         self.root.mkdir(parents=True, exist_ok=True)
         dataset_id = f"ds-{uuid.uuid4().hex[:12]}"
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+        blank = rows["label"] == ""
         try:
-            info = {"id": dataset_id, "labels": labels, "created_at": utcnow().isoformat(), "versions": [], **meta}
+            info = {"id": dataset_id, "labels": labels, "created_at": utcnow().isoformat(), "versions": [],
+                    "n_unlabelled": int(blank.sum()), **meta}
+            if blank.any():
+                rows.loc[blank, ["row_id", "text"]].reset_index(drop=True).to_parquet(tmp / UNLABELLED, index=False)
+            rows = rows[~blank]
             info["versions"].append(self._write_version(tmp, 1, rows, None, {"uploaded": meta.get("filename")}))
             (tmp / "dataset.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
             os.replace(tmp, self.root / dataset_id)
@@ -246,6 +266,13 @@ class DatasetStore:
     def rows(self, dataset_id: str, version: int | None = None) -> pd.DataFrame:
         version = self.resolve_version(dataset_id, version)
         return pd.read_parquet(self._dir(dataset_id) / f"v{version}.parquet")
+
+    def unlabelled(self, dataset_id: str) -> pd.DataFrame:
+        """The upload's rows without a label (row_id, text); empty when it kept none."""
+        path = self._dir(dataset_id) / UNLABELLED
+        if not path.is_file():
+            return pd.DataFrame({"row_id": pd.Series(dtype=int), "text": pd.Series(dtype=object)})
+        return pd.read_parquet(path)
 
     def path(self, dataset_id: str, version: int, name: str) -> Path:
         """A per-version side file (the cached quality report)."""
@@ -307,10 +334,13 @@ class DatasetStore:
         return self.describe(dataset_id)
 
 
-def training_snapshot(rows: pd.DataFrame, holdout_fraction: float, seed: int, meta: dict[str, Any]) -> Any:
-    """A retrain snapshot of a dataset version: a seeded, stratified random holdout (unbiased) and the rest.
+def training_snapshot(rows: pd.DataFrame, holdout_fraction: float, seed: int, meta: dict[str, Any],
+                      unlabelled: pd.DataFrame | None = None) -> Any:
+    """A retrain snapshot of a dataset version: a seeded, stratified random holdout (unbiased) and the rest,
+    with ``unlabelled`` (row_id, text) as the texts to self-train on.
 
-    Exact duplicate texts stay on one side, so no held-out text was trained on.
+    Exact duplicate texts stay on one side, so no held-out text was trained on (the job also leaves any
+    unlabelled text equal to a holdout text out of the pool).
     """
     import numpy as np
 
@@ -331,5 +361,8 @@ def training_snapshot(rows: pd.DataFrame, holdout_fraction: float, seed: int, me
         raise DatasetError(f"too few rows to hold some out for the evaluation ({len(df)} rows): upload more")
     keep = ["id", "text", "label"]
     train = train[keep].iloc[rng.permutation(len(train))].reset_index(drop=True)
+    pool = None
+    if unlabelled is not None and len(unlabelled):
+        pool = pd.DataFrame({"id": unlabelled["row_id"].map(lambda r: f"row-{r}"), "text": unlabelled["text"]})
     return Snapshot(train=train.assign(origin="new"), holdout=holdout[keep].reset_index(drop=True),
-                    n_new=len(df), n_new_train=len(train), meta=dict(meta))
+                    n_new=len(df), n_new_train=len(train), meta=dict(meta), unlabelled=pool)

@@ -43,6 +43,7 @@ from tuneloop.retrain.versions import data_manifest
 
 PARTS = ("train", "holdout", "golden")
 MANIFEST = "manifest.json"
+UNLABELLED_PART = "unlabelled.parquet"  # Snapshot.unlabelled, when it has rows
 KEEP_COLUMNS = ("id", "text", "label", "predicted_label", "ts", "origin")
 
 
@@ -58,6 +59,7 @@ class Snapshot:
     n_replay: int = 0
     n_replay_available: int = 0
     meta: dict[str, Any] = field(default_factory=dict)  # free-form facts (project, cutoff, seed ...)
+    unlabelled: pd.DataFrame | None = None  # texts (id, text) to self-train on, e.g. a dataset's unlabelled rows
 
     def parts(self) -> dict[str, pd.DataFrame]:
         out = {"train": self.train, "holdout": self.holdout}
@@ -204,6 +206,10 @@ def write_snapshot(snapshot: Snapshot, directory: str | Path) -> dict[str, Any]:
         if name == "train" and "origin" in df.columns:
             info["origin_counts"] = {str(k): int(v) for k, v in df["origin"].value_counts().sort_index().items()}
         parts[name] = info
+    if snapshot.unlabelled is not None and len(snapshot.unlabelled):
+        path = directory / UNLABELLED_PART
+        snapshot.unlabelled[["id", "text"]].astype(str).to_parquet(path, index=False)
+        parts["unlabelled"] = {"file": path.name, "file_sha256": _part_hash(path), "n_rows": len(snapshot.unlabelled)}
     top = hashlib.sha256("".join(f"{k}:{v['file_sha256']}\n" for k, v in sorted(parts.items())).encode())
     manifest = {
         "parts": parts,
@@ -232,6 +238,7 @@ def read_snapshot(directory: str | Path, verify: bool = True) -> Snapshot:
         train=frames["train"], holdout=frames["holdout"], golden=frames.get("golden"),
         n_new=manifest["n_new"], n_new_train=manifest["n_new_train"], n_replay=manifest["n_replay"],
         n_replay_available=manifest["n_replay_available"], meta=manifest.get("meta", {}),
+        unlabelled=frames.get("unlabelled"),
     )
 
 

@@ -237,14 +237,20 @@ def run(args: argparse.Namespace, stop: threading.Event, progress: Progress) -> 
 
 
 def _self_training(snap: Any, pool_path: str, settings: Any, progress: Progress) -> SelfTraining | None:
-    """The unlabelled pool and knobs for :mod:`tuneloop.retrain.selftrain`, or None without
-    ``retrain.self_training`` or a pool. Texts of the holdout, golden set and training rows are left out."""
-    if not (settings.self_training and pool_path):
-        return None
+    """The unlabelled pool and knobs for :mod:`tuneloop.retrain.selftrain`, or None without one. The pool is
+    the snapshot's own unlabelled texts (a dataset's rows without a label, which the operator asked to
+    train on) or else, with ``retrain.self_training``, the recent traffic at ``pool_path``. Texts of the
+    holdout, golden set and training rows are left out."""
     from tuneloop.retrain.selftrain import SelfTraining, usable_pool
 
-    pool = usable_pool(pd.read_parquet(pool_path), snap.holdout, snap.golden, snap.train)
-    progress.event("train", f"self-training: {len(pool)} unlabelled recent texts offered for pseudo-labels")
+    if snap.unlabelled is not None and len(snap.unlabelled):
+        offered, what = snap.unlabelled, "unlabelled texts of the dataset"
+    elif settings.self_training and pool_path:
+        offered, what = pd.read_parquet(pool_path), "unlabelled recent texts"
+    else:
+        return None
+    pool = usable_pool(offered, snap.holdout, snap.golden, snap.train)
+    progress.event("train", f"self-training: {len(pool)} {what} offered for pseudo-labels")
     return SelfTraining.from_settings(pool["text"].astype(str).tolist(), settings)
 
 

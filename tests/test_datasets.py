@@ -141,6 +141,9 @@ BAD = {
     "label outside the set": (b"text,label\ngood,positive\nbad,negative\nmeh,meh\n",
                               {"labels": ["negative", "positive"]}, 422, "row(s) have a bad label"),
     "empty label": (b"text,label\ngood,positive\nbad,\nok,negative\n", {}, 422, "bad label"),
+    "unlabelled row without a text": (b"text,label\ngood,positive\n,\nok,negative\n", {"keep_unlabelled": True},
+                                      422, "bad label"),
+    "no labelled row": (b"text,label\ngood,\nbad,\n", {"keep_unlabelled": True}, 422, "no row has a label"),
     "unknown format": (b"text,label\n", {"filename": "data.xlsx"}, 415, "unsupported file format"),
     "broken parquet": (b"PAR1 not really", {"filename": "d.parquet"}, 422, "parquet"),
     "broken jsonl": (b'{"text": "a", "label": "x"}\nnot json\n', {"filename": "d.jsonl"}, 422, "not json"),
@@ -159,10 +162,48 @@ def test_bad_files_get_a_clear_4xx_and_import_nothing(server, case: str) -> None
     assert dataset_dirs(server) == before
     if case == "label outside the set":
         assert r.json()["errors"] == [{"row": 3, "error": "label 'meh' is not one of ['negative', 'positive']"}]
+    if case == "unlabelled row without a text":
+        assert r.json()["errors"] == [{"row": 2, "error": "empty text and label"}]
     if case == "unreadable encoding":
         assert r.json()["errors"][0]["line"] == 2
         fixed = api.post("/v1/datasets", params={**params, "encoding": "latin-1"}, content=data)
         assert fixed.status_code == 201 and dataset_dirs(server) != before
+
+
+def test_rows_without_a_label_are_kept_apart_and_self_trained_on(server) -> None:
+    labelled = keyword_sentiment(90, seed=11)
+    pool = keyword_sentiment(150, seed=12).drop_duplicates("text")
+    pool = pool[~pool["text"].isin(labelled["text"])]
+    data = csv_bytes(pd.concat([labelled, pool.assign(label="")], ignore_index=True))
+    api = server.client("admin", timeout=120)
+
+    shown = api.post("/v1/datasets/preview", params={"filename": "d.csv"}, content=data).json()
+    assert shown["n_unlabelled"] == len(pool)
+    assert upload(api, data).status_code == 422  # refused unless asked for: a blank label may be a mistake
+    r = upload(api, data, keep_unlabelled=True)
+    assert r.status_code == 201, r.text
+    ds = r.json()
+    assert ds["n_unlabelled"] == len(pool) and ds["versions"][0]["n_rows"] == 90
+    assert ds["versions"][0]["class_counts"] == labelled["label"].value_counts().sort_index().to_dict()
+    rows = api.get(f"/v1/datasets/{ds['id']}/rows", params={"limit": 5000}).json()
+    assert rows["total"] == 90 and "" not in {x["label"] for x in rows["items"]}
+
+    r = api.post(f"/v1/datasets/{ds['id']}/train", json={"project": "pooled", "create_project": True})
+    assert r.status_code == 202, r.text
+    assert r.json()["n_unlabelled"] == len(pool) and r.json()["n_train"] + r.json()["n_holdout"] == 90
+    run = wait_run(server.client("admin"), r.json()["run_id"], timeout=300, path="/v1/training/{run_id}")
+    assert run["status"] == "passed", run
+    metrics = json.loads((server.settings.models_dir / run["version"] / "metrics.json").read_text())
+    facts = metrics["self_training"]
+    assert facts["pool"] == len(pool) and facts["picked"] > 0, facts
+    assert metrics["n_train"] == r.json()["n_train"] - metrics["n_val"] + facts["picked"]
+
+    r = api.post(f"/v1/datasets/{ds['id']}/train", json={"project": "pooled", "self_training": False})
+    assert r.status_code == 202 and r.json()["n_unlabelled"] == 0, r.text
+    run = wait_run(server.client("admin"), r.json()["run_id"], timeout=300, path="/v1/training/{run_id}")
+    assert run["status"] == "passed", run
+    metrics = json.loads((server.settings.models_dir / run["version"] / "metrics.json").read_text())
+    assert metrics.get("self_training") is None
 
 
 def test_bad_fixes_change_nothing(server) -> None:

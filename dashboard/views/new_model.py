@@ -6,7 +6,6 @@ cancel) -> read the evaluation against a simple baseline -> promote. Each step i
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pandas as pd
@@ -38,7 +37,8 @@ def steps_bar(step: int) -> None:
 def upload_step(s: dict[str, Any]) -> None:
     session = ui.current()
     st.subheader("1. Upload a labelled file")
-    st.write("CSV, TSV, Parquet or JSONL with one text and one label per row.")
+    st.write("CSV, TSV, Parquet or JSONL with one text and one label per row. Rows with an empty label can be "
+             "kept as unlabelled texts, which training also learns from.")
     file = st.file_uploader("Labelled file", type=["csv", "tsv", "parquet", "jsonl", "json"], key="nm_file")
     if file is None:
         return
@@ -49,7 +49,8 @@ def upload_step(s: dict[str, Any]) -> None:
             return
         s.update(file_key=(file.name, len(data)), preview=shown)
     shown = s["preview"]
-    st.write(f"**{shown['n_rows']} rows**, columns: {', '.join(shown['columns'])}")
+    blank = f" ({shown['n_unlabelled']} without a label)" if shown.get("n_unlabelled") else ""
+    st.write(f"**{shown['n_rows']} rows**{blank}, columns: {', '.join(shown['columns'])}")
     st.dataframe(pd.DataFrame(shown["rows"]), hide_index=True, use_container_width=True)
     cols = shown["columns"]
     left, right = st.columns(2)
@@ -59,6 +60,11 @@ def upload_step(s: dict[str, Any]) -> None:
                                 if shown["label_column"] in cols else min(1, len(cols) - 1), key="nm_label_col")
     labels = st.text_input("Labels (comma-separated; rows with another label are refused)",
                            ", ".join(shown["labels"]), key="nm_labels")
+    keep_unlabelled = st.checkbox(
+        "Keep rows without a label as unlabelled texts: training also learns from them (self-training)",
+        value=True, key="nm_keep_unlabelled",
+        help=f"{shown.get('n_unlabelled', 0)} row(s) have no label in the column {shown['label_column']!r}. "
+             "Unticked, such rows are refused.")
     projects = [p["project"] for p in ui.call(session.api.projects) or []]
     mode = st.radio("Project", ["New project", "Existing project"], horizontal=True, key="nm_mode")
     if mode == "New project":
@@ -68,7 +74,8 @@ def upload_step(s: dict[str, Any]) -> None:
     if st.button("Import and check the data", type="primary", key="nm_import"):
         label_list = [x.strip() for x in labels.split(",") if x.strip()]
         ds = ui.call(lambda: session.api.upload_dataset(data, file.name, text_column=text_col,
-                                                        label_column=label_col, labels=label_list, name=file.name),
+                                                        label_column=label_col, labels=label_list, name=file.name,
+                                                        keep_unlabelled=keep_unlabelled),
                      f"importing {file.name}")
         if ds is not None:
             s.update(step=1, dataset=ds, version=ds["latest_version"], project=project,
@@ -91,6 +98,8 @@ def quality_step(s: dict[str, Any]) -> None:
     counts = pd.DataFrame({"label": list(report["class_counts"]), "rows": list(report["class_counts"].values())})
     left, right = st.columns([1, 2])
     left.metric("Rows", report["n_rows"])
+    if ds.get("n_unlabelled"):
+        left.caption(f"and {ds['n_unlabelled']} rows without a label, kept as unlabelled texts for self-training")
     left.dataframe(counts, hide_index=True)
     right.bar_chart(counts.set_index("label"), height=220)
     if not report["findings"]:
@@ -159,13 +168,27 @@ def train_step(s: dict[str, Any]) -> None:
     if "run_id" not in s:
         st.write(f"Fine-tunes the base model on version {version} of {ds['name']}; a random 20 % of the rows "
                  "is held out for the evaluation.")
+        n_unlabelled = ds.get("n_unlabelled") or 0
+        self_training = n_unlabelled > 0 and st.checkbox(
+            f"Also learn from the {n_unlabelled} unlabelled rows (self-training)", value=True, key="nm_self_training",
+            help="Rows that a TF-IDF model and a model on the base's embeddings both label with confidence join the "
+                 "training rows, in the labelled rows' class proportions. The evaluation uses labelled rows only.")
         if st.button("Start training", type="primary", key="nm_train"):
-            out = ui.call(lambda: session.api.train_dataset(ds["id"], version, s["project"], s["create_project"]),
+            out = ui.call(lambda: session.api.train_dataset(ds["id"], version, s["project"], s["create_project"],
+                                                            self_training=self_training),
                           "starting the training")
             if out is not None:
-                s.update(run_id=out["run_id"], n_train=out["n_train"], n_holdout=out["n_holdout"])
+                s.update(run_id=out["run_id"], n_train=out["n_train"], n_holdout=out["n_holdout"],
+                         n_unlabelled=out.get("n_unlabelled", 0))
                 st.rerun()
         return
+    st.fragment(run_every=1.0)(training_progress)(s)
+
+
+def training_progress(s: dict[str, Any]) -> None:
+    """The running training's progress, polled every second as a fragment: the page around it is drawn
+    once, so nothing of the step before (the Start button) lingers while it runs."""
+    session = ui.current()
     run = ui.call(lambda: session.api.training(s["run_id"]), "reading the training run")
     if run is None:
         return
@@ -176,20 +199,19 @@ def train_step(s: dict[str, Any]) -> None:
     b.metric("Loss", f"{run['loss']:.3f}" if run.get("loss") is not None else "–")
     c.metric("Samples/s", f"{run['samples_per_s']:.1f}" if run.get("samples_per_s") else "–")
     d.metric("ETA", f"{run['eta_seconds']:.0f} s" if run.get("eta_seconds") is not None else "–")
-    st.caption(f"Run {s['run_id']}: {run['status']} — {s['n_train']} training rows, {s['n_holdout']} held out")
+    st.caption(f"Run {s['run_id']}: {run['status']} — {s['n_train']} training rows, {s['n_holdout']} held out"
+               + (f", {s['n_unlabelled']} unlabelled rows for self-training" if s.get("n_unlabelled") else ""))
     if run["status"] in ("queued", "running"):
         if st.button("Cancel training", key="nm_cancel"):
             ui.call(lambda: session.api.cancel_run(s["run_id"]), "cancelling")
-        time.sleep(1.0)
-        st.rerun()
     elif run["status"] in ("passed", "promoted"):
         s.update(step=3, model_version=run["version"])
-        st.rerun()
+        st.rerun(scope="app")
     else:
         st.error(f"Training {run['status']}: {'; '.join(map(str, run.get('reasons') or []))}")
         if st.button("Try again", key="nm_retry"):
             s.pop("run_id")
-            st.rerun()
+            st.rerun(scope="app")
 
 
 # ---- 4. evaluation and promotion ----------------------------------------------------------------------------

@@ -329,6 +329,9 @@ class TrainRequest(Strict):
     create_project: bool = Field(False, description="Create the project with the dataset's labels first")
     holdout_fraction: float = Field(0.2, gt=0, lt=0.5, description="Share of rows held out for the evaluation")
     seed: int = Field(0, ge=0)
+    self_training: bool = Field(True, description="Also learn from the dataset's unlabelled rows (uploaded "
+                                                  "with keep_unlabelled): confident, agreed pseudo-labels "
+                                                  "(retrain.pseudo_*)")
 
 
 # -- Backups and retention --------------------------------------------------------------------------

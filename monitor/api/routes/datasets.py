@@ -97,11 +97,14 @@ async def upload_dataset(
     label_column: Annotated[str | None, Query(max_length=200)] = None,
     labels: Annotated[list[str] | None, Query(description="The label set (repeat the parameter); default: the "
                                                           "labels found in the file")] = None,
+    keep_unlabelled: Annotated[bool, Query(description="Keep rows with an empty label as unlabelled texts, which "
+                                                       "training self-trains on (default: refuse the file)")] = False,
 ) -> Any:
     try:
         raw = await _read_upload(request, rt.settings.server.max_body_bytes)
         fmt = detect_format(params["filename"], params["format"])
-        rows, label_set = validate(parse(raw, fmt, params["encoding"]), text_column, label_column, labels)
+        rows, label_set = validate(parse(raw, fmt, params["encoding"]), text_column, label_column, labels,
+                                   keep_unlabelled)
     except DatasetError as e:
         return _error(e)
     meta = {"name": name or params["filename"] or "dataset", "filename": params["filename"], "format": fmt,
@@ -197,7 +200,8 @@ def train_from_dataset(principal: Admin, rt: RuntimeDep, dataset_id: DatasetId, 
                                  f"{info['labels']}: train it into a new project (create_project)")
     try:
         snapshot = training_snapshot(store.rows(dataset_id, version), body.holdout_fraction, body.seed,
-                                     {"project": body.project, "dataset": dataset_id, "dataset_version": version})
+                                     {"project": body.project, "dataset": dataset_id, "dataset_version": version},
+                                     unlabelled=store.unlabelled(dataset_id) if body.self_training else None)
     except DatasetError as e:
         return _error(e)
     try:
@@ -208,7 +212,8 @@ def train_from_dataset(principal: Admin, rt: RuntimeDep, dataset_id: DatasetId, 
     except RetrainError as e:
         raise HTTPException(e.status, str(e)) from None
     return {"run_id": run_id, "project": body.project, "dataset_id": dataset_id, "dataset_version": version,
-            "n_train": len(snapshot.train), "n_holdout": len(snapshot.holdout)}
+            "n_train": len(snapshot.train), "n_holdout": len(snapshot.holdout),
+            "n_unlabelled": 0 if snapshot.unlabelled is None else len(snapshot.unlabelled)}
 
 
 @router.get("/training/{run_id}", summary="A training run's status and live progress (epoch, loss, samples/s, ETA)")
