@@ -18,7 +18,9 @@ A config ``new:key=value:key=value`` is the current defaults with those model se
 ``new:contrastive_weight=1``): it is cached under that exact name, scored on the same training samples
 and test sets, and ``--compare CONFIG`` prints it cell by cell beside "new" and the baselines. The key
 ``unlabelled=N`` is not a model setting: it offers N other rows of the dataset's pool, without their
-labels, for self-training (``tuneloop train --unlabelled``, the retrain.pseudo_* defaults).
+labels, for self-training (``tuneloop train --unlabelled``, the retrain.pseudo_* defaults); ``auto=N``
+runs the search of ``tuneloop train --auto`` with N trials and records every trial's test scores
+(``search.test``; trial 0 is the defaults on the same split, so the cell holds both).
 
 ``--base`` picks the base of the frozen-encoder baseline and of both fine-tunes (default: the product's
 default, all-MiniLM-L6-v2). Cells of another base are cached under their own keys; the majority and
@@ -191,10 +193,22 @@ def run_cell(name: str, size: int, seed: int, config: str, base: str = DEFAULT_B
 
         changes = dict(OLD_DEFAULTS if config == "old" else overrides(config))
         n_unlabelled = int(changes.pop("unlabelled", 0))
+        n_trials = int(changes.pop("auto", 0))
         plan = SelfTraining.from_settings(unlabelled_sample(name, tr, n_unlabelled, seed)["text"].tolist(),
                                           RetrainSettings()) if n_unlabelled else None
         settings = ModelSettings(seed=seed, base=base, **changes)
-        result = train(tr, labels, settings, progress=False, self_training=plan)
+        if n_trials:  # the search of `tuneloop train --auto`; every trial is scored on the test rows too
+            from tuneloop.retrain.search import search_train
+            from tuneloop.retrain.settings import SearchSettings
+
+            trial_test: list[dict[str, float]] = []
+            result = search_train(tr, labels, settings, SearchSettings(trials=n_trials, minutes=1e6),
+                                  on_trial=lambda _n, r: trial_test.append(_scores(
+                                      y_te, r.classifier.predict(te["text"].tolist(), batch_size=64).labels, labels)),
+                                  self_training=plan)
+            extra["search"] = {**result.metrics["search"], "test": trial_test}
+        else:
+            result = train(tr, labels, settings, progress=False, self_training=plan)
         seconds = time.perf_counter() - t0
         clf, texts = result.classifier, te["text"].tolist()
         pred = clf.predict(texts, batch_size=64).labels

@@ -192,10 +192,10 @@ class Api:
                             json={"version": version, "drop": drop, "relabel": relabel}).json()
 
     def train_dataset(self, dataset_id: str, version: int, project: str, create_project: bool,
-                      self_training: bool = True) -> dict[str, Any]:
+                      self_training: bool = True, auto: bool = False) -> dict[str, Any]:
         return self.request("POST", f"/v1/datasets/{dataset_id}/train", project=False,
                             json={"version": version, "project": project, "create_project": create_project,
-                                  "self_training": self_training}).json()
+                                  "self_training": self_training, "auto": auto}).json()
 
     def training(self, run_id: int) -> dict[str, Any]:
         return self.request("GET", f"/v1/training/{run_id}", project=False).json()

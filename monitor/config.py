@@ -20,7 +20,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tuneloop.monitor.webhooks import Webhook
-from tuneloop.retrain.settings import ModelSettings, RetrainSettings, Section
+from tuneloop.retrain.settings import ModelSettings, RetrainSettings, SearchSettings, Section
 
 
 class ConfigError(Exception):
@@ -229,6 +229,7 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     drift: DriftSettings = DriftSettings()
     retrain: RetrainSettings = RetrainSettings()
+    search: SearchSettings = SearchSettings()
     embedder: EmbedderSettings = EmbedderSettings()
     label_queue: LabelQueueSettings = LabelQueueSettings()
     retention: RetentionSettings = RetentionSettings()

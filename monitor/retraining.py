@@ -382,9 +382,12 @@ class RetrainService:
             champion = registry.champion(self.store, project)
         dataset.write_snapshot(snap, directory / "snapshot")
         unlabelled = self._write_unlabelled_pool(project, directory) if active.snapshot is None else None
+        first = active.snapshot is not None  # a new model from a dataset: trained as `tuneloop train` trains
+        search = first and (bool(snap.meta.get("search")) or s.search.enabled)
         (directory / "settings.json").write_text(json.dumps({
             "model": s.model.model_dump(mode="json"), "retrain": s.retrain.model_dump(mode="json"),
-            "labels": labels, "project": project,
+            "labels": labels, "project": project, "first_training": first,
+            "search": s.search.model_dump(mode="json") if search else None,
         }, indent=2), encoding="utf-8")
         version = self._new_version_name()
         self._set(run_id, status="running", n_examples=len(snap.train), version=version,

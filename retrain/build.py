@@ -15,8 +15,9 @@ from typing import Any
 import pandas as pd
 
 from tuneloop.retrain.reference import REFERENCE_FILE, REFERENCE_MAX_ROWS, build_reference
+from tuneloop.retrain.search import search_train
 from tuneloop.retrain.selftrain import SelfTraining
-from tuneloop.retrain.settings import ModelSettings
+from tuneloop.retrain.settings import ModelSettings, SearchSettings
 from tuneloop.retrain.trainer import check_labelled, train, validation_split
 from tuneloop.retrain.versions import is_complete, new_version_name, validate_version_name, write_version
 
@@ -33,13 +34,14 @@ class TrainedVersion:
 def train_version(models_dir: Path, settings: ModelSettings, data: pd.DataFrame,
                   labels: Sequence[str] | None = None, version: str | None = None, from_version: str | None = None,
                   progress: bool = False, log: Callable[[str], None] | None = None,
-                  self_training: SelfTraining | None = None) -> TrainedVersion:
+                  self_training: SelfTraining | None = None, search: SearchSettings | None = None) -> TrainedVersion:
     """Train on labelled ``data`` and write ``models_dir/<version>`` with its ``reference.parquet``.
 
     From the base with ``labels``, or continuing ``from_version`` (its label map is kept). The
     reference is the new model's predictions and embeddings on its own train and validation rows,
     written inside the version directory before the atomic rename. ``self_training`` adds pseudo-labels
-    of unlabelled texts to the training split (:mod:`tuneloop.retrain.selftrain`).
+    of unlabelled texts to the training split (:mod:`tuneloop.retrain.selftrain`); ``search`` tries a few
+    training configurations and keeps the best on validation (:mod:`tuneloop.retrain.search`).
     """
     say = log or (lambda _msg: None)
     init_from = None
@@ -54,8 +56,11 @@ def train_version(models_dir: Path, settings: ModelSettings, data: pd.DataFrame,
     if (models_dir / version).exists():
         raise FileExistsError(f"version {version} already exists in {models_dir}")
     data = check_labelled(data)
-    result = train(data, list(labels) if labels else None, settings, init_from=init_from, progress=progress, log=say,
-                   self_training=self_training)
+    kw = {"init_from": init_from, "progress": progress, "self_training": self_training}
+    if search is not None:
+        result = search_train(data, list(labels) if labels else None, settings, search, log=say, **kw)
+    else:
+        result = train(data, list(labels) if labels else None, settings, log=say, **kw)
     tr, va = validation_split(data, settings.val_fraction, settings.seed)  # the trainer's own split
     both = pd.concat([tr, va], ignore_index=True)
     say(f"computing reference rows ({min(len(both), REFERENCE_MAX_ROWS)} of {len(both)})")

@@ -117,7 +117,8 @@ def run(args: argparse.Namespace, stop: threading.Event, progress: Progress) -> 
     """The job proper; returns the version directory written."""
     from tuneloop.retrain.dataset import read_manifest, read_snapshot
     from tuneloop.retrain.evaluate import classification_metrics, evaluate, with_rows
-    from tuneloop.retrain.settings import ModelSettings, RetrainSettings, retrain_model_settings
+    from tuneloop.retrain.search import search_train
+    from tuneloop.retrain.settings import ModelSettings, RetrainSettings, SearchSettings, retrain_model_settings
     from tuneloop.retrain.trainer import effective_batch_size, train
     from tuneloop.retrain.versions import load_version, validate_version_name, write_version
 
@@ -127,7 +128,10 @@ def run(args: argparse.Namespace, stop: threading.Event, progress: Progress) -> 
 
     cfg = json.loads(Path(args.settings).read_text(encoding="utf-8"))
     retrain_settings = RetrainSettings(**cfg.get("retrain", {}))
-    model_settings = retrain_model_settings(ModelSettings(**cfg.get("model", {})), retrain_settings)
+    model_settings = ModelSettings(**cfg.get("model", {}))
+    if not cfg.get("first_training"):  # a retrain; a new model from a dataset trains as `tuneloop train` does
+        model_settings = retrain_model_settings(model_settings, retrain_settings)
+    search = SearchSettings(**cfg["search"]) if cfg.get("search") else None
     validate_version_name(args.version)
     models_dir = Path(args.models_dir)
     if (models_dir / args.version).exists():
@@ -166,10 +170,14 @@ def run(args: argparse.Namespace, stop: threading.Event, progress: Progress) -> 
     labels = cfg.get("labels")
     progress.event("train", "continuing the champion " + champion_dir.name if champion_dir
                    else "training from the base (no champion)", 0.08)
-    result = train(snap.train[["text", "label"]], None if champion_dir else labels, model_settings,
-                   init_from=champion_dir, progress=False, stop_event=flag, log=log,
-                   refit_head=retrain_settings.refit_head,
-                   self_training=_self_training(snap, args.unlabelled, retrain_settings, progress))
+    kw = {"init_from": champion_dir, "progress": False, "stop_event": flag, "refit_head": retrain_settings.refit_head,
+          "self_training": _self_training(snap, args.unlabelled, retrain_settings, progress)}
+    if search is not None:
+        progress.event("train", f"searching: up to {search.trials} configurations within {search.minutes:g} minutes")
+        result = search_train(snap.train[["text", "label"]], None if champion_dir else labels, model_settings,
+                              search, log=log, **kw)
+    else:
+        result = train(snap.train[["text", "label"]], None if champion_dir else labels, model_settings, log=log, **kw)
     if result.metrics.get("stopped") == "stop_event" or stop.is_set():
         raise Cancelled()
     clf = result.classifier

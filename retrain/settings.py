@@ -194,6 +194,20 @@ class RetrainSettings(Section):
         return address
 
 
+class SearchSettings(Section):
+    """An optional small search over training settings (retrain/search.py; ``tuneloop train --auto``)."""
+
+    enabled: bool = False
+    """Search whenever ``tuneloop train`` or a dataset trains a new model, as ``--auto`` does."""
+    trials: int = Field(6, ge=1, le=100)
+    """Configurations tried at most: the defaults, the contrastive loss, then Optuna's draws."""
+    minutes: float = Field(60.0, gt=0)
+    """No trial starts that would end, as long as the slowest so far, past this many minutes."""
+    min_gain: float = Field(0.03, ge=0, lt=1)
+    """Validation macro-F1 a trial must gain over the kept one to replace it (the blend's margin: on a
+    few dozen validation rows smaller gains are one or two rows)."""
+
+
 def retrain_model_settings(model: ModelSettings, retrain: RetrainSettings) -> ModelSettings:
     """The model settings a retrain trains with: ``retrain.epochs`` passes, or epochs sized to
     ``retrain.step_budget`` optimiser steps, and the fixed even blend when ``retrain.fixed_blend``."""

@@ -34,6 +34,7 @@ def server(tmp_path_factory, sentiment_base):  # type: ignore[no-untyped-def]
         model={"base": str(sentiment_base), "learning_rate": 3e-3, "batch_size": 16, "max_length": 32, "threads": 1},
         embedder={"enabled": False, "base": str(sentiment_base)},
         retrain={"enabled": False, "auto_promote": True, "epochs": 6, "min_holdout": 5},
+        search={"trials": 2},
     )
     yield srv
     srv.close()
@@ -170,7 +171,7 @@ def test_bad_files_get_a_clear_4xx_and_import_nothing(server, case: str) -> None
         assert fixed.status_code == 201 and dataset_dirs(server) != before
 
 
-def test_rows_without_a_label_are_kept_apart_and_self_trained_on(server) -> None:
+def test_unlabelled_rows_are_self_trained_on_and_a_dataset_can_search(server) -> None:
     labelled = keyword_sentiment(90, seed=11)
     pool = keyword_sentiment(150, seed=12).drop_duplicates("text")
     pool = pool[~pool["text"].isin(labelled["text"])]
@@ -197,13 +198,19 @@ def test_rows_without_a_label_are_kept_apart_and_self_trained_on(server) -> None
     facts = metrics["self_training"]
     assert facts["pool"] == len(pool) and facts["picked"] > 0, facts
     assert metrics["n_train"] == r.json()["n_train"] - metrics["n_val"] + facts["picked"]
+    config = json.loads((server.settings.models_dir / run["version"] / "training_config.json").read_text())
+    steps = config["settings"]["epochs"] * -(-metrics["n_train"] // 16)  # batch 16 on this server
+    assert steps >= 150  # sized to model.min_steps as `tuneloop train` does, not the retrain's 6 epochs
+    assert "search" not in metrics
 
-    r = api.post(f"/v1/datasets/{ds['id']}/train", json={"project": "pooled", "self_training": False})
+    # without the unlabelled rows, with the search (search.trials = 2 on this server)
+    r = api.post(f"/v1/datasets/{ds['id']}/train", json={"project": "pooled", "self_training": False, "auto": True})
     assert r.status_code == 202 and r.json()["n_unlabelled"] == 0, r.text
     run = wait_run(server.client("admin"), r.json()["run_id"], timeout=300, path="/v1/training/{run_id}")
     assert run["status"] == "passed", run
     metrics = json.loads((server.settings.models_dir / run["version"] / "metrics.json").read_text())
     assert metrics.get("self_training") is None
+    assert [t["trial"] for t in metrics["search"]["trials"]] == [0, 1]
 
 
 def test_bad_fixes_change_nothing(server) -> None:

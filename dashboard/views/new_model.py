@@ -173,9 +173,14 @@ def train_step(s: dict[str, Any]) -> None:
             f"Also learn from the {n_unlabelled} unlabelled rows (self-training)", value=True, key="nm_self_training",
             help="Rows that a TF-IDF model and a model on the base's embeddings both label with confidence join the "
                  "training rows, in the labelled rows' class proportions. The evaluation uses labelled rows only.")
+        auto = st.checkbox(
+            "Search for better training settings (slower)", value=False, key="nm_auto",
+            help="Tries a few configurations (search.trials, 6 by default: step size, steps, LoRA rank, a "
+                 "contrastive loss), the defaults first, and keeps the one that validates best; another one "
+                 "replaces the defaults only when it is clearly better. Takes about that many times as long.")
         if st.button("Start training", type="primary", key="nm_train"):
             out = ui.call(lambda: session.api.train_dataset(ds["id"], version, s["project"], s["create_project"],
-                                                            self_training=self_training),
+                                                            self_training=self_training, auto=auto),
                           "starting the training")
             if out is not None:
                 s.update(run_id=out["run_id"], n_train=out["n_train"], n_holdout=out["n_holdout"],

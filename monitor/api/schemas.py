@@ -332,6 +332,9 @@ class TrainRequest(Strict):
     self_training: bool = Field(True, description="Also learn from the dataset's unlabelled rows (uploaded "
                                                   "with keep_unlabelled): confident, agreed pseudo-labels "
                                                   "(retrain.pseudo_*)")
+    auto: bool = Field(False, description="Try a few training configurations (search.trials, within "
+                                          "search.minutes) and keep the best on validation; search.enabled "
+                                          "does this for every dataset")
 
 
 # -- Backups and retention --------------------------------------------------------------------------

@@ -29,18 +29,21 @@ def train(
     unlabelled: Annotated[Path | None, typer.Option(help="CSV/TSV/Parquet of unlabelled texts (column text) of the "
                                                     "traffic to serve: self-training adds agreed, confident "
                                                     "pseudo-labels of them to the training rows.")] = None,
+    auto: Annotated[bool, typer.Option("--auto", help="Try a few training configurations (search.trials, within "
+                                       "search.minutes) and keep the best on validation.")] = False,
     project: ProjectOpt = "default",
 ) -> None:
     """Train a model version, write it under models_dir and register it (through the server when one runs).
 
     Prints the model beside the simple baselines fitted on the same split. A model that does not beat the
     best of them is still registered, but becomes a project's first champion only with ``--force``.
-    ``--unlabelled`` self-trains on those texts with the retrain.pseudo_* settings.
+    ``--unlabelled`` self-trains on those texts with the retrain.pseudo_* settings; ``--auto`` (or
+    search.enabled) searches as retrain/search.py says, for a few times the training time.
     """
     s = settings()
     if epochs is not None:
         s.model.epochs = epochs
-    trained = _train(s, data, split_labels(labels), version, from_version, unlabelled)
+    trained = _train(s, data, split_labels(labels), version, from_version, unlabelled, auto or s.search.enabled)
     guard = promote and not force and trained.metrics.get("beats_baselines") is False
     with connect(s, write=True) as backend:
         row = backend.register_version(project, trained.version)
@@ -58,7 +61,7 @@ def train(
 
 
 def _train(s: Settings, data: Path, labels: list[str] | None, version: str | None, from_version: str | None,
-           unlabelled: Path | None = None) -> Any:
+           unlabelled: Path | None = None, auto: bool = False) -> Any:
     """Check the file, train the version here, print its scores beside the baselines."""
     from tuneloop.retrain.baselines import baseline_table
     from tuneloop.retrain.build import train_version
@@ -76,12 +79,17 @@ def _train(s: Settings, data: Path, labels: list[str] | None, version: str | Non
         trained = train_version(s.models_dir, s.model, df, labels or (None if from_version else s.project.labels),
                                 version=version, from_version=from_version, progress=sys.stderr.isatty(),
                                 log=lambda m: typer.echo(m, err=True),
-                                self_training=SelfTraining.from_settings(pool, s.retrain) if pool else None)
+                                self_training=SelfTraining.from_settings(pool, s.retrain) if pool else None,
+                                search=s.search if auto else None)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         fail(str(e))
     m = trained.metrics
     typer.echo(f"trained {trained.version} in {trained.path}: val_accuracy {m.get('val_accuracy', 0):.3f} "
                f"val_macro_f1 {m.get('val_macro_f1', 0):.3f}")
+    if "search" in m:
+        typer.echo(f"search: kept trial {m['search']['kept_trial'] + 1} of {len(m['search']['trials'])} "
+                   f"({m['search']['kept_changes']}) in {m['search']['seconds']:.0f} s; its validation score is "
+                   "optimistic, as it was chosen on the same rows")
     if "baselines" in m:
         typer.echo("validation, same split:")
         for line in baseline_table({"accuracy": m["val_accuracy"], "macro_f1": m["val_macro_f1"]}, m["baselines"]):

@@ -200,7 +200,8 @@ def train_from_dataset(principal: Admin, rt: RuntimeDep, dataset_id: DatasetId, 
                                  f"{info['labels']}: train it into a new project (create_project)")
     try:
         snapshot = training_snapshot(store.rows(dataset_id, version), body.holdout_fraction, body.seed,
-                                     {"project": body.project, "dataset": dataset_id, "dataset_version": version},
+                                     {"project": body.project, "dataset": dataset_id, "dataset_version": version,
+                                      "search": body.auto},
                                      unlabelled=store.unlabelled(dataset_id) if body.self_training else None)
     except DatasetError as e:
         return _error(e)
