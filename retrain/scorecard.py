@@ -111,9 +111,22 @@ def scorecard(version_dir: Path, snapshot_dir: Path | None) -> dict[str, Any]:
         "confusion": {"labels": labels, "matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist()},
         "per_class": per_class, "confident_mistakes": mistakes,
         "n_train": metrics.get("n_train"), "train_seconds": metrics.get("train_seconds"),
+        "training": training_facts(metrics),
     }
     out["verdict"] = verdict(out)
     return out
+
+
+def training_facts(metrics: dict[str, Any]) -> dict[str, Any]:
+    """How the version was trained, for the evaluation page: what it serves, the pseudo-labels it learnt
+    from (self-training) and the search's choice, each None when not used."""
+    pseudo, search = metrics.get("self_training"), metrics.get("search")
+    return {
+        "served": metrics.get("served"),
+        "pseudo_labels": None if not pseudo else {"picked": pseudo.get("picked"), "offered": pseudo.get("pool")},
+        "search": None if not search else {"trials": len(search["trials"]), "kept_trial": search["kept_trial"],
+                                           "kept_changes": search["kept_changes"]},
+    }
 
 
 def verdict(card: dict[str, Any]) -> str:

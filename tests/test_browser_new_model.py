@@ -154,6 +154,7 @@ def drive(page, server, url: str, root) -> None:  # type: ignore[no-untyped-def]
     trained = api.get("/v1/models", params={"project": "tweets"}).json()["items"][0]["version"]
     facts = json.loads((server.settings.models_dir / trained / "metrics.json").read_text())["self_training"]
     assert facts["pool"] == N_UNLABELLED and facts["rounds"] >= 1, facts  # every unlabelled tweet was offered
+    page.get_by_text(f"pseudo-labels of {N_UNLABELLED} unlabelled rows").first.wait_for()
 
     # 6. promote with one click; 7. the new version serves
     version = api.get("/v1/models", params={"project": "tweets"}).json()["items"][0]["version"]

@@ -202,6 +202,9 @@ def test_unlabelled_rows_are_self_trained_on_and_a_dataset_can_search(server) ->
     steps = config["settings"]["epochs"] * -(-metrics["n_train"] // 16)  # batch 16 on this server
     assert steps >= 150  # sized to model.min_steps as `tuneloop train` does, not the retrain's 6 epochs
     assert "search" not in metrics
+    card = api.get(f"/v1/models/{run['version']}/evaluation", params={"project": "pooled"}).json()
+    assert card["training"]["pseudo_labels"] == {"picked": facts["picked"], "offered": len(pool)}
+    assert card["training"]["search"] is None and card["training"]["served"] == metrics["served"]
 
     # without the unlabelled rows, with the search (search.trials = 2 on this server)
     r = api.post(f"/v1/datasets/{ds['id']}/train", json={"project": "pooled", "self_training": False, "auto": True})
@@ -211,6 +214,8 @@ def test_unlabelled_rows_are_self_trained_on_and_a_dataset_can_search(server) ->
     metrics = json.loads((server.settings.models_dir / run["version"] / "metrics.json").read_text())
     assert metrics.get("self_training") is None
     assert [t["trial"] for t in metrics["search"]["trials"]] == [0, 1]
+    card = api.get(f"/v1/models/{run['version']}/evaluation", params={"project": "pooled"}).json()
+    assert card["training"]["search"]["trials"] == 2 and card["training"]["pseudo_labels"] is None
 
 
 def test_bad_fixes_change_nothing(server) -> None:

@@ -238,6 +238,17 @@ def evaluation_step(s: dict[str, Any]) -> None:
     b.metric("Macro-F1", f"{model['macro_f1']:.3f}")
     c.metric("Baseline accuracy", ui.pct(base.get("accuracy")), help=base.get("source"))
     d.metric("Held-out rows", model["n"])
+    how = card.get("training") or {}
+    said = [f"serves {how['served']}"] if how.get("served") else []
+    if how.get("pseudo_labels"):
+        said.append(f"learnt from {how['pseudo_labels']['picked']} pseudo-labels of "
+                    f"{how['pseudo_labels']['offered']} unlabelled rows")
+    if how.get("search"):
+        kept = how["search"]["kept_trial"]
+        said.append(f"the search kept {'the defaults' if kept == 0 else f'trial {kept + 1}'} of "
+                    f"{how['search']['trials']} tried")
+    if said:
+        st.caption("Trained: " + "; ".join(said) + ".")
     if model.get("accuracy_ci95"):
         lo, hi = model["accuracy_ci95"]
         st.caption(f"Accuracy 95 % interval: {lo:.1%} – {hi:.1%} ({model['n']} held-out rows).")
