@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from tuneloop.retrain.selftrain import SelfTraining
 
 EXIT_FAILED, EXIT_CANCELLED = 2, 3
+_TRIAL_RE = re.compile(r"^search trial (\d+)/(\d+):")  # retrain/search.py's line as each trial starts
 _EPOCH_RE = re.compile(
     r"epoch (\d+)/(\d+): train_loss (\S+) val_loss (\S+) val_accuracy (\S+) val_macro_f1 (\S+) \(([\d.]+) samples/s\)")
 
@@ -89,6 +90,15 @@ class StepFlag(threading.Event):
         self.progress, self.steps_per_epoch, self.epochs = progress, max(1, steps_per_epoch), epochs
         self.batch_size = batch_size
         self.step, self.t0, self.last = 0, time.monotonic(), 0.0
+        self.trial, self.trials = 0, 1  # a search trains several times: each trial gets its share of the bar
+
+    def start_trial(self, trial: int, trials: int) -> None:
+        self.trial, self.trials = trial, max(1, trials)
+        self.step, self.t0 = 0, time.monotonic()
+
+    def fraction(self, done: float) -> float:
+        """The job's progress when the current training is ``done`` (0..1) complete."""
+        return 0.10 + 0.70 * (self.trial + min(1.0, done)) / self.trials
 
     def is_set(self) -> bool:
         stop = super().is_set()
@@ -100,7 +110,7 @@ class StepFlag(threading.Event):
                 epoch = min(self.epochs, self.step // self.steps_per_epoch + 1)
                 self.progress.event(
                     "train", f"training: epoch {epoch}/{self.epochs}, step {self.step}/{total}",
-                    fraction=0.10 + 0.70 * min(1.0, self.step / total), echo=False, epoch=epoch, step=self.step,
+                    fraction=self.fraction(self.step / total), echo=False, epoch=epoch, step=self.step,
                     total_steps=total, samples_per_s=round(self.step * self.batch_size / (now - self.t0), 2))
             self.step += 1
         return stop
@@ -158,10 +168,12 @@ def run(args: argparse.Namespace, stop: threading.Event, progress: Progress) -> 
     stop_bridge.start()
 
     def log(message: str) -> None:
+        if t := _TRIAL_RE.match(message):
+            flag.start_trial(int(t.group(1)) - 1, int(t.group(2)))
         m = _EPOCH_RE.search(message)
         if m:
             epoch, epochs = int(m.group(1)), int(m.group(2))
-            progress.event("train", message, 0.10 + 0.70 * epoch / epochs, epoch=epoch, step=flag.step,
+            progress.event("train", message, flag.fraction(epoch / epochs), epoch=epoch, step=flag.step,
                            loss=_num(m.group(3)), val_loss=_num(m.group(4)), val_accuracy=_num(m.group(5)),
                            samples_per_s=_num(m.group(7)))
         else:
