@@ -7,7 +7,9 @@ the number of optimiser steps matter most on the smallest sets. A project that c
 the training time lets Optuna try a few configurations and keeps the one that validates best.
 
 Trial 0 is the defaults and trial 1 the contrastive loss (the one alternative measured to change
-results by several points); then Optuna's TPE sampler (seeded) draws from :data:`SPACE`. Every trial
+results by several points); then Optuna's TPE sampler (seeded) draws from :func:`suggest`'s space (its
+first ten draws are random: the default four trials are the defaults, the contrastive loss and two
+random configurations). Every trial
 trains on the same split (``model.seed``), so their validation scores are paired. Another trial
 replaces the defaults only when its served model's validation macro-F1 is higher by more than
 ``search.min_gain``: on a few dozen validation rows smaller gains are one or two rows, and the best of

@@ -199,7 +199,7 @@ class SearchSettings(Section):
 
     enabled: bool = False
     """Search whenever ``tuneloop train`` or a dataset trains a new model, as ``--auto`` does."""
-    trials: int = Field(6, ge=1, le=100)
+    trials: int = Field(4, ge=1, le=100)
     """Configurations tried at most: the defaults, the contrastive loss, then Optuna's draws."""
     minutes: float = Field(60.0, gt=0)
     """No trial starts that would end, as long as the slowest so far, past this many minutes."""

@@ -175,7 +175,7 @@ def train_step(s: dict[str, Any]) -> None:
                  "training rows, in the labelled rows' class proportions. The evaluation uses labelled rows only.")
         auto = st.checkbox(
             "Search for better training settings (slower)", value=False, key="nm_auto",
-            help="Tries a few configurations (search.trials, 6 by default: step size, steps, LoRA rank, a "
+            help="Tries a few configurations (search.trials, 4 by default: step size, steps, LoRA rank, a "
                  "contrastive loss), the defaults first, and keeps the one that validates best; another one "
                  "replaces the defaults only when it is clearly better. Takes about that many times as long.")
         if st.button("Start training", type="primary", key="nm_train"):
