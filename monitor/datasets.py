@@ -41,9 +41,9 @@ MAX_ERRORS = 50
 PREVIEW_ROWS = 10
 DATASET_ID = re.compile(r"^ds-[0-9a-f]{12}$")
 TEXT_NAMES = ("text", "sentence", "content", "review", "tweet", "message", "body", "comment", "utterance")
+LABEL_NAMES = ("label", "labels", "sentiment", "class", "category", "target", "intent", "tag")
 UNLABELLED = "unlabelled.parquet"
 """An upload's rows without a label (``keep_unlabelled``), beside the versions."""
-LABEL_NAMES = ("label", "labels", "sentiment", "class", "category", "target", "intent", "tag")
 
 
 class DatasetError(ValueError):
