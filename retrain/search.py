@@ -6,11 +6,11 @@ tweets and lost up to 7 on tweets about five topics (``model.contrastive_weight`
 the number of optimiser steps matter most on the smallest sets. A project that can spend a few times
 the training time lets Optuna try a few configurations and keeps the one that validates best.
 
-Trial 0 is the defaults and trial 1 the contrastive loss (the one alternative measured to change
-results by several points); then Optuna's TPE sampler (seeded) draws from :func:`suggest`'s space (its
-first ten draws are random: the default four trials are the defaults, the contrastive loss and two
-random configurations). Every trial
-trains on the same split (``model.seed``), so their validation scores are paired. Another trial
+The first trial is the defaults and the second the contrastive loss (the one alternative measured to
+change results by several points); then Optuna's TPE sampler (seeded) draws from :func:`suggest`'s space
+(its first ten draws are random: the default four trials are the defaults, the contrastive loss and two
+random configurations). ``metrics["search"]`` numbers trials from 0. Every trial trains on the same
+split (``model.seed``), so their validation scores are paired. Another trial
 replaces the defaults only when its served model's validation macro-F1 is higher by more than
 ``search.min_gain``: on a few dozen validation rows smaller gains are one or two rows, and the best of
 several trials is optimistic by the choice (its validation score says so in the metrics, and the test
@@ -30,7 +30,7 @@ from tuneloop.retrain.settings import ModelSettings, SearchSettings
 from tuneloop.retrain.trainer import TrainResult, train
 
 CONTRASTIVE = {"contrastive_weight": 1.0}
-"""Trial 1: the supervised contrastive loss at the weight measured in bench/finetune.py."""
+"""The second trial: the supervised contrastive loss at the weight measured in bench/finetune.py."""
 
 
 def suggest(trial: Any) -> dict[str, Any]:
