@@ -20,7 +20,8 @@ and test sets, and ``--compare CONFIG`` prints it cell by cell beside "new" and 
 ``unlabelled=N`` is not a model setting: it offers N other rows of the dataset's pool, without their
 labels, for self-training (``tuneloop train --unlabelled``, the retrain.pseudo_* defaults); ``auto=N``
 runs the search of ``tuneloop train --auto`` with N trials and records every trial's test scores
-(``search.test``; trial 0 is the defaults on the same split, so the cell holds both).
+(``search.test``; trial 0 is the defaults on the same split, so the cell holds both) and its encoder's
+per-row probabilities (``search.rows``, :func:`trial_probs`).
 
 ``--base`` picks the base of the frozen-encoder baseline and of both fine-tunes (default: the product's
 default, all-MiniLM-L6-v2). Cells of another base are cached under their own keys; the majority and
@@ -63,7 +64,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from tuneloop.retrain.baselines import BLEND_WEIGHTS, pick_blend_weight  # noqa: E402
+from tuneloop.retrain.baselines import BLEND_WEIGHTS, choose_blend  # noqa: E402
 
 OUT = Path(__file__).parent / "out" / "finetune.json"
 TEST_ROWS = 400  # fixed test rows per dataset (drugs: its own 379)
@@ -202,11 +203,16 @@ def run_cell(name: str, size: int, seed: int, config: str, base: str = DEFAULT_B
             from tuneloop.retrain.settings import SearchSettings
 
             trial_test: list[dict[str, float]] = []
+            trial_rows: list[dict[str, Any]] = []
+
+            def score_trial(_n: int, r: Any) -> None:
+                trial_test.append(_scores(y_te, r.classifier.predict(te["text"].tolist(), batch_size=64).labels,
+                                          labels))
+                trial_rows.append(trial_probs(r.classifier, tr, te, seed))
+
             result = search_train(tr, labels, settings, SearchSettings(trials=n_trials, minutes=1e6),
-                                  on_trial=lambda _n, r: trial_test.append(_scores(
-                                      y_te, r.classifier.predict(te["text"].tolist(), batch_size=64).labels, labels)),
-                                  self_training=plan)
-            extra["search"] = {**result.metrics["search"], "test": trial_test}
+                                  on_trial=score_trial, self_training=plan)
+            extra["search"] = {**result.metrics["search"], "test": trial_test, "rows": trial_rows}
         else:
             result = train(tr, labels, settings, progress=False, self_training=plan)
         seconds = time.perf_counter() - t0
@@ -276,6 +282,20 @@ def per_row_probs(clf: Any, tr: pd.DataFrame, te: pd.DataFrame, seed: int) -> di
     return out
 
 
+def trial_probs(clf: Any, tr: pd.DataFrame, te: pd.DataFrame, seed: int) -> dict[str, Any]:
+    """One search trial's fine-tuned encoder alone on the validation and test rows (the TF-IDF partner
+    is the same in every trial, so the cell's ``rows`` holds it once): any rule for choosing between
+    trials, or a trial's blend weight, can then be scored without training again."""
+    from tuneloop.retrain.trainer import check_labelled, validation_split
+
+    served_sparse, clf.sparse = clf.sparse, None
+    _, va = validation_split(check_labelled(tr), clf.settings.val_fraction, seed)
+    out = {name: np.round(clf.predict(texts).probs.astype(np.float64), 5).tolist()
+           for name, texts in (("val_encoder", va["text"].tolist()), ("test_encoder", te["text"].tolist()))}
+    clf.sparse = served_sparse
+    return {**out, "blend_tfidf": clf.settings.blend_tfidf}
+
+
 def serving_cost(name: str = "drugs", n: int = 256, repeats: int = 3, base: str = DEFAULT_BASE) -> dict[str, float]:
     """Milliseconds per text of the served predict() with and without the TF-IDF blend (median of repeats)."""
     from tuneloop.monitor.config import ModelSettings
@@ -326,12 +346,15 @@ def _column(key: str, base: str) -> tuple[str, int, str, str]:
     return name, int(size), seed, config
 
 
-def served(cell: dict[str, Any]) -> dict[str, Any]:
+def served(cell: dict[str, Any], seed: str | int = 0) -> dict[str, Any]:
     """A fine-tune cell's test scores as the current blend rule would serve them, from its recorded
-    validation and test scores per TF-IDF weight (the rule may have changed since the cell ran)."""
-    if not cell.get("val_by_weight"):
+    validation probabilities and test scores per TF-IDF weight (the rule may have changed since the cell
+    ran); a cell without them as it served then."""
+    val = (cell.get("rows") or {}).get("val")
+    if not val or not cell.get("by_weight"):
         return cell
-    weight = pick_blend_weight({float(w): v for w, v in cell["val_by_weight"].items()})
+    weight = choose_blend(np.asarray(val["encoder"]), np.asarray(val["tfidf"]), val["y"],
+                          cell["rows"]["labels"], seed=int(seed)).weight
     return {**cell, **cell["by_weight"][f"{weight:g}"], "blend_tfidf": weight}
 
 
@@ -356,7 +379,7 @@ def report(cells: dict[str, Any], configs: tuple[str, ...] = CONFIGS, base: str 
     groups: dict[tuple[str, int], dict[str, dict[str, dict[str, Any]]]] = {}
     for key, cell in cells.items():
         name, size, seed, config = _column(key, base)
-        groups.setdefault((name, size), {}).setdefault(config, {})[seed] = served(cell)
+        groups.setdefault((name, size), {}).setdefault(config, {})[seed] = served(cell, seed)
     others = sorted({c for by in groups.values() for c in by if "@" in c and c.split("@")[0] in configs})
     shown = [c for c in (*configs, *others) if any(c in by for by in groups.values())]
     lines = [f"encoder configs from base {base}; frozen_logreg = frozen {SHORT_NAMES.get(base, base)} + LR", "",
@@ -388,7 +411,7 @@ def compare(cells: dict[str, Any], variant: str, base: str = DEFAULT_BASE) -> st
     table: dict[tuple[str, int, str], dict[str, dict[str, Any]]] = {}
     for key, cell in cells.items():
         name, size, seed, config = _column(key, base)
-        table.setdefault((name, size, seed), {})[config] = served(cell)
+        table.setdefault((name, size, seed), {})[config] = served(cell, seed)
     lines = [f"{variant} against new (base {base}); margins in points of macro-F1 over the best baseline", "",
              "| dataset | rows | seed | majority | tfidf_logreg | frozen_logreg | new | variant | new margin "
              "| variant margin | new encoder | variant encoder | new s | variant s | variant train s "

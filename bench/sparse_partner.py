@@ -200,7 +200,7 @@ def blend_cell(cell: dict[str, Any], sp: dict[str, Any], cands: dict[str, Candid
             assert np.allclose(p_va, rows["val"]["tfidf"], atol=2e-4), "word model does not reproduce the cache"
             assert np.allclose(p_te, rows["test"]["tfidf"], atol=2e-4), "word model does not reproduce the cache"
         _PROBS.setdefault(cell_key, {})[cname] = {"val": np.round(p_va, 5).tolist(), "test": np.round(p_te, 5).tolist()}
-        weight, val_scores = bl.choose_blend(enc_va, p_va, y_va, labels)
+        weight, val_scores, _ = bl.choose_blend(enc_va, p_va, y_va, labels)
         out[cname] = {"weight": weight, "served": _f1(y_te, (1 - weight) * enc_te + weight * p_te, labels),
                       "alone": _f1(y_te, p_te, labels), "c": fitted[cname, "tr"].c,
                       "by_weight": {f"{w:g}": round(_f1(y_te, (1 - w) * enc_te + w * p_te, labels), 4)
@@ -290,14 +290,18 @@ def _log_loss_weight(enc: np.ndarray, part: np.ndarray, y: list[str], labels: li
 
 
 def _rule_margin(margin: float, weights: tuple[float, ...] = bl.BLEND_WEIGHTS) -> Any:
-    """The served rule (:func:`tuneloop.retrain.baselines.pick_blend_weight`) with another margin or weights."""
+    """The earlier served rule: the best weight on validation macro-F1 replaces the even blend when it
+    gains more than ``margin`` (ties go to the weight nearest 0.5)."""
     def rule(enc: np.ndarray, part: np.ndarray, y: list[str], labels: list[str]) -> float:
-        return bl.pick_blend_weight({w: _f1(y, (1 - w) * enc + w * part, labels) for w in weights}, margin)
+        scores = {w: _f1(y, (1 - w) * enc + w * part, labels) for w in weights}
+        best = max(scores, key=lambda w: (round(scores[w], 9), -abs(w - 0.5)))
+        return 0.5 if 0.5 in scores and scores[best] - scores[0.5] <= margin else best
     return rule
 
 
-RULES = {"current": _rule_margin(bl.BLEND_MARGIN), "fixed_0.5": lambda *a: 0.5, "margin_5": _rule_margin(0.05),
-         "log_loss": _log_loss_weight, "inner_weights": _rule_margin(bl.BLEND_MARGIN, (0.25, 0.5, 0.75))}
+RULES = {"current": lambda *a: bl.choose_blend(*a).weight, "margin_3": _rule_margin(0.03), "fixed_0.5": lambda *a: 0.5,
+         "margin_5": _rule_margin(0.05), "log_loss": _log_loss_weight,
+         "inner_weights": _rule_margin(0.03, (0.25, 0.5, 0.75))}
 
 
 def rules_table(which: str, cand: str, only: tuple[str, ...] = ()) -> str:

@@ -125,7 +125,8 @@ def training_facts(metrics: dict[str, Any]) -> dict[str, Any]:
         "served": metrics.get("served"),
         "pseudo_labels": None if not pseudo else {"picked": pseudo.get("picked"), "offered": pseudo.get("pool")},
         "search": None if not search else {"trials": len(search["trials"]), "kept_trial": search["kept_trial"],
-                                           "kept_changes": search["kept_changes"]},
+                                           "kept_changes": search["kept_changes"],
+                                           "why": (search.get("choice") or {}).get("words")},
     }
 
 

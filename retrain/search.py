@@ -10,12 +10,13 @@ The first trial is the defaults and the second the contrastive loss (the one alt
 change results by several points); then Optuna's TPE sampler (seeded) draws from :func:`suggest`'s space
 (its first ten draws are random: the default four trials are the defaults, the contrastive loss and two
 random configurations). ``metrics["search"]`` numbers trials from 0. Every trial trains on the same
-split (``model.seed``), so their validation scores are paired. Another trial
-replaces the defaults only when its served model's validation macro-F1 is higher by more than
-``search.min_gain``: on a few dozen validation rows smaller gains are one or two rows, and the best of
-several trials is optimistic by the choice (its validation score says so in the metrics, and the test
-rows of ``bench/finetune.py`` say by how much). The search stops when ``search.trials`` have run or
-when the next trial, as long as the slowest so far, would end past ``search.minutes``.
+split (``model.seed``), so their validation predictions are paired. Another trial replaces the
+defaults only when a paired permutation test on the validation rows finds the best trial's macro-F1 gain
+real at level ``search.alpha`` (:mod:`tuneloop.retrain.choice`): the best of several scores on a few
+dozen rows is optimistic, and on an unbalanced set one rare-class row moves macro-F1 by several points.
+``metrics["search"]["choice"]`` gives the gain, its interval, the gain those rows could tell from noise
+and the p-value, in numbers and in words. The search stops when ``search.trials`` have run or when the
+next trial, as long as the slowest so far, would end past ``search.minutes``.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from tuneloop.retrain.choice import Candidate, Choice, keep_default_unless_better
 from tuneloop.retrain.settings import ModelSettings, SearchSettings
 from tuneloop.retrain.trainer import TrainResult, train
 
@@ -52,12 +55,27 @@ def _as_trial(settings: ModelSettings, changes: dict[str, Any]) -> dict[str, Any
     return out
 
 
+def trial_name(i: int) -> str:
+    """A trial as the CLI counts them: the first is the defaults."""
+    return "the defaults" if i == 0 else f"trial {i + 1}"
+
+
+def choose_trial(results: list[TrainResult], plan: SearchSettings, seed: int) -> Choice:
+    """The trial to keep: the first (the defaults) unless the best other one is better on the paired
+    validation rows (:func:`tuneloop.retrain.choice.keep_default_unless_better`)."""
+    y, _ = results[0].validation
+    index = {c: i for i, c in enumerate(results[0].classifier.labels)}
+    cands = [Candidate(trial_name(i), np.array([index[c] for c in r.validation[1]])) for i, r in enumerate(results)]
+    return keep_default_unless_better([index[c] for c in y], cands, len(index), alpha=plan.alpha,
+                                      margin=plan.min_gain, seed=seed)
+
+
 def search_train(data: pd.DataFrame, labels: list[str] | None, settings: ModelSettings, plan: SearchSettings,
                  log: Callable[[str], None] | None = None,
                  on_trial: Callable[[int, TrainResult], None] | None = None, **train_kw: Any) -> TrainResult:
     """Train up to ``plan.trials`` configurations on ``data`` and return the kept one's result; its
-    ``metrics["search"]`` lists every trial (settings changed, validation scores, seconds). ``on_trial``
-    sees each trial's result as it ends (bench/finetune.py scores every trial on its test rows)."""
+    ``metrics["search"]`` lists every trial (settings changed, validation scores, seconds) and the choice.
+    ``on_trial`` sees each trial's result as it ends (bench/finetune.py scores every trial on its test rows)."""
     import optuna
 
     say = log or (lambda _msg: None)
@@ -67,12 +85,11 @@ def search_train(data: pd.DataFrame, labels: list[str] | None, settings: ModelSe
     study.enqueue_trial(_as_trial(settings, {}))
     study.enqueue_trial(_as_trial(settings, CONTRASTIVE))
     t0, slowest = time.monotonic(), 0.0
-    kept: TrainResult | None = None
-    kept_at = -1  # index in trials of the kept one
+    results: list[TrainResult] = []
     trials: list[dict[str, Any]] = []
 
     def objective(trial: Any) -> float:
-        nonlocal kept, kept_at, slowest
+        nonlocal slowest
         changes = suggest(trial)
         started = time.monotonic()
         say(f"search trial {trial.number + 1}/{plan.trials}: {changes}")
@@ -82,14 +99,11 @@ def search_train(data: pd.DataFrame, labels: list[str] | None, settings: ModelSe
         if on_trial is not None:
             on_trial(trial.number, result)
         score = float(result.metrics["val_macro_f1"])
-        bar = 0.0 if kept is None else float(kept.metrics["val_macro_f1"]) + plan.min_gain
+        results.append(result)
         trials.append({"trial": trial.number, "changes": changes, "val_macro_f1": round(score, 6),
                        "val_accuracy": round(float(result.metrics["val_accuracy"]), 6),
                        "blend_tfidf": result.metrics.get("blend_tfidf"), "seconds": round(seconds, 1)})
-        if kept is None or score > bar:
-            kept, kept_at = result, len(trials) - 1
-        say(f"search trial {trial.number + 1}: validation macro-F1 {score:.3f} in {seconds:.0f} s"
-            + (" (kept)" if kept is result else f" (not kept: the bar is {bar:.3f})"))
+        say(f"search trial {trial.number + 1}: validation macro-F1 {score:.3f} in {seconds:.0f} s")
         return score
 
     stop_event = train_kw.get("stop_event")
@@ -99,13 +113,16 @@ def search_train(data: pd.DataFrame, labels: list[str] | None, settings: ModelSe
             study.stop()
 
     study.optimize(objective, n_trials=plan.trials, callbacks=[budget])
-    assert kept is not None
-    best = trials[kept_at]
+    choice = choose_trial(results, plan, settings.seed)
+    kept_at = [trial_name(i) for i in range(len(results))].index(choice.name)
+    kept, best = results[kept_at], trials[kept_at]
     kept.metrics["search"] = {
-        "trials": trials, "kept_trial": best["trial"], "kept_changes": best["changes"], "min_gain": plan.min_gain,
-        "seconds": round(time.monotonic() - t0, 1),
+        "trials": trials, "kept_trial": best["trial"], "kept_changes": best["changes"], "alpha": plan.alpha,
+        "min_gain": plan.min_gain, "choice": choice.record(), "seconds": round(time.monotonic() - t0, 1),
         "note": "the kept trial's validation score is optimistic: it was chosen on the same rows",
     }
-    say(f"search: kept trial {best['trial'] + 1} of {len(trials)} ({best['changes']}), validation macro-F1 "
-        f"{best['val_macro_f1']:.3f}, in {time.monotonic() - t0:.0f} s")
+    say(f"search: kept trial {best['trial'] + 1} of {len(trials)} ({best['changes'] or 'the defaults'}), "
+        f"validation macro-F1 {best['val_macro_f1']:.3f}, in {time.monotonic() - t0:.0f} s")
+    say(f"search: {choice.words()}")
     return kept
+

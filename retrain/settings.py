@@ -57,9 +57,9 @@ class ModelSettings(Section):
     carry what a small sentence encoder misses on long, domain-specific texts."""
     blend_on_validation: bool = True
     """Choose the blend weight (unless blend_tfidf = 0) on validation among 0, 0.25, 0.5, 0.75 and 1:
-    the served model is then whichever of the encoder, TF-IDF + LR or a blend validates best (by more
-    than 3 points of macro-F1 over the even blend, else 0.5), and its validation score is optimistic by
-    that choice. The weight used is saved with the version."""
+    the even blend, unless the best other weight is better by a paired permutation test at level 0.10
+    (retrain/choice.py), so the encoder or TF-IDF + LR alone serves once validation shows it. The
+    weight used and the test's figures are saved with the version (metrics.json ``blend_choice``)."""
     contrastive_weight: float = Field(0.0, ge=0)
     """Weight of a supervised contrastive loss (retrain/contrastive.py) on each batch's pooled embeddings,
     added to cross-entropy: same-label rows are pulled together. 0 = cross-entropy alone. Off by default:
@@ -203,9 +203,11 @@ class SearchSettings(Section):
     """Configurations tried at most: the defaults, the contrastive loss, then Optuna's draws."""
     minutes: float = Field(60.0, gt=0)
     """No trial starts that would end, as long as the slowest so far, past this many minutes."""
-    min_gain: float = Field(0.03, ge=0, lt=1)
-    """Validation macro-F1 a trial must gain over the kept one to replace it (the blend's margin: on a
-    few dozen validation rows smaller gains are one or two rows)."""
+    alpha: float = Field(0.10, gt=0, lt=1)
+    """Level of the paired permutation test a trial's validation gain over the defaults must pass to
+    replace them: the rate at which a trial no better than the defaults replaces them is at most this."""
+    min_gain: float = Field(0.0, ge=0, lt=1)
+    """Validation macro-F1 a trial must also gain over the defaults to replace them."""
 
 
 def retrain_model_settings(model: ModelSettings, retrain: RetrainSettings) -> ModelSettings:

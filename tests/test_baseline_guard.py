@@ -55,33 +55,42 @@ def test_a_losing_model_is_reported_beside_the_three_baselines(losing_settings):
 
 
 def test_with_the_blend_chosen_on_validation_the_served_model_does_not_lose_to_tfidf(losing_settings):
+    """400 rows: 60 validation rows. (At 200 rows, 30 validation rows, the even blend scored 0.887 macro-F1
+    against TF-IDF alone's 1.0: too few rows for the paired test, so the even blend stays and the guard
+    says the model does not beat TF-IDF + LR.)"""
     settings = losing_settings.model_copy(update={"blend_tfidf": 0.5, "blend_on_validation": True})
-    m = train(long_unbalanced(200), LABELS, settings, progress=False).metrics
+    m = train(long_unbalanced(400), LABELS, settings, progress=False).metrics
     assert m["fine_tuned_encoder"]["macro_f1"] < m["baselines"]["tfidf_logreg"]["macro_f1"]  # the encoder alone loses
     assert set(m["blend_scores"]) == {"0", "0.25", "0.5", "0.75", "1"}
     assert m["blend_tfidf"] > 0 and m["blend_scores"][f"{m['blend_tfidf']:g}"] == max(m["blend_scores"].values())
+    assert m["blend_choice"]["served"] == f"{m['blend_tfidf']:g}" and m["blend_choice"]["n"] == m["n_val"] == 60
     assert m["val_macro_f1"] >= m["baselines"]["tfidf_logreg"]["macro_f1"]
     assert m["beats_baselines"] is True
     assert m["served"] == served_model(m["blend_tfidf"]) and "TF-IDF + LR" in m["served"]
 
 
-def test_choose_blend_takes_the_best_weight_on_validation_and_the_middle_on_ties():
+def test_choose_blend_keeps_the_even_blend_unless_validation_shows_another_weight_is_better():
     labels = ["a", "b"]
     y = ["a", "a", "b", "b"]
     encoder = np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.6, 0.4]])  # right on rows 0 and 2
     tfidf = np.array([[0.45, 0.55], [0.9, 0.1], [0.3, 0.7], [0.2, 0.8]])  # right on rows 1, 2 and 3
-    weight, scores = choose_blend(encoder, tfidf, y, labels)
+    weight, scores, choice = choose_blend(encoder, tfidf, y, labels)
     assert scores["1"] == 0.733333 and scores["0"] == 0.5
     assert weight == 0.5 and scores["0.25"] == scores["0.5"] == scores["0.75"] == 1.0  # only blends get all
-    weight, scores = choose_blend(tfidf, tfidf, y, labels)
+    assert not choice.replaced and choice.n == 4
+    weight, scores, _ = choose_blend(tfidf, tfidf, y, labels)
     assert weight == 0.5 and len(set(scores.values())) == 1
+    # TF-IDF alone one row better than the even blend on 81 rows: noise, the even blend stays
     near_tie = (np.vstack([np.tile(encoder, (20, 1)), [[0.3, 0.7]]]),
                 np.vstack([np.tile(tfidf, (20, 1)), [[0.8, 0.2]]]))
-    weight, scores = choose_blend(*near_tie, y * 20 + ["b"], labels)  # 0.25 gets one row more right of 81
-    assert scores["0.25"] > scores["0.5"] > scores["0.25"] - 0.03 and weight == 0.5
-    unsure = np.array([[0.45, 0.55], [0.6, 0.4], [0.3, 0.7], [0.4, 0.6]])  # right on rows 1, 2 and 3, by a little
-    weight, scores = choose_blend(np.eye(2)[[1, 1, 0, 0]], unsure, y, labels)  # an encoder sure and always wrong
-    assert weight == 1.0 and scores["0"] == 0.0  # the served model falls back to TF-IDF alone
+    weight, scores, choice = choose_blend(*near_tie, y * 20 + ["b"], labels)
+    assert scores["0.25"] > scores["0.5"] and weight == 0.5 and choice.p_value > 0.1
+    # an encoder sure and always wrong on 40 rows: the served model falls back to TF-IDF alone
+    y40 = y * 10
+    unsure = np.tile([[0.45, 0.55], [0.6, 0.4], [0.3, 0.7], [0.4, 0.6]], (10, 1))  # right on 3 of 4, by a little
+    weight, scores, choice = choose_blend(np.tile(np.eye(2)[[1, 1, 0, 0]], (10, 1)), unsure, y40, labels)
+    assert weight == 1.0 and scores["0"] == 0.0 and choice.replaced and choice.p_value <= 0.1
+    assert choice.words().startswith("1 replaces 0.5:")
 
 
 def test_verdict_names_the_best_baseline_and_the_gap():

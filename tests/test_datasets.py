@@ -216,6 +216,8 @@ def test_unlabelled_rows_are_self_trained_on_and_a_dataset_can_search(server) ->
     assert [t["trial"] for t in metrics["search"]["trials"]] == [0, 1]
     card = api.get(f"/v1/models/{run['version']}/evaluation", params={"project": "pooled"}).json()
     assert card["training"]["search"]["trials"] == 2 and card["training"]["pseudo_labels"] is None
+    assert card["training"]["search"]["why"] == metrics["search"]["choice"]["words"]
+    assert "validation rows" in card["training"]["search"]["why"]
 
 
 def test_bad_fixes_change_nothing(server) -> None:

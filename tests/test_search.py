@@ -1,5 +1,6 @@
-"""The optional search over training settings: the defaults first, a trial replaces them only by more than
-``min_gain``, the time budget stops it, and ``tuneloop train --auto`` writes the kept trial."""
+"""The optional search over training settings: the defaults first, a trial replaces them only when the
+paired test on the validation rows says so, the time budget stops it, and ``tuneloop train --auto`` writes
+the kept trial."""
 
 import json
 
@@ -21,17 +22,23 @@ def test_the_search_keeps_the_best_trial_and_the_defaults_unless_beaten(data, se
     # one short epoch of the encoder alone, so that the step size and the loss change the validation score
     settings = sentiment_settings.model_copy(update={"epochs": 1, "blend_tfidf": 0.0, "warm_start_head": False,
                                                      "learning_rate": 3e-4, "head_learning_rate": 1e-3})
-    result = search_train(data, THREE, settings, SearchSettings(trials=4, min_gain=0.0))
+    result = search_train(data, THREE, settings, SearchSettings(trials=4, alpha=0.5))
     facts = result.metrics["search"]
     trials = facts["trials"]
     assert [t["trial"] for t in trials] == [0, 1, 2, 3]
     assert trials[0]["changes"]["contrastive_weight"] == 0.0 and trials[0]["changes"]["learning_rate"] == 3e-4
     assert trials[1]["changes"]["contrastive_weight"] == 1.0  # the one alternative measured to matter
     scores = [t["val_macro_f1"] for t in trials]
-    first_best = scores.index(max(scores))  # a later tie does not replace it
-    assert facts["kept_trial"] == first_best
-    assert result.metrics["val_macro_f1"] == pytest.approx(max(scores), abs=1e-6)
-    kept = trials[first_best]["changes"]
+    first_best = 1 + scores[1:].index(max(scores[1:]))  # the best other trial; a later tie does not replace it
+    choice = facts["choice"]
+    assert choice["best_other"] == f"trial {first_best + 1}" and choice["default"] == "the defaults"
+    assert choice["gain"] == pytest.approx(scores[first_best] - scores[0], abs=1e-5)
+    assert choice["n"] == result.metrics["n_val"] and choice["interval"][0] <= choice["gain"] <= choice["interval"][1]
+    replaced = choice["p_value"] <= 0.5 and choice["gain"] > 0
+    assert facts["kept_trial"] == (first_best if replaced else 0)
+    assert choice["words"].startswith(f"trial {first_best + 1} {'replaces' if replaced else 'does not replace'}")
+    assert result.metrics["val_macro_f1"] == pytest.approx(scores[facts["kept_trial"]], abs=1e-6)
+    kept = trials[facts["kept_trial"]]["changes"]
     assert result.classifier.settings.contrastive_weight == kept["contrastive_weight"]
     assert result.classifier.settings.learning_rate == pytest.approx(kept["learning_rate"])
 
@@ -55,7 +62,7 @@ def test_cli_train_auto_writes_the_kept_trial(tmp_path, sentiment_base, data):
     r = cli_in_process("train", str(tmp_path / "data.csv"), "--labels", ",".join(THREE), "--auto",
                        cwd=tmp_path, env=env)
     assert r.exit_code == 0, r.output
-    assert "search: kept trial" in r.output and "optimistic" in r.output
+    assert "search: kept trial" in r.output and "paired permutation test" in r.output
     metrics = json.loads((tmp_path / "d" / "models" / "v1" / "metrics.json").read_text())
     assert len(metrics["search"]["trials"]) == 2 and "baselines" in metrics
     saved = json.loads((tmp_path / "d" / "models" / "v1" / "training_config.json").read_text())

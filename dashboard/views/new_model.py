@@ -249,6 +249,8 @@ def evaluation_step(s: dict[str, Any]) -> None:
                     f"{how['search']['trials']} tried")
     if said:
         st.caption("Trained: " + "; ".join(said) + ".")
+    if how.get("search") and how["search"].get("why"):
+        st.caption(f"Search: {how['search']['why']}.")
     if model.get("accuracy_ci95"):
         lo, hi = model["accuracy_ci95"]
         st.caption(f"Accuracy 95 % interval: {lo:.1%} – {hi:.1%} ({model['n']} held-out rows).")

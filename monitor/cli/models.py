@@ -87,9 +87,13 @@ def _train(s: Settings, data: Path, labels: list[str] | None, version: str | Non
     typer.echo(f"trained {trained.version} in {trained.path}: val_accuracy {m.get('val_accuracy', 0):.3f} "
                f"val_macro_f1 {m.get('val_macro_f1', 0):.3f}")
     if "search" in m:
-        typer.echo(f"search: kept trial {m['search']['kept_trial'] + 1} of {len(m['search']['trials'])} "
-                   f"({m['search']['kept_changes']}) in {m['search']['seconds']:.0f} s; its validation score is "
-                   "optimistic, as it was chosen on the same rows")
+        found = m["search"]
+        typer.echo(f"search: kept trial {found['kept_trial'] + 1} of {len(found['trials'])} "
+                   f"({found['kept_changes']}) in {found['seconds']:.0f} s"
+                   + ("; its validation score is optimistic, as it was chosen on the same rows"
+                      if found["kept_trial"] else ""))
+        if found.get("choice"):
+            typer.echo(f"search: {found['choice']['words']}")
     if "baselines" in m:
         typer.echo("validation, same split:")
         for line in baseline_table({"accuracy": m["val_accuracy"], "macro_f1": m["val_macro_f1"]}, m["baselines"]):

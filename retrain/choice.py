@@ -1,0 +1,122 @@
+"""Choosing on the validation split without serving noise: a default stays unless another candidate is
+better by a paired test.
+
+Training makes choices on the validation split (about 45 rows at 300 labelled rows): which search trial
+to keep (``tuneloop train --auto``) and the TF-IDF weight of the served blend. The best of several
+scores on so few rows is optimistic, and on an unbalanced set one rare-class row moves macro-F1 by
+several points. So every such choice has a default (the first trial; the even blend), and the
+best-scoring other candidate replaces it only when a paired permutation test says its macro-F1 gain is
+real at level ``alpha``.
+
+The test: if no candidate is better than the default, each row's answers are exchangeable between the
+candidates, so shuffling them within every row draws from the null distribution of the best gain over
+the default. Using the *best* gain as the statistic accounts for testing the best of several; the test
+is exact at every n (its false-replacement rate is at most alpha). ``needed`` is the null's (1 - alpha)
+quantile: the gain these rows could tell from noise. The resampling is seeded, so the same rows give the
+same choice. The gate's exact McNemar test is on accuracy; the choice here is on macro-F1, which weighs
+a rare class's few rows heavily, and the permutation carries that weight.
+
+``bench/choice_rules.py`` measures the rule on recorded fine-tunes: how often it replaces the default,
+how often a replacement scores below the default on unseen rows, and what it gains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.stats import bootstrap, permutation_test
+
+RESAMPLES = 2000
+ALPHA = 0.10
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One option's predicted class indices on the choice rows; ``name`` is what the caller records."""
+
+    name: str
+    predictions: np.ndarray = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What is served and why: the best other candidate's macro-F1 gain over the default on the ``n``
+    choice rows, its (1 - alpha) bootstrap interval, the gain these rows needed, and the test's p-value."""
+
+    name: str
+    default: str
+    best_other: str | None
+    gain: float
+    low: float
+    high: float
+    needed: float
+    p_value: float
+    alpha: float
+    n: int
+
+    @property
+    def replaced(self) -> bool:
+        return self.name != self.default
+
+    def words(self) -> str:
+        """One sentence for logs and metrics."""
+        if self.best_other is None:
+            return f"{self.default}: the only candidate"
+        verdict = "replaces" if self.replaced else "does not replace"
+        return (f"{self.best_other} {verdict} {self.default}: {100 * self.gain:+.1f} points of macro-F1 on {self.n} "
+                f"validation rows ({100 * (1 - self.alpha):g} % interval {100 * self.low:+.1f} to "
+                f"{100 * self.high:+.1f}); these rows tell a gain from noise from {100 * self.needed:+.1f} points "
+                f"(paired permutation test, p = {self.p_value:.3f} against {self.alpha:g})")
+
+    def record(self) -> dict[str, object]:
+        """The metrics.json entry."""
+        return {"served": self.name, "default": self.default, "best_other": self.best_other,
+                "gain": round(self.gain, 6), "interval": [round(self.low, 6), round(self.high, 6)],
+                "needed": round(self.needed, 6), "p_value": round(self.p_value, 6), "alpha": self.alpha,
+                "n": self.n, "test": "paired permutation of the best macro-F1 gain", "words": self.words()}
+
+
+def macro_f1(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    """Macro-F1 along the last axis (vectorised over any leading axes); an absent class scores 0."""
+    f1 = []
+    for c in range(k):
+        tp = np.sum((pred == c) & (y == c), axis=-1)
+        denom = np.sum(pred == c, axis=-1) + np.sum(y == c, axis=-1)
+        f1.append(np.divide(2 * tp, denom, out=np.zeros(np.shape(tp), dtype=float), where=denom > 0))
+    return np.mean(f1, axis=0)
+
+
+def keep_default_unless_better(y: Sequence[int] | np.ndarray, candidates: Sequence[Candidate], k: int,
+                               alpha: float = ALPHA, margin: float = 0.0, seed: int = 0) -> Choice:
+    """The candidate to serve: ``candidates[0]`` (the default) unless the best-scoring other one is better
+    by the paired permutation test at level ``alpha`` and by more than ``margin`` on these rows."""
+    y = np.asarray(y)
+    preds = [np.asarray(c.predictions) for c in candidates]
+    default = candidates[0]
+    if len(candidates) == 1:
+        return Choice(default.name, default.name, None, 0.0, 0.0, 0.0, 0.0, 1.0, alpha, len(y))
+    scores = [float(macro_f1(y, p, k)) for p in preds]
+    best = max(range(1, len(candidates)), key=lambda i: (round(scores[i], 9), -i))
+    gain = scores[best] - scores[0]
+
+    def best_gain(*ps: np.ndarray, axis: int = -1) -> np.ndarray:
+        s = [macro_f1(y, p, k) for p in ps]
+        return np.max(np.stack(s[1:]), axis=0) - s[0]
+
+    if any(not np.array_equal(p, preds[0]) for p in preds[1:]):
+        test = permutation_test(tuple(preds), best_gain, permutation_type="samples", vectorized=True,
+                                n_resamples=RESAMPLES, alternative="greater", rng=np.random.default_rng(seed))
+        p_value, needed = float(test.pvalue), float(np.quantile(test.null_distribution, 1 - alpha))
+
+        def pair_gain(yy: np.ndarray, a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+            return macro_f1(yy, a, k) - macro_f1(yy, b, k)
+
+        ci = bootstrap((y, preds[best], preds[0]), pair_gain, paired=True, vectorized=True, n_resamples=RESAMPLES,
+                       confidence_level=1 - alpha, method="percentile", rng=np.random.default_rng(seed))
+        low, high = float(ci.confidence_interval.low), float(ci.confidence_interval.high)
+    else:  # every candidate answers exactly as the default: nothing to test
+        p_value, needed, low, high = 1.0, 0.0, 0.0, 0.0
+    served = candidates[best] if p_value <= alpha and gain > margin else default
+    return Choice(served.name, default.name, candidates[best].name, gain, low, high, needed, p_value, alpha, len(y))
