@@ -71,7 +71,7 @@ def paired_rule(alpha: float, margin: float = 0.0) -> Rule:
 RULES: dict[str, Rule] = {
     "default always": lambda y, preds, k: 0,
     "margin 0": margin_rule(0.0),
-    "margin 3 pts (today)": margin_rule(0.03),
+    "margin 3 pts (before)": margin_rule(0.03),
     "paired a=0.05": paired_rule(0.05),
     "paired a=0.10": paired_rule(0.10),
     "paired a=0.20": paired_rule(0.20),
@@ -134,6 +134,26 @@ def simulate(rule: Rule, test_preds: list[np.ndarray], y: np.ndarray, n_val: int
     return {"replaced": replaced, "harmful": harmful, "gain": float(np.mean(gains)), "best": float(np.mean(best))}
 
 
+NEEDED_DRAWS = 20
+
+
+def needed(cell: dict[str, Any], n: int, choice: str) -> float:
+    """Mean ``needed`` of the product's test for this cell's first choice of kind ``choice`` on ``n``
+    validation rows drawn from its test rows (NaN when every candidate answers alike: nothing to test)."""
+    k = len(cell["rows"]["labels"])
+    options = choices(cell, 0)
+    _, test_p, _, y = options[next(w for w in options if w.startswith(choice))]
+    if all(np.array_equal(q, test_p[0]) for q in test_p[1:]):
+        return float("nan")
+    rng = np.random.default_rng(n)
+    out = []
+    for _ in range(NEEDED_DRAWS):
+        pick = stratified_draw(y, n, rng)
+        cands = [Candidate(str(i), q[pick]) for i, q in enumerate(test_p)]
+        out.append(keep_default_unless_better(y[pick], cands, k).needed)
+    return float(np.mean(out))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--files", nargs="*", type=Path, default=sorted(OUT.glob("finetune-trials-*.json")))
@@ -161,6 +181,11 @@ def main(argv: list[str] | None = None) -> None:
                 t["real"].append(macro_f1(y_test, test_p[real], k) - macro_f1(y_test, test_p[0], k))
             print(f"{key} {what}: candidates' test macro-F1 "
                   + ", ".join(f"{macro_f1(y_test, q, k):.3f}" for q in test_p), flush=True)
+    print(f"\ngain these rows tell from noise (the test's `needed` at level 0.10, mean over cells, {NEEDED_DRAWS} "
+          "draws each):")
+    for n in (45, 150):
+        mean = np.nanmean([needed(c, n, args.choice) for c in cells.values()])
+        print(f"  {n} validation rows: {100 * mean:.1f} points")
     draws = n_choices * args.draws
     print(f"\n| rule | replaced (of {draws} draws) | harmful replacements | mean gain on unseen rows, pts | "
           f"real validation rows: test gain per choice, mean pts |")
