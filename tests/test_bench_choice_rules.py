@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+
 from bench import choice_rules as cr
 
 LABELS = ["negative", "neutral", "positive"]
