@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -23,7 +23,7 @@ from scipy.special import softmax
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from tuneloop.retrain.choice import Candidate, Choice, keep_default_unless_better
+from tuneloop.retrain.choice import ALPHA, Candidate, Choice, gain_interval, keep_default_unless_better, macro_f1
 from tuneloop.retrain.evaluate import classification_metrics
 
 TFIDF_FILE, TFIDF_WEIGHTS_FILE = "tfidf.json", "tfidf.safetensors"
@@ -149,6 +149,7 @@ class Baselines:
     sparse: SparseModel
     frozen_coef: np.ndarray | None = None  # [k, dim]
     frozen_intercept: np.ndarray | None = None  # [k]
+    predictions: dict[str, list[str]] = field(default_factory=dict)  # per baseline, on the validation rows
 
 
 def fit_baselines(train_texts: Sequence[str], train_y: Sequence[str], val_texts: Sequence[str],
@@ -158,14 +159,14 @@ def fit_baselines(train_texts: Sequence[str], train_y: Sequence[str], val_texts:
     labels = list(labels)
     counts = {c: list(train_y).count(c) for c in labels}
     majority = max(labels, key=lambda c: (counts[c], -labels.index(c)))
-    scores = {"majority": _scores(val_y, [majority] * len(val_y), labels)}
     sparse = SparseModel.fit(train_texts, train_y, labels, seed)
-    scores["tfidf_logreg"] = _scores(val_y, _argmax_labels(sparse.predict_proba(val_texts), labels), labels)
-    out = Baselines(scores, sparse)
+    predictions = {"majority": [majority] * len(val_y),
+                   "tfidf_logreg": _argmax_labels(sparse.predict_proba(val_texts), labels)}
+    out = Baselines({}, sparse, predictions=predictions)
     if train_emb is not None and val_emb is not None:
         out.frozen_coef, out.frozen_intercept = frozen_logreg(train_emb, train_y, labels, seed)
-        scores["frozen_logreg"] = _scores(
-            val_y, _argmax_labels(val_emb @ out.frozen_coef.T + out.frozen_intercept, labels), labels)
+        predictions["frozen_logreg"] = _argmax_labels(val_emb @ out.frozen_coef.T + out.frozen_intercept, labels)
+    out.scores.update({name: _scores(val_y, pred, labels) for name, pred in predictions.items()})
     return out
 
 
@@ -207,9 +208,14 @@ def served_model(blend_tfidf: float) -> str:
     return f"a blend: {1 - blend_tfidf:g} fine-tuned encoder + {blend_tfidf:g} TF-IDF + LR"
 
 
+def best_baseline(baselines: dict[str, dict[str, float]]) -> str:
+    """The baseline with the highest validation macro-F1 (the first on ties)."""
+    return max(baselines, key=lambda k: baselines[k]["macro_f1"])
+
+
 def verdict(model: dict[str, float], baselines: dict[str, dict[str, float]]) -> tuple[bool, str]:
     """(beats, plain words): does ``model`` beat (or at least match) the best baseline on validation macro-F1?"""
-    best = max(baselines, key=lambda k: baselines[k]["macro_f1"])
+    best = best_baseline(baselines)
     gap = round(100 * (model["macro_f1"] - baselines[best]["macro_f1"]), 6)
     name = BASELINE_NAMES.get(best, best)
     if gap > 0:
@@ -226,7 +232,29 @@ def baseline_table(model: dict[str, float], baselines: dict[str, dict[str, float
     return [f"  {name:<22} accuracy {m['accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}" for name, m in rows]
 
 
-def summary(model: dict[str, Any], baselines: dict[str, dict[str, float]]) -> dict[str, Any]:
-    """The metrics.json entries: ``baselines``, ``beats_baselines`` and ``baseline_verdict``."""
+def summary(model: dict[str, Any], baselines: dict[str, dict[str, float]],
+            gap: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The metrics.json entries: ``baselines``, ``beats_baselines``, ``baseline_verdict`` and, given the
+    paired interval of the model's gap to the best baseline (:func:`gap_to_best`), ``baseline_gap``; the
+    verdict then says on how many rows and within what interval."""
     beats, words = verdict(model, baselines)
-    return {"baselines": baselines, "beats_baselines": beats, "baseline_verdict": words}
+    if gap is not None:
+        lo, hi = gap["interval"]
+        level = 100 * (1 - gap["alpha"])
+        words += f" ({gap['n']} rows, {level:g} % interval {100 * lo:+.1f} to {100 * hi:+.1f} points)"
+    return {"baselines": baselines, "beats_baselines": beats, "baseline_verdict": words, "baseline_gap": gap}
+
+
+def gap_to_best(y: Sequence[str], served: Sequence[str], base: Baselines, labels: Sequence[str],
+                seed: int = 0) -> dict[str, Any] | None:
+    """The served model's validation macro-F1 minus the best baseline's, with its paired bootstrap interval:
+    on a few dozen rows a gap of a few points either way is within noise, and the verdict says so."""
+    best = best_baseline(base.scores)
+    if best not in base.predictions or not len(y):
+        return None
+    index = {c: i for i, c in enumerate(labels)}
+    truth, ours, theirs = (np.array([index[v] for v in rows]) for rows in (y, served, base.predictions[best]))
+    lo, hi = gain_interval(truth, ours, theirs, len(labels), seed=seed)
+    gap = float(macro_f1(truth, ours, len(labels)) - macro_f1(truth, theirs, len(labels)))
+    return {"baseline": best, "gap": round(gap, 6), "interval": [round(lo, 6), round(hi, 6)], "alpha": ALPHA,
+            "n": len(y)}

@@ -88,6 +88,22 @@ def macro_f1(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
     return np.mean(f1, axis=0)
 
 
+def gain_interval(y: np.ndarray, a: np.ndarray, b: np.ndarray, k: int, alpha: float = ALPHA,
+                  seed: int = 0) -> tuple[float, float]:
+    """Two-sided (1 - alpha) interval of macro-F1(a) - macro-F1(b) on the same rows, by a paired percentile
+    bootstrap of the rows (resampled together, so the pairing is kept)."""
+    y, a, b = np.asarray(y), np.asarray(a), np.asarray(b)
+    if np.array_equal(a, b):
+        return 0.0, 0.0
+
+    def gain(yy: np.ndarray, aa: np.ndarray, bb: np.ndarray, axis: int = -1) -> np.ndarray:
+        return macro_f1(yy, aa, k) - macro_f1(yy, bb, k)
+
+    ci = bootstrap((y, a, b), gain, paired=True, vectorized=True, n_resamples=RESAMPLES, confidence_level=1 - alpha,
+                   method="percentile", rng=np.random.default_rng(seed))
+    return float(ci.confidence_interval.low), float(ci.confidence_interval.high)
+
+
 def keep_default_unless_better(y: Sequence[int] | np.ndarray, candidates: Sequence[Candidate], k: int,
                                alpha: float = ALPHA, margin: float = 0.0, seed: int = 0) -> Choice:
     """The candidate to serve: ``candidates[0]`` (the default) unless the best-scoring other one is better
@@ -110,12 +126,7 @@ def keep_default_unless_better(y: Sequence[int] | np.ndarray, candidates: Sequen
                                 n_resamples=RESAMPLES, alternative="greater", rng=np.random.default_rng(seed))
         p_value, needed = float(test.pvalue), float(np.quantile(test.null_distribution, 1 - alpha))
 
-        def pair_gain(yy: np.ndarray, a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
-            return macro_f1(yy, a, k) - macro_f1(yy, b, k)
-
-        ci = bootstrap((y, preds[best], preds[0]), pair_gain, paired=True, vectorized=True, n_resamples=RESAMPLES,
-                       confidence_level=1 - alpha, method="percentile", rng=np.random.default_rng(seed))
-        low, high = float(ci.confidence_interval.low), float(ci.confidence_interval.high)
+        low, high = gain_interval(y, preds[best], preds[0], k, alpha, seed)
     else:  # every candidate answers exactly as the default: nothing to test
         p_value, needed, low, high = 1.0, 0.0, 0.0, 0.0
     served = candidates[best] if p_value <= alpha and gain > margin else default

@@ -380,7 +380,8 @@ def train(
                    fine_tuned_encoder=encoder_only, blend_tfidf=settings.blend_tfidf, blend_scores=blend_scores,
                    blend_choice=blend_record,
                    served=bl.served_model(settings.blend_tfidf),
-                   **bl.summary(model_scores, base.scores))
+                   **bl.summary(model_scores, base.scores,
+                                bl.gap_to_best(va["label"].tolist(), served.labels, base, clf.labels, settings.seed)))
     metrics["head_refit"] = refitted
     metrics["self_training"] = self_trained
     say(f"best epoch {best['epoch']}: val_accuracy {metrics['val_accuracy']:.3f} "

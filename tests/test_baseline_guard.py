@@ -52,6 +52,13 @@ def test_a_losing_model_is_reported_beside_the_three_baselines(losing_settings):
     assert m["val_macro_f1"] < m["baselines"]["tfidf_logreg"]["macro_f1"]
     assert m["beats_baselines"] is False
     assert "does NOT beat the best simple baseline (TF-IDF + LR)" in m["baseline_verdict"]
+    # the gap carries its paired interval on the validation rows, in the metrics and in the words
+    gap = m["baseline_gap"]
+    assert gap["baseline"] == "tfidf_logreg" and gap["n"] == m["n_val"] == 30
+    assert gap["gap"] == pytest.approx(m["val_macro_f1"] - m["baselines"]["tfidf_logreg"]["macro_f1"], abs=1e-5)
+    assert gap["interval"][0] <= gap["gap"] <= gap["interval"][1] < 0  # a loss beyond noise here
+    assert m["baseline_verdict"].endswith(f"on validation (30 rows, 90 % interval {100 * gap['interval'][0]:+.1f} to "
+                                          f"{100 * gap['interval'][1]:+.1f} points)")
 
 
 def test_with_the_blend_chosen_on_validation_the_served_model_does_not_lose_to_tfidf(losing_settings):
