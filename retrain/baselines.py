@@ -186,8 +186,9 @@ def choose_blend(encoder_probs: np.ndarray, sparse_probs: np.ndarray, y: Sequenc
     Weight 0 serves the fine-tuned encoder alone, 1 the TF-IDF model alone, so a model whose encoder learnt
     nothing falls back to the bag of words once validation shows it. Smaller differences stay with the even
     blend: on 45 validation rows (300 labels) the best weight by point score lost on unseen rows
-    (bench/choice_rules.py: with a 3-point margin, 23 % of replacements scored more than a point below the
-    even blend on unseen rows, -0.5 points on average; with the test, 2 % and 0.0).
+    (bench/choice_rules.py, ten 300-row fine-tunes: with a 3-point margin, 24 % of 2,000 draws served a
+    weight more than a point below the even blend on unseen rows, -0.5 points on average; with the test,
+    4 % and -0.1).
     """
     order = [0.5, *(w for w in weights if w != 0.5)] if 0.5 in weights else list(weights)
     index = {c: i for i, c in enumerate(labels)}

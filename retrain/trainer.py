@@ -41,7 +41,8 @@ class TrainResult:
     metrics: dict[str, Any]  # best epoch's validation metrics + run facts (n_train, samples/s, ...)
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
     manifest: dict[str, Any] = field(default_factory=dict)  # the data it saw, for the version dir
-    validation: tuple[list[str], list[str]] = ([], [])  # (labels, served predictions) on the validation rows
+    # (labels, served predictions) on the validation rows: for choices made on the same rows (search.py)
+    validation: tuple[list[str], list[str]] = field(default_factory=lambda: ([], []))
 
 
 def read_labelled(path: str | Path) -> pd.DataFrame:
