@@ -178,6 +178,11 @@ class BlendChoice(NamedTuple):
     choice: Choice
 
 
+def blend_order(weights: Sequence[float] = BLEND_WEIGHTS) -> list[float]:
+    """The weights as :func:`choose_blend` tests them: the default, the even blend, first."""
+    return [0.5, *(w for w in weights if w != 0.5)] if 0.5 in weights else list(weights)
+
+
 def choose_blend(encoder_probs: np.ndarray, sparse_probs: np.ndarray, y: Sequence[str], labels: Sequence[str],
                  weights: Sequence[float] = BLEND_WEIGHTS, seed: int = 0) -> BlendChoice:
     """The TF-IDF weight to serve: the even blend unless another weight is better on validation by the
@@ -190,7 +195,7 @@ def choose_blend(encoder_probs: np.ndarray, sparse_probs: np.ndarray, y: Sequenc
     weight more than a point below the even blend on unseen rows, -0.5 points on average; with the test,
     4 % and -0.1).
     """
-    order = [0.5, *(w for w in weights if w != 0.5)] if 0.5 in weights else list(weights)
+    order = blend_order(weights)
     index = {c: i for i, c in enumerate(labels)}
     blends = {w: ((1 - w) * encoder_probs + w * sparse_probs).argmax(1) for w in order}
     truth = np.array([index[v] for v in y])
