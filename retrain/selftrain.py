@@ -26,6 +26,7 @@ still decides on labelled random rows the challenger never trained on.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +51,9 @@ class SelfTraining:
     min_confidence: float = 0.7
     ratio: float = 5.0  # at most this many pseudo-labels per training row, the most confident first
     balance: bool = True  # pseudo-labels per class in the training rows' class proportions
+    # pseudo_label()'s results by start model and rows: the trials of a search label the same pool once
+    done: dict[str, tuple[pd.DataFrame, dict[str, Any], np.ndarray | None]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_settings(cls, pool: list[str], settings: Any) -> SelfTraining:
@@ -72,12 +76,35 @@ def usable_pool(pool: pd.DataFrame, *blocked: pd.DataFrame | None) -> pd.DataFra
     return out[~_key(out["text"]).duplicated()].reset_index(drop=True)
 
 
+def _done_key(start: str, train: pd.DataFrame, plan: SelfTraining, adapter: bool, seed: int) -> str:
+    h = hashlib.sha256(repr((start, adapter, seed, plan.rounds, plan.min_confidence, plan.ratio,
+                             plan.balance)).encode())
+    for column in (train["text"], train["label"].astype(str), pd.Series(plan.pool, dtype=object)):
+        h.update("\x1f".join(map(str, column)).encode())
+        h.update(b"\x1e")
+    return h.hexdigest()
+
+
 def pseudo_label(clf: TextClassifier, train: pd.DataFrame, plan: SelfTraining, adapter: bool,
-                 seed: int = 0) -> tuple[pd.DataFrame, dict[str, Any], np.ndarray | None]:
+                 seed: int = 0, start: str | None = None) -> tuple[pd.DataFrame, dict[str, Any], np.ndarray | None]:
     """(rows text/label/confidence, facts, embeddings): the pseudo-labels the two frozen views agree on
     after ``plan.rounds`` rounds. ``adapter``: embed with the encoder as it is (a continued version)
     rather than the bare base. The embeddings are those of ``train``'s rows and then of the rows
-    returned (None when nothing was embedded), so that training need not embed them again."""
+    returned (None when nothing was embedded), so that training need not embed them again.
+    With ``start`` (what ``clf`` was loaded from), the result is kept in ``plan.done`` and a later call
+    with the same start, rows and plan (another trial of a search) returns it without embedding again."""
+    key = None if start is None else _done_key(start, train, plan, adapter, seed)
+    if key is not None and key in plan.done:
+        rows, facts, embedded = plan.done[key]
+        return rows, dict(facts), embedded
+    result = _pseudo_label(clf, train, plan, adapter, seed)
+    if key is not None:
+        plan.done[key] = result
+    return result
+
+
+def _pseudo_label(clf: TextClassifier, train: pd.DataFrame, plan: SelfTraining, adapter: bool,
+                  seed: int) -> tuple[pd.DataFrame, dict[str, Any], np.ndarray | None]:
     seen = set(train["text"])
     texts = [t for t in dict.fromkeys(plan.pool) if t not in seen]
     if not texts or plan.rounds <= 0 or plan.ratio * len(train) < 1 or train["label"].nunique() < 2:

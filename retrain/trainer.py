@@ -212,8 +212,9 @@ def train(
         t_pseudo = time.perf_counter()
         labelled = set(data["text"])  # a validation row's text must not come back as a training row
         self_training = replace(self_training, pool=[t for t in self_training.pool if t not in labelled])
+        start = str(init_from) if init_from is not None else str(base or settings.base)
         pseudo, self_trained, embedded = pseudo_label(clf, tr, self_training, adapter=init_from is not None,
-                                                      seed=settings.seed)
+                                                      seed=settings.seed, start=start)
         say(f"self-training ({time.perf_counter() - t_pseudo:.1f} s): {self_trained['picked']} pseudo-labels of "
             f"{self_trained['pool']} unlabelled texts after {self_training.rounds} round(s) "
             f"{self_trained.get('label_counts', {})}")

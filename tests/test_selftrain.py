@@ -81,6 +81,23 @@ def test_the_guard_fits_its_baselines_on_the_human_labels_only(sentiment_setting
     assert self_trained["baselines"] == plain["baselines"]  # what a sceptic fits on the same human rows
 
 
+def test_a_search_labels_the_pool_once_for_all_its_trials(sentiment_settings):
+    from tuneloop.retrain.search import search_train
+    from tuneloop.retrain.settings import SearchSettings
+
+    data, pool = keyword_sentiment(90, seed=0), keyword_sentiment(300, seed=1)["text"].tolist()
+    settings = sentiment_settings.model_copy(update={"epochs": 1})
+    plan = SelfTraining(pool)
+    lines: list[str] = []
+    result = search_train(data, THREE, settings, SearchSettings(trials=3), log=lines.append, self_training=plan)
+    assert len(result.metrics["search"]["trials"]) == 3
+    assert len(plan.done) == 1  # one start model, one split: one labelling of the pool
+    picked = [line for line in lines if line.startswith("self-training")]
+    assert len(picked) == 3 and len({line.split(": ", 1)[1] for line in picked}) == 1  # the same pseudo-labels
+    fresh = train(data, THREE, settings, progress=False, self_training=SelfTraining(pool)).metrics
+    assert result.metrics["self_training"] == fresh["self_training"]  # what a single run would have picked
+
+
 def test_cli_train_self_trains_on_an_unlabelled_file(tmp_path, sentiment_base, monkeypatch):
     from conftest import cli_in_process, free_port
 
