@@ -76,11 +76,12 @@ RULES: dict[str, Rule] = {
 }
 
 
-def stratified_draw(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Row indices of a sample of ``n`` rows with ``y``'s class proportions (at least one per class)."""
+def stratified_draw(y: np.ndarray, n: int, rng: np.random.Generator, replace: bool = False) -> np.ndarray:
+    """Row indices of a sample of ``n`` rows with ``y``'s class proportions (at least one per class);
+    ``replace`` draws with replacement, i.e. from the rows' own distribution as an infinite population."""
     classes, counts = np.unique(y, return_counts=True)
     want = np.maximum(1, np.round(counts / counts.sum() * n)).astype(int)
-    picked = [rng.choice(np.flatnonzero(y == c), size=min(w, cnt), replace=False)
+    picked = [rng.choice(np.flatnonzero(y == c), size=w if replace else min(w, cnt), replace=replace)
               for c, w, cnt in zip(classes, want, counts, strict=True)]
     return np.concatenate(picked)
 

@@ -90,10 +90,23 @@ def macro_f1(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
     return np.mean(f1, axis=0)
 
 
+def bootstrap_level(alpha: float) -> float:
+    """The percentile bootstrap's confidence level behind a stated (1 - alpha) interval: 1 - alpha / 4.
+
+    On a few dozen rows the plain percentile bootstrap of a macro-F1 gap is too narrow: a rare class's
+    handful of rows moves the gap by several points, and resampling them cannot show rows it never saw.
+    Measured with bench/interval_coverage.py on 15 recorded fine-tunes (45 rows drawn from each one's
+    test rows, 1,500 draws), the stated 90 % interval held the gap on all test rows in 82.9 % of draws
+    when computed at 90 %, 88.3 % at 95 % and 90.7 % at 97.5 % (the search's interval: 85.1, 88.6 and
+    91.6 %), so a stated 90 % interval is the bootstrap's 97.5 % one."""
+    return 1 - alpha / 4
+
+
 def gain_interval(y: np.ndarray, a: np.ndarray, b: np.ndarray, k: int, alpha: float = ALPHA,
-                  seed: int = 0) -> tuple[float, float]:
+                  seed: int = 0, level: float | None = None) -> tuple[float, float]:
     """Two-sided (1 - alpha) interval of macro-F1(a) - macro-F1(b) on the same rows, by a paired percentile
-    bootstrap of the rows (resampled together, so the pairing is kept)."""
+    bootstrap of the rows (resampled together, so the pairing is kept) at :func:`bootstrap_level`, or at
+    ``level`` when given."""
     y, a, b = np.asarray(y), np.asarray(a), np.asarray(b)
     if np.array_equal(a, b):
         return 0.0, 0.0
@@ -101,7 +114,8 @@ def gain_interval(y: np.ndarray, a: np.ndarray, b: np.ndarray, k: int, alpha: fl
     def gain(yy: np.ndarray, aa: np.ndarray, bb: np.ndarray, axis: int = -1) -> np.ndarray:
         return macro_f1(yy, aa, k) - macro_f1(yy, bb, k)
 
-    ci = bootstrap((y, a, b), gain, paired=True, vectorized=True, n_resamples=RESAMPLES, confidence_level=1 - alpha,
+    ci = bootstrap((y, a, b), gain, paired=True, vectorized=True, n_resamples=RESAMPLES,
+                   confidence_level=bootstrap_level(alpha) if level is None else level,
                    method="percentile", rng=np.random.default_rng(seed))
     return float(ci.confidence_interval.low), float(ci.confidence_interval.high)
 
