@@ -253,8 +253,9 @@ def summary(model: dict[str, Any], baselines: dict[str, dict[str, float]],
 
 def gap_to_best(y: Sequence[str], served: Sequence[str], base: Baselines, labels: Sequence[str],
                 seed: int = 0) -> dict[str, Any] | None:
-    """The served model's validation macro-F1 minus the best baseline's, with its paired bootstrap interval:
-    on a few dozen rows a gap of a few points either way is within noise, and the verdict says so."""
+    """The served model's validation macro-F1 minus the best baseline's, with its paired interval
+    (:func:`gain_interval`): on a few dozen rows a gap of a few points either way is within noise, and the
+    verdict says so."""
     best = best_baseline(base.scores)
     if best not in base.predictions or not len(y):
         return None
