@@ -76,9 +76,10 @@ def usable_pool(pool: pd.DataFrame, *blocked: pd.DataFrame | None) -> pd.DataFra
     return out[~_key(out["text"]).duplicated()].reset_index(drop=True)
 
 
-def _done_key(start: str, train: pd.DataFrame, plan: SelfTraining, adapter: bool, seed: int) -> str:
-    h = hashlib.sha256(repr((start, adapter, seed, plan.rounds, plan.min_confidence, plan.ratio,
-                             plan.balance)).encode())
+def _done_key(clf: TextClassifier, start: str, train: pd.DataFrame, plan: SelfTraining, adapter: bool,
+              seed: int) -> str:
+    h = hashlib.sha256(repr((start, clf.settings.max_length, clf.settings.truncation, adapter, seed, plan.rounds,
+                             plan.min_confidence, plan.ratio, plan.balance)).encode())
     for column in (train["text"], train["label"].astype(str), pd.Series(plan.pool, dtype=object)):
         h.update("\x1f".join(map(str, column)).encode())
         h.update(b"\x1e")
@@ -92,8 +93,9 @@ def pseudo_label(clf: TextClassifier, train: pd.DataFrame, plan: SelfTraining, a
     rather than the bare base. The embeddings are those of ``train``'s rows and then of the rows
     returned (None when nothing was embedded), so that training need not embed them again.
     With ``start`` (what ``clf`` was loaded from), the result is kept in ``plan.done`` and a later call
-    with the same start, rows and plan (another trial of a search) returns it without embedding again."""
-    key = None if start is None else _done_key(start, train, plan, adapter, seed)
+    with the same start, text length, rows and plan (another trial of a search) returns it without
+    embedding again."""
+    key = None if start is None else _done_key(clf, start, train, plan, adapter, seed)
     if key is not None and key in plan.done:
         rows, facts, embedded = plan.done[key]
         return rows, dict(facts), embedded
