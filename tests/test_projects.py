@@ -261,10 +261,11 @@ AIRLINES = ("@united", "@usairways", "@americanair", "@southwestair", "@jetblue"
 
 
 def topic_rule(text: str) -> str:
-    """The external topic model: keyword rules that are wrong on about a quarter of the inputs."""
+    """The external topic model: keyword rules that are wrong on about two inputs in five, so that a model
+    trained on the true labels beats it by far more than a 60-row holdout needs to show."""
     t = text.lower()
     guess = "airline" if any(h in t for h in AIRLINES) else "coachella" if "coachella" in t else "apple"
-    return TOPICS[(TOPICS.index(guess) + 1) % 3] if zlib.crc32(text.encode()) % 4 == 0 else guess
+    return TOPICS[(TOPICS.index(guess) + 1) % 3] if zlib.crc32(text.encode()) % 5 < 2 else guess
 
 
 @pytest.fixture(scope="module")
@@ -316,8 +317,9 @@ def world(tmp_path_factory):
     }
     topic_frame = pd.concat([splits[t]["stream"].iloc[:100].assign(topic=t) for t in TOPICS])
     topic_frame = topic_frame.iloc[rng.permutation(len(topic_frame))].reset_index(drop=True)
-    streams["topics"] = [{"text": t, "label": topic_rule(t), "metadata": {"request_id": f"req-{i}"}}
-                         for i, t in enumerate(topic_frame["text"])]
+    # fixed ids: the evaluation slice (the gate's holdout) hashes them, so the adopt run sees the same split every time
+    streams["topics"] = [{"text": t, "label": topic_rule(t), "metadata": {"request_id": f"req-{i}"},
+                          "id": f"topic-{i:03d}"} for i, t in enumerate(topic_frame["text"])]
     reference = pd.DataFrame(sentiment_rows(airline["test"].iloc[:200])).rename(columns={"label": "prediction"})
     reference["label"] = airline["test"]["label"].iloc[:200].to_numpy()
     reference["probabilities"] = reference.pop("probs").map(json.dumps)
@@ -440,7 +442,9 @@ def test_bulk_labels_then_adopt_a_tuneloop_model_gated_against_the_external_one(
     adopted = r.json()
     assert adopted["labelled"] == 300 and adopted["external_accuracy"] == pytest.approx(external_accuracy)
     run = wait_run(world.admin, adopted["run_id"], timeout=240)
-    assert run["status"] == "promoted", (run["reasons"], run["metrics"])
+    facts = {k: run["metrics"].get(k) for k in ("challenger", "champion", "n_train", "n_holdout", "val_accuracy",
+                                                    "blend_tfidf", "best_epoch", "stopped")}
+    assert run["status"] == "promoted", (run["reasons"], facts)
     gate = run["metrics"]["gate"]
     holdout = pd.read_parquet(world.server.settings.runs_dir / f"run-{run['id']}" / "snapshot" / "holdout.parquet")
     baseline = float((holdout["label"] == holdout["predicted_label"]).mean())
