@@ -23,7 +23,7 @@ from scipy.special import softmax
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from tuneloop.retrain.choice import ALPHA, Candidate, Choice, gain_interval, keep_default_unless_better, macro_f1
+from tuneloop.retrain.choice import ALPHA, Candidate, Choice, gain_interval, keep_default_unless_better
 from tuneloop.retrain.evaluate import classification_metrics
 
 TFIDF_FILE, TFIDF_WEIGHTS_FILE = "tfidf.json", "tfidf.safetensors"
@@ -262,6 +262,7 @@ def gap_to_best(y: Sequence[str], served: Sequence[str], base: Baselines, labels
     index = {c: i for i, c in enumerate(labels)}
     truth, ours, theirs = (np.array([index[v] for v in rows]) for rows in (y, served, base.predictions[best]))
     lo, hi = gain_interval(truth, ours, theirs, len(labels), seed=seed)
-    gap = float(macro_f1(truth, ours, len(labels)) - macro_f1(truth, theirs, len(labels)))
+    # the verdict's gap: macro-F1 over the classes these rows show (classification_metrics), as printed
+    gap = classification_metrics(list(y), list(served), list(labels))["macro_f1"] - base.scores[best]["macro_f1"]
     return {"baseline": best, "gap": round(gap, 6), "interval": [round(lo, 6), round(hi, 6)], "alpha": ALPHA,
             "n": len(y)}

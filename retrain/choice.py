@@ -161,8 +161,9 @@ def keep_default_unless_better(y: Sequence[int] | np.ndarray, candidates: Sequen
         test = permutation_test(tuple(preds), best_gain, permutation_type="samples", vectorized=True,
                                 n_resamples=RESAMPLES, alternative="greater", rng=np.random.default_rng(seed))
         p_value, needed = float(test.pvalue), float(np.quantile(test.null_distribution, 1 - alpha))
-        low, high = gain_interval(y, preds[best], preds[0], k, alpha, seed)
     else:  # every candidate answers exactly as the default: nothing to test
-        p_value, needed, low, high = 1.0, 0.0, 0.0, 0.0
+        p_value, needed = 1.0, 0.0
+    # even then the rows bound the gain only as far as their number allows (gain_interval), not to [0, 0]
+    low, high = gain_interval(y, preds[best], preds[0], k, alpha, seed)
     served = candidates[best] if p_value <= alpha and gain > margin else default
     return Choice(served.name, default.name, candidates[best].name, gain, low, high, needed, p_value, alpha, len(y))

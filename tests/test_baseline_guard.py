@@ -15,7 +15,7 @@ import pytest
 from conftest import cli_in_process, free_port
 
 from tuneloop.retrain import tiny
-from tuneloop.retrain.baselines import choose_blend, served_model, verdict
+from tuneloop.retrain.baselines import Baselines, SparseModel, choose_blend, gap_to_best, served_model, summary, verdict
 from tuneloop.retrain.trainer import train
 
 LABELS = ["negative", "neutral", "positive"]
@@ -107,6 +107,23 @@ def test_verdict_names_the_best_baseline_and_the_gap():
         True, "fine-tuning beats the best simple baseline (TF-IDF + LR) by 7.1 points of macro-F1")
     beats, words = verdict({"accuracy": 0.6, "macro_f1": 0.40}, base)
     assert not beats and "10.0 points" in words and "TF-IDF + LR" in words
+
+
+def test_the_recorded_gap_is_the_verdicts_when_a_class_is_absent_from_validation():
+    """Three labels, the rare one absent from the rows: the verdict averages over the classes the rows
+    show, and ``baseline_gap`` must state the same gap, not one diluted by the absent class."""
+    y = ["positive"] * 6 + ["negative"] * 4
+    ours = ["positive"] * 6 + ["negative"] * 3 + ["positive"]
+    theirs = ["positive"] * 6 + ["negative"] * 1 + ["positive"] * 3
+    scores = {"majority": {"accuracy": 0.6, "macro_f1": 0.375}, "tfidf_logreg": {"accuracy": 0.7, "macro_f1": 0.6}}
+    base = Baselines(scores, SparseModel.fit(["good day", "bad night"], ["positive", "negative"], LABELS),
+                     predictions={"majority": ["positive"] * 10, "tfidf_logreg": theirs})
+    gap = gap_to_best(y, ours, base, LABELS)
+    beats, words = verdict({"accuracy": 0.9, "macro_f1": 0.890110}, scores)
+    assert beats and gap is not None and gap["baseline"] == "tfidf_logreg"
+    assert round(100 * gap["gap"], 1) == 29.0 and "by 29.0 points" in words
+    assert gap["interval"][0] < gap["gap"] < gap["interval"][1]
+    assert summary({"accuracy": 0.9, "macro_f1": 0.890110}, scores, gap)["baseline_verdict"].startswith(words)
 
 
 def test_cli_prints_the_baselines_and_blocks_an_unforced_first_promotion(tmp_path, sentiment_base, monkeypatch):

@@ -53,6 +53,7 @@ def test_equal_candidates_and_a_lone_default_keep_the_default():
     y = np.array([0, 1, 2, 0, 1, 2])
     same = keep_default_unless_better(y, [Candidate("a", y.copy()), Candidate("b", y.copy())], 3)
     assert same.name == "a" and same.gain == 0
+    assert same.low < 0 < same.high  # six rows cannot show two models equal: the interval says so
     alone = keep_default_unless_better(y, [Candidate("a", y.copy())], 3)
     assert alone.name == "a" and alone.best_other is None
 
