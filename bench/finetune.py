@@ -21,7 +21,10 @@ and test sets, and ``--compare CONFIG`` prints it cell by cell beside "new" and 
 labels, for self-training (``tuneloop train --unlabelled``, the retrain.pseudo_* defaults); ``auto=N``
 runs the search of ``tuneloop train --auto`` with N trials and records every trial's test scores
 (``search.test``; trial 0 is the defaults on the same split, so the cell holds both) and its encoder's
-per-row probabilities (``search.rows``, :func:`trial_probs`).
+per-row probabilities (``search.rows``, :func:`trial_probs`). ``averages=1`` keeps every epoch's
+trainable weights and also scores, from the same training, other ways of ending it than the best
+validation epoch (``averages``, :func:`weight_averages`): the last epoch, the mean of the second half's
+epochs and the mean of the three best-validated epochs.
 
 ``--base`` picks the base of the frozen-encoder baseline and of both fine-tunes (default: the product's
 default, all-MiniLM-L6-v2). Cells of another base are cached under their own keys; the majority and
@@ -195,6 +198,7 @@ def run_cell(name: str, size: int, seed: int, config: str, base: str = DEFAULT_B
         changes = dict(OLD_DEFAULTS if config == "old" else overrides(config))
         n_unlabelled = int(changes.pop("unlabelled", 0))
         n_trials = int(changes.pop("auto", 0))
+        averages = bool(int(changes.pop("averages", 0)))
         plan = SelfTraining.from_settings(unlabelled_sample(name, tr, n_unlabelled, seed)["text"].tolist(),
                                           RetrainSettings()) if n_unlabelled else None
         settings = ModelSettings(seed=seed, base=base, **changes)
@@ -214,7 +218,7 @@ def run_cell(name: str, size: int, seed: int, config: str, base: str = DEFAULT_B
                                   on_trial=score_trial, self_training=plan)
             extra["search"] = {**result.metrics["search"], "test": trial_test, "rows": trial_rows}
         else:
-            result = train(tr, labels, settings, progress=False, self_training=plan)
+            result = train(tr, labels, settings, progress=False, self_training=plan, keep_epoch_states=averages)
         seconds = time.perf_counter() - t0
         clf, texts = result.classifier, te["text"].tolist()
         pred = clf.predict(texts, batch_size=64).labels
@@ -225,6 +229,8 @@ def run_cell(name: str, size: int, seed: int, config: str, base: str = DEFAULT_B
             enc, tfidf = np.asarray(extra["rows"]["test"]["encoder"]), np.asarray(extra["rows"]["test"]["tfidf"])
             extra["by_weight"] = {f"{w:g}": _scores(y_te, [labels[i] for i in ((1 - w) * enc + w * tfidf).argmax(1)],
                                                     labels) for w in BLEND_WEIGHTS}
+            if averages:
+                extra["averages"] = weight_averages(result, tr, te, extra["rows"], seed)
         extra.update(epochs_run=result.metrics["epochs_run"], best_epoch=result.metrics["best_epoch"],
                      max_length=clf.settings.max_length, batch_size=clf.settings.batch_size,
                      blend_tfidf=clf.settings.blend_tfidf, val_by_weight=result.metrics["blend_scores"],
@@ -278,6 +284,56 @@ def per_row_probs(clf: Any, tr: pd.DataFrame, te: pd.DataFrame, seed: int) -> di
                     "tfidf": r(served_sparse.predict_proba(t_te)), "tfidf_part": r(sparse.predict_proba(t_te)),
                     "probe": r(probe(emb_te))},
            "train": {"y": y_part, "tfidf_oof": r(oof_tfidf), "probe_oof": r(oof_probe)}}
+    clf.sparse = served_sparse
+    return out
+
+
+def _average_epochs(states: dict[int, dict[str, Any]], epochs: list[int]) -> dict[str, Any]:
+    import torch
+
+    return {n: torch.stack([states[e][n] for e in epochs]).mean(0) for n in states[epochs[0]]}
+
+
+def weight_averages(result: Any, tr: pd.DataFrame, te: pd.DataFrame, rows: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The same training ended otherwise than at the best validation epoch (epoch 0, the warm-started head
+    on the bare base, never enters an average): ``last`` = the final epoch; ``tail`` = the mean weights of
+    the epochs after half of those run (stochastic weight averaging of the decaying schedule's tail);
+    ``top3`` = the mean weights of the three best-validated epochs. Each variant's fine-tuned encoder is
+    scored alone and blended with the served TF-IDF model at the run's weight, on validation and test."""
+    import torch
+
+    from tuneloop.retrain.trainer import check_labelled, validation_split
+
+    clf, states = result.classifier, result.epoch_states
+    ran = sorted(e for e in states if e > 0)
+    ranked = sorted((h for h in result.history if h["epoch"] > 0),
+                    key=lambda h: (h["val_macro_f1"], -h["val_loss"]), reverse=True)
+    plans = {"last": [ran[-1]], "tail": [e for e in ran if e > ran[-1] / 2],
+             "top3": sorted(h["epoch"] for h in ranked[:3])}
+    _, va = validation_split(check_labelled(tr), clf.settings.val_fraction, seed)
+    labels, w = rows["labels"], clf.settings.blend_tfidf
+    served_sparse, clf.sparse = clf.sparse, None
+    best = {n: p.detach().clone() for n, p in clf.named_parameters() if p.requires_grad}
+    out: dict[str, Any] = {"best_epoch": result.metrics["best_epoch"], "epochs": ran}
+    for name, epochs in plans.items():
+        averaged = _average_epochs(states, epochs)
+        with torch.no_grad():
+            for n, p in clf.named_parameters():
+                if n in best:
+                    p.copy_(averaged[n])
+        rec: dict[str, Any] = {"epochs": epochs}
+        for part, texts, y, tfidf in (("val", va["text"].tolist(), rows["val"]["y"], rows["val"]["tfidf"]),
+                                      ("test", te["text"].tolist(), rows["test"]["y"], rows["test"]["tfidf"])):
+            enc = clf.predict(texts).probs.astype(np.float64)
+            blend = (1 - w) * enc + w * np.asarray(tfidf)
+            rec[part] = {"encoder": _scores(y, [labels[i] for i in enc.argmax(1)], labels),
+                         "served": _scores(y, [labels[i] for i in blend.argmax(1)], labels),
+                         "encoder_probs": np.round(enc, 5).tolist()}
+        out[name] = rec
+    with torch.no_grad():
+        for n, p in clf.named_parameters():
+            if n in best:
+                p.copy_(best[n])
     clf.sparse = served_sparse
     return out
 

@@ -43,6 +43,8 @@ class TrainResult:
     manifest: dict[str, Any] = field(default_factory=dict)  # the data it saw, for the version dir
     # (labels, served predictions) on the validation rows: for choices made on the same rows (search.py)
     validation: tuple[list[str], list[str]] = field(default_factory=lambda: ([], []))
+    # epoch -> trainable parameters at its end, with ``keep_epoch_states``: weight averages of one run
+    epoch_states: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 def read_labelled(path: str | Path) -> pd.DataFrame:
@@ -168,6 +170,7 @@ def train(
     refit_head: bool = False,
     class_weights: bool = True,
     self_training: SelfTraining | None = None,
+    keep_epoch_states: bool = False,
 ) -> TrainResult:
     """Train a classifier on ``data`` (columns text, label) and return it with its validation metrics.
 
@@ -177,7 +180,9 @@ def train(
     ``class_weights=False`` trains (loss, refitted head, TF-IDF model) for accuracy on the rows' own label
     mix instead of weighting every class alike.
     ``self_training`` adds pseudo-labels of its unlabelled pool to the training split (never to the
-    validation rows): see :mod:`tuneloop.retrain.selftrain`.
+    validation rows): see :mod:`tuneloop.retrain.selftrain`. ``keep_epoch_states`` returns every epoch's
+    trainable parameters (LoRA and head: small) in ``epoch_states``, so a bench can score other ways of
+    ending the run than the best epoch on the same training.
     Early stopping keeps the epoch with the best validation macro-F1 (ties: lower loss). Setting
     ``stop_event`` ends training after the current step; the best state so far is returned with
     ``metrics["stopped"] == "stop_event"``.
@@ -284,6 +289,7 @@ def train(
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     best_state: dict[str, torch.Tensor] = {}
+    epoch_states: dict[int, dict[str, torch.Tensor]] = {}
     stopped, bad_epochs, train_seconds, train_cpu_seconds, seen_total = None, 0, 0.0, 0.0, 0
     if warm:  # epoch 0: the warm-started head on the untouched base, a candidate like any epoch
         best = {"epoch": 0, "train_loss": None, "samples_per_s": 0.0,
@@ -325,6 +331,8 @@ def train(
                "samples_per_s": seen / max(time.perf_counter() - t0, 1e-9),
                **_validate(clf, va, weights, settings.serve_max_batch)}
         history.append(row)
+        if keep_epoch_states:
+            epoch_states[epoch] = {n: p.detach().clone() for n, p in clf.named_parameters() if p.requires_grad}
         train_loss = f"{row['train_loss']:.4f}" if seen else "-"
         say(f"epoch {epoch}/{epochs}: train_loss {train_loss} val_loss {row['val_loss']:.4f} "
             f"val_accuracy {row['val_accuracy']:.3f} val_macro_f1 {row['val_macro_f1']:.3f} "
@@ -389,4 +397,5 @@ def train(
     say(f"best epoch {best['epoch']}: val_accuracy {metrics['val_accuracy']:.3f} "
         f"val_macro_f1 {metrics['val_macro_f1']:.3f}")
     say(metrics["baseline_verdict"])
-    return TrainResult(clf, metrics, history, data_manifest(data), (va["label"].tolist(), list(served.labels)))
+    return TrainResult(clf, metrics, history, data_manifest(data), (va["label"].tolist(), list(served.labels)),
+                       epoch_states)
