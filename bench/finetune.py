@@ -199,6 +199,7 @@ def run_cell(name: str, size: int, seed: int, config: str, base: str = DEFAULT_B
         n_unlabelled = int(changes.pop("unlabelled", 0))
         n_trials = int(changes.pop("auto", 0))
         averages = bool(int(changes.pop("averages", 0)))
+        full = bool(int(changes.pop("full", 0)))
         plan = SelfTraining.from_settings(unlabelled_sample(name, tr, n_unlabelled, seed)["text"].tolist(),
                                           RetrainSettings()) if n_unlabelled else None
         settings = ModelSettings(seed=seed, base=base, **changes)
@@ -218,7 +219,8 @@ def run_cell(name: str, size: int, seed: int, config: str, base: str = DEFAULT_B
                                   on_trial=score_trial, self_training=plan)
             extra["search"] = {**result.metrics["search"], "test": trial_test, "rows": trial_rows}
         else:
-            result = train(tr, labels, settings, progress=False, self_training=plan, keep_epoch_states=averages)
+            result = train(tr, labels, settings, progress=False, self_training=plan, keep_epoch_states=averages,
+                           full_finetune=full)
         seconds = time.perf_counter() - t0
         clf, texts = result.classifier, te["text"].tolist()
         pred = clf.predict(texts, batch_size=64).labels
