@@ -165,7 +165,7 @@ class EmbedderSettings(Section):
 
 
 class LabelQueueSettings(Section):
-    strategy: Literal["uncertainty", "novelty", "mix", "random"] = "uncertainty"
+    strategy: Literal["uncertainty", "novelty", "mix", "cluster", "random"] = "uncertainty"
     page_size: int = Field(20, ge=1, le=500)
 
 

@@ -11,6 +11,9 @@ a page costs the same at 1 000 or 1 000 000 rows. Strategies:
   (``MIX_NOVELTY_WEIGHT``), picked greedily with a diversity penalty (maximal marginal relevance):
   each pick's score is lowered by its highest similarity to what the page already holds, and
   near-duplicates (cosine > ``DUPLICATE_COSINE``) never share a page;
+* ``cluster``     — covers the drifted region: the pool's more novel half (farthest from the reference)
+  in ``limit`` k-means clusters, each giving its most uncertain row (uncertainty within novelty
+  clusters, after cluster-margin selection), the clusters' picks by margin;
 * ``random``      — a seeded shuffle (the baseline the others must beat).
 
 Every strategy drops exact duplicate texts from a page (retweets would otherwise fill it).
@@ -39,8 +42,8 @@ import pandas as pd
 from tuneloop.monitor.storage import DEFAULT_PROJECT, Store, is_missing
 from tuneloop.retrain.evaluation_slice import in_slice, random_order, random_positions
 
-Strategy = Literal["uncertainty", "novelty", "mix", "random"]
-STRATEGIES: tuple[str, ...] = ("uncertainty", "novelty", "mix", "random")
+Strategy = Literal["uncertainty", "novelty", "mix", "cluster", "random"]
+STRATEGIES: tuple[str, ...] = ("uncertainty", "novelty", "mix", "cluster", "random")
 POOL_SIZE = 5000
 REFERENCE_SAMPLE = 1000
 DUPLICATE_COSINE = 0.95
@@ -52,6 +55,8 @@ MIX_NOVELTY_WEIGHT = 0.1
 uncertainty with a diverse page is the best ordering measured; novelty still breaks near-ties."""
 CANDIDATE_FACTOR = 5
 """The mix page is picked from the best ``CANDIDATE_FACTOR x limit`` rows by blended score."""
+CLUSTER_NOVEL_SHARE = 0.5
+"""Share of the pool, the most novel first, that the cluster strategy clusters and picks from."""
 
 _NOT_WORD = re.compile(r"[^a-z0-9#@ ]+")
 _URL = re.compile(r"https?://\S*")
@@ -185,8 +190,9 @@ def rank_pool(pool: pd.DataFrame, strategy: str, limit: int, reference: np.ndarr
               seed: int = 0) -> pd.DataFrame:
     """The ``limit`` rows of ``pool`` to label first, best first, with a ``score`` column.
 
-    ``pool`` needs ``text`` and, per strategy, ``probs``/``margin``/``confidence`` (uncertainty, mix)
-    and ``embedding`` (novelty, mix). ``reference``: reference embeddings [m, d] for novelty.
+    ``pool`` needs ``text`` and, per strategy, ``probs``/``margin``/``confidence`` (uncertainty, mix,
+    cluster) and ``embedding`` (novelty, mix, cluster). ``reference``: reference embeddings [m, d] for
+    novelty.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -211,6 +217,10 @@ def rank_pool(pool: pd.DataFrame, strategy: str, limit: int, reference: np.ndarr
         if strategy == "novelty":
             score = nov
             order = np.argsort(-nov, kind="stable")
+        elif strategy == "cluster":
+            margin, entropy = uncertainty(pool)
+            score = 1.0 - margin
+            order = _cluster_order(margin, entropy, emb, has, nov, limit, seed)
         else:
             margin, entropy = uncertainty(pool)
             w = MIX_NOVELTY_WEIGHT
@@ -225,6 +235,29 @@ def rank_pool(pool: pd.DataFrame, strategy: str, limit: int, reference: np.ndarr
         if len(picked) >= limit:
             break
     return _with_score(pool, picked, score)
+
+
+def _cluster_order(margin: np.ndarray, entropy: np.ndarray, emb: np.ndarray, has: np.ndarray, nov: np.ndarray,
+                   limit: int, seed: int) -> np.ndarray:
+    """Row order of the cluster strategy: the most novel ``CLUSTER_NOVEL_SHARE`` of the rows with an
+    embedding in ``limit`` k-means clusters; first every cluster's most uncertain row (by margin), then
+    the rest by margin. Uncertainty alone can fill a page with one confusing region of the new traffic;
+    one row per cluster spreads the page over the whole drifted region."""
+    from sklearn.cluster import KMeans
+
+    by_margin = np.lexsort((-np.round(entropy, 9), np.round(margin, 9)))
+    novel = np.flatnonzero(has)
+    novel = novel[np.argsort(-nov[novel], kind="stable")][: max(limit, int(len(novel) * CLUSTER_NOVEL_SHARE))]
+    k = min(limit, len(novel))
+    if k < 2:
+        return by_margin
+    clusters = KMeans(n_clusters=k, n_init=1, random_state=seed).fit_predict(emb[novel])
+    rank = np.empty(len(margin), dtype=int)
+    rank[by_margin] = np.arange(len(margin))
+    heads = [min(novel[clusters == c], key=lambda i: rank[i]) for c in range(k) if (clusters == c).any()]
+    heads = sorted(heads, key=lambda i: rank[i])
+    first = set(heads)
+    return np.array(heads + [int(i) for i in by_margin if int(i) not in first])
 
 
 def _diverse(score: np.ndarray, emb: np.ndarray, has: np.ndarray, keys: np.ndarray, limit: int) -> list[int]:
@@ -371,7 +404,7 @@ def label_queue(store: Store, project: str = DEFAULT_PROJECT, strategy: str = "m
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    needs_embedding = strategy in ("novelty", "mix")
+    needs_embedding = strategy in ("novelty", "mix", "cluster")
     pool = candidate_pool(store, project, pool_size, with_embedding=needs_embedding)
     reference = reference_embeddings(store, project, seed=seed) if needs_embedding and len(pool) else None
     if random_share > 0 and len(pool):

@@ -248,3 +248,27 @@ def test_labels_saved_compares_error_rates_of_queue_picks_and_random_rows(tmp_pa
     assert out["saved"] == pytest.approx(1 - out["random"]["error_rate"] / out["queue"]["error_rate"])
     lo, hi = out["random"]["interval"]
     assert lo < out["random"]["error_rate"] < hi and "the queue saves" in out["message"]
+
+
+def test_cluster_spreads_a_page_over_every_new_region():
+    """Three new regions of traffic, the first the most uncertain, and uncertain rows near the reference:
+    uncertainty alone fills the page from the first region and the familiar rows; cluster takes the most
+    uncertain row of each new region."""
+    rng = np.random.default_rng(0)
+
+    def near(centre: list[float]) -> np.ndarray:
+        return unit(np.asarray(centre, np.float32) + 0.05 * rng.standard_normal(4))
+
+    reference = np.stack([near([1, 0, 0, 0]) for _ in range(20)])
+    rows = [{"text": f"familiar {i}", "probs": probs(0.34, 0.33, 0.33), "embedding": near([1, 0, 0, 0])}
+            for i in range(60)]
+    for name, centre, p in (("a", [0, 1, 0, 0], probs(0.34, 0.33, 0.33)), ("b", [0, 0, 1, 0], probs(0.5, 0.3, 0.2)),
+                            ("c", [0, 0, 0, 1], probs(0.6, 0.3, 0.1))):
+        rows += [{"text": f"{name} {i}", "probs": p, "embedding": near(centre)} for i in range(20)]
+    pool = pd.DataFrame(rows)
+    page = rank_pool(pool, "cluster", 3, reference=reference)
+    assert sorted(t.split()[0] for t in page["text"]) == ["a", "b", "c"]
+    assert page["score"].tolist() == sorted(page["score"].tolist(), reverse=True)  # most uncertain first
+    plain = rank_pool(pool, "uncertainty", 3)
+    assert not any(t.split()[0] in ("b", "c") for t in plain["text"])
+    assert rank_pool(pool, "cluster", 3, reference=reference)["text"].tolist() == page["text"].tolist()  # seeded

@@ -16,6 +16,7 @@ STRATEGIES = {
     "mix": "mix — uncertain and novel",
     "uncertainty": "uncertainty — least confident first",
     "novelty": "novelty — farthest from what the model saw",
+    "cluster": "cluster — the most uncertain of each new region",
     "random": "random — unbiased sample",
 }
 QUEUE_KEY = "label_queue"
