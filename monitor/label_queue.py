@@ -209,8 +209,7 @@ def rank_pool(pool: pd.DataFrame, strategy: str, limit: int, reference: np.ndarr
     elif strategy == "uncertainty":
         margin, entropy = uncertainty(pool)
         score = 1.0 - margin
-        # margin ascending, then entropy descending; rounding makes float noise (0.5-0.4 vs 0.4-0.3) a tie
-        order = np.lexsort((-np.round(entropy, 9), np.round(margin, 9)))
+        order = _by_margin(margin, entropy)
     else:
         emb, has = embedding_matrix(pool["embedding"].tolist() if "embedding" in pool.columns else [None] * n)
         nov = novelty(emb, has, reference)
@@ -237,6 +236,12 @@ def rank_pool(pool: pd.DataFrame, strategy: str, limit: int, reference: np.ndarr
     return _with_score(pool, picked, score)
 
 
+def _by_margin(margin: np.ndarray, entropy: np.ndarray) -> np.ndarray:
+    """The uncertainty order: margin ascending, then entropy descending; rounding makes float noise
+    (0.5-0.4 vs 0.4-0.3) a tie."""
+    return np.lexsort((-np.round(entropy, 9), np.round(margin, 9)))
+
+
 def _cluster_order(margin: np.ndarray, entropy: np.ndarray, emb: np.ndarray, has: np.ndarray, nov: np.ndarray,
                    limit: int, seed: int) -> np.ndarray:
     """Row order of the cluster strategy: the most novel ``CLUSTER_NOVEL_SHARE`` of the rows with an
@@ -245,7 +250,7 @@ def _cluster_order(margin: np.ndarray, entropy: np.ndarray, emb: np.ndarray, has
     one row per cluster spreads the page over the whole drifted region."""
     from sklearn.cluster import KMeans
 
-    by_margin = np.lexsort((-np.round(entropy, 9), np.round(margin, 9)))
+    by_margin = _by_margin(margin, entropy)
     novel = np.flatnonzero(has)
     novel = novel[np.argsort(-nov[novel], kind="stable")][: max(limit, int(len(novel) * CLUSTER_NOVEL_SHARE))]
     k = min(limit, len(novel))
